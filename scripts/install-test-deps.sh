@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# System packages the test suite uses (Debian). Run as root; a no-op when all are present.
+set -euo pipefail
+packages=(python3-venv curl)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi

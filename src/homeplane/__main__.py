@@ -1,0 +1,3 @@
+from homeplane.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""Typed resource kinds, loading, Flux-style substitution and diagnostics."""

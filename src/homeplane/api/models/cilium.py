@@ -1,0 +1,135 @@
+"""Cilium kinds (cilium.io): LB IPAM pools, L2 announcement policies, network policies."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from homeplane.api.models.base import LabelSelector, Model, Resource
+from homeplane.api.units import LooseStr
+
+CILIUM_GROUP = "cilium.io"
+
+
+class IPBlock(Model):
+    cidr: str | None = None
+    start: str | None = None
+    stop: str | None = None
+
+    @model_validator(mode="after")
+    def _cidr_or_range(self) -> "IPBlock":
+        if self.cidr is None and self.start is None:
+            raise ValueError("a block needs either cidr or start (with an optional stop)")
+        if self.cidr is not None and (self.start is not None or self.stop is not None):
+            raise ValueError("a block has either cidr or start/stop, not both")
+        return self
+
+
+class CiliumLoadBalancerIPPoolSpec(Model):
+    blocks: list[IPBlock] = Field(default_factory=list)
+    cidrs: list[IPBlock] = Field(default_factory=list)  # v2alpha1's older name for blocks
+    service_selector: LabelSelector | None = None
+    # "Yes" or unset: the first and last address of each CIDR are allocatable.
+    allow_first_last_i_ps: Literal["Yes", "No"] = Field(default="Yes", alias="allowFirstLastIPs")
+    disabled: bool = False
+
+    def all_blocks(self) -> list[IPBlock]:
+        return list(self.blocks) + list(self.cidrs)
+
+
+class CiliumLoadBalancerIPPool(Resource):
+    spec: CiliumLoadBalancerIPPoolSpec
+
+
+class CiliumL2AnnouncementPolicySpec(Model):
+    service_selector: LabelSelector | None = None
+    node_selector: LabelSelector | None = None
+    interfaces: list[str] = Field(default_factory=list)
+    external_i_ps: bool = Field(default=False, alias="externalIPs")
+    load_balancer_i_ps: bool = Field(default=False, alias="loadBalancerIPs")
+
+
+class CiliumL2AnnouncementPolicy(Resource):
+    spec: CiliumL2AnnouncementPolicySpec = Field(default_factory=CiliumL2AnnouncementPolicySpec)
+
+
+class CIDRRule(Model):
+    cidr: str | None = None
+    cidr_group_ref: str | None = None
+    cidr_group_selector: LabelSelector | None = None
+    except_: list[str] = Field(default_factory=list, alias="except")
+
+
+class PortProtocol(Model):
+    port: LooseStr | None = None
+    end_port: int | None = None
+    protocol: Literal["TCP", "UDP", "SCTP", "ICMP", "ICMPv6", "ANY"] = "ANY"
+
+
+class PortRule(Model):
+    ports: list[PortProtocol] = Field(default_factory=list)
+    rules: dict | None = None
+    terminating_tls: dict | None = Field(default=None, alias="terminatingTLS")
+    originating_tls: dict | None = Field(default=None, alias="originatingTLS")
+    server_names: list[str] = Field(default_factory=list)
+    listener: dict | None = None
+
+
+class FQDNSelector(Model):
+    match_name: str | None = None
+    match_pattern: str | None = None
+
+
+class PeerRule(Model):
+    """One ingress/egress (or *Deny) rule: L3 peers and L4 ports."""
+
+    from_endpoints: list[LabelSelector] = Field(default_factory=list)
+    to_endpoints: list[LabelSelector] = Field(default_factory=list)
+    from_entities: list[str] = Field(default_factory=list)
+    to_entities: list[str] = Field(default_factory=list)
+    from_cidr: list[str] = Field(default_factory=list, alias="fromCIDR")
+    to_cidr: list[str] = Field(default_factory=list, alias="toCIDR")
+    from_cidr_set: list[CIDRRule] = Field(default_factory=list, alias="fromCIDRSet")
+    to_cidr_set: list[CIDRRule] = Field(default_factory=list, alias="toCIDRSet")
+    to_fqd_ns: list[FQDNSelector] = Field(default_factory=list, alias="toFQDNs")
+    to_services: list[dict] = Field(default_factory=list)
+    from_groups: list[dict] = Field(default_factory=list)
+    to_groups: list[dict] = Field(default_factory=list)
+    from_nodes: list[LabelSelector] = Field(default_factory=list)
+    to_nodes: list[LabelSelector] = Field(default_factory=list)
+    from_requires: list[LabelSelector] = Field(default_factory=list)
+    to_requires: list[LabelSelector] = Field(default_factory=list)
+    to_ports: list[PortRule] = Field(default_factory=list)
+    icmps: list[dict] = Field(default_factory=list)
+    authentication: dict | None = None
+
+
+class CiliumPolicyRule(Model):
+    endpoint_selector: LabelSelector | None = None
+    node_selector: LabelSelector | None = None
+    ingress: list[PeerRule] = Field(default_factory=list)
+    ingress_deny: list[PeerRule] = Field(default_factory=list)
+    egress: list[PeerRule] = Field(default_factory=list)
+    egress_deny: list[PeerRule] = Field(default_factory=list)
+    labels: list[dict] = Field(default_factory=list)
+    description: str | None = None
+    enable_default_deny: dict | None = None
+
+
+class CiliumNetworkPolicy(Resource):
+    spec: CiliumPolicyRule | None = None
+    specs: list[CiliumPolicyRule] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _has_rules(self) -> "CiliumNetworkPolicy":
+        if self.spec is None and not self.specs:
+            raise ValueError("a Cilium network policy needs spec or specs")
+        return self
+
+    def rules(self) -> list[CiliumPolicyRule]:
+        return ([self.spec] if self.spec is not None else []) + list(self.specs)
+
+
+class CiliumClusterwideNetworkPolicy(CiliumNetworkPolicy):
+    pass

@@ -1,0 +1,1 @@
+"""Observability: the admin endpoint (health, status, metrics)."""

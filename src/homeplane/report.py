@@ -1,0 +1,303 @@
+"""The check report: what would be served and every problem found, as one JSON document.
+
+``homeplane check -o json``, the admin endpoint ``/status`` and the text output of
+``homeplane check`` are all views of :func:`build_report`. The schema is
+documented in ``docs/check-report.md``; field names are stable.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from homeplane import __version__
+from homeplane.api.diagnostics import Diagnostic, Diagnostics, Severity
+from homeplane.api.objects import Obj, ObjectKey
+from homeplane.translate import Translation
+from homeplane.translate import snapshot as ir
+from homeplane.translate import status as st
+
+REPORT_API_VERSION = "homeplane.dev/v1alpha1"
+
+
+def status_diagnostics(objects: list[Obj], status: dict[ObjectKey, dict[str, Any]]) -> Diagnostics:
+    """Turn every unhealthy status condition into a diagnostic that points at the object's file."""
+    out = Diagnostics()
+    by_key = {o.key: o for o in objects}
+    for key, s in status.items():
+        obj = by_key.get(key)
+        if obj is None:
+            continue
+        where = dict(
+            file=obj.source.file,
+            line=obj.source.line,
+            document=obj.source.document,
+            kind=obj.kind,
+            namespace=obj.namespace,
+            name=obj.name,
+        )
+        for c in s.get("conditions", []):
+            _cond_diag(out, c, "", where)
+        for ls in s.get("listeners", []):
+            for c in ls.get("conditions", []):
+                if c["type"] == st.PROGRAMMED:
+                    continue  # follows from the other listener conditions
+                _cond_diag(out, c, f"listener {ls['name']}", where)
+        for p in s.get("parents", []):
+            pr = p["parentRef"]
+            for c in p.get("conditions", []):
+                _cond_diag(out, c, f"parent {pr['kind']} {pr['namespace']}/{pr['name']}", where)
+        seen: set[tuple] = set()
+        for a in s.get("ancestors", []):
+            for c in a.get("conditions", []):
+                k = (c["type"], c["reason"], c["message"])
+                if k in seen:
+                    continue
+                seen.add(k)
+                _cond_diag(out, c, "", where)
+    return out
+
+
+def _cond_diag(out: Diagnostics, c: dict[str, Any], context: str, where: dict[str, Any]) -> None:
+    t, status, reason = c["type"], c["status"], c["reason"]
+    if t in (st.CONFLICTED,):
+        if status != "True":
+            return
+        sev = Severity.ERROR
+    elif t == st.OVERRIDDEN:
+        if status != "True":
+            return
+        sev = Severity.INFO
+    elif t == st.PROGRAMMED and status != "True":
+        sev = Severity.ERROR
+    elif status == "True":
+        return
+    elif reason == st.R_UNSUPPORTED_PROTOCOL:
+        sev = Severity.WARNING
+    else:
+        sev = Severity.ERROR
+    prefix = f"{context}: " if context else ""
+    out.add(
+        Diagnostic(sev, f"{prefix}{t}={status} ({reason}): {c['message']}", code=reason, **where)  # type: ignore[arg-type]
+    )
+
+
+def _endpoints_json(pool: ir.BackendPool | None) -> list[dict[str, Any]]:
+    if pool is None:
+        return []
+    return [
+        {"address": e.address, "port": e.port, "ready": e.ready, **({"hostname": e.hostname} if e.hostname else {})}
+        for e in pool.endpoints
+    ]
+
+
+def _backend_json(b: ir.WeightedBackend, pools: dict[str, ir.BackendPool]) -> dict[str, Any]:
+    pool = pools.get(b.pool) if b.pool else None
+    r = b.ref
+    text = f"{r.kind} {r.namespace}/{r.name}" + (f":{r.section}" if r.section else "")
+    d: dict[str, Any] = {"ref": text, "weight": b.weight, "pool": b.pool}
+    if b.invalid_reason:
+        d["invalid"] = b.invalid_reason
+    if pool is not None:
+        d["endpoints"] = {"ready": len(pool.ready_endpoints), "total": len(pool.endpoints)}
+    return d
+
+
+def _match_json(m: ir.Match) -> dict[str, Any]:
+    d: dict[str, Any] = {"path": {"type": m.path_type, "value": m.path}}
+    if m.method:
+        d["method"] = m.method
+    if m.headers:
+        d["headers"] = [{"type": t, "name": n, "value": v} for t, n, v in m.headers]
+    if m.query:
+        d["queryParams"] = [{"type": t, "name": n, "value": v} for t, n, v in m.query]
+    return d
+
+
+def _rule_json(r: ir.RouteRule, pools: dict[str, ir.BackendPool]) -> dict[str, Any]:
+    d: dict[str, Any] = {"index": r.rule_index, "matches": [_match_json(r.match)]}
+    if r.rule_name:
+        d["name"] = r.rule_name
+    d["backends"] = [_backend_json(b, pools) for b in r.backends]
+    if r.filters.redirect:
+        rd = r.filters.redirect
+        d["redirect"] = {
+            k: v
+            for k, v in {
+                "scheme": rd.scheme,
+                "hostname": rd.hostname,
+                "port": rd.port,
+                "path": {"type": rd.path_type, "value": rd.path_value} if rd.path_type else None,
+                "statusCode": rd.status_code,
+            }.items()
+            if v is not None
+        }
+    if r.direct_status:
+        d["directResponse"] = {"status": r.direct_status, "reason": r.direct_reason}
+    return d
+
+
+def build_report(objects: list[Obj], load_diags: Diagnostics, translation: Translation, files: int) -> dict[str, Any]:
+    snap = translation.snapshot
+    pools = dict(snap.pools)
+    status = translation.status
+    diags = Diagnostics(list(load_diags.items) + list(translation.diagnostics.items))
+    diags.extend(status_diagnostics(objects, status).items)
+
+    gateways = []
+    # route key -> per-rule summaries, protection and serving gateways
+    route_rules: dict[tuple[str, str], dict[int, dict[str, Any]]] = {}
+    route_security: dict[tuple[str, str], set[str]] = {}
+    route_gateways: dict[tuple[str, str], set[str]] = {}
+    for g in snap.gateways:
+        gstatus = status.get(("gateway.networking.k8s.io", "Gateway", g.ref.namespace, g.ref.name), {})
+        lstatus = {x["name"]: x for x in gstatus.get("listeners", [])}
+        listeners = []
+        for ls in g.listeners:
+            entry: dict[str, Any] = {
+                "name": ls.name,
+                "port": ls.port,
+                "protocol": ls.protocol,
+                "hostname": ls.hostname,
+                "ready": ls.ready,
+                "attachedRoutes": ls.attached_routes,
+                "conditions": lstatus.get(ls.name, {}).get("conditions", []),
+            }
+            if ls.protocol == "HTTPS":
+                entry["tls"] = {
+                    "mode": ls.tls_mode,
+                    "certificates": [
+                        {"secret": f"{c.secret.namespace}/{c.secret.name}", "dnsNames": list(c.dns_names), "notAfter": c.not_after}
+                        for c in ls.tls_certs
+                    ],
+                }
+            if ls.client_traffic:
+                entry["clientTrafficPolicy"] = f"{ls.client_traffic.policy.namespace}/{ls.client_traffic.policy.name}"
+            listeners.append(entry)
+            for vh in ls.vhosts:
+                for r in vh.rules:
+                    key = (r.route.namespace or "", r.route.name)
+                    route_rules.setdefault(key, {}).setdefault(r.rule_index, _rule_json(r, pools))
+                    rules = route_rules[key][r.rule_index]
+                    m = _match_json(r.match)
+                    if m not in rules["matches"]:
+                        rules["matches"].append(m)
+                    route_gateways.setdefault(key, set()).add(f"{g.ref.namespace}/{g.ref.name}")
+                    if r.security:
+                        route_security.setdefault(key, set()).add(
+                            f"{r.security.policy.namespace}/{r.security.policy.name}" + ("" if r.security.valid else " (invalid)")
+                        )
+                        rules.setdefault("securityPolicy", f"{r.security.policy.namespace}/{r.security.policy.name}")
+                    if r.backend_traffic:
+                        rules.setdefault(
+                            "backendTrafficPolicy", f"{r.backend_traffic.policy.namespace}/{r.backend_traffic.policy.name}"
+                        )
+        gateways.append(
+            {
+                "namespace": g.ref.namespace,
+                "name": g.ref.name,
+                "class": g.class_name,
+                "addresses": list(g.addresses),
+                "programmed": g.programmed,
+                "conditions": gstatus.get("conditions", []),
+                "listeners": listeners,
+            }
+        )
+
+    routes = []
+    for o in objects:
+        if o.kind != "HTTPRoute" or not o.served:
+            continue
+        key = (o.namespace or "", o.name)
+        s = status.get(o.key, {})
+        parents = []
+        for p in s.get("parents", []):
+            conds = {c["type"]: c for c in p["conditions"]}
+            acc = conds.get(st.ACCEPTED, {})
+            pr = p["parentRef"]
+            parents.append(
+                {
+                    "gateway": f"{pr['namespace']}/{pr['name']}",
+                    "sectionName": pr.get("sectionName"),
+                    "accepted": acc.get("status") == "True",
+                    "reason": acc.get("reason"),
+                    "message": acc.get("message"),
+                    "resolvedRefs": conds.get(st.RESOLVED_REFS, {}).get("status") == "True",
+                }
+            )
+        spec = o.model.spec  # type: ignore[union-attr]
+        routes.append(
+            {
+                "namespace": o.namespace,
+                "name": o.name,
+                "file": o.source.file,
+                "hostnames": list(spec.hostnames),
+                "parents": parents,
+                "servedBy": sorted(route_gateways.get(key, set())),
+                "securityPolicies": sorted(route_security.get(key, set())),
+                "rules": [route_rules[key][i] for i in sorted(route_rules.get(key, {}))],
+            }
+        )
+
+    services = []
+    for svc in snap.services:
+        services.append(
+            {
+                "namespace": svc.ref.namespace,
+                "name": svc.ref.name,
+                "type": svc.type,
+                "clusterIP": svc.cluster_ip,
+                "loadBalancerIPs": list(svc.requested_lb_ips),
+                "externalName": svc.external_name,
+                "endpointSource": svc.endpoint_source,
+                "ports": [
+                    {
+                        "name": p.name,
+                        "port": p.port,
+                        "protocol": p.protocol,
+                        "targetPort": p.target_port,
+                        "endpoints": _endpoints_json(pools.get(p.pool)),
+                    }
+                    for p in svc.ports
+                ],
+            }
+        )
+
+    policies = []
+    for p in snap.policies:
+        pst = status.get(("gateway.envoyproxy.io", p.policy.kind, p.policy.namespace, p.policy.name), {})
+        anc = pst.get("ancestors", [])
+        policies.append(
+            {
+                "kind": p.policy.kind,
+                "namespace": p.policy.namespace,
+                "name": p.policy.name,
+                "targets": [str(t) for t in p.targets],
+                "accepted": p.accepted,
+                "message": p.message,
+                "conditions": anc[0]["conditions"] if anc else [],
+            }
+        )
+
+    served = Counter(o.kind for o in objects if o.served)
+    not_served = Counter(o.kind for o in objects if not o.served)
+    errors = len(diags.errors)
+    return {
+        "apiVersion": REPORT_API_VERSION,
+        "kind": "CheckReport",
+        "homeplaneVersion": __version__,
+        "snapshot": {"version": snap.version, "digest": snap.digest},
+        "summary": {
+            "files": files,
+            "objects": len(objects),
+            "served": dict(sorted(served.items())),
+            "notServed": dict(sorted(not_served.items())),
+            "errors": errors,
+            "warnings": len(diags.warnings),
+        },
+        "gateways": gateways,
+        "routes": routes,
+        "services": services,
+        "policies": policies,
+        "diagnostics": [d.to_json() for d in diags],
+    }

@@ -1,0 +1,227 @@
+"""``homeplane run``: load, translate, publish; watch the manifests; serve the admin endpoint.
+
+Reload policy: a change whose manifests fail to *load* (YAML syntax, schema,
+substitution errors) is rejected as a whole and the last good Snapshot keeps
+serving; the rejection is logged and shown under ``runtime.rejected`` in
+``/status``. Problems found by translation (a route not accepted, a backend
+missing) are part of the new configuration, exactly as a Kubernetes controller
+would apply them, and show up in status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from homeplane.observe.admin import AdminServer
+from homeplane.pipeline import Inputs, Result, run_pipeline
+from homeplane.store import StateStore
+from homeplane.translate.snapshot import Snapshot
+
+log = logging.getLogger("homeplane")
+
+Subscriber = Callable[[Snapshot], "Awaitable[None] | None"]
+
+_VERSION_KEY = "runtime/snapshot-version"
+_TRANSITIONS_KEY = "runtime/condition-transitions"
+
+
+def _now_rfc3339() -> str:
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+@dataclass
+class Runtime:
+    inputs: Inputs
+    store: StateStore
+    admin_host: str = "127.0.0.1"
+    admin_port: int = 9901
+    debounce_ms: int = 300
+    current: Result | None = None
+    rejected: dict[str, Any] | None = None
+    version: int = 0
+    subscribers: list[Subscriber] = field(default_factory=list)
+    _transitions: dict[str, list[str]] = field(default_factory=dict)
+    _reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def __post_init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.m_version = Gauge("homeplane_snapshot_version", "Version of the Snapshot being served", registry=self.registry)
+        self.m_reloads = Counter(
+            "homeplane_reloads", "Configuration reloads by result", ["result"], registry=self.registry
+        )
+        self.m_diags = Gauge(
+            "homeplane_diagnostics", "Problems in the served configuration", ["severity"], registry=self.registry
+        )
+        self.m_objects = Gauge("homeplane_objects", "Loaded objects by kind", ["kind", "served"], registry=self.registry)
+        entry = self.store.get(_VERSION_KEY)
+        self.version = int(entry.value) if entry else 0
+        t = self.store.get(_TRANSITIONS_KEY)
+        if t:
+            try:
+                self._transitions = json.loads(t.value)
+            except ValueError:
+                self._transitions = {}
+        self.admin = AdminServer(self.admin_host, self.admin_port)
+        self.admin.route("/healthz", lambda _: (200, "text/plain", b"ok\n"))
+        self.admin.route("/readyz", self._readyz)
+        self.admin.route("/status", self._status)
+        self.admin.route("/metrics", self._metrics)
+
+    # --- publishing -------------------------------------------------------------
+
+    def subscribe(self, fn: Subscriber) -> None:
+        self.subscribers.append(fn)
+
+    async def _publish(self, snapshot: Snapshot) -> None:
+        for fn in self.subscribers:
+            res = fn(snapshot)
+            if asyncio.iscoroutine(res):
+                await res
+
+    def _stamp_transitions(self, report: dict[str, Any]) -> None:
+        """Give each condition a lastTransitionTime that only moves when the condition changes."""
+        now = _now_rfc3339()
+        seen: dict[str, list[str]] = {}
+
+        def walk(node: Any, path: str) -> None:
+            if isinstance(node, dict):
+                if "conditions" in node and isinstance(node["conditions"], list):
+                    for c in node["conditions"]:
+                        key = f"{path}/{c.get('type')}"
+                        sig = [c.get("status", ""), c.get("reason", "")]
+                        old = self._transitions.get(key)
+                        ts = old[2] if old and old[:2] == sig else now
+                        c["lastTransitionTime"] = ts
+                        seen[key] = sig + [ts]
+                for k, v in node.items():
+                    if k != "conditions":
+                        walk(v, f"{path}/{k}")
+            elif isinstance(node, list):
+                for i, v in enumerate(node):
+                    name = v.get("name") if isinstance(v, dict) else None
+                    walk(v, f"{path}/{name if name is not None else i}")
+
+        for section in ("gateways", "routes", "policies"):
+            walk(report.get(section, []), section)
+        self._transitions = seen
+        self.store.put(_TRANSITIONS_KEY, json.dumps(seen).encode())
+
+    async def apply(self, result: Result) -> None:
+        snap = result.translation.snapshot
+        self.version = snap.version
+        self.store.put(_VERSION_KEY, str(self.version).encode())
+        report = result.report
+        self._stamp_transitions(report)
+        self.current = result
+        self.m_version.set(self.version)
+        s = report["summary"]
+        self.m_diags.labels("error").set(s["errors"])
+        self.m_diags.labels("warning").set(s["warnings"])
+        self.m_objects.clear()
+        for kind, n in s["served"].items():
+            self.m_objects.labels(kind, "true").set(n)
+        for kind, n in s["notServed"].items():
+            self.m_objects.labels(kind, "false").set(n)
+        await self._publish(snap)
+        gw = len(snap.gateways)
+        routes = len(report["routes"])
+        log.info(
+            "applied snapshot version=%d digest=%s gateways=%d routes=%d services=%d errors=%d warnings=%d",
+            self.version, snap.digest, gw, routes, len(snap.services), s["errors"], s["warnings"],
+        )
+
+    async def reload(self, reason: str = "change") -> bool:
+        """Load and translate again; apply unless the manifests fail to load. Returns True if applied."""
+        async with self._reload_lock:
+            started = time.monotonic()
+            result = await asyncio.to_thread(run_pipeline, self.inputs, self.version + 1)
+            load_errors = result.load.diagnostics.errors
+            if self.current is not None and load_errors:
+                self.rejected = {
+                    "time": _now_rfc3339(),
+                    "reason": reason,
+                    "diagnostics": [d.to_json() for d in load_errors],
+                }
+                self.m_reloads.labels("rejected").inc()
+                for d in load_errors:
+                    log.error("reload rejected, still serving version %d: %s", self.version, d)
+                return False
+            if self.current is not None and result.translation.snapshot.digest == self.current.translation.snapshot.digest:
+                self.rejected = None
+                self.m_reloads.labels("unchanged").inc()
+                return False
+            self.rejected = None
+            await self.apply(result)
+            self.m_reloads.labels("applied").inc()
+            log.info("reload (%s) took %.0f ms", reason, (time.monotonic() - started) * 1000)
+            for d in result.load.diagnostics.errors:
+                log.error("%s", d)
+            return True
+
+    async def watch(self) -> None:
+        from watchfiles import awatch
+
+        paths = [str(p) for p in self.inputs.paths]
+
+        def relevant(_change: Any, path: str) -> bool:
+            return path.endswith((".yaml", ".yml")) or Path(path).is_dir()
+
+        async for changes in awatch(*paths, debounce=self.debounce_ms, watch_filter=relevant, recursive=True):
+            names = sorted({Path(p).name for _, p in changes})
+            await self.reload("files changed: " + ", ".join(names[:5]))
+
+    # --- admin handlers ---------------------------------------------------------
+
+    def _readyz(self, _: str) -> tuple[int, str, bytes]:
+        if self.current is None:
+            return 503, "text/plain", b"not ready: no configuration applied yet\n"
+        return 200, "text/plain", b"ok\n"
+
+    def _status(self, _: str) -> tuple[int, str, bytes]:
+        if self.current is None:
+            return 503, "application/json", b'{"error": "no configuration applied yet"}\n'
+        doc = dict(self.current.report)
+        doc["runtime"] = {"servingVersion": self.version, "rejected": self.rejected}
+        return 200, "application/json", json.dumps(doc, indent=2, default=str).encode() + b"\n"
+
+    def _metrics(self, _: str) -> tuple[int, str, bytes]:
+        return 200, CONTENT_TYPE_LATEST, generate_latest(self.registry)
+
+    # --- lifecycle --------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        stop = stop or asyncio.Event()
+        await self.reload("start")
+        await self.admin.start()
+        log.info("admin endpoint on http://%s:%d (/healthz /readyz /status /metrics)", self.admin_host, self.admin.port)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, stop.set)
+            except (NotImplementedError, RuntimeError):
+                pass
+        try:
+            loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload("SIGHUP")))
+        except (NotImplementedError, RuntimeError):
+            pass
+        watcher = asyncio.create_task(self.watch())
+        try:
+            await stop.wait()
+        finally:
+            watcher.cancel()
+            await self.admin.close()
+            self.store.close()
+            log.info("stopped")
+
+

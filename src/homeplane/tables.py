@@ -1,0 +1,91 @@
+"""Columns for ``homeplane get`` per kind (kubectl-like), from objects and computed status."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from homeplane.api.objects import Obj
+from homeplane.pipeline import Result
+
+
+def _cond(status: dict[str, Any], t: str) -> str:
+    for c in status.get("conditions", []):
+        if c["type"] == t:
+            return c["status"] if c["status"] == "True" else f"{c['status']}({c['reason']})"
+    return "-"
+
+
+def _policy_accepted(status: dict[str, Any]) -> str:
+    for a in status.get("ancestors", []):
+        for c in a.get("conditions", []):
+            if c["type"] == "Accepted":
+                return c["status"] if c["status"] == "True" else f"{c['status']}({c['reason']})"
+    return "-"
+
+
+def rows_for(kind: str, objs: list[Obj], result: Result, wide: bool) -> tuple[list[str], list[list[str]]]:
+    status = result.translation.status
+    snap = result.translation.snapshot
+    headers = ["NAMESPACE", "NAME"]
+    rows: list[list[str]] = []
+    for o in objs:
+        s = status.get(o.key, {})
+        base = [o.namespace or "", o.name]
+        spec = getattr(o.model, "spec", None)
+        if kind == "GatewayClass":
+            rows.append(base + [spec.controller_name, _cond(s, "Accepted")])
+        elif kind == "Gateway":
+            addrs = ",".join(a["value"] for a in s.get("addresses", [])) or "-"
+            row = base + [spec.gateway_class_name, addrs, _cond(s, "Programmed")]
+            if wide:
+                row.append(",".join(f"{ls['name']}:{ls['attachedRoutes']}" for ls in s.get("listeners", [])))
+            rows.append(row)
+        elif kind == "HTTPRoute":
+            row = base + [",".join(spec.hostnames) or "*"]
+            if wide:
+                parents = []
+                for p in s.get("parents", []):
+                    pr = p["parentRef"]
+                    acc = next((c for c in p["conditions"] if c["type"] == "Accepted"), None)
+                    state = "Accepted" if acc and acc["status"] == "True" else (acc["reason"] if acc else "-")
+                    parents.append(f"{pr['namespace']}/{pr['name']}{'/' + pr['sectionName'] if 'sectionName' in pr else ''}={state}")
+                row.append(" ".join(parents) or "-")
+            rows.append(row)
+        elif kind == "Service":
+            svc = snap.service(o.namespace or "", o.name)
+            ports = ",".join(f"{p.port}/{p.protocol}" for p in spec.ports) or "<none>"
+            lb = ",".join(svc.requested_lb_ips) if svc and svc.requested_lb_ips else ("<pending>" if spec.type == "LoadBalancer" else "<none>")
+            row = base + [spec.type, spec.cluster_ip or "<auto>", lb, ports]
+            if wide and svc is not None:
+                ready = total = 0
+                for p in svc.ports:
+                    pool = snap.pools.get(p.pool)
+                    if pool:
+                        ready += len(pool.ready_endpoints)
+                        total += len(pool.endpoints)
+                sel = ",".join(f"{k}={v}" for k, v in (spec.selector or {}).items()) or "<none>"
+                row += [f"{ready}/{total}", svc.endpoint_source, sel]
+            rows.append(row)
+        elif kind in ("SecurityPolicy", "ClientTrafficPolicy", "BackendTrafficPolicy"):
+            row = base + [_policy_accepted(s)]
+            if wide:
+                refs = [f"{r.kind}/{r.name}{'#' + r.section_name if r.section_name else ''}" for r in spec.all_target_refs()]
+                row.append(",".join(refs) or "(selectors)")
+            rows.append(row)
+        else:
+            rows.append(base)
+    if kind == "GatewayClass":
+        headers = ["NAMESPACE", "NAME", "CONTROLLER", "ACCEPTED"]
+    elif kind == "Gateway":
+        headers += ["CLASS", "ADDRESS", "PROGRAMMED"] + (["LISTENERS:ROUTES"] if wide else [])
+    elif kind == "HTTPRoute":
+        headers += ["HOSTNAMES"] + (["PARENTS"] if wide else [])
+    elif kind == "Service":
+        headers += ["TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)"] + (["ENDPOINTS", "SOURCE", "SELECTOR"] if wide else [])
+    elif kind in ("SecurityPolicy", "ClientTrafficPolicy", "BackendTrafficPolicy"):
+        headers += ["ACCEPTED"] + (["TARGETS"] if wide else [])
+    # drop the namespace column for cluster-scoped kinds
+    if rows and all(r[0] == "" for r in rows):
+        headers = headers[1:]
+        rows = [r[1:] for r in rows]
+    return headers, rows

@@ -1,0 +1,98 @@
+"""Translate: loaded objects in, one immutable Snapshot plus status out. Pure.
+
+The pipeline is fixed (as Envoy Gateway's translator): index the objects, then
+GatewayClasses, Gateways and listeners, Services and backend pools, HTTPRoutes,
+policies, and finally the per-listener virtual hosts with rules in precedence
+order. No sockets, clocks or globals: the same call backs ``homeplane check``,
+``homeplane get`` and the running data planes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from homeplane.api.diagnostics import Diagnostics
+from homeplane.api.objects import Obj, ObjectKey
+from homeplane.translate import snapshot as ir
+from homeplane.translate.context import Context, TranslateOptions
+from homeplane.translate.gateways import gateway_status, process_gateway_classes, process_gateways
+from homeplane.translate.policies import attachments_summary, effective_rule, finish_policies, process_policies
+from homeplane.translate.routes import build_vhosts, process_routes
+from homeplane.translate.services import build_services
+
+__all__ = ["TranslateOptions", "Translation", "translate", "digest_objects"]
+
+
+@dataclass
+class Translation:
+    snapshot: ir.Snapshot
+    status: dict[ObjectKey, dict[str, Any]] = field(default_factory=dict)
+    diagnostics: Diagnostics = field(default_factory=Diagnostics)
+
+
+def digest_objects(objects: Iterable[Obj]) -> str:
+    h = hashlib.sha256()
+    for o in sorted(objects, key=lambda o: (o.group, o.kind, o.namespace or "", o.name)):
+        h.update(json.dumps(o.raw, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
+
+
+def translate(objects: list[Obj], options: TranslateOptions | None = None, version: int = 1) -> Translation:
+    options = options or TranslateOptions()
+    diags = Diagnostics()
+    ctx = Context(objects, options)
+    classes = process_gateway_classes(ctx, diags)
+    gateways = process_gateways(ctx, classes, diags)
+    services, pools = build_services(ctx)
+    process_routes(ctx, gateways, diags)
+    policies = process_policies(ctx, gateways)
+
+    gw_irs: list[ir.Gateway] = []
+    for gw in gateways:
+        listeners = []
+        for ls in gw.listeners:
+            vhosts = tuple(
+                ir.VirtualHost(vh.hostname, tuple(effective_rule(policies, gw, ls, r) for r in vh.rules))
+                for vh in build_vhosts(ls)
+            )
+            listeners.append(
+                ir.Listener(
+                    gateway=gw.ref,
+                    name=ls.name,
+                    port=ls.spec.port,
+                    protocol=ls.spec.protocol,
+                    hostname=ls.spec.hostname.lower() if ls.spec.hostname else None,
+                    ready=ls.ready,
+                    tls_certs=tuple(ls.certs),
+                    tls_mode=ls.spec.tls.mode if ls.spec.tls else None,
+                    vhosts=vhosts,
+                    client_traffic=ls.client_traffic,
+                    attached_routes=len(ls.routes),
+                )
+            )
+        ctx.set_status(gw.obj, gateway_status(gw))
+        infra = gw.model.spec.infrastructure
+        gw_irs.append(
+            ir.Gateway(
+                ref=gw.ref,
+                class_name=gw.class_name,
+                listeners=tuple(listeners),
+                addresses=tuple(gw.addresses),
+                annotations=gw.obj.annotations,
+                infrastructure_annotations=dict(infra.annotations) if infra else {},
+                programmed=any(ls.ready for ls in listeners),
+            )
+        )
+    finish_policies(ctx, policies)
+    snapshot = ir.Snapshot(
+        version=version,
+        gateways=tuple(gw_irs),
+        services=tuple(services),
+        pools=pools,
+        policies=attachments_summary(policies),
+        digest=digest_objects(objects),
+    )
+    return Translation(snapshot, ctx.status, diags)

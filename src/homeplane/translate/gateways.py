@@ -1,0 +1,316 @@
+"""GatewayClass and Gateway processing: which gateways homeplane serves, and listener status.
+
+Listener validation follows the Gateway API: protocol support, route kinds,
+TLS certificate references (with ReferenceGrant across namespaces), and
+conflicts between listeners sharing a port (ProtocolConflict, HostnameConflict).
+Routes are attached afterwards by :mod:`homeplane.translate.routes`, which fills
+``ListenerState.routes``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from homeplane.api.diagnostics import Diagnostics
+from homeplane.api.models.core import Secret
+from homeplane.api.models.gateway import GATEWAY_GROUP, Gateway, GatewayClass, Listener
+from homeplane.api.objects import Obj
+from homeplane.translate import snapshot as ir
+from homeplane.translate import status as st
+from homeplane.translate.context import Context, generation
+from homeplane.translate.tlscerts import CertificateError, load_tls_secret
+
+SERVED_PROTOCOLS = ("HTTP", "HTTPS")
+HTTP_ROUTE_KINDS = ((GATEWAY_GROUP, "HTTPRoute"), (GATEWAY_GROUP, "GRPCRoute"))
+# Route kinds homeplane can attach today.
+ATTACHABLE_KINDS = ((GATEWAY_GROUP, "HTTPRoute"),)
+
+
+@dataclass
+class AttachedRoute:
+    route: Obj
+    hostnames: list[str]
+    rules: list[ir.RouteRule]
+
+
+@dataclass
+class ListenerState:
+    gateway: "GatewayState"
+    spec: Listener
+    index: int
+    accepted: st.Condition = field(default_factory=lambda: st.cond(st.ACCEPTED, True, st.R_ACCEPTED, "Listener is accepted"))
+    conflicted: st.Condition = field(default_factory=lambda: st.cond(st.CONFLICTED, False, st.R_NO_CONFLICTS, "No conflicts"))
+    resolved: st.Condition = field(default_factory=lambda: st.cond(st.RESOLVED_REFS, True, st.R_RESOLVED_REFS, "Resolved all references"))
+    supported_kinds: list[tuple[str, str]] = field(default_factory=list)
+    certs: list[ir.TLSCert] = field(default_factory=list)
+    routes: list[AttachedRoute] = field(default_factory=list)
+    client_traffic: ir.ClientTrafficIR | None = None
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def ready(self) -> bool:
+        """Served by the data plane: accepted, not conflicted, routable, and (HTTPS) with a certificate.
+
+        A listener whose ResolvedRefs is False still serves with what did resolve
+        (some of its certificates, or the supported subset of its route kinds).
+        """
+        if self.accepted.status is not True or self.conflicted.status or not self.supported_kinds:
+            return False
+        return self.spec.protocol != "HTTPS" or bool(self.certs)
+
+    @property
+    def accepts_routes(self) -> bool:
+        """Routes may attach even when TLS refs are broken (they are counted, not served)."""
+        return self.accepted.status is True and not self.conflicted.status
+
+    def conditions(self) -> list[st.Condition]:
+        gen = generation(self.gateway.obj)
+        programmed = (
+            st.cond(st.PROGRAMMED, True, st.R_PROGRAMMED, "Sending translated listener configuration to the data plane", gen)
+            if self.ready
+            else st.cond(st.PROGRAMMED, False, st.R_INVALID, "Listener is invalid, see other conditions for details.", gen)
+        )
+        return [
+            _with_gen(self.accepted, gen),
+            _with_gen(self.resolved, gen),
+            _with_gen(self.conflicted, gen),
+            programmed,
+        ]
+
+
+def _with_gen(c: st.Condition, gen: int | None) -> st.Condition:
+    return st.Condition(c.type, c.status, c.reason, c.message, gen)
+
+
+@dataclass
+class GatewayState:
+    obj: Obj
+    model: Gateway
+    class_name: str
+    listeners: list[ListenerState] = field(default_factory=list)
+    addresses: list[str] = field(default_factory=list)
+
+    @property
+    def ref(self) -> ir.Ref:
+        return ir.Ref("Gateway", self.obj.namespace, self.obj.name)
+
+    def listener(self, name: str) -> ListenerState | None:
+        for ls in self.listeners:
+            if ls.name == name:
+                return ls
+        return None
+
+
+def process_gateway_classes(ctx: Context, diags: Diagnostics) -> dict[str, bool]:
+    """Classes homeplane serves -> whether each is accepted."""
+    classes: dict[str, bool] = {}
+    for o in ctx.kind(GATEWAY_GROUP, "GatewayClass"):
+        gc = o.model
+        assert isinstance(gc, GatewayClass)
+        if gc.spec.controller_name not in ctx.options.controller_names:
+            continue
+        gen = generation(o)
+        ok, message = True, "Valid GatewayClass"
+        pref = gc.spec.parameters_ref
+        if pref is not None:
+            if (pref.group, pref.kind) != ("gateway.envoyproxy.io", "EnvoyProxy"):
+                ok, message = False, f"Unsupported parametersRef kind {pref.group}/{pref.kind}; only gateway.envoyproxy.io/EnvoyProxy is supported"
+            elif not pref.namespace:
+                ok, message = False, "parametersRef.namespace must be set for an EnvoyProxy reference"
+            elif ctx.get("gateway.envoyproxy.io", "EnvoyProxy", pref.namespace, pref.name) is None:
+                ok, message = False, f"EnvoyProxy {pref.namespace}/{pref.name} referenced by parametersRef not found"
+        classes[o.name] = ok
+        ctx.set_status(
+            o,
+            {
+                "conditions": st.conditions_json(
+                    [
+                        st.cond(st.ACCEPTED, ok, st.R_ACCEPTED if ok else st.R_INVALID_PARAMETERS, message, gen),
+                        st.cond(st.SUPPORTED_VERSION, True, st.R_SUPPORTED_VERSION, "Gateway API CRD version is supported", gen),
+                    ]
+                )
+            },
+        )
+    return classes
+
+
+def process_gateways(ctx: Context, classes: dict[str, bool], diags: Diagnostics) -> list[GatewayState]:
+    known_classes = {o.name for o in ctx.kind(GATEWAY_GROUP, "GatewayClass")}
+    states: list[GatewayState] = []
+    for o in ctx.kind(GATEWAY_GROUP, "Gateway"):
+        gw = o.model
+        assert isinstance(gw, Gateway)
+        cls = gw.spec.gateway_class_name
+        if cls not in known_classes:
+            # Home-ops repos often let the Envoy Gateway chart create the class; serve it.
+            diags.info(
+                f"GatewayClass {cls!r} is not in the manifests; assuming it is served by homeplane "
+                "(as a class installed by the Envoy Gateway Helm chart would be)",
+                file=o.source.file,
+                line=o.source.line,
+                document=o.source.document,
+                kind="Gateway",
+                namespace=o.namespace,
+                name=o.name,
+                field="spec.gatewayClassName",
+                code="GatewayClassAssumed",
+            )
+        elif cls not in classes:
+            continue  # another controller's class
+        state = GatewayState(o, gw, cls)
+        state.listeners = [ListenerState(state, spec, i) for i, spec in enumerate(gw.spec.listeners)]
+        state.addresses = _requested_addresses(o, gw)
+        if cls in classes and not classes[cls]:
+            for ls in state.listeners:
+                ls.accepted = st.cond(st.ACCEPTED, False, st.R_INVALID, f"GatewayClass {cls} is not accepted")
+        else:
+            for ls in state.listeners:
+                _validate_listener(ctx, state, ls)
+            _detect_conflicts(state)
+        states.append(state)
+    return states
+
+
+def _requested_addresses(o: Obj, gw: Gateway) -> list[str]:
+    out = [a.value for a in gw.spec.addresses if a.type in ("IPAddress", "")]
+    infra = gw.spec.infrastructure
+    ann = dict(infra.annotations) if infra else {}
+    for ip in ann.get("lbipam.cilium.io/ips", "").split(","):
+        if ip.strip():
+            out.append(ip.strip())
+    return list(dict.fromkeys(out))
+
+
+def _validate_listener(ctx: Context, gw: GatewayState, ls: ListenerState) -> None:
+    spec = ls.spec
+    proto = spec.protocol
+    if proto not in SERVED_PROTOCOLS:
+        ls.accepted = st.cond(
+            st.ACCEPTED,
+            False,
+            st.R_UNSUPPORTED_PROTOCOL,
+            f"Protocol {proto} is not served by homeplane yet (served: {', '.join(SERVED_PROTOCOLS)})",
+        )
+        ls.supported_kinds = []
+        return
+    # Route kinds
+    allowed = spec.allowed_routes.kinds
+    if allowed:
+        supported = [(k.group, k.kind) for k in allowed if (k.group, k.kind) in HTTP_ROUTE_KINDS]
+        bad = [f"{k.group}/{k.kind}" for k in allowed if (k.group, k.kind) not in HTTP_ROUTE_KINDS]
+        if bad:
+            ls.resolved = st.cond(
+                st.RESOLVED_REFS, False, st.R_INVALID_ROUTE_KINDS, f"Route kinds not supported on {proto}: {', '.join(bad)}"
+            )
+        ls.supported_kinds = supported
+    else:
+        ls.supported_kinds = list(HTTP_ROUTE_KINDS)
+    if proto == "HTTP":
+        if spec.tls is not None:
+            ls.accepted = st.cond(st.ACCEPTED, False, st.R_UNSUPPORTED_VALUE, "tls must not be set on an HTTP listener")
+        return
+    # HTTPS
+    tls = spec.tls
+    if tls is None or not tls.certificate_refs:
+        ls.resolved = st.cond(
+            st.RESOLVED_REFS, False, st.R_INVALID_CERTIFICATE_REF, "An HTTPS listener needs tls.certificateRefs"
+        )
+        return
+    if tls.mode != "Terminate":
+        ls.accepted = st.cond(
+            st.ACCEPTED, False, st.R_UNSUPPORTED_VALUE, "tls.mode Passthrough is only valid on TLS listeners"
+        )
+        return
+    problems: list[tuple[str, str]] = []
+    for i, ref in enumerate(tls.certificate_refs):
+        ns = ref.namespace or gw.obj.namespace or "default"
+        where = f"tls.certificateRefs[{i}]"
+        if (ref.group, ref.kind) != ("", "Secret"):
+            problems.append((st.R_INVALID_CERTIFICATE_REF, f"{where}: unsupported kind {ref.group or 'core'}/{ref.kind}"))
+            continue
+        if not ctx.ref_granted(GATEWAY_GROUP, "Gateway", gw.obj.namespace or "", "", "Secret", ns, ref.name):
+            problems.append(
+                (st.R_REF_NOT_PERMITTED, f"{where}: Secret {ns}/{ref.name} is in another namespace and no ReferenceGrant allows it")
+            )
+            continue
+        secret = ctx.model("", "Secret", ns, ref.name, Secret)
+        if secret is None:
+            problems.append((st.R_INVALID_CERTIFICATE_REF, f"{where}: Secret {ns}/{ref.name} does not exist"))
+            continue
+        try:
+            ls.certs.append(load_tls_secret(secret, ir.Ref("Secret", ns, ref.name)))
+        except CertificateError as e:
+            problems.append((st.R_INVALID_CERTIFICATE_REF, f"{where}: {e}"))
+    if problems:
+        # With some usable certificates the listener still serves (see ListenerState.ready).
+        ls.resolved = st.cond(st.RESOLVED_REFS, False, problems[0][0], "; ".join(m for _, m in problems))
+
+
+_FAMILY = {"HTTP": "http", "HTTPS": "tls", "TLS": "tls", "TCP": "tcp", "UDP": "udp"}
+
+
+def _detect_conflicts(gw: GatewayState) -> None:
+    # Every listener claims its port, served or not (a TCP listener still owns port 22).
+    by_port: dict[int, list[ListenerState]] = {}
+    for ls in gw.listeners:
+        by_port.setdefault(ls.spec.port, []).append(ls)
+    for port, group in by_port.items():
+        families = {_FAMILY.get(ls.spec.protocol, ls.spec.protocol) for ls in group}
+        tcp_families = families - {"udp"}
+        if len(tcp_families) > 1:
+            for ls in group:
+                if ls.spec.protocol != "UDP":
+                    ls.conflicted = st.cond(
+                        st.CONFLICTED,
+                        True,
+                        st.R_PROTOCOL_CONFLICT,
+                        f"Port {port} is used by listeners of incompatible protocols ({', '.join(sorted({x.spec.protocol for x in group}))})",
+                    )
+            continue
+        seen: dict[tuple[str, str], list[ListenerState]] = {}
+        for ls in group:
+            seen.setdefault((ls.spec.protocol, (ls.spec.hostname or "").lower()), []).append(ls)
+        for (_, host), dup in seen.items():
+            if len(dup) > 1:
+                for ls in dup:
+                    ls.conflicted = st.cond(
+                        st.CONFLICTED,
+                        True,
+                        st.R_HOSTNAME_CONFLICT,
+                        f"Listeners {', '.join(x.name for x in dup)} share port {port} and hostname {host or '(any)'}",
+                    )
+
+
+def gateway_status(gw: GatewayState) -> dict:
+    gen = generation(gw.obj)
+    invalid = [ls for ls in gw.listeners if not ls.ready]
+    valid = [ls for ls in gw.listeners if ls.ready]
+    if not invalid:
+        accepted = st.cond(st.ACCEPTED, True, st.R_ACCEPTED, "The Gateway has been scheduled by homeplane", gen)
+    elif valid:
+        accepted = st.cond(
+            st.ACCEPTED, True, st.R_LISTENERS_NOT_VALID, f"Some listeners are not valid: {', '.join(x.name for x in invalid)}", gen
+        )
+    else:
+        accepted = st.cond(st.ACCEPTED, False, st.R_LISTENERS_NOT_VALID, "No listener is valid", gen)
+    programmed = (
+        st.cond(st.PROGRAMMED, True, st.R_PROGRAMMED, "Sending translated listener configuration to the data plane", gen)
+        if valid
+        else st.cond(st.PROGRAMMED, False, st.R_INVALID, "No valid listener to program", gen)
+    )
+    return {
+        "addresses": [{"type": "IPAddress", "value": a} for a in gw.addresses],
+        "conditions": st.conditions_json([accepted, programmed]),
+        "listeners": [
+            {
+                "name": ls.name,
+                "supportedKinds": [{"group": g, "kind": k} for g, k in ls.supported_kinds],
+                "attachedRoutes": len(ls.routes),
+                "conditions": st.conditions_json(ls.conditions()),
+            }
+            for ls in gw.listeners
+        ],
+    }

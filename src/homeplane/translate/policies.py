@@ -1,0 +1,271 @@
+"""Envoy Gateway policy attachment: SecurityPolicy, ClientTrafficPolicy, BackendTrafficPolicy.
+
+Policies target Gateways (optionally one listener via ``sectionName``) or
+HTTPRoutes (optionally one named rule) through ``targetRefs`` and
+``targetSelectors``, in their own namespace. As in Envoy Gateway:
+
+* two policies of one kind on the same target: the older one wins (creation
+  time, then namespace/name); the other gets ``Accepted=False, Conflicted``;
+* a more specific attachment overrides a broader one (rule > route > listener
+  > gateway); the broader policy is told so with an ``Overridden`` condition;
+* a SecurityPolicy that is invalid (e.g. its extAuth Service is in another
+  namespace without a ReferenceGrant) is not accepted, and the routes it
+  targets fail closed (HTTP 500) rather than being served unprotected.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from homeplane.api.models.base import LabelSelector
+from homeplane.api.models.core import Secret
+from homeplane.api.models.envoy import ENVOY_GROUP, SecurityPolicy
+from homeplane.api.models.gateway import GATEWAY_GROUP, HTTPRoute
+from homeplane.api.objects import Obj
+from homeplane.translate import snapshot as ir
+from homeplane.translate import status as st
+from homeplane.translate.context import Context, age_key, generation
+from homeplane.translate.gateways import GatewayState, ListenerState
+from homeplane.translate.routes import resolve_backend_ref
+
+# (kind, namespace, name, section)
+Target = tuple[str, str, str, str | None]
+
+
+@dataclass
+class PolicyState:
+    obj: Obj
+    targets: list[Target] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    invalid: str = ""
+    conflicted_on: list[str] = field(default_factory=list)
+    overridden_on: list[str] = field(default_factory=list)
+    ext_auth_pool: str | None = None
+
+    @property
+    def ref(self) -> ir.Ref:
+        return ir.Ref(self.obj.kind, self.obj.namespace, self.obj.name)
+
+
+@dataclass
+class Attachments:
+    """Winning policy per target, for one policy kind."""
+
+    by_target: dict[Target, PolicyState] = field(default_factory=dict)
+
+    def lookup(self, *targets: Target) -> PolicyState | None:
+        for t in targets:
+            p = self.by_target.get(t)
+            if p is not None:
+                return p
+        return None
+
+
+def _collect_targets(ctx: Context, p: PolicyState, allowed_kinds: tuple[str, ...]) -> None:
+    o = p.obj
+    spec = o.model.spec  # type: ignore[union-attr]
+    ns = o.namespace or ""
+    for ref in spec.all_target_refs():
+        if ref.group != GATEWAY_GROUP or ref.kind not in allowed_kinds:
+            p.invalid = f"targetRef kind {ref.group}/{ref.kind} is not supported (supported: {', '.join(allowed_kinds)})"
+            continue
+        if ctx.get(GATEWAY_GROUP, ref.kind, ns, ref.name) is None:
+            p.missing.append(f"{ref.kind} {ns}/{ref.name}")
+            continue
+        p.targets.append((ref.kind, ns, ref.name, ref.section_name))
+    for sel in spec.target_selectors:
+        if sel.group != GATEWAY_GROUP or sel.kind not in allowed_kinds:
+            p.invalid = f"targetSelector kind {sel.group}/{sel.kind} is not supported"
+            continue
+        selector = LabelSelector(matchLabels=sel.match_labels, matchExpressions=sel.match_expressions)
+        for cand in ctx.kind(GATEWAY_GROUP, sel.kind):
+            if cand.namespace == ns and selector.matches(cand.labels):
+                p.targets.append((sel.kind, ns, cand.name, None))
+    p.targets = list(dict.fromkeys(p.targets))
+
+
+def _validate_security(ctx: Context, p: PolicyState) -> None:
+    sp = p.obj.model
+    assert isinstance(sp, SecurityPolicy)
+    ns = p.obj.namespace or ""
+    spec = sp.spec
+    if spec.ext_auth is not None and spec.ext_auth.http is not None:
+        refs = spec.ext_auth.http.all_backend_refs()
+        if not refs:
+            p.invalid = "extAuth.http needs backendRefs"
+        for ref in refs[:1]:
+            res = resolve_backend_ref(ctx, ENVOY_GROUP, "SecurityPolicy", ns, ref)
+            if res.pool is None:
+                p.invalid = f"extAuth: {res.message}"
+            p.ext_auth_pool = res.pool
+    elif spec.ext_auth is not None and spec.ext_auth.grpc is not None:
+        p.invalid = "extAuth.grpc is not supported by homeplane yet; use extAuth.http"
+    if spec.basic_auth is not None:
+        users = spec.basic_auth.users
+        uns = users.namespace or ns
+        if not ctx.ref_granted(ENVOY_GROUP, "SecurityPolicy", ns, "", "Secret", uns, users.name):
+            p.invalid = f"basicAuth: Secret {uns}/{users.name} not permitted by any ReferenceGrant"
+        else:
+            secret = ctx.model("", "Secret", uns, users.name, Secret)
+            if secret is None:
+                p.invalid = f"basicAuth: Secret {uns}/{users.name} not found"
+            elif secret.value(".htpasswd") is None:
+                p.invalid = f"basicAuth: Secret {uns}/{users.name} has no .htpasswd key"
+    if spec.oidc is not None:
+        p.invalid = p.invalid or "oidc is not supported by homeplane yet"
+    if spec.api_key_auth is not None:
+        p.invalid = p.invalid or "apiKeyAuth is not supported by homeplane yet"
+
+
+def _resolve(states: list[PolicyState]) -> Attachments:
+    """Older policy wins each target; later ones are marked conflicted on it."""
+    att = Attachments()
+    for p in sorted(states, key=lambda s: age_key(s.obj)):
+        for t in p.targets:
+            if t in att.by_target:
+                winner = att.by_target[t]
+                p.conflicted_on.append(f"{t[0]} {t[1]}/{t[2]}{'#' + t[3] if t[3] else ''} (already targeted by {winner.obj.namespace}/{winner.obj.name})")
+                continue
+            att.by_target[t] = p
+    return att
+
+
+@dataclass
+class PolicyResult:
+    security: Attachments
+    client: Attachments
+    backend: Attachments
+    states: list[PolicyState]
+
+
+def process_policies(ctx: Context, gateways: list[GatewayState]) -> PolicyResult:
+    sec = [PolicyState(o) for o in ctx.kind(ENVOY_GROUP, "SecurityPolicy")]
+    ctp = [PolicyState(o) for o in ctx.kind(ENVOY_GROUP, "ClientTrafficPolicy")]
+    btp = [PolicyState(o) for o in ctx.kind(ENVOY_GROUP, "BackendTrafficPolicy")]
+    for p in sec + btp:
+        _collect_targets(ctx, p, ("Gateway", "HTTPRoute"))
+    for p in ctp:
+        _collect_targets(ctx, p, ("Gateway",))
+    for p in sec:
+        _validate_security(ctx, p)
+    result = PolicyResult(_resolve(sec), _resolve(ctp), _resolve(btp), sec + ctp + btp)
+    _apply_to_gateways(result, gateways)
+    return result
+
+
+def finish_policies(ctx: Context, result: PolicyResult) -> None:
+    """Write policy status; call after every rule went through :func:`effective_rule`,
+    which records where a broader policy is overridden."""
+    for p in result.states:
+        ctx.set_status(p.obj, _policy_status(ctx, p))
+
+
+def _apply_to_gateways(result: PolicyResult, gateways: list[GatewayState]) -> None:
+    for gw in gateways:
+        gns, gname = gw.obj.namespace or "", gw.obj.name
+        for ls in gw.listeners:
+            ctp = result.client.lookup(("Gateway", gns, gname, ls.name), ("Gateway", gns, gname, None))
+            if ctp is not None:
+                spec = ctp.obj.model.spec  # type: ignore[union-attr]
+                ls.client_traffic = ir.ClientTrafficIR(ctp.ref, spec)
+                broad = result.client.by_target.get(("Gateway", gns, gname, None))
+                if broad is not None and broad is not ctp:
+                    broad.overridden_on.append(f"listener {ls.name} of Gateway {gns}/{gname} (by {ctp.obj.name})")
+
+
+def effective_rule(
+    result: PolicyResult, gw: GatewayState, ls: ListenerState, rule: ir.RouteRule
+) -> ir.RouteRule:
+    """The rule with the SecurityPolicy and BackendTrafficPolicy in effect on this listener."""
+    rns, rname = rule.route.namespace or "", rule.route.name
+    gns, gname = gw.obj.namespace or "", gw.obj.name
+    keys: list[Target] = []
+    if rule.rule_name:
+        keys.append(("HTTPRoute", rns, rname, rule.rule_name))
+    keys += [("HTTPRoute", rns, rname, None), ("Gateway", gns, gname, ls.name), ("Gateway", gns, gname, None)]
+    changes: dict[str, Any] = {}
+    sp = result.security.lookup(*keys)
+    if sp is not None:
+        _note_override(result.security, sp, keys, rule)
+        spec = sp.obj.model.spec  # type: ignore[union-attr]
+        valid = not sp.invalid
+        changes["security"] = ir.SecurityIR(sp.ref, spec, valid, sp.invalid, sp.ext_auth_pool)
+        if not valid and rule.direct_status is None:
+            changes["direct_status"] = 500
+            changes["direct_reason"] = f"SecurityPolicy {sp.obj.namespace}/{sp.obj.name} is invalid: {sp.invalid}"
+    bp = result.backend.lookup(*keys)
+    if bp is not None:
+        _note_override(result.backend, bp, keys, rule)
+        changes["backend_traffic"] = ir.BackendTrafficIR(bp.ref, bp.obj.model.spec)  # type: ignore[union-attr]
+    return replace(rule, **changes) if changes else rule
+
+
+def _note_override(att: Attachments, winner: PolicyState, keys: list[Target], rule: ir.RouteRule) -> None:
+    idx = next(i for i, k in enumerate(keys) if att.by_target.get(k) is winner)
+    for k in keys[idx + 1 :]:
+        broader = att.by_target.get(k)
+        if broader is not None and broader is not winner:
+            note = f"HTTPRoute {rule.route.namespace}/{rule.route.name} (by {winner.obj.name})"
+            if note not in broader.overridden_on:
+                broader.overridden_on.append(note)
+
+
+def _policy_status(ctx: Context, p: PolicyState) -> dict[str, Any]:
+    gen = generation(p.obj)
+    if p.invalid:
+        accepted = st.cond(st.ACCEPTED, False, st.R_INVALID, p.invalid, gen)
+    elif p.missing and not p.targets:
+        accepted = st.cond(st.ACCEPTED, False, st.R_TARGET_NOT_FOUND, f"Target not found: {', '.join(p.missing)}", gen)
+    elif p.conflicted_on and len(p.conflicted_on) >= len(p.targets):
+        accepted = st.cond(st.ACCEPTED, False, st.R_CONFLICTED, "Conflicts on " + "; ".join(p.conflicted_on), gen)
+    elif not p.targets:
+        accepted = st.cond(st.ACCEPTED, False, st.R_TARGET_NOT_FOUND, "No target matches the policy's targetRefs/targetSelectors", gen)
+    else:
+        msg = "Policy has been accepted."
+        if p.missing:
+            msg += f" Targets not found: {', '.join(p.missing)}."
+        accepted = st.cond(st.ACCEPTED, True, st.R_ACCEPTED, msg, gen)
+    conditions = [accepted]
+    if p.overridden_on:
+        conditions.append(
+            st.cond(st.OVERRIDDEN, True, st.R_OVERRIDDEN, "This policy is being overridden by other policies for: " + "; ".join(p.overridden_on), gen)
+        )
+    ancestors = []
+    for anc in _ancestors(ctx, p):
+        ancestors.append({"ancestorRef": anc, "controllerName": st.CONTROLLER_NAME, "conditions": st.conditions_json(conditions)})
+    if not ancestors:
+        ancestors.append({"ancestorRef": None, "controllerName": st.CONTROLLER_NAME, "conditions": st.conditions_json(conditions)})
+    return {"ancestors": ancestors}
+
+
+def _ancestors(ctx: Context, p: PolicyState) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for kind, ns, name, section in p.targets:
+        if kind == "Gateway":
+            ref = {"group": GATEWAY_GROUP, "kind": "Gateway", "namespace": ns, "name": name}
+            if section:
+                ref["sectionName"] = section
+            out.append(ref)
+        else:
+            route = ctx.model(GATEWAY_GROUP, kind, ns, name, HTTPRoute)
+            for pref in route.spec.parent_refs if route else []:
+                ref = {"group": pref.group, "kind": pref.kind, "namespace": pref.namespace or ns, "name": pref.name}
+                if pref.section_name:
+                    ref["sectionName"] = pref.section_name
+                if ref not in out:
+                    out.append(ref)
+    return out
+
+
+def attachments_summary(result: PolicyResult) -> tuple[ir.PolicyAttachment, ...]:
+    out = []
+    for p in result.states:
+        targets = tuple(ir.Ref(k, ns, n, s) for k, ns, n, s in p.targets)
+        ok = not p.invalid and bool(p.targets) and not (p.conflicted_on and len(p.conflicted_on) >= len(p.targets))
+        msg = p.invalid or ("; ".join(p.conflicted_on) if p.conflicted_on else "") or (
+            f"targets not found: {', '.join(p.missing)}" if p.missing else ""
+        )
+        out.append(ir.PolicyAttachment(p.ref, targets, ok, msg))
+    return tuple(out)
+

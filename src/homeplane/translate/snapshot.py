@@ -1,0 +1,281 @@
+"""The Snapshot: one immutable, versioned picture of everything the data planes serve.
+
+Translate builds it; data planes swap it atomically and read only from it. Every
+entry keeps a back-reference to the resource it came from (``Ref``), so that
+``check``, ``trace`` and access logs can name the HTTPRoute rule or Service that
+produced a decision. Secrets are held as :class:`PrivateBytes`, which never
+prints its content.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Mapping
+
+from homeplane.api.models.envoy import BackendTrafficPolicySpec, ClientTrafficPolicySpec, SecurityPolicySpec
+
+
+@dataclass(frozen=True, slots=True)
+class Ref:
+    kind: str
+    namespace: str | None
+    name: str
+    section: str | None = None  # listener name, rule index ...
+
+    def __str__(self) -> str:
+        base = f"{self.kind}/{self.namespace + '/' if self.namespace else ''}{self.name}"
+        return base + (f"#{self.section}" if self.section else "")
+
+
+class PrivateBytes(bytes):
+    """Key material: usable as bytes, never shown by repr/str/JSON."""
+
+    def __repr__(self) -> str:
+        return f"<PrivateBytes {len(self)} bytes>"
+
+    __str__ = __repr__
+
+
+# --- backends -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    address: str  # IP address, or a hostname when fqdn is True
+    port: int
+    ready: bool = True
+    hostname: str | None = None
+    fqdn: bool = False
+    zone: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BackendPool:
+    """An upstream cluster: a Service port or an Envoy Gateway Backend, with its endpoints."""
+
+    name: str  # stable key, e.g. "service/default/sonarr:80"
+    source: Ref
+    endpoints: tuple[Endpoint, ...]
+    app_protocol: str | None = None  # "h2c", "kubernetes.io/h2c", "http", ...
+    service_port: int | None = None
+
+    @property
+    def ready_endpoints(self) -> tuple[Endpoint, ...]:
+        return tuple(e for e in self.endpoints if e.ready)
+
+
+# --- HTTP routing ---------------------------------------------------------------
+
+
+PathType = Literal["Exact", "PathPrefix", "RegularExpression"]
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    path_type: PathType = "PathPrefix"
+    path: str = "/"
+    method: str | None = None
+    headers: tuple[tuple[str, str, str], ...] = ()  # (type, lower-case name, value)
+    query: tuple[tuple[str, str, str], ...] = ()  # (type, name, value)
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderOps:
+    set: tuple[tuple[str, str], ...] = ()
+    add: tuple[tuple[str, str], ...] = ()
+    remove: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Redirect:
+    scheme: str | None = None
+    hostname: str | None = None
+    port: int | None = None
+    path_type: str | None = None  # ReplaceFullPath | ReplacePrefixMatch
+    path_value: str | None = None
+    status_code: int = 302
+
+
+@dataclass(frozen=True, slots=True)
+class Rewrite:
+    hostname: str | None = None
+    path_type: str | None = None
+    path_value: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Mirror:
+    pool: str | None  # None when the mirror backend is invalid (then it is skipped)
+    percent: float = 100.0
+
+
+@dataclass(frozen=True, slots=True)
+class Filters:
+    request_headers: HeaderOps | None = None
+    response_headers: HeaderOps | None = None
+    redirect: Redirect | None = None
+    rewrite: Rewrite | None = None
+    mirrors: tuple[Mirror, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class WeightedBackend:
+    pool: str | None  # key into Snapshot.pools; None when the backendRef is invalid
+    weight: int
+    ref: Ref
+    filters: Filters | None = None
+    invalid_reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SecurityIR:
+    """The SecurityPolicy in effect for a route rule (route-level over gateway-level)."""
+
+    policy: Ref
+    spec: SecurityPolicySpec
+    valid: bool
+    message: str = ""
+    ext_auth_pool: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BackendTrafficIR:
+    policy: Ref
+    spec: BackendTrafficPolicySpec
+
+
+@dataclass(frozen=True, slots=True)
+class RouteRule:
+    """One (route, rule, match) entry of a virtual host, in precedence order."""
+
+    route: Ref
+    rule_index: int
+    match_index: int
+    match: Match
+    filters: Filters
+    backends: tuple[WeightedBackend, ...]
+    # Set when the rule answers by itself: 500 for invalid backends or an invalid
+    # SecurityPolicy (fail closed); None otherwise.
+    direct_status: int | None = None
+    direct_reason: str = ""
+    timeout_request: float | None = None
+    timeout_backend_request: float | None = None
+    security: SecurityIR | None = None
+    backend_traffic: BackendTrafficIR | None = None
+    rule_name: str | None = None
+
+    @property
+    def id(self) -> str:
+        return f"{self.route}/rule/{self.rule_index}/match/{self.match_index}"
+
+
+@dataclass(frozen=True, slots=True)
+class VirtualHost:
+    hostname: str  # exact, "*.suffix" or "*" for any
+    rules: tuple[RouteRule, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TLSCert:
+    secret: Ref
+    cert_pem: bytes
+    key_pem: PrivateBytes
+    dns_names: tuple[str, ...] = ()
+    not_after: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClientTrafficIR:
+    policy: Ref
+    spec: ClientTrafficPolicySpec
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    gateway: Ref
+    name: str
+    port: int
+    protocol: str
+    hostname: str | None
+    ready: bool  # accepted, no conflict, refs resolved: the data plane serves it
+    tls_certs: tuple[TLSCert, ...] = ()
+    tls_mode: str | None = None
+    vhosts: tuple[VirtualHost, ...] = ()
+    client_traffic: ClientTrafficIR | None = None
+    attached_routes: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Gateway:
+    ref: Ref
+    class_name: str
+    listeners: tuple[Listener, ...]
+    addresses: tuple[str, ...]  # requested (spec.addresses or lbipam.cilium.io/ips)
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    infrastructure_annotations: Mapping[str, str] = field(default_factory=dict)
+    programmed: bool = True
+
+
+# --- services -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ServicePort:
+    name: str | None
+    port: int
+    protocol: str
+    target_port: int | str
+    app_protocol: str | None
+    pool: str  # key into Snapshot.pools
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    ref: Ref
+    type: str
+    cluster_ip: str | None  # as written; allocation arrives with LB IPAM
+    ports: tuple[ServicePort, ...]
+    selector: Mapping[str, str] | None
+    external_name: str | None = None
+    requested_lb_ips: tuple[str, ...] = ()
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    labels: Mapping[str, str] = field(default_factory=dict)
+    external_traffic_policy: str | None = None
+    session_affinity: str = "None"
+    headless: bool = False
+    endpoint_source: str = "none"  # "EndpointSlice", "Endpoints", "ExternalName", "none"
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyAttachment:
+    policy: Ref
+    targets: tuple[Ref, ...]
+    accepted: bool
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    version: int
+    gateways: tuple[Gateway, ...] = ()
+    services: tuple[Service, ...] = ()
+    pools: Mapping[str, BackendPool] = field(default_factory=dict)
+    policies: tuple[PolicyAttachment, ...] = ()
+    # A digest of the inputs, to tell whether a new translation changed anything.
+    digest: str = ""
+    extras: Mapping[str, Any] = field(default_factory=dict)
+
+    def gateway(self, namespace: str, name: str) -> Gateway | None:
+        for g in self.gateways:
+            if g.ref.namespace == namespace and g.ref.name == name:
+                return g
+        return None
+
+    def service(self, namespace: str, name: str) -> Service | None:
+        for s in self.services:
+            if s.ref.namespace == namespace and s.ref.name == name:
+                return s
+        return None
+
+
+EMPTY = Snapshot(version=0)

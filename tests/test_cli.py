@@ -1,0 +1,121 @@
+"""The command line: check (text and JSON), get, exit codes, error messages."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import EXAMPLE
+
+VARS = ["--vars", str(EXAMPLE / "cluster-secrets.env")]
+
+
+def hp(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "homeplane", *args], capture_output=True, text=True, cwd=cwd, timeout=60)
+
+
+def test_check_example_is_clean_and_shows_what_is_served() -> None:
+    r = hp("check", str(EXAMPLE), *VARS)
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = r.stdout
+    assert "network/envoy-external" in out and "network/envoy-internal" in out
+    assert "sonarr.home.example" in out and "whoami.home.example" in out
+    assert "protected by SecurityPolicy selfhosted/whoami" in out
+    assert "redirect scheme=https (301)" in out
+    assert "Problems: 0 errors, 0 warnings" in out
+
+
+def test_check_json_schema() -> None:
+    r = hp("check", str(EXAMPLE), *VARS, "-o", "json")
+    assert r.returncode == 0
+    doc = json.loads(r.stdout)
+    assert doc["apiVersion"] == "homeplane.dev/v1alpha1" and doc["kind"] == "CheckReport"
+    assert set(doc) >= {"summary", "gateways", "routes", "services", "policies", "diagnostics", "snapshot"}
+    gw = {g["name"]: g for g in doc["gateways"]}
+    https = next(ls for ls in gw["envoy-external"]["listeners"] if ls["name"] == "https")
+    assert https["port"] == 443 and https["protocol"] == "HTTPS" and https["ready"]
+    assert https["tls"]["certificates"][0]["secret"] == "network/home-example-tls"
+    assert "*.home.example" in https["tls"]["certificates"][0]["dnsNames"]
+    route = next(r for r in doc["routes"] if r["name"] == "whoami")
+    assert route["hostnames"] == ["whoami.home.example"]
+    assert route["parents"][0] == {
+        "gateway": "network/envoy-external",
+        "sectionName": "https",
+        "accepted": True,
+        "reason": "Accepted",
+        "message": "Route is accepted",
+        "resolvedRefs": True,
+    }
+    assert route["securityPolicies"] == ["selfhosted/whoami"]
+    assert route["rules"][0]["backends"][0]["endpoints"] == {"ready": 1, "total": 1}
+    svc = next(s for s in doc["services"] if s["name"] == "sonarr")
+    assert svc["ports"][0]["endpoints"] == [{"address": "127.0.0.1", "port": 8989, "ready": True}]
+    assert doc["summary"]["errors"] == 0
+
+
+def test_check_exit_code_1_and_problems_grouped_by_file(tmp_path: Path) -> None:
+    work = tmp_path / "repo"
+    shutil.copytree(EXAMPLE, work)
+    (work / "downloads" / "sonarr.yaml").write_text(
+        (work / "downloads" / "sonarr.yaml").read_text().replace("name: sonarr\n          port: 80", "name: sonar\n          port: 80")
+    )
+    (work / "broken.yaml").write_text("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: [oops\n")
+    r = hp("check", str(work), "--vars", str(work / "cluster-secrets.env"))
+    assert r.returncode == 1
+    assert "  broken.yaml" in r.stdout and "YAML syntax error" in r.stdout
+    assert "  downloads/sonarr.yaml" in r.stdout
+    assert "BackendNotFound" in r.stdout and "Service downloads/sonar not found" in r.stdout
+
+
+def test_check_without_variables_warns_about_each_one() -> None:
+    r = hp("check", str(EXAMPLE))
+    assert "variable ${SECRET_DOMAIN} is not set" in r.stdout
+
+
+def test_set_overrides_vars_file() -> None:
+    r = hp("check", str(EXAMPLE), *VARS, "--set", "SECRET_DOMAIN=lab.test", "-o", "json")
+    hosts = {h for rt in json.loads(r.stdout)["routes"] for h in rt["hostnames"]}
+    assert hosts == {"sonarr.lab.test", "whoami.lab.test"}
+
+
+def test_bad_arguments_are_clear() -> None:
+    r = hp("check", "/no/such/dir")
+    assert r.returncode == 2 and "path does not exist: /no/such/dir" in r.stderr
+    r = hp("check", str(EXAMPLE), "--set", "bad name=x")
+    assert r.returncode == 2 and "invalid" in r.stderr
+    r = hp("get", "widgets", "-f", str(EXAMPLE))
+    assert r.returncode == 2 and "unknown kind 'widgets'" in r.stderr
+
+
+@pytest.mark.parametrize(
+    "args,expect",
+    [
+        (["gateways", "-n", "network"], ["envoy-external", "envoy", "192.168.42.120", "True"]),
+        (["httproutes", "-o", "wide"], ["whoami.home.example", "network/envoy-external/https=Accepted"]),
+        (["svc", "-o", "wide"], ["sonarr", "ClusterIP", "1/1", "Endpoints"]),
+        (["gatewayclass"], ["envoy", "gateway.envoyproxy.io/gatewayclass-controller", "True"]),
+        (["securitypolicies", "-o", "wide"], ["whoami", "True", "HTTPRoute/whoami"]),
+    ],
+)
+def test_get_tables(args: list[str], expect: list[str]) -> None:
+    r = hp("get", *args, "-f", str(EXAMPLE), *VARS)
+    assert r.returncode == 0, r.stderr
+    for e in expect:
+        assert e in r.stdout
+
+
+def test_get_yaml_shows_computed_status() -> None:
+    r = hp("get", "httproute", "sonarr", "-n", "downloads", "-o", "json", "-f", str(EXAMPLE), *VARS)
+    doc = json.loads(r.stdout)
+    assert doc["kind"] == "HTTPRoute" and doc["spec"]["hostnames"] == ["sonarr.home.example"]
+    conds = {c["type"]: c for c in doc["status"]["parents"][0]["conditions"]}
+    assert conds["Accepted"]["reason"] == "Accepted" and conds["ResolvedRefs"]["status"] == "True"
+    r = hp("get", "gateway", "envoy-internal", "-o", "yaml", "-f", str(EXAMPLE), *VARS)
+    assert "attachedRoutes: 1" in r.stdout and "reason: Programmed" in r.stdout
+    r = hp("get", "gateway", "nope", "-f", str(EXAMPLE), *VARS)
+    assert r.returncode == 1 and "not found" in r.stderr

@@ -149,8 +149,20 @@ def run(
         None, "--state", help="State store file (SQLite). Default: $XDG_STATE_HOME/homeplane/state.db"
     ),
     log_level: str = typer.Option("info", "--log-level"),
+    port_map: Optional[str] = typer.Option(
+        None, "--port-map", help="Listener port mapping, e.g. 80=8080,443=8443. Default: none as root, +8000 below 1024 otherwise."
+    ),
+    gateway_address: list[str] = typer.Option(
+        [], "--gateway-address", help="Where a Gateway listens: NAMESPACE/NAME=IP (repeatable)."
+    ),
+    bind_address: Optional[str] = typer.Option(
+        None, "--bind-address", help="Address for every Gateway without one (default: its own 127.0.1.x)."
+    ),
+    access_log: bool = typer.Option(True, "--access-log/--no-access-log", help="One JSON line per request on stderr."),
 ) -> None:
     """Serve the manifests: load, translate, publish, and re-apply on every change."""
+    from homeplane.gateway.addresses import loopback_allocator
+    from homeplane.gateway.server import BindPlan, DataPlane, Settings, default_port_map
     from homeplane.runtime import Runtime
     from homeplane.store import SQLiteStore, StoreError
 
@@ -171,14 +183,49 @@ def run(
     except StoreError as e:
         _fail(str(e))
         return
-    rt = Runtime(inputs, store, admin_host=host, admin_port=int(port))
+    try:
+        pmap = parse_port_map(port_map) if port_map is not None else default_port_map()
+        gw_addrs = dict(parse_assignment(a, "--gateway-address") for a in gateway_address)
+    except ValueError as e:
+        _fail(str(e))
+        return
     try:
         import uvloop
 
         uvloop.install()
     except ImportError:
         pass
-    asyncio.run(rt.run())
+
+    async def main_async() -> None:
+        rt = Runtime(inputs, store, admin_host=host, admin_port=int(port))
+        dp = DataPlane(
+            Settings(access_log=access_log),
+            BindPlan(pmap, gw_addrs, bind_address, loopback_allocator(store)),
+        )
+        rt.subscribe(dp.apply)
+        rt.on_start.append(dp.start)
+        rt.on_stop.append(dp.close)
+        rt.status_extras["listeners"] = lambda: dp.bindings
+        await rt.run()
+
+    asyncio.run(main_async())
+
+
+def parse_port_map(text: str) -> dict[int, int]:
+    out: dict[int, int] = {}
+    for item in filter(None, (x.strip() for x in text.split(","))):
+        a, sep, b = item.partition("=")
+        if not sep or not a.isdigit() or not b.isdigit() or not (0 < int(a) < 65536 and 0 < int(b) < 65536):
+            raise ValueError(f"--port-map {item!r}: expected LISTENER_PORT=LOCAL_PORT")
+        out[int(a)] = int(b)
+    return out
+
+
+def parse_assignment(text: str, flag: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or "/" not in key or not value:
+        raise ValueError(f"{flag} {text!r}: expected NAMESPACE/NAME=VALUE")
+    return key, value
 
 
 @app.command()

@@ -51,6 +51,9 @@ class Runtime:
     rejected: dict[str, Any] | None = None
     version: int = 0
     subscribers: list[Subscriber] = field(default_factory=list)
+    status_extras: dict[str, Callable[[], Any]] = field(default_factory=dict)
+    on_start: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     _transitions: dict[str, list[str]] = field(default_factory=dict)
     _reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -193,6 +196,8 @@ class Runtime:
             return 503, "application/json", b'{"error": "no configuration applied yet"}\n'
         doc = dict(self.current.report)
         doc["runtime"] = {"servingVersion": self.version, "rejected": self.rejected}
+        for name, fn in self.status_extras.items():
+            doc["runtime"][name] = fn()
         return 200, "application/json", json.dumps(doc, indent=2, default=str).encode() + b"\n"
 
     def _metrics(self, _: str) -> tuple[int, str, bytes]:
@@ -202,6 +207,8 @@ class Runtime:
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         stop = stop or asyncio.Event()
+        for fn in self.on_start:
+            await fn()
         await self.reload("start")
         await self.admin.start()
         log.info("admin endpoint on http://%s:%d (/healthz /readyz /status /metrics)", self.admin_host, self.admin.port)
@@ -220,6 +227,8 @@ class Runtime:
             await stop.wait()
         finally:
             watcher.cancel()
+            for fn in self.on_stop:
+                await fn()
             await self.admin.close()
             self.store.close()
             log.info("stopped")

@@ -233,9 +233,9 @@ def _compile_rule(
     timeout_req = timeout_be = None
     if rule.timeouts is not None:
         if rule.timeouts.request is not None:
-            timeout_req = parse_duration(rule.timeouts.request) or None  # 0s disables the timeout
+            timeout_req = parse_duration(rule.timeouts.request)  # 0.0: explicitly disabled
         if rule.timeouts.backend_request is not None:
-            timeout_be = parse_duration(rule.timeouts.backend_request) or None
+            timeout_be = parse_duration(rule.timeouts.backend_request)
         if timeout_req and timeout_be and timeout_be > timeout_req:
             rule_problems.append("timeouts.backendRequest must not be longer than timeouts.request")
             direct, direct_reason = 500, rule_problems[-1]

@@ -158,7 +158,7 @@ class RouteRule:
     # SecurityPolicy (fail closed); None otherwise.
     direct_status: int | None = None
     direct_reason: str = ""
-    timeout_request: float | None = None
+    timeout_request: float | None = None  # seconds; 0.0 means the route disabled the timeout
     timeout_backend_request: float | None = None
     security: SecurityIR | None = None
     backend_traffic: BackendTrafficIR | None = None

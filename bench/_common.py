@@ -1,0 +1,87 @@
+"""Helpers shared by the benchmarks: processes, CPU accounting, free ports."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def wait_port(host: str, port: int, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{host}:{port} did not open")
+
+
+def descendants(pid: int) -> list[int]:
+    out = [pid]
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return out
+    for c in children:
+        out += descendants(int(c))
+    return out
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime + stime
+    return total / CLK_TCK
+
+
+def parse_wrk(out: str) -> dict[str, float]:
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
+    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    sock_err = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    return {
+        "rps": rps,
+        "requests": total,
+        "p99_ms": float(p99.group(1)) * scale[p99.group(2)] if p99 else float("nan"),
+        "non2xx": int(errors.group(1)) if errors else 0,
+        "socket_errors": sum(int(x) for x in sock_err.groups()) if sock_err else 0,
+    }
+
+
+def run_wrk(url: str, seconds: int, connections: int, threads: int = 1, host: str | None = None) -> dict[str, float]:
+    cmd = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s", "--latency", url]
+    if host:
+        cmd[1:1] = ["-H", f"Host: {host}"]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return parse_wrk(out)
+
+
+def measure(pids_fn, url: str, seconds: int, connections: int, host: str | None = None) -> dict[str, float]:
+    """wrk against url; CPU time of the proxy processes (µs per request) alongside."""
+    run_wrk(url, 2, connections, host=host)  # warm up: pools, caches
+    pids = pids_fn()
+    before = cpu_seconds(pids)
+    res = run_wrk(url, seconds, connections, host=host)
+    used = cpu_seconds(pids) - before
+    res["cpu_s"] = used
+    res["cpu_us_per_req"] = used / res["requests"] * 1e6 if res["requests"] else float("nan")
+    return res

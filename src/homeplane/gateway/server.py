@@ -1,0 +1,516 @@
+"""The gateway data plane: listeners on sockets, Snapshot swaps, timers, access log.
+
+:meth:`DataPlane.apply` takes a Snapshot and makes it live atomically: routing
+tables and route actions are compiled first, then each port server's ``table``
+reference is swapped. A request reads the table once when it starts, so
+in-flight requests finish on the Snapshot they started with. Clusters (and
+their pooled connections) survive swaps when their endpoints do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import logging
+import os
+import socket
+import ssl
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+from homeplane.gateway.auth import Auth
+from homeplane.gateway.cluster import Cluster
+from homeplane.gateway.exchange import Exchange, RetryPolicy, RouteAction, WeightedCluster
+from homeplane.gateway.filters import compile_header_ops
+from homeplane.gateway.headers import parse_cidrs
+from homeplane.gateway.http1 import Http1Connection
+from homeplane.gateway.router import ListenerTable, PortTable, compile_gateway
+from homeplane.api.units import parse_duration
+from homeplane.translate import snapshot as ir
+
+log = logging.getLogger("homeplane.gateway")
+access_log = logging.getLogger("homeplane.access")
+
+
+@dataclass
+class Settings:
+    request_headers_timeout: float = 30.0  # a client must send its request head within this time
+    idle_timeout: float = 3600.0  # Envoy's default HTTP idle timeout
+    default_request_timeout: float | None = 15.0  # Envoy's default route timeout
+    max_connections: int = 10_000
+    access_log: bool = True
+    reuse_port: bool = False
+
+
+@dataclass
+class ListenerConf:
+    """Per-listener settings from its ClientTrafficPolicy."""
+
+    xff_enabled: bool = False
+    xff_hops: int | None = None
+    xff_trusted: tuple[Any, ...] = ()
+    idle_timeout: float | None = None
+    alpn: tuple[str, ...] = ("http/1.1",)
+    min_tls: str = "1.2"
+    max_tls: str | None = None
+
+
+def listener_conf(ls: ir.Listener) -> ListenerConf:
+    conf = ListenerConf()
+    ct = ls.client_traffic.spec if ls.client_traffic else None
+    if ct is None:
+        return conf
+    xff = ct.client_ip_detection.x_forwarded_for if ct.client_ip_detection else None
+    if xff is not None:
+        conf.xff_enabled = True
+        conf.xff_hops = xff.num_trusted_hops
+        conf.xff_trusted = parse_cidrs(xff.trusted_cidrs)
+    if ct.timeout and ct.timeout.http and ct.timeout.http.idle_timeout:
+        conf.idle_timeout = parse_duration(ct.timeout.http.idle_timeout) or None
+    if ct.tls is not None:
+        if ct.tls.alpn_protocols:
+            conf.alpn = tuple(ct.tls.alpn_protocols)
+        if ct.tls.min_version:
+            conf.min_tls = ct.tls.min_version
+        if ct.tls.max_version:
+            conf.max_tls = ct.tls.max_version
+    return conf
+
+
+# --- route actions ---------------------------------------------------------------------
+
+
+def cluster_key(pool: str, policy: str) -> str:
+    return f"{pool}|{policy}"
+
+
+def build_action(rule: ir.RouteRule, settings: Settings) -> RouteAction:
+    a = RouteAction(rule=rule, route_id=rule.id)
+    if rule.direct_status is not None:
+        a.direct_status = rule.direct_status
+        return a
+    f = rule.filters
+    a.redirect = f.redirect
+    if f.rewrite is not None:
+        a.rewrite_host = f.rewrite.hostname.encode() if f.rewrite.hostname else None
+        a.rewrite_path_type = f.rewrite.path_type
+        a.rewrite_path_value = f.rewrite.path_value.encode() if f.rewrite.path_value is not None else None
+    if rule.match.path_type == "PathPrefix":
+        a.matched_prefix = rule.match.path.encode()
+    a.req_ops = compile_header_ops(f.request_headers)
+    a.resp_ops = compile_header_ops(f.response_headers)
+    btp = rule.backend_traffic.spec if rule.backend_traffic else None
+    policy = btp.load_balancer.type if btp and btp.load_balancer else "LeastRequest"
+    if btp and btp.load_balancer and btp.load_balancer.consistent_hash:
+        ch = btp.load_balancer.consistent_hash
+        if ch.type == "SourceIP":
+            a.hash_on = ("SourceIP", b"")
+        elif ch.type == "Header" and ch.header:
+            a.hash_on = ("Header", str(ch.header.get("name", "")).lower().encode())
+        elif ch.type == "Cookie" and ch.cookie:
+            a.hash_on = ("Cookie", str(ch.cookie.get("name", "")).encode())
+    for b in rule.backends:
+        wc = WeightedCluster(cluster_key(b.pool, policy) if b.pool else None, b.weight)
+        if b.filters is not None:
+            wc.req_ops = compile_header_ops(b.filters.request_headers)
+            wc.resp_ops = compile_header_ops(b.filters.response_headers)
+        a.backends.append(wc)
+    a.total_weight = sum(wc.weight for wc in a.backends)
+    for m in f.mirrors:
+        if m.pool:
+            a.mirrors.append((cluster_key(m.pool, "LeastRequest"), m.percent))
+    # Timeouts: HTTPRoute first, then BackendTrafficPolicy, then Envoy's 15 s default; 0 disables.
+    timeout = settings.default_request_timeout
+    if btp and btp.timeout and btp.timeout.http and btp.timeout.http.request_timeout is not None:
+        timeout = parse_duration(btp.timeout.http.request_timeout) or None
+    if rule.timeout_request is not None:
+        timeout = rule.timeout_request or None  # 0s disables
+    a.timeout = timeout
+    a.backend_timeout = rule.timeout_backend_request or None
+    if btp and btp.timeout and btp.timeout.tcp and btp.timeout.tcp.connect_timeout:
+        a.connect_timeout = parse_duration(btp.timeout.tcp.connect_timeout) or 10.0
+    if btp and btp.retry is not None:
+        r = btp.retry
+        a.retry = RetryPolicy(
+            num_retries=r.num_retries,
+            triggers=frozenset(r.retry_on.triggers if r.retry_on else ("connect-failure", "refused-stream", "reset")),
+            status_codes=frozenset(r.retry_on.http_status_codes if r.retry_on else ()),
+        )
+        if r.per_retry and r.per_retry.timeout:
+            a.backend_timeout = a.backend_timeout or parse_duration(r.per_retry.timeout)
+        if r.per_retry and r.per_retry.back_off and r.per_retry.back_off.base_interval:
+            a.retry.backoff_base = parse_duration(r.per_retry.back_off.base_interval)
+    if rule.security is not None and rule.security.valid:
+        a.security = rule.security
+    return a
+
+
+# --- binding ---------------------------------------------------------------------------
+
+
+@dataclass
+class BindPlan:
+    """Where each Gateway listens on this machine.
+
+    Address: ``gateway_addresses["ns/name"]`` if given; else the Gateway's own
+    address if this machine has it; else ``default_address`` if set; else a
+    loopback address of its own from ``allocate`` (127.0.1.x, kept in the state
+    store so it never moves). Port: ``port_map`` if the listener port is in it.
+    """
+
+    port_map: dict[int, int] = field(default_factory=dict)
+    gateway_addresses: dict[str, str] = field(default_factory=dict)
+    default_address: str | None = None
+    allocate: Callable[[str], str] | None = None
+
+    def address_for(self, gw: ir.Gateway) -> str:
+        key = f"{gw.ref.namespace}/{gw.ref.name}"
+        if key in self.gateway_addresses:
+            return self.gateway_addresses[key]
+        for addr in gw.addresses:
+            if _is_local(addr):
+                return addr
+        if self.default_address:
+            return self.default_address
+        if self.allocate is not None:
+            return self.allocate(key)
+        return "127.0.0.1"
+
+    def port_for(self, port: int) -> int:
+        return self.port_map.get(port, port)
+
+
+def _is_local(addr: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(addr)
+    except ValueError:
+        return False
+    fam = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+    with socket.socket(fam, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((addr, 0))
+            return True
+        except OSError:
+            return False
+
+
+def default_port_map() -> dict[int, int]:
+    """Without root, privileged listener ports move up by 8000 (80 -> 8080, 443 -> 8443)."""
+    if os.geteuid() == 0:
+        return {}
+    return {p: p + 8000 for p in range(1, 1024)}
+
+
+# --- TLS ---------------------------------------------------------------------------------
+
+
+_TLS_VERSIONS = {"1.0": ssl.TLSVersion.TLSv1, "1.1": ssl.TLSVersion.TLSv1_1, "1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
+
+
+def make_context(cert: ir.TLSCert, conf: ListenerConf, h2: bool) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = _TLS_VERSIONS.get(conf.min_tls, ssl.TLSVersion.TLSv1_2)
+    if conf.max_tls:
+        ctx.maximum_version = _TLS_VERSIONS.get(conf.max_tls, ssl.TLSVersion.TLSv1_3)
+    alpn = [p for p in conf.alpn if p != "h2" or h2]
+    ctx.set_alpn_protocols(alpn or ["http/1.1"])
+    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
+    # ssl loads key material from files only: write them to a private file, load, remove.
+    with tempfile.TemporaryDirectory(prefix="homeplane-tls-") as d:
+        os.chmod(d, 0o700)
+        crt, key = os.path.join(d, "tls.crt"), os.path.join(d, "tls.key")
+        with open(crt, "wb") as f:
+            f.write(cert.cert_pem)
+        fd = os.open(key, os.O_WRONLY | os.O_CREAT, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(bytes(cert.key_pem))
+        ctx.load_cert_chain(crt, key)
+    return ctx
+
+
+def _cert_matches(cert: ir.TLSCert, name: str) -> bool:
+    for n in cert.dns_names:
+        if n == name or (n.startswith("*.") and name.endswith(n[1:]) and name.count(".") == n.count(".")):
+            return True
+    return False
+
+
+class PortServer:
+    """One listening socket: a Gateway's listeners on one port."""
+
+    def __init__(self, dp: DataPlane, host: str, port: int, table: PortTable):
+        self.dp = dp
+        self.host = host
+        self.port = port
+        self.table = table
+        self.server: asyncio.base_events.Server | None = None
+        self.ssl_ctx: ssl.SSLContext | None = None
+        self._contexts: list[tuple[ListenerTable, list[tuple[ir.TLSCert, ssl.SSLContext]]]] = []
+
+    @property
+    def tls(self) -> bool:
+        return self.table.protocol == "HTTPS"
+
+    def update(self, table: PortTable) -> None:
+        """Swap in a new table (and certificates); existing connections are not touched."""
+        if self.tls:
+            contexts = []
+            for lt in table.listeners:
+                conf = lt.conf or ListenerConf()
+                contexts.append((lt, [(c, make_context(c, conf, self.dp.h2_enabled)) for c in lt.listener.tls_certs]))
+            self._contexts = contexts
+            if self.ssl_ctx is None:
+                first = next((ctxs[0][1] for _, ctxs in contexts if ctxs), None)
+                if first is None:
+                    raise RuntimeError("HTTPS port without a usable certificate")
+                base = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+                base.minimum_version = ssl.TLSVersion.TLSv1_2
+                base.set_alpn_protocols(["h2", "http/1.1"] if self.dp.h2_enabled else ["http/1.1"])
+                base.sni_callback = self._sni
+                # the base context answers clients that send no SNI: give it the first certificate
+                c0 = next(c for _, ctxs in contexts for c, _ in ctxs)
+                self.ssl_ctx = make_context(c0, table.listeners[0].conf or ListenerConf(), self.dp.h2_enabled)
+                self.ssl_ctx.sni_callback = self._sni
+        self.table = table
+
+    def _sni(self, sslobj: Any, server_name: str | None, ctx: ssl.SSLContext) -> None:
+        name = (server_name or "").lower()
+        try:
+            sslobj.hp_sni = name or None
+        except AttributeError:
+            pass
+        chosen = None
+        for lt, ctxs in self._contexts:
+            h = lt.listener.hostname
+            if h is None or h == name or (h.startswith("*.") and name.endswith(h[1:])):
+                for cert, c in ctxs:
+                    if _cert_matches(cert, name):
+                        chosen = c
+                        break
+                if chosen is None and ctxs:
+                    chosen = ctxs[0][1]
+                break
+        if chosen is not None:
+            sslobj.context = chosen
+
+    def sni_of(self, tls: Any) -> str | None:
+        return getattr(tls, "hp_sni", None)
+
+    async def start(self) -> None:
+        loop = self.dp.loop
+        self.server = await loop.create_server(
+            lambda: Http1Connection(self),
+            self.host,
+            self.port,
+            ssl=self.ssl_ctx,
+            backlog=1024,
+            reuse_address=True,
+            reuse_port=self.dp.settings.reuse_port or None,
+            ssl_handshake_timeout=10.0 if self.ssl_ctx else None,
+        )
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+
+class DataPlane:
+    def __init__(self, settings: Settings | None = None, bind: BindPlan | None = None):
+        self.settings = settings or Settings()
+        self.bind = bind or BindPlan()
+        self.loop = asyncio.get_event_loop()
+        self.clusters: dict[str, Cluster] = {}
+        self.servers: dict[tuple[str, int], PortServer] = {}
+        self.connections: set[Any] = set()
+        self.auth = Auth(self)
+        self.log = log
+        self.h2_enabled = False
+        self.snapshot: ir.Snapshot | None = None
+        self.bindings: list[dict[str, Any]] = []
+        self._sweeper: asyncio.Task[None] | None = None
+        self.stats = {"requests": 0, "protocol_errors": 0}
+
+    # --- snapshots ----------------------------------------------------------------------
+
+    async def apply(self, snapshot: ir.Snapshot) -> None:
+        # 1. compile everything before touching anything that serves traffic
+        wanted: dict[tuple[str, int], PortTable] = {}
+        bindings = []
+        cluster_policies: dict[str, tuple[ir.BackendPool, str]] = {}
+        for gw in snapshot.gateways:
+            addr = self.bind.address_for(gw)
+            for port, table in compile_gateway(gw).items():
+                for lt in table.listeners:
+                    lt.conf = listener_conf(lt.listener)
+                for m in iter_matches(table):
+                    m.action = build_action(m.rule, self.settings)
+                    used = [wc.cluster for wc in m.action.backends if wc.cluster] + [n for n, _ in m.action.mirrors]
+                    sec = m.action.security
+                    if sec is not None and sec.ext_auth_pool:
+                        used.append(cluster_key(sec.ext_auth_pool, "LeastRequest"))
+                    for name in used:
+                        pool, policy = name.split("|", 1)
+                        if pool in snapshot.pools:
+                            cluster_policies[name] = (snapshot.pools[pool], policy)
+                bport = self.bind.port_for(port)
+                key = (addr, bport)
+                if key in wanted:
+                    log.error(
+                        "Gateway %s port %d: %s:%d is already used by Gateway %s; not served",
+                        gw.ref, port, addr, bport, wanted[key].gateway,
+                    )
+                    continue
+                wanted[key] = table
+                bindings.append(
+                    {
+                        "gateway": f"{gw.ref.namespace}/{gw.ref.name}",
+                        "port": port,
+                        "protocol": table.protocol,
+                        "address": addr,
+                        "boundPort": bport,
+                        "listeners": [lt.listener.name for lt in table.listeners],
+                    }
+                )
+        # 2. clusters: update in place, create new, drop unused
+        for key, (pool, policy) in cluster_policies.items():
+            c = self.clusters.get(key)
+            if c is None:
+                self.clusters[key] = Cluster(pool, policy)
+            else:
+                c.update(pool, policy)
+        for key in [k for k in self.clusters if k not in cluster_policies]:
+            self.clusters.pop(key).close()
+        # 3. swap tables into running servers, start new ones, stop removed ones
+        for key, table in wanted.items():
+            srv = self.servers.get(key)
+            if srv is not None and srv.table.protocol != table.protocol:
+                srv.close()
+                del self.servers[key]
+                srv = None
+            if srv is None:
+                srv = PortServer(self, key[0], key[1], table)
+                try:
+                    srv.update(table)
+                    await srv.start()
+                except (OSError, RuntimeError, ssl.SSLError) as e:
+                    log.error("cannot listen on %s:%d for Gateway %s: %s", key[0], key[1], table.gateway, e)
+                    continue
+                self.servers[key] = srv
+                log.info(
+                    "Gateway %s port %d (%s: %s) listening on %s:%d",
+                    table.gateway, table.port, table.protocol,
+                    ", ".join(lt.listener.name for lt in table.listeners), key[0], key[1],
+                )
+            else:
+                try:
+                    srv.update(table)
+                except (OSError, RuntimeError, ssl.SSLError) as e:
+                    log.error("cannot update %s:%d: %s; keeping the previous configuration", key[0], key[1], e)
+        for key in [k for k in self.servers if k not in wanted]:
+            self.servers.pop(key).close()
+            log.info("stopped listening on %s:%d", *key)
+        self.bindings = bindings
+        self.snapshot = snapshot
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._sweeper = asyncio.ensure_future(self._sweep())
+
+    async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for srv in self.servers.values():
+            srv.close()
+        self.servers.clear()
+        for c in self.clusters.values():
+            c.close()
+
+    async def _sweep(self) -> None:
+        """Timeouts for every connection and exchange, checked twice a second."""
+        while True:
+            await asyncio.sleep(0.5)
+            now = time.monotonic()
+            for c in list(self.connections):
+                try:
+                    c.check_deadline(now)
+                    for ex in c.exchanges() if hasattr(c, "exchanges") else ((c.current,) if c.current else ()):
+                        ex.check_deadline(now)
+                except Exception:  # a timer bug must not stop all timers
+                    log.exception("timeout check failed")
+            for cl in self.clusters.values():
+                for ep in cl.endpoints:
+                    while ep.idle and now - ep.idle[0].idle_since > 60:
+                        ep.idle.popleft().close()
+
+    # --- hooks used by connections and exchanges --------------------------------------
+
+    def connection_opened(self, conn: Any) -> None:
+        self.connections.add(conn)
+        if len(self.connections) > self.settings.max_connections:
+            conn.transport.close()
+
+    def connection_closed(self, conn: Any) -> None:
+        self.connections.discard(conn)
+
+    def note_failure(self, ep: Any) -> None:
+        pass
+
+    def count_protocol_error(self, status: int) -> None:
+        self.stats["protocol_errors"] += 1
+
+    def mirror(self, cluster: str, head: bytes) -> None:
+        c = self.clusters.get(cluster)
+        if c is None:
+            return
+        ep = c.pick()
+        if ep is None:
+            return
+
+        async def send() -> None:
+            try:
+                r, w = await asyncio.wait_for(asyncio.open_connection(ep.address, ep.port), 5)
+                head2 = head.replace(b"\r\n\r\n", b"\r\nconnection: close\r\n\r\n", 1)
+                w.write(head2)
+                await asyncio.wait_for(r.read(), 10)
+                w.close()
+            except (OSError, asyncio.TimeoutError):
+                pass
+
+        asyncio.ensure_future(send())
+
+    def finished(self, ex: Exchange) -> None:
+        self.stats["requests"] += 1
+        if self.settings.access_log:
+            a = ex.action
+            access_log.info(
+                json.dumps(
+                    {
+                        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                        "gateway": str(ex.table.gateway),
+                        "client": ex.client_ip,
+                        "method": ex.method.decode("latin-1"),
+                        "host": ex.host.decode("latin-1"),
+                        "path": ex.path.decode("latin-1"),
+                        "protocol": ex.conn.protocol,
+                        "status": ex.status,
+                        "route": a.route_id if a else None,
+                        "backend": ex.endpoint.name if ex.endpoint else None,
+                        "duration_ms": round((time.monotonic() - ex.started) * 1000, 2),
+                        "bytes_in": ex.bytes_in,
+                        "bytes_out": ex.bytes_out,
+                        "request_id": ex.request_id.decode("latin-1") if ex.request_id else None,
+                        **({"error": ex.error} if ex.error else {}),
+                    },
+                    separators=(",", ":"),
+                )
+            )
+
+
+def iter_matches(table: PortTable) -> Iterable[Any]:
+    for lt in table.listeners:
+        for vh in (*lt.exact.values(), *(t for _, t in lt.wildcards), *([lt.any_host] if lt.any_host else [])):
+            yield from vh.matches

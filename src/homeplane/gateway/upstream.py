@@ -1,0 +1,194 @@
+"""HTTP/1.1 connections to backends (asyncio protocol + httptools response parser).
+
+One connection carries one exchange at a time; when the response is complete and
+both sides allow keep-alive, the connection goes back to its endpoint's idle
+list. The exchange receives ``upstream_*`` callbacks; it never touches sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from typing import TYPE_CHECKING
+
+import httptools
+
+if TYPE_CHECKING:
+    from homeplane.gateway.cluster import EndpointState
+    from homeplane.gateway.exchange import Exchange
+
+
+class UpstreamConnection(asyncio.Protocol):
+    __slots__ = (
+        "endpoint",
+        "transport",
+        "parser",
+        "exchange",
+        "headers",
+        "reused",
+        "closed",
+        "idle_since",
+        "_status_reason",
+        "upgraded",
+        "head_only",
+        "connected",
+    )
+
+    def __init__(self, endpoint: EndpointState):
+        self.endpoint = endpoint
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.exchange: Exchange | None = None
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.reused = False
+        self.closed = False
+        self.idle_since = 0.0
+        self.upgraded = False
+        self.head_only = False
+        self.connected: asyncio.Future[None] | None = None
+
+    # --- asyncio.Protocol ---------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+
+    def data_received(self, data: bytes) -> None:
+        if self.upgraded:
+            ex = self.exchange
+            if ex is not None:
+                ex.upstream_tunnel_data(data)
+            return
+        if self.exchange is None:
+            # A response we did not ask for: the connection is unusable.
+            self.close()
+            return
+        ex = self.exchange
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as e:
+            # 101 Switching Protocols: what follows the head belongs to the tunnel.
+            offset = e.args[0] if e.args and isinstance(e.args[0], int) else len(data)
+            self.upgraded = True
+            rest = data[offset:]
+            ex = self.exchange
+            if ex is not None and rest:
+                ex.upstream_tunnel_data(rest)
+        except httptools.HttpParserError as e:
+            ex = self.exchange
+            self.close()
+            if ex is not None:
+                ex.upstream_failed("protocol", f"invalid response from backend: {e}")
+            return
+        # one client write per upstream read
+        ex.sink.flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        try:
+            self.endpoint.idle.remove(self)
+        except ValueError:
+            pass
+        ex = self.exchange
+        self.exchange = None
+        if ex is not None:
+            if self.upgraded:
+                ex.upstream_tunnel_closed()
+                return
+            try:
+                # a close-delimited body ends with the connection
+                self.parser.feed_data(b"")
+            except httptools.HttpParserError:
+                pass
+            ex.upstream_lost(self)
+
+    def pause_writing(self) -> None:
+        ex = self.exchange
+        if ex is not None:
+            ex.upstream_write_paused()
+
+    def resume_writing(self) -> None:
+        ex = self.exchange
+        if ex is not None:
+            ex.upstream_write_resumed()
+
+    # --- httptools callbacks --------------------------------------------------------
+
+    def on_status(self, status: bytes) -> None:
+        self._status_reason = status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        headers = self.headers
+        self.headers = []
+        ex = self.exchange
+        if status < 200 and status != 101:
+            return  # 1xx interim responses (100 Continue) are not forwarded
+        if ex is not None:
+            ex.upstream_head(status, headers, self.parser.should_keep_alive())
+            if self.head_only and self.exchange is not None:
+                # A response to HEAD has no body, whatever Content-Length says;
+                # httptools cannot be told, so this connection is not reused.
+                self.exchange = None
+                ex.upstream_end(reusable=False)
+                self.close()
+
+    def on_body(self, body: bytes) -> None:
+        ex = self.exchange
+        if ex is not None:
+            ex.upstream_data(body)
+
+    def on_message_complete(self) -> None:
+        if self.parser.get_status_code() < 200:
+            return
+        ex = self.exchange
+        self.exchange = None
+        if ex is not None:
+            ex.upstream_end(reusable=self.parser.should_keep_alive() and not self.closed)
+
+    # --- used by the exchange -------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    def pause_reading(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+
+    def release(self) -> None:
+        """Back to the endpoint's idle list (the exchange has finished with it)."""
+        self.exchange = None
+        self.reused = True
+        self.head_only = False
+        self.idle_since = time.monotonic()
+        self.endpoint.idle.append(self)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            if self.transport is not None:
+                self.transport.close()
+
+
+async def connect(loop: asyncio.AbstractEventLoop, endpoint: EndpointState, timeout: float) -> UpstreamConnection:
+    conn = UpstreamConnection(endpoint)
+    if endpoint.address.startswith("unix:"):
+        coro = loop.create_unix_connection(lambda: conn, endpoint.address[5:])
+    else:
+        coro = loop.create_connection(lambda: conn, endpoint.address, endpoint.port)
+    await asyncio.wait_for(coro, timeout)
+    return conn

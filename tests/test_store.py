@@ -39,22 +39,23 @@ def test_survives_kill_9(tmp_path: Path) -> None:
     db = tmp_path / "state.db"
     progress = tmp_path / "progress"
     writer = f"""
-import sys
+import os
 from homeplane.store import SQLiteStore
 s = SQLiteStore({str(db)!r})
 i = 0
 while True:
     s.put("counter", str(i).encode())
     s.put(f"item/{{i:06d}}", b"x" * 100)
-    # report only after both writes returned: they are committed
-    with open({str(progress)!r}, "w") as f:
+    # report only after both writes returned: they are committed (rename: never a torn file)
+    with open({str(progress)!r} + ".tmp", "w") as f:
         f.write(str(i))
+    os.replace({str(progress)!r} + ".tmp", {str(progress)!r})
     i += 1
 """
     proc = subprocess.Popen([sys.executable, "-c", writer])
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        if progress.exists() and progress.read_text().strip().isdigit() and int(progress.read_text()) >= 200:
+        if progress.exists() and int(progress.read_text()) >= 200:
             break
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)

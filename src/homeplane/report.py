@@ -7,8 +7,9 @@ documented in ``docs/check-report.md``; field names are stable.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
-from typing import Any
+from typing import Any, Iterator
 
 from homeplane import __version__
 from homeplane.api.diagnostics import Diagnostic, Diagnostics, Severity
@@ -18,6 +19,55 @@ from homeplane.translate import snapshot as ir
 from homeplane.translate import status as st
 
 REPORT_API_VERSION = "homeplane.dev/v1alpha1"
+INTERNET_FACING_ANNOTATION = "homeplane.dev/internet-facing"
+
+# A tunnel (cloudflared) ingress rule pointing at a gateway's Service, as home-ops repos write it.
+_TUNNEL_SERVICE = re.compile(r"service:\s*[\"']?https?://([a-z0-9-]+)\.[^\s\"']*svc\.cluster\.local")
+
+
+def _strings(node: Any) -> Iterator[str]:
+    if isinstance(node, str):
+        yield node
+    elif isinstance(node, dict):
+        for v in node.values():
+            yield from _strings(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _strings(v)
+
+
+def internet_facing_gateways(objects: list[Obj], snapshot: ir.Snapshot) -> tuple[set[tuple[str, str]], str]:
+    """Gateways reachable from the internet, and how that was decided.
+
+    In order: the ``homeplane.dev/internet-facing`` annotation on the Gateway; a tunnel
+    ingress rule (cloudflared ``config.yaml`` in a ConfigMap or HelmRelease values)
+    whose ``service:`` names the gateway; failing both, gateways named like
+    ``*external*``, the home-ops convention.
+    """
+    names = {g.ref.name: (g.ref.namespace or "", g.ref.name) for g in snapshot.gateways}
+    explicit: dict[tuple[str, str], bool] = {}
+    for g in snapshot.gateways:
+        v = g.annotations.get(INTERNET_FACING_ANNOTATION)
+        if v is not None:
+            explicit[(g.ref.namespace or "", g.ref.name)] = v.lower() == "true"
+    tunneled: set[tuple[str, str]] = set()
+    for o in objects:
+        if o.kind not in ("ConfigMap", "HelmRelease", "Secret"):
+            continue
+        for text in _strings(o.raw.get("data") if o.kind != "HelmRelease" else o.raw.get("spec", {}).get("values")):
+            if "ingress" not in text:
+                continue
+            for m in _TUNNEL_SERVICE.finditer(text):
+                if m.group(1) in names:
+                    tunneled.add(names[m.group(1)])
+    if tunneled:
+        how = "tunnel ingress rules"
+        facing = tunneled
+    else:
+        how = "gateway name (*external*)"
+        facing = {key for name, key in names.items() if "external" in name}
+    facing = {k for k in facing if explicit.get(k, True)} | {k for k, v in explicit.items() if v}
+    return facing, how
 
 
 def status_diagnostics(objects: list[Obj], status: dict[ObjectKey, dict[str, Any]]) -> Diagnostics:
@@ -279,6 +329,29 @@ def build_report(objects: list[Obj], load_diags: Diagnostics, translation: Trans
             }
         )
 
+    facing, how = internet_facing_gateways(objects, snap)
+    facing_names = {f"{ns}/{name}" for ns, name in facing}
+    by_key = {(o.namespace or "", o.name): o for o in objects if o.kind == "HTTPRoute" and o.served}
+    for r in routes:
+        if r["securityPolicies"] or not set(r["servedBy"]) & facing_names:
+            continue
+        if r["rules"] and all("redirect" in rule or "directResponse" in rule for rule in r["rules"]):
+            continue  # nothing behind it to protect
+        o = by_key[(r["namespace"], r["name"])]
+        diags.warning(
+            f"internet-facing route without authentication: served by {', '.join(sorted(set(r['servedBy']) & facing_names))} "
+            f"(internet-facing by {how}) and no SecurityPolicy protects it",
+            file=o.source.file,
+            line=o.source.line,
+            document=o.source.document,
+            kind="HTTPRoute",
+            namespace=o.namespace,
+            name=o.name,
+            code="UnprotectedInternetRoute",
+        )
+    for r in routes:
+        r["internetFacing"] = bool(set(r["servedBy"]) & facing_names)
+
     served = Counter(o.kind for o in objects if o.served)
     not_served = Counter(o.kind for o in objects if not o.served)
     errors = len(diags.errors)
@@ -295,7 +368,7 @@ def build_report(objects: list[Obj], load_diags: Diagnostics, translation: Trans
             "errors": errors,
             "warnings": len(diags.warnings),
         },
-        "gateways": gateways,
+        "gateways": [{**g, "internetFacing": f"{g['namespace']}/{g['name']}" in facing_names} for g in gateways],
         "routes": routes,
         "services": services,
         "policies": policies,

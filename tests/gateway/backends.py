@@ -44,11 +44,16 @@ class Backend:
         self.loop.run_forever()
 
     def close(self) -> None:
-        def stop() -> None:
+        async def stop() -> None:
             self.server.close()
-            self.loop.stop()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
-        self.loop.call_soon_threadsafe(stop)
+        if self.loop.is_running():
+            asyncio.run_coroutine_threadsafe(stop(), self.loop).result(5)
+            self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(5)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -156,7 +161,4 @@ class Backend:
         except (ConnectionError, h11.ProtocolError, asyncio.CancelledError):
             pass
         finally:
-            try:
-                writer.close()
-            except RuntimeError:
-                pass
+            writer.close()

@@ -15,6 +15,11 @@ if TYPE_CHECKING:
     from homeplane.gateway.upstream import UpstreamConnection
 
 
+def cluster_key(pool: str, policy: str) -> str:
+    """Clusters are per (pool, load-balancing policy): routes may balance one pool differently."""
+    return f"{pool}|{policy}"
+
+
 class EndpointState:
     __slots__ = ("address", "port", "fqdn", "name", "active", "idle", "healthy", "failures", "ejected_until", "key")
 

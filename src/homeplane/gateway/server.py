@@ -21,8 +21,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
-from homeplane.gateway.auth import Auth
-from homeplane.gateway.cluster import Cluster
+from homeplane.gateway.auth import Auth, compile_security
+from homeplane.gateway.cluster import Cluster, cluster_key
 from homeplane.gateway.exchange import Exchange, RetryPolicy, RouteAction, WeightedCluster
 from homeplane.gateway.filters import compile_header_ops
 from homeplane.gateway.headers import parse_cidrs
@@ -83,10 +83,6 @@ def listener_conf(ls: ir.Listener) -> ListenerConf:
 # --- route actions ---------------------------------------------------------------------
 
 
-def cluster_key(pool: str, policy: str) -> str:
-    return f"{pool}|{policy}"
-
-
 def build_action(rule: ir.RouteRule, settings: Settings) -> RouteAction:
     a = RouteAction(rule=rule, route_id=rule.id)
     if rule.direct_status is not None:
@@ -144,7 +140,7 @@ def build_action(rule: ir.RouteRule, settings: Settings) -> RouteAction:
         if r.per_retry and r.per_retry.back_off and r.per_retry.back_off.base_interval:
             a.retry.backoff_base = parse_duration(r.per_retry.back_off.base_interval)
     if rule.security is not None and rule.security.valid:
-        a.security = rule.security
+        a.security = compile_security(rule.security)
     return a
 
 
@@ -349,8 +345,8 @@ class DataPlane:
                     m.action = build_action(m.rule, self.settings)
                     used = [wc.cluster for wc in m.action.backends if wc.cluster] + [n for n, _ in m.action.mirrors]
                     sec = m.action.security
-                    if sec is not None and sec.ext_auth_pool:
-                        used.append(cluster_key(sec.ext_auth_pool, "LeastRequest"))
+                    if sec is not None and sec.ext_cluster:
+                        used.append(sec.ext_cluster)
                     for name in used:
                         pool, policy = name.split("|", 1)
                         if pool in snapshot.pools:

@@ -42,6 +42,7 @@ class PolicyState:
     conflicted_on: list[str] = field(default_factory=list)
     overridden_on: list[str] = field(default_factory=list)
     ext_auth_pool: str | None = None
+    htpasswd: bytes | None = None
 
     @property
     def ref(self) -> ir.Ref:
@@ -112,6 +113,8 @@ def _validate_security(ctx: Context, p: PolicyState) -> None:
                 p.invalid = f"basicAuth: Secret {uns}/{users.name} not found"
             elif secret.value(".htpasswd") is None:
                 p.invalid = f"basicAuth: Secret {uns}/{users.name} has no .htpasswd key"
+            else:
+                p.htpasswd = secret.value(".htpasswd")
     if spec.oidc is not None:
         p.invalid = p.invalid or "oidc is not supported by homeplane yet"
     if spec.api_key_auth is not None:
@@ -190,7 +193,9 @@ def effective_rule(
         _note_override(result.security, sp, keys, rule)
         spec = sp.obj.model.spec  # type: ignore[union-attr]
         valid = not sp.invalid
-        changes["security"] = ir.SecurityIR(sp.ref, spec, valid, sp.invalid, sp.ext_auth_pool)
+        changes["security"] = ir.SecurityIR(
+            sp.ref, spec, valid, sp.invalid, sp.ext_auth_pool, ir.PrivateBytes(sp.htpasswd) if sp.htpasswd else None
+        )
         if not valid and rule.direct_status is None:
             changes["direct_status"] = 500
             changes["direct_reason"] = f"SecurityPolicy {sp.obj.namespace}/{sp.obj.name} is invalid: {sp.invalid}"

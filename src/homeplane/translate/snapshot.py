@@ -136,6 +136,7 @@ class SecurityIR:
     valid: bool
     message: str = ""
     ext_auth_pool: str | None = None
+    htpasswd: PrivateBytes | None = None  # basicAuth users, from the referenced Secret
 
 
 @dataclass(frozen=True, slots=True)

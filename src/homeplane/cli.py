@@ -159,6 +159,7 @@ def run(
         None, "--bind-address", help="Address for every Gateway without one (default: its own 127.0.1.x)."
     ),
     access_log: bool = typer.Option(True, "--access-log/--no-access-log", help="One JSON line per request on stderr."),
+    workers: int = typer.Option(1, "--workers", min=1, max=64, help="Data-plane processes sharing the listeners (SO_REUSEPORT)."),
 ) -> None:
     """Serve the manifests: load, translate, publish, and re-apply on every change."""
     from homeplane.gateway.addresses import loopback_allocator
@@ -198,13 +199,25 @@ def run(
 
     async def main_async() -> None:
         rt = Runtime(inputs, store, admin_host=host, admin_port=int(port))
-        dp = DataPlane(
-            Settings(access_log=access_log),
-            BindPlan(pmap, gw_addrs, bind_address, loopback_allocator(store)),
-        )
+        settings = Settings(access_log=access_log, reuse_port=workers > 1)
+        dp = DataPlane(settings, BindPlan(pmap, gw_addrs, bind_address, loopback_allocator(store)))
         rt.subscribe(dp.apply)
         rt.on_start.append(dp.start)
         rt.on_stop.append(dp.close)
+        if workers > 1:
+            from homeplane.gateway.workers import WorkerPool
+
+            pool = WorkerPool(workers - 1, settings, pmap)
+
+            async def fan_out(snapshot) -> None:
+                addresses = {f"{g.ref.namespace}/{g.ref.name}": dp.bind.address_for(g) for g in snapshot.gateways}
+                pool.apply(snapshot, addresses)
+
+            async def stop_workers() -> None:
+                pool.close()
+
+            rt.subscribe(fan_out)
+            rt.on_stop.append(stop_workers)
         rt.status_extras["listeners"] = lambda: dp.bindings
         await rt.run()
 

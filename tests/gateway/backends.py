@@ -29,6 +29,7 @@ class Backend:
         self.port = 0
         self.connections = 0
         self.requests: list[dict] = []
+        self.fail_all = False  # answer 500 to everything
         self._ids = itertools.count(1)
         self.loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -93,6 +94,8 @@ class Backend:
                     "connection": conn_id,
                 }
                 self.requests.append(info)
+                if self.fail_all:
+                    path = "/status/500"
                 if path == "/hang":
                     await asyncio.sleep(3600)
                 if path == "/reset":

@@ -411,3 +411,40 @@ def test_https_sni_selects_listener_and_certificate(backend: Backend, backend_b:
         assert h["x-forwarded-proto"] == "https"
     finally:
         g.close()
+
+
+def test_http2_over_tls_and_cleartext(backend: Backend) -> None:
+    from tests.translate.helpers import tls_secret
+
+    listeners = """- {name: http, protocol: HTTP, port: 80, allowedRoutes: {namespaces: {from: All}}}
+    - {name: https, protocol: HTTPS, port: 443, tls: {certificateRefs: [{name: cert}]}, allowedRoutes: {namespaces: {from: All}}}"""
+    g = gw_for(gateway(listeners) + tls_secret("cert", "network", "app.test") + service("a", backend.port) + route())
+    try:
+        import hashlib
+
+        with httpx.Client(http2=True, verify=False, timeout=30) as c:
+            r = c.get(g.url(443, "/echo?h2=1", "https"), headers={"host": "app.test"})
+            assert r.http_version == "HTTP/2" and r.status_code == 200
+            h = headers_of(r)
+            assert h["x-forwarded-proto"] == "https" and h["host"] == "app.test"
+            body = b"z" * 300_000
+            r = c.post(g.url(443, "/echo", "https"), headers={"host": "app.test"}, content=body)
+            assert r.json()["body_len"] == len(body) and r.json()["body_sha256"] == hashlib.sha256(body).hexdigest()
+            r = c.get(g.url(443, "/big?bytes=5000000", "https"), headers={"host": "app.test"})
+            assert len(r.content) == 5_000_000  # more than the client's initial window: flow control works
+            assert c.get(g.url(443, "/nothing", "https"), headers={"host": "other.test"}).status_code == 404
+        # many concurrent streams on one connection
+        import asyncio
+
+        async def many() -> list[int]:
+            async with httpx.AsyncClient(http2=True, verify=False) as ac:
+                rs = await asyncio.gather(*(ac.get(g.url(443, f"/echo?i={i}", "https"), headers={"host": "app.test"}) for i in range(30)))
+                return [r.status_code for r in rs if r.http_version == "HTTP/2"]
+
+        assert asyncio.run(many()) == [200] * 30
+        # h2c with prior knowledge on the cleartext listener
+        with httpx.Client(http1=False, http2=True) as c:
+            r = c.get(g.url(80, "/echo"), headers={"host": "app.test"})
+            assert r.http_version == "HTTP/2" and r.status_code == 200
+    finally:
+        g.close()

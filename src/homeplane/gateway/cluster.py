@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
+from homeplane.api.models.envoy import ActiveHealthCheck, PassiveHealthCheck
 from homeplane.gateway.balancer import Balancer
 from homeplane.translate import snapshot as ir
 
@@ -15,13 +17,28 @@ if TYPE_CHECKING:
     from homeplane.gateway.upstream import UpstreamConnection
 
 
-def cluster_key(pool: str, policy: str) -> str:
-    """Clusters are per (pool, load-balancing policy): routes may balance one pool differently."""
-    return f"{pool}|{policy}"
+def cluster_key(pool: str, policy: str, settings_id: str = "") -> str:
+    """Clusters are per (pool, load-balancing policy, BackendTrafficPolicy with cluster
+    settings): like Envoy Gateway's per-route clusters, routes may treat one pool differently."""
+    return f"{pool}|{policy}|{settings_id}"
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """Cluster-wide settings from a BackendTrafficPolicy."""
+
+    active: ActiveHealthCheck | None = None
+    passive: PassiveHealthCheck | None = None
+    max_connections: int = 1024
+    max_pending: int = 1024
+    max_requests: int = 1024
 
 
 class EndpointState:
-    __slots__ = ("address", "port", "fqdn", "name", "active", "idle", "healthy", "failures", "ejected_until", "key")
+    __slots__ = (
+        "address", "port", "fqdn", "name", "active", "idle", "healthy", "failures", "ejected_until", "key",
+        "hc_ok", "hc_fail", "ejections", "gateway_failures", "local_failures", "connections",
+    )
 
     def __init__(self, ep: ir.Endpoint):
         self.address = ep.address
@@ -32,8 +49,14 @@ class EndpointState:
         self.active = 0  # in-flight requests
         self.idle: deque[UpstreamConnection] = deque()
         self.healthy = True  # active health checks
-        self.failures = 0  # consecutive failures (passive outlier detection)
+        self.failures = 0  # consecutive 5xx (passive outlier detection)
+        self.gateway_failures = 0  # consecutive 502/503/504
+        self.local_failures = 0  # consecutive connect failures and resets
         self.ejected_until = 0.0
+        self.ejections = 0
+        self.hc_ok = 0
+        self.hc_fail = 0
+        self.connections = 0
 
     def available(self, now: float) -> bool:
         return self.healthy and self.ejected_until <= now
@@ -46,17 +69,20 @@ class EndpointState:
 class Cluster:
     """A backend pool at run time. ``endpoints`` holds the ready ones, in a stable order."""
 
-    def __init__(self, pool: ir.BackendPool, policy: str = "LeastRequest"):
+    def __init__(self, pool: ir.BackendPool, policy: str = "LeastRequest", config: ClusterConfig | None = None):
         self.name = pool.name
         self.pool = pool
+        self.config = config or ClusterConfig()
         self.balancer: Balancer[EndpointState] = Balancer(policy)
         self.endpoints: list[EndpointState] = []
         self.names: list[str] = []
         self.all_available = True
         self.update(pool, policy)
 
-    def update(self, pool: ir.BackendPool, policy: str) -> list[EndpointState]:
+    def update(self, pool: ir.BackendPool, policy: str, config: ClusterConfig | None = None) -> list[EndpointState]:
         """Take a new endpoint list; returns endpoints that left (their idle connections are closed)."""
+        if config is not None:
+            self.config = config
         old = {e.key: e for e in self.endpoints}
         new: list[EndpointState] = []
         for ep in pool.ready_endpoints:
@@ -91,6 +117,46 @@ class Cluster:
             return cand[0]
         i = self.balancer.pick(cand, [e.active for e in cand], [e.name for e in cand], key)
         return cand[i]
+
+    def refresh_availability(self) -> None:
+        now = time.monotonic()
+        self.all_available = all(e.available(now) for e in self.endpoints)
+
+    def active_requests(self) -> int:
+        return sum(e.active for e in self.endpoints)
+
+    def result(self, ep: EndpointState, status: int | None, local_failure: bool = False) -> None:
+        """Passive health: count consecutive failures and eject an endpoint that crosses a threshold."""
+        p = self.config.passive
+        if p is None:
+            return
+        if local_failure:
+            ep.local_failures += 1
+        elif status is not None and status >= 500:
+            ep.failures += 1
+            if status in (502, 503, 504):
+                ep.gateway_failures += 1
+        else:
+            ep.failures = ep.gateway_failures = ep.local_failures = 0
+            return
+        trip = (
+            (p.consecutive_5xx_errors and ep.failures >= p.consecutive_5xx_errors)
+            or (p.consecutive_gateway_errors and ep.gateway_failures >= p.consecutive_gateway_errors)
+            or (p.consecutive_local_origin_failures and ep.local_failures >= p.consecutive_local_origin_failures)
+        )
+        if not trip:
+            return
+        now = time.monotonic()
+        ejected = sum(1 for e in self.endpoints if e.ejected_until > now)
+        # max_ejection_percent, but always allow one ejection (as Envoy does for small clusters)
+        if ejected >= max(1, len(self.endpoints) * p.max_ejection_percent // 100):
+            return
+        from homeplane.api.units import parse_duration
+
+        ep.ejections += 1
+        ep.ejected_until = now + parse_duration(p.base_ejection_time) * ep.ejections
+        ep.failures = ep.gateway_failures = ep.local_failures = 0
+        self.all_available = False
 
     def close(self) -> None:
         for e in self.endpoints:

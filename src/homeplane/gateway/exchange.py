@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Protocol
 
+from homeplane.gateway.compression import Encoder, accepted, compressible
 from homeplane.gateway.filters import CompiledHeaderOps, redirect_location, replace_path
 from homeplane.gateway.headers import HOP_BY_HOP, RequestInfo, detect_client_ip, request_id
 from homeplane.gateway.router import normalize_host
@@ -105,7 +106,8 @@ class RouteAction:
     hash_on: tuple[str, bytes] | None = None  # ("SourceIP", b"") / ("Header", name) / ("Cookie", name)
     mirrors: list[tuple[str, float]] = field(default_factory=list)
     security: Any = None  # enforced by homeplane.gateway.auth
-    compression: tuple[str, ...] = ()
+    compression: tuple[bytes, ...] = ()  # content-coding tokens, in the policy's order
+    cluster_config: Any = None  # ClusterConfig for the backends' clusters
 
     def choose(self) -> WeightedCluster | None:
         b = self.backends
@@ -139,7 +141,7 @@ class Exchange:
         "attempt_deadline", "status", "bytes_in", "bytes_out", "body_buf", "body_buffered", "body_done",
         "attempts", "tried", "upgrade", "request_id", "client_ip", "info", "resp_ops", "head_only", "req_head",
         "upstream_paused", "_task", "error", "weighted", "chunked_upload", "listener_conf", "pending",
-        "pending_bytes", "body_paused",
+        "pending_bytes", "body_paused", "encoder", "accept_encoding",
     )
 
     def __init__(
@@ -200,6 +202,8 @@ class Exchange:
         self.pending: list[bytes] = []  # body received before the upstream connection was ready
         self.pending_bytes = 0
         self.body_paused = False
+        self.encoder: Any = None
+        self.accept_encoding: bytes | None = None
 
     # --- start: route and decide ----------------------------------------------------
 
@@ -247,6 +251,8 @@ class Exchange:
         if up is not None and b"upgrade" in hmap.get(b"connection", b"").lower():
             self.upgrade = up
         self.request_id = hmap.get(b"x-request-id") or request_id()
+        if action.compression:
+            self.accept_encoding = hmap.get(b"accept-encoding")
         self.info = RequestInfo(
             self.client_ip, self.conn.client_port, self.conn.local_ip, self.conn.local_port,
             self.conn.protocol, self.conn.sni, hmap,
@@ -287,6 +293,10 @@ class Exchange:
             self.respond_simple(503, b"no healthy upstream\n")
             return
         self.cluster = cluster
+        if cluster.active_requests() >= cluster.config.max_requests:
+            self.error = "circuit breaker: too many requests in flight"
+            self.respond_simple(503, b"upstream overloaded\n", [(b"x-envoy-overloaded", b"true")])
+            return
         self.resp_ops = wc.resp_ops or action.resp_ops
         self.req_head = self._build_request_head(action, wc)
         for name, percent in action.mirrors:
@@ -497,6 +507,8 @@ class Exchange:
             self._retry_later(self.endpoint)
             return
         self.status = status
+        if self.cluster is not None and self.endpoint is not None:
+            self.cluster.result(self.endpoint, status)
         length: int | None = None
         out: list[tuple[bytes, bytes]] = []
         conn_tokens: tuple[bytes, ...] = ()
@@ -526,6 +538,12 @@ class Exchange:
             self.sink.start_tunnel(self)
             return
         has_body = not (self.head_only or status in (204, 304))
+        if self.accept_encoding is not None and has_body and a is not None:
+            token = accepted(self.accept_encoding, a.compression)
+            if token is not None and compressible(status, out, length):
+                self.encoder = Encoder(token)
+                out = [h for h in out if h[0] != b"etag"] + [(b"content-encoding", token), (b"vary", b"accept-encoding")]
+                length = None
         self.state = _STREAMING
         self.sink.respond_head(status, out, length if has_body else (length if self.head_only else None), has_body)
 
@@ -544,6 +562,8 @@ class Exchange:
 
     def upstream_data(self, data: bytes) -> None:
         if self.state == _STREAMING:
+            if self.encoder is not None:
+                data = self.encoder.feed(data)
             self.bytes_out += len(data)
             self.sink.respond_data(data)
 
@@ -552,7 +572,6 @@ class Exchange:
         self.upstream = None
         if self.endpoint is not None:
             self.endpoint.active -= 1
-            self.endpoint.failures = 0
         if conn is not None:
             if reusable and self.body_done and not conn.closed:
                 conn.release()
@@ -560,6 +579,10 @@ class Exchange:
                 conn.close()
         if self.state == _STREAMING:
             self.state = _DONE
+            if self.encoder is not None:
+                tail = self.encoder.finish()
+                self.bytes_out += len(tail)
+                self.sink.respond_data(tail)
             self.sink.respond_end()
             self.dp.finished(self)
 
@@ -651,9 +674,8 @@ class Exchange:
         return self.body_done and (self.body_buf is not None or not self.has_body)
 
     def _failed_attempt(self, ep: EndpointState | None, kind: str, message: str) -> None:
-        if ep is not None:
-            ep.failures += 1
-            self.dp.note_failure(ep)
+        if ep is not None and self.cluster is not None:
+            self.cluster.result(ep, None, local_failure=True)
         a = self.action
         if a is not None and self.attempts <= a.retry.num_retries and self._can_replay():
             t = a.retry.triggers

@@ -98,10 +98,31 @@ class Http1Connection(asyncio.Protocol):
         )
         if sni is not None:
             self.listener = self.server.table.listener_for(sni.encode())
+        if tls is not None and tls.selected_alpn_protocol() == "h2":
+            self._switch_to_h2(b"")
+            return
         self.dp.connection_opened(self)
         self.deadline = time.monotonic() + self.dp.settings.request_headers_timeout
 
+    def _switch_to_h2(self, data: bytes) -> None:
+        """ALPN chose h2, or a cleartext client opened with the HTTP/2 preface (prior knowledge)."""
+        from homeplane.gateway.http2 import H2Connection
+
+        self.upgraded = True
+        self.closed = True
+        self.dp.connection_closed(self)
+        h2c = H2Connection(self.server, self.info)
+        t = self.transport
+        assert t is not None
+        t.set_protocol(h2c)
+        h2c.connection_made(t)
+        if data:
+            h2c.data_received(data)
+
     def data_received(self, data: bytes) -> None:
+        if not self.queue and self.current is None and data.startswith(b"PRI * HTTP/2.0\r\n"):
+            self._switch_to_h2(data)
+            return
         if self.upgraded:
             if self.tunnel is not None and self.tunnel.state == 4:  # tunnel open
                 self.tunnel.feed_body(data)

@@ -22,7 +22,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from homeplane.gateway.auth import Auth, compile_security
-from homeplane.gateway.cluster import Cluster, cluster_key
+from homeplane.gateway.cluster import Cluster, ClusterConfig, cluster_key
+from homeplane.gateway.health import run_checks
+from homeplane.gateway.compression import TOKENS
 from homeplane.gateway.exchange import Exchange, RetryPolicy, RouteAction, WeightedCluster
 from homeplane.gateway.filters import compile_header_ops
 from homeplane.gateway.headers import parse_cidrs
@@ -53,7 +55,7 @@ class ListenerConf:
     xff_hops: int | None = None
     xff_trusted: tuple[Any, ...] = ()
     idle_timeout: float | None = None
-    alpn: tuple[str, ...] = ("http/1.1",)
+    alpn: tuple[str, ...] = ("h2", "http/1.1")  # Envoy Gateway default
     min_tls: str = "1.2"
     max_tls: str | None = None
 
@@ -100,6 +102,17 @@ def build_action(rule: ir.RouteRule, settings: Settings) -> RouteAction:
     a.resp_ops = compile_header_ops(f.response_headers)
     btp = rule.backend_traffic.spec if rule.backend_traffic else None
     policy = btp.load_balancer.type if btp and btp.load_balancer else "LeastRequest"
+    settings_id = ""
+    if btp is not None and (btp.health_check is not None or btp.circuit_breaker is not None):
+        ref = rule.backend_traffic.policy  # type: ignore[union-attr]
+        settings_id = f"{ref.namespace}/{ref.name}"
+        a.cluster_config = ClusterConfig(
+            active=btp.health_check.active if btp.health_check else None,
+            passive=btp.health_check.passive if btp.health_check else None,
+            max_connections=btp.circuit_breaker.max_connections if btp.circuit_breaker else 1024,
+            max_pending=btp.circuit_breaker.max_pending_requests if btp.circuit_breaker else 1024,
+            max_requests=btp.circuit_breaker.max_parallel_requests if btp.circuit_breaker else 1024,
+        )
     if btp and btp.load_balancer and btp.load_balancer.consistent_hash:
         ch = btp.load_balancer.consistent_hash
         if ch.type == "SourceIP":
@@ -109,7 +122,7 @@ def build_action(rule: ir.RouteRule, settings: Settings) -> RouteAction:
         elif ch.type == "Cookie" and ch.cookie:
             a.hash_on = ("Cookie", str(ch.cookie.get("name", "")).encode())
     for b in rule.backends:
-        wc = WeightedCluster(cluster_key(b.pool, policy) if b.pool else None, b.weight)
+        wc = WeightedCluster(cluster_key(b.pool, policy, settings_id) if b.pool else None, b.weight)
         if b.filters is not None:
             wc.req_ops = compile_header_ops(b.filters.request_headers)
             wc.resp_ops = compile_header_ops(b.filters.response_headers)
@@ -139,6 +152,8 @@ def build_action(rule: ir.RouteRule, settings: Settings) -> RouteAction:
             a.backend_timeout = a.backend_timeout or parse_duration(r.per_retry.timeout)
         if r.per_retry and r.per_retry.back_off and r.per_retry.back_off.base_interval:
             a.retry.backoff_base = parse_duration(r.per_retry.back_off.base_interval)
+    if btp is not None:
+        a.compression = tuple(dict.fromkeys(TOKENS[c.type] for c in btp.compressors()))
     if rule.security is not None and rule.security.valid:
         a.security = compile_security(rule.security)
     return a
@@ -323,10 +338,11 @@ class DataPlane:
         self.connections: set[Any] = set()
         self.auth = Auth(self)
         self.log = log
-        self.h2_enabled = False
+        self.h2_enabled = True
         self.snapshot: ir.Snapshot | None = None
         self.bindings: list[dict[str, Any]] = []
         self._sweeper: asyncio.Task[None] | None = None
+        self._health: dict[str, asyncio.Task[None]] = {}
         self.stats = {"requests": 0, "protocol_errors": 0}
 
     # --- snapshots ----------------------------------------------------------------------
@@ -335,7 +351,7 @@ class DataPlane:
         # 1. compile everything before touching anything that serves traffic
         wanted: dict[tuple[str, int], PortTable] = {}
         bindings = []
-        cluster_policies: dict[str, tuple[ir.BackendPool, str]] = {}
+        cluster_policies: dict[str, tuple[ir.BackendPool, str, ClusterConfig | None]] = {}
         for gw in snapshot.gateways:
             addr = self.bind.address_for(gw)
             for port, table in compile_gateway(gw).items():
@@ -348,9 +364,10 @@ class DataPlane:
                     if sec is not None and sec.ext_cluster:
                         used.append(sec.ext_cluster)
                     for name in used:
-                        pool, policy = name.split("|", 1)
+                        pool, policy, _ = name.split("|", 2)
                         if pool in snapshot.pools:
-                            cluster_policies[name] = (snapshot.pools[pool], policy)
+                            cfg = m.action.cluster_config if name in [wc.cluster for wc in m.action.backends] else None
+                            cluster_policies[name] = (snapshot.pools[pool], policy, cfg)
                 bport = self.bind.port_for(port)
                 key = (addr, bport)
                 if key in wanted:
@@ -371,14 +388,23 @@ class DataPlane:
                     }
                 )
         # 2. clusters: update in place, create new, drop unused
-        for key, (pool, policy) in cluster_policies.items():
+        for key, (pool, policy, cfg) in cluster_policies.items():
             c = self.clusters.get(key)
             if c is None:
-                self.clusters[key] = Cluster(pool, policy)
+                c = self.clusters[key] = Cluster(pool, policy, cfg)
             else:
-                c.update(pool, policy)
+                c.update(pool, policy, cfg)
+            task = self._health.get(key)
+            if c.config.active is not None and (task is None or task.done()):
+                self._health[key] = asyncio.ensure_future(run_checks(c))
+            elif c.config.active is None and task is not None:
+                task.cancel()
+                del self._health[key]
         for key in [k for k in self.clusters if k not in cluster_policies]:
             self.clusters.pop(key).close()
+            task = self._health.pop(key, None)
+            if task is not None:
+                task.cancel()
         # 3. swap tables into running servers, start new ones, stop removed ones
         for key, table in wanted.items():
             srv = self.servers.get(key)
@@ -419,6 +445,8 @@ class DataPlane:
     async def close(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
+        for task in self._health.values():
+            task.cancel()
         for srv in self.servers.values():
             srv.close()
         self.servers.clear()
@@ -438,6 +466,8 @@ class DataPlane:
                 except Exception:  # a timer bug must not stop all timers
                     log.exception("timeout check failed")
             for cl in self.clusters.values():
+                if not cl.all_available:
+                    cl.refresh_availability()  # ejections expire
                 for ep in cl.endpoints:
                     while ep.idle and now - ep.idle[0].idle_since > 60:
                         ep.idle.popleft().close()
@@ -451,9 +481,6 @@ class DataPlane:
 
     def connection_closed(self, conn: Any) -> None:
         self.connections.discard(conn)
-
-    def note_failure(self, ep: Any) -> None:
-        pass
 
     def count_protocol_error(self, status: int) -> None:
         self.stats["protocol_errors"] += 1

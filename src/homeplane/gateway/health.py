@@ -1,0 +1,68 @@
+"""Active health checks (BackendTrafficPolicy ``healthCheck.active``): HTTP and TCP probes.
+
+Each checked cluster gets one task that probes every endpoint each ``interval``;
+an endpoint turns unhealthy after ``unhealthyThreshold`` failures in a row and
+healthy again after ``healthyThreshold`` successes. Unhealthy endpoints get no
+requests (unless all are, Envoy's panic mode).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from homeplane.api.units import parse_duration
+from homeplane.gateway.cluster import Cluster, EndpointState
+
+log = logging.getLogger("homeplane.health")
+
+
+async def probe(ep: EndpointState, cluster: Cluster) -> bool:
+    hc = cluster.config.active
+    assert hc is not None
+    timeout = parse_duration(hc.timeout)
+    try:
+        r, w = await asyncio.wait_for(asyncio.open_connection(ep.address, ep.port), timeout)
+    except (OSError, asyncio.TimeoutError):
+        return False
+    try:
+        if hc.type == "TCP" or hc.http is None:
+            return True
+        host = hc.http.hostname or ep.address
+        method = (hc.http.method or "GET").upper()
+        w.write(f"{method} {hc.http.path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: homeplane-health-check\r\nConnection: close\r\n\r\n".encode())
+        line = await asyncio.wait_for(r.readline(), timeout)
+        parts = line.split()
+        if len(parts) < 2 or not parts[1].isdigit():
+            return False
+        status = int(parts[1])
+        expected = hc.http.expected_statuses or [200]
+        return status in expected
+    except (OSError, asyncio.TimeoutError):
+        return False
+    finally:
+        w.close()
+
+
+async def run_checks(cluster: Cluster) -> None:
+    while True:
+        hc = cluster.config.active
+        if hc is None:
+            return
+        eps = list(cluster.endpoints)
+        results = await asyncio.gather(*(probe(ep, cluster) for ep in eps), return_exceptions=True)
+        for ep, ok in zip(eps, results):
+            if ok is True:
+                ep.hc_ok += 1
+                ep.hc_fail = 0
+                if not ep.healthy and ep.hc_ok >= hc.healthy_threshold:
+                    ep.healthy = True
+                    log.info("endpoint %s of %s is healthy again", ep.name, cluster.name)
+            else:
+                ep.hc_fail += 1
+                ep.hc_ok = 0
+                if ep.healthy and ep.hc_fail >= hc.unhealthy_threshold:
+                    ep.healthy = False
+                    log.warning("endpoint %s of %s failed %d health checks: unhealthy", ep.name, cluster.name, ep.hc_fail)
+        cluster.refresh_availability()
+        await asyncio.sleep(parse_duration(hc.interval))

@@ -1,0 +1,149 @@
+"""BackendTrafficPolicy and ClientTrafficPolicy effects on live traffic."""
+
+from __future__ import annotations
+
+import gzip
+import time
+
+import brotli
+import httpx
+import zstandard
+
+from tests.gateway.backends import Backend
+from tests.gateway.harness import Gateway
+from tests.gateway.manifests import gateway, route, service
+
+
+def btp(spec: str, target: str = "kind: HTTPRoute, name: r") -> str:
+    return f"""
+---
+apiVersion: gateway.envoyproxy.io/v1alpha1
+kind: BackendTrafficPolicy
+metadata: {{name: policy, namespace: apps}}
+spec:
+  targetRefs: [{{group: gateway.networking.k8s.io, {target}}}]
+{spec}
+"""
+
+
+def two_endpoints(name: str, a: int, b: int) -> str:
+    return f"""
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: apps}}
+spec: {{ports: [{{name: http, port: 80}}]}}
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {{name: {name}, namespace: apps}}
+subsets:
+  - addresses: [{{ip: 127.0.0.1}}]
+    ports: [{{name: http, port: {a}}}]
+  - addresses: [{{ip: 127.0.0.1}}]
+    ports: [{{name: http, port: {b}}}]
+"""
+
+
+def test_compression_with_both_spellings(backend: Backend) -> None:
+    spec = "  compressor: [{type: Zstd, zstd: {}}, {type: Brotli, brotli: {}}]\n  compression: [{type: Gzip}]"
+    g = Gateway(gateway() + service("a", backend.port) + route() + btp(spec))
+    try:
+        def fetch(ae: str) -> httpx.Response:
+            with httpx.Client() as c:
+                req = c.build_request("GET", g.url(80, "/echo?" + "x" * 200), headers={"host": "app.test", "accept-encoding": ae})
+                return c.send(req, stream=True)
+
+        r = fetch("gzip")
+        raw = b"".join(r.iter_raw())
+        assert r.headers["content-encoding"] == "gzip" and r.headers["vary"] == "accept-encoding"
+        assert "content-length" not in r.headers
+        assert b'"method": "GET"' in gzip.decompress(raw)
+        r = fetch("gzip, br")  # the policy's order is the preference: brotli before gzip
+        assert r.headers["content-encoding"] == "br" and b"GET" in brotli.decompress(b"".join(r.iter_raw()))
+        r = fetch("zstd;q=1, br;q=0.5")
+        assert r.headers["content-encoding"] == "zstd"
+        assert b"GET" in zstandard.ZstdDecompressor().decompressobj().decompress(b"".join(r.iter_raw()))
+        r = fetch("br;q=0, zstd;q=0, gzip;q=0")
+        assert "content-encoding" not in r.headers
+        r = fetch("identity")
+        assert "content-encoding" not in r.headers
+    finally:
+        g.close()
+
+
+def test_active_http_health_check_takes_a_failing_endpoint_out() -> None:
+    good, bad = Backend("good"), Backend("bad")
+    bad.close()  # nothing listens there any more
+    spec = """  healthCheck:
+    active: {type: HTTP, http: {path: /healthz, expectedStatuses: [200]}, interval: 200ms, timeout: 100ms, unhealthyThreshold: 2, healthyThreshold: 1}"""
+    g = Gateway(gateway() + two_endpoints("a", good.port, bad.port) + route() + btp(spec))
+    try:
+        time.sleep(1.0)  # a few check rounds
+        codes = [httpx.get(g.url(80, "/echo"), headers={"host": "app.test"}).status_code for _ in range(20)]
+        assert codes == [200] * 20
+        assert any(r["target"] == "/healthz" and ["user-agent", "homeplane-health-check"] in r["headers"] for r in good.requests)
+    finally:
+        g.close()
+        good.close()
+
+
+def test_passive_outlier_detection_ejects_an_endpoint_answering_5xx() -> None:
+    ok, failing = Backend("ok"), Backend("failing")
+    spec = "  healthCheck:\n    passive: {consecutive5XxErrors: 2, baseEjectionTime: 30s, maxEjectionPercent: 50}"
+    rules = "\n    - backendRefs: [{name: a, port: 80}]"
+    g = Gateway(gateway() + two_endpoints("a", ok.port, failing.port) + route(rules=rules) + btp(spec))
+    try:
+        seen = {httpx.get(g.url(80, "/echo"), headers={"host": "app.test"}).headers.get("x-backend") for _ in range(40)}
+        assert seen == {"ok", "failing"}  # both serve while healthy
+        failing.fail_all = True
+        before = len(failing.requests)
+        codes = [httpx.get(g.url(80, "/echo"), headers={"host": "app.test"}).status_code for _ in range(40)]
+        # two 5xx in a row eject it for 30 s: it sees at most a couple more requests
+        assert len(failing.requests) - before <= 3
+        assert codes[-20:] == [200] * 20
+    finally:
+        g.close()
+        ok.close()
+        failing.close()
+
+
+def test_circuit_breaker_limits_parallel_requests(backend: Backend) -> None:
+    import concurrent.futures
+
+    spec = "  circuitBreaker: {maxParallelRequests: 2}"
+    g = Gateway(gateway() + service("a", backend.port) + route() + btp(spec))
+    try:
+        def slow(_: int) -> int:
+            return httpx.get(g.url(80, "/stream?n=2&ms=300"), headers={"host": "app.test"}, timeout=10).status_code
+
+        with concurrent.futures.ThreadPoolExecutor(6) as pool:
+            codes = list(pool.map(slow, range(6)))
+        assert codes.count(200) >= 2 and codes.count(503) >= 1, codes
+    finally:
+        g.close()
+
+
+def test_client_ip_detection_with_trusted_hops(backend: Backend) -> None:
+    ctp = """
+---
+apiVersion: gateway.envoyproxy.io/v1alpha1
+kind: ClientTrafficPolicy
+metadata: {name: hops, namespace: network}
+spec:
+  targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: gw}]
+  clientIPDetection: {xForwardedFor: {numTrustedHops: 1}}
+"""
+    rules = """
+    - filters:
+        - type: RequestHeaderModifier
+          requestHeaderModifier: {set: [{name: X-Client, value: "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"}]}
+      backendRefs: [{name: a, port: 80}]"""
+    g = Gateway(gateway() + service("a", backend.port) + route(rules=rules) + ctp)
+    try:
+        r = httpx.get(g.url(80, "/echo"), headers={"host": "app.test", "x-forwarded-for": "198.51.100.1, 203.0.113.5"})
+        h = dict(r.json()["headers"])
+        assert h["x-client"] == "203.0.113.5"
+        assert h["x-forwarded-for"] == "198.51.100.1, 203.0.113.5, 127.0.0.1"
+    finally:
+        g.close()

@@ -30,6 +30,10 @@ VarsOpt = typer.Option([], "--vars", help="Variables file: dotenv, or a Kubernet
 NamespaceOpt = typer.Option("default", "--default-namespace", help="Namespace for objects that name none.")
 NoSubstOpt = typer.Option(False, "--no-substitute", help="Do not apply Flux ${VAR} substitution.")
 StrictOpt = typer.Option(False, "--strict", help="Unset variables are errors (Flux strict substitution).")
+EndpointsOpt = typer.Option(
+    None, "--endpoints", help="Where Services' pods run: YAML of NAMESPACE/SERVICE[:PORT] -> [host:port, ...]."
+)
+ModeOpt = typer.Option("auto", "--mode", help="auto (Flux repo if it has Flux Kustomizations), flux, or plain.")
 
 
 def _fail(msg: str, code: int = 2) -> None:
@@ -37,7 +41,16 @@ def _fail(msg: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def _inputs(paths: list[Path], set_: list[str], vars_: list[Path], namespace: str, no_subst: bool, strict: bool) -> Inputs:
+def _inputs(
+    paths: list[Path],
+    set_: list[str],
+    vars_: list[Path],
+    namespace: str,
+    no_subst: bool,
+    strict: bool,
+    endpoints: Path | None = None,
+    mode: str = "auto",
+) -> Inputs:
     variables: dict[str, str] = {}
     try:
         for f in vars_:
@@ -48,11 +61,19 @@ def _inputs(paths: list[Path], set_: list[str], vars_: list[Path], namespace: st
     for p in paths:
         if not Path(p).exists():
             _fail(f"path does not exist: {p}")
+    if endpoints is not None and not Path(endpoints).is_file():
+        _fail(f"--endpoints: no such file: {endpoints}")
+    if mode not in ("auto", "flux", "plain"):
+        _fail("--mode must be auto, flux or plain")
+    if mode == "flux" and (len(paths) != 1 or not Path(paths[0]).is_dir()):
+        _fail("--mode flux takes one folder")
     return Inputs(
         paths=tuple(Path(p) for p in paths),
         variables=None if no_subst else variables,
         strict=strict,
         default_namespace=namespace,
+        mode=mode,
+        endpoints=Path(endpoints) if endpoints else None,
     )
 
 
@@ -65,6 +86,8 @@ def check(
     namespace: str = NamespaceOpt,
     no_substitute: bool = NoSubstOpt,
     strict: bool = StrictOpt,
+    endpoints: Optional[Path] = EndpointsOpt,
+    mode: str = ModeOpt,
 ) -> None:
     """Load manifests, resolve references and print what would be served, with every problem found.
 
@@ -72,7 +95,7 @@ def check(
     """
     if output not in ("text", "json"):
         _fail("--output must be text or json")
-    result = run_pipeline(_inputs(paths, set_, vars_, namespace, no_substitute, strict))
+    result = run_pipeline(_inputs(paths, set_, vars_, namespace, no_substitute, strict, endpoints, mode))
     if output == "json":
         typer.echo(json.dumps(result.report, indent=2, default=str))
     else:
@@ -91,6 +114,8 @@ def get(
     vars_: list[Path] = VarsOpt,
     namespace: str = NamespaceOpt,
     no_substitute: bool = NoSubstOpt,
+    endpoints: Optional[Path] = EndpointsOpt,
+    mode: str = ModeOpt,
 ) -> None:
     """Show objects like `kubectl get`, with the status conditions homeplane computed."""
     info = registry.resolve_kind_name(kind)
@@ -98,7 +123,7 @@ def get(
         known = ", ".join(sorted(k.kind for k in registry.SERVED_KINDS))
         _fail(f"unknown kind {kind!r}; served kinds: {known}")
     assert info is not None
-    result = run_pipeline(_inputs(path, set_, vars_, namespace, no_substitute, False))
+    result = run_pipeline(_inputs(path, set_, vars_, namespace, no_substitute, False, endpoints, mode))
     objs = [
         o
         for o in result.load.objects
@@ -144,6 +169,8 @@ def run(
     vars_: list[Path] = VarsOpt,
     namespace: str = NamespaceOpt,
     no_substitute: bool = NoSubstOpt,
+    endpoints: Optional[Path] = EndpointsOpt,
+    mode: str = ModeOpt,
     admin: str = typer.Option("127.0.0.1:9901", "--admin", help="Admin endpoint address (host:port; port 0 picks one)."),
     state: Optional[Path] = typer.Option(
         None, "--state", help="State store file (SQLite). Default: $XDG_STATE_HOME/homeplane/state.db"
@@ -172,7 +199,7 @@ def run(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    inputs = _inputs(paths, set_, vars_, namespace, no_substitute, False)
+    inputs = _inputs(paths, set_, vars_, namespace, no_substitute, False, endpoints, mode)
     host, _, port = admin.rpartition(":")
     if not host or not port.isdigit():
         _fail(f"--admin {admin!r}: expected host:port")

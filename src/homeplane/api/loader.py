@@ -169,6 +169,19 @@ def _subpositions(doc: Document, prefix: tuple) -> dict[tuple, int]:
     return {p[n:]: ln for p, ln in doc.positions.items() if p[:n] == prefix}
 
 
+def add_object(
+    data: dict[str, Any],
+    filename: str,
+    options: LoadOptions,
+    result: LoadResult,
+    document: int = 0,
+    line: int | None = None,
+    positions: dict[tuple, int] | None = None,
+) -> None:
+    """Validate one object (already substituted and assembled) and add it to the result."""
+    _load_object(Document(data, document, line or 1, positions or {}), filename, options, result)
+
+
 def _load_object(doc: Document, filename: str, options: LoadOptions, result: LoadResult) -> None:
     data: dict[str, Any] = doc.data
     diags = result.diagnostics

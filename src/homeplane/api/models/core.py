@@ -132,6 +132,7 @@ class Secret(Resource):
     data: dict[str, str] = Field(default_factory=dict)
     string_data: dict[str, str] = Field(default_factory=dict)
     immutable: bool | None = None
+    sops: dict | None = None  # SOPS metadata of an encrypted Secret (values are then ENC[...])
 
     def value(self, key: str) -> bytes | None:
         """Decoded value: stringData wins over data, as the API server merges them."""
@@ -155,6 +156,7 @@ class ConfigMap(Resource):
     data: dict[str, str] = Field(default_factory=dict)
     binary_data: dict[str, str] = Field(default_factory=dict)
     immutable: bool | None = None
+    sops: dict | None = None
 
 
 __all__ = [

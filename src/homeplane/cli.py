@@ -187,6 +187,13 @@ def run(
     ),
     access_log: bool = typer.Option(True, "--access-log/--no-access-log", help="One JSON line per request on stderr."),
     workers: int = typer.Option(1, "--workers", min=1, max=64, help="Data-plane processes sharing the listeners (SO_REUSEPORT)."),
+    dns: list[str] = typer.Option(
+        [], "--dns", help="Serve DNS on HOST:PORT (repeatable; port 53 follows --port-map). Off when not given."
+    ),
+    dns_domain: list[str] = typer.Option([], "--dns-domain", help="Gateway zone: answer route hostnames under this domain."),
+    dns_gateway: list[str] = typer.Option([], "--dns-gateway", help="Gateways feeding the gateway zone (NAMESPACE/NAME; default all)."),
+    dns_upstream: list[str] = typer.Option([], "--dns-upstream", help="Forward other names to HOST[:PORT] (default: /etc/resolv.conf)."),
+    cluster_domain: Optional[str] = typer.Option(None, "--cluster-domain", help="Cluster DNS zone (default cluster.local)."),
 ) -> None:
     """Serve the manifests: load, translate, publish, and re-apply on every change."""
     from homeplane.gateway.addresses import loopback_allocator
@@ -246,6 +253,19 @@ def run(
             rt.subscribe(fan_out)
             rt.on_stop.append(stop_workers)
         rt.status_extras["listeners"] = lambda: dp.bindings
+        if dns:
+            from homeplane.dns.service import DNSService
+
+            try:
+                listen = [parse_host_port(d, "--dns", pmap) for d in dns]
+            except ValueError as e:
+                _fail(str(e))
+            svc = DNSService(listen, dns_domain, dns_gateway, dns_upstream, cluster_domain, dp)
+            rt.subscribe(svc.apply)
+            rt.on_start.append(svc.start)
+            rt.on_stop.append(svc.close)
+            rt.registry.register(svc)
+            rt.status_extras["dns"] = svc.status
         await rt.run()
 
     asyncio.run(main_async())
@@ -261,11 +281,71 @@ def parse_port_map(text: str) -> dict[int, int]:
     return out
 
 
+def parse_host_port(text: str, flag: str, port_map: dict[int, int]) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"{flag} {text!r}: expected HOST:PORT")
+    p = int(port)
+    return host.strip("[]"), port_map.get(p, p)
+
+
 def parse_assignment(text: str, flag: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     if not sep or "/" not in key or not value:
         raise ValueError(f"{flag} {text!r}: expected NAMESPACE/NAME=VALUE")
     return key, value
+
+
+@app.command()
+def dig(
+    name: str = typer.Argument(..., help="The name to look up."),
+    rdtype: str = typer.Argument("A", help="Record type (A, AAAA, SRV, PTR, TXT, CNAME, SOA, NS, ANY)."),
+    server: Optional[str] = typer.Option(None, "--server", help="Ask a running server at HOST:PORT instead."),
+    tcp: bool = typer.Option(False, "--tcp"),
+    path: list[Path] = typer.Option([Path(".")], "-f", "--filename", help="Manifests to answer from (without --server)."),
+    set_: list[str] = SetOpt,
+    vars_: list[Path] = VarsOpt,
+    dns_domain: list[str] = typer.Option([], "--dns-domain", help="Gateway zone domain(s)."),
+    cluster_domain: Optional[str] = typer.Option(None, "--cluster-domain"),
+    mode: str = ModeOpt,
+) -> None:
+    """Look a name up: in a running homeplane DNS server, or straight from the manifests."""
+    import dns.message
+    import dns.query
+    import dns.rdatatype
+
+    try:
+        query = dns.message.make_query(name, rdtype)
+    except (dns.rdatatype.UnknownRdatatype, ValueError) as e:
+        _fail(f"{e}")
+        return
+    if server:
+        host, _, port = server.rpartition(":")
+        try:
+            fn = dns.query.tcp if tcp else dns.query.udp
+            msg = fn(query, host.strip("[]") or "127.0.0.1", port=int(port or 53), timeout=5)
+        except Exception as e:
+            _fail(f"no answer from {server}: {e}", 1)
+            return
+        typer.echo(msg.to_text())
+        return
+    from homeplane.dns.config import DNSConfig, from_coredns_values
+    from homeplane.dns.responder import FORWARD, Responder
+    from homeplane.dns.zones import compile_zones
+
+    result = run_pipeline(_inputs(path, set_, vars_, "default", False, False, None, mode))
+    snap = result.translation.snapshot
+    cfg = from_coredns_values(snap.extras["coredns"], DNSConfig()) if "coredns" in snap.extras else DNSConfig()
+    if dns_domain:
+        cfg.gateway_domains = list(dns_domain)
+    if cluster_domain:
+        cfg.cluster_domain = cluster_domain
+    resp = Responder(compile_zones(snap, cfg)).respond(query.to_wire(), "tcp")
+    if resp is FORWARD:
+        typer.echo(f";; {name} is not in homeplane's zones: it would be forwarded to {', '.join(cfg.forward.upstreams) or '/etc/resolv.conf'}")
+        raise typer.Exit(0)
+    assert isinstance(resp, bytes)
+    typer.echo(dns.message.from_wire(resp).to_text())
 
 
 @app.command()

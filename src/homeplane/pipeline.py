@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
 from homeplane.api.loader import LoadOptions, LoadResult, load_paths
 from homeplane.importer.endpoints import endpoint_slices
+from homeplane.api.models.core import Service
 from homeplane.importer.repo import is_flux_repo, load_repo
+from homeplane.l4.ipam import DEFAULT_SERVICE_CIDR, ServiceRequest, allocate_cluster_ips
 from homeplane.report import build_report
 from homeplane.translate import TranslateOptions, Translation, translate
 
@@ -24,6 +26,7 @@ class Inputs:
     # "auto": a tree with Flux Kustomizations is imported as a Flux repo, anything else read as plain manifests
     mode: str = "auto"
     endpoints: Path | None = None
+    service_cidr: str = DEFAULT_SERVICE_CIDR
 
 
 @dataclass
@@ -31,6 +34,7 @@ class Result:
     load: LoadResult
     translation: Translation
     _report: dict[str, Any] | None = None
+    cluster_ips: dict[tuple[str, str], str] = field(default_factory=dict)
 
     @property
     def report(self) -> dict[str, Any]:
@@ -45,12 +49,24 @@ class Result:
         return self.report["summary"]["errors"] == 0
 
 
-def run_pipeline(inputs: Inputs, version: int = 1) -> Result:
+def run_pipeline(inputs: Inputs, version: int = 1, previous_cluster_ips: Mapping[tuple[str, str], str] | None = None) -> Result:
+    """Load, allocate ClusterIPs (from ``previous_cluster_ips`` when given), translate."""
+    load = _load(inputs)
+    requests = [
+        ServiceRequest((o.namespace or "", o.name), o.model.spec.cluster_ip)
+        for o in load.objects
+        if isinstance(o.model, Service) and o.model.spec.type != "ExternalName"
+    ]
+    alloc = allocate_cluster_ips(requests, inputs.service_cidr, previous_cluster_ips)
+    options = replace(inputs.translate, cluster_ips=alloc.addresses, cluster_ip_problems=alloc.problems)
+    return Result(load, translate(load.objects, options, version=version), cluster_ips=alloc.addresses)
+
+
+def _load(inputs: Inputs) -> LoadResult:
     base = inputs.paths[0] if len(inputs.paths) == 1 and inputs.paths[0].is_dir() else None
     if inputs.mode == "flux" or (inputs.mode == "auto" and base is not None and is_flux_repo(base)):
         assert base is not None, "a Flux repository is one folder"
-        load = load_repo(base, dict(inputs.variables or {}), inputs.endpoints, inputs.default_namespace)
-        return Result(load, translate(load.objects, inputs.translate, version=version))
+        return load_repo(base, dict(inputs.variables or {}), inputs.endpoints, inputs.default_namespace)
     load = load_paths(
         inputs.paths,
         LoadOptions(
@@ -62,7 +78,7 @@ def run_pipeline(inputs: Inputs, version: int = 1) -> Result:
     )
     if inputs.endpoints is not None:
         _add_endpoints(load, inputs.endpoints)
-    return Result(load, translate(load.objects, inputs.translate, version=version))
+    return load
 
 
 def _add_endpoints(load: LoadResult, path: Path) -> None:

@@ -33,6 +33,7 @@ log = logging.getLogger("homeplane")
 Subscriber = Callable[[Snapshot], "Awaitable[None] | None"]
 
 _VERSION_KEY = "runtime/snapshot-version"
+_CLUSTER_IP_PREFIX = "ipam/cluster-ip/"
 _TRANSITIONS_KEY = "runtime/condition-transitions"
 
 
@@ -120,8 +121,20 @@ class Runtime:
         self._transitions = seen
         self.store.put(_TRANSITIONS_KEY, json.dumps(seen).encode())
 
+    def _persist_cluster_ips(self, result: Result) -> None:
+        """The IPAM controller's state: keep every ClusterIP so restarts and reorders never move one."""
+        from homeplane.store import Txn
+
+        current = {e.key: e.value for e in self.store.list(_CLUSTER_IP_PREFIX)}
+        wanted = {f"{_CLUSTER_IP_PREFIX}{ns}/{name}": ip.encode() for (ns, name), ip in result.cluster_ips.items()}
+        puts = [(k, v) for k, v in wanted.items() if current.get(k) != v]
+        deletes = [k for k in current if k not in wanted]
+        if puts or deletes:
+            self.store.commit(Txn(puts=puts, deletes=deletes))
+
     async def apply(self, result: Result) -> None:
         snap = result.translation.snapshot
+        self._persist_cluster_ips(result)
         self.version = snap.version
         self.store.put(_VERSION_KEY, str(self.version).encode())
         report = result.report
@@ -148,7 +161,11 @@ class Runtime:
         """Load and translate again; apply unless the manifests fail to load. Returns True if applied."""
         async with self._reload_lock:
             started = time.monotonic()
-            result = await asyncio.to_thread(run_pipeline, self.inputs, self.version + 1)
+            previous = {
+                tuple(e.key[len(_CLUSTER_IP_PREFIX):].split("/", 1)): e.value.decode()  # type: ignore[misc]
+                for e in self.store.list(_CLUSTER_IP_PREFIX)
+            }
+            result = await asyncio.to_thread(run_pipeline, self.inputs, self.version + 1, previous)
             load_errors = result.load.diagnostics.errors
             if self.current is not None and load_errors:
                 self.rejected = {

@@ -39,7 +39,7 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "c
 
 
 class Homeplane:
-    def __init__(self, repo: Path, state: Path):
+    def __init__(self, repo: Path, state: Path, extra: list[str] | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(
@@ -48,6 +48,10 @@ class Homeplane:
                 "--vars", str(repo / "cluster-secrets.env"),
                 "--admin", f"127.0.0.1:{self.port}",
                 "--state", str(state),
+                "--gateway-address", f"network/envoy-external=127.0.0.1",
+                "--gateway-address", f"network/envoy-internal=127.0.0.1",
+                "--port-map", f"80={free_port()},443={free_port()}",
+                *(extra or []),
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -189,3 +193,37 @@ def test_snapshot_version_survives_restart(repo: Path, tmp_path: Path) -> None:
         assert b.status()["snapshot"]["version"] == 2
     finally:
         b.stop()
+
+
+def test_dns_serves_the_manifests_and_follows_changes(repo: Path, tmp_path: Path) -> None:
+    import dns.message
+    import dns.query
+    import dns.rcode
+
+    dport = free_port()
+    h = Homeplane(repo, tmp_path / "state.db", ["--dns", f"127.0.0.1:{dport}", "--dns-domain", "home.example", "--dns-upstream", "127.0.0.1:9"])
+
+    def ask(name: str, rdtype: str = "A"):
+        return dns.query.udp(dns.message.make_query(name, rdtype), "127.0.0.1", port=dport, timeout=3)
+
+    try:
+        m = wait_for(lambda: ask("sonarr.downloads.svc.cluster.local"), what="dns answer")
+        ip = m.answer[0][0].address
+        assert ip.startswith("10.43.")
+        sonarr = next(x for x in h.status()["services"] if x["name"] == "sonarr")
+        assert sonarr["clusterIP"] == ip  # the same address in DNS and in the status
+        assert str(ask("whoami.home.example").answer[0][0]) == "192.168.42.120"
+        (repo / "downloads" / "radarr.yaml").write_text(RADARR)
+        wait_for(lambda: ask("radarr.downloads.svc.cluster.local").rcode() == dns.rcode.NOERROR and ask("radarr.downloads.svc.cluster.local").answer, what="radarr in DNS")
+        assert ask("radarr.home.example").answer[0][0].address == "192.168.42.121"
+        metrics = httpx.get(h.url + "/metrics").text
+        assert "coredns_dns_requests_total" in metrics
+        assert h.status()["runtime"]["dns"]["listen"] == [f"127.0.0.1:{dport}"]
+    finally:
+        h.stop()
+    # the ClusterIP survives a restart (it is in the state store)
+    h2 = Homeplane(repo, tmp_path / "state.db", ["--dns", f"127.0.0.1:{dport}"])
+    try:
+        assert wait_for(lambda: ask("sonarr.downloads.svc.cluster.local")).answer[0][0].address == ip
+    finally:
+        h2.stop()

@@ -46,7 +46,7 @@ def translate(objects: list[Obj], options: TranslateOptions | None = None, versi
     ctx = Context(objects, options)
     classes = process_gateway_classes(ctx, diags)
     gateways = process_gateways(ctx, classes, diags)
-    services, pools = build_services(ctx)
+    services, pools = build_services(ctx, diags)
     process_routes(ctx, gateways, diags)
     policies = process_policies(ctx, gateways)
 
@@ -87,6 +87,10 @@ def translate(objects: list[Obj], options: TranslateOptions | None = None, versi
             )
         )
     finish_policies(ctx, policies)
+    extras: dict[str, Any] = {}
+    coredns = _coredns_values(objects)
+    if coredns is not None:
+        extras["coredns"] = coredns
     snapshot = ir.Snapshot(
         version=version,
         gateways=tuple(gw_irs),
@@ -94,5 +98,21 @@ def translate(objects: list[Obj], options: TranslateOptions | None = None, versi
         pools=pools,
         policies=attachments_summary(policies),
         digest=digest_objects(objects),
+        extras=extras,
     )
     return Translation(snapshot, ctx.status, diags)
+
+
+def _coredns_values(objects: list[Obj]) -> dict[str, Any] | None:
+    """The values of a CoreDNS HelmRelease (servers with a kubernetes plugin), if the manifests hold one."""
+    for o in objects:
+        if o.kind != "HelmRelease":
+            continue
+        values = (o.raw.get("spec") or {}).get("values") or {}
+        servers = values.get("servers") if isinstance(values, dict) else None
+        if isinstance(servers, list) and any(
+            isinstance(s, dict) and any(isinstance(p, dict) and p.get("name") == "kubernetes" for p in s.get("plugins") or [])
+            for s in servers
+        ):
+            return values
+    return None

@@ -8,7 +8,7 @@ computed for each object.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable, TypeVar
+from typing import Any, Iterable, Mapping, TypeVar
 
 from homeplane.api.models.base import Resource
 from homeplane.api.models.gateway import ReferenceGrant
@@ -22,6 +22,10 @@ M = TypeVar("M", bound=Resource)
 class TranslateOptions:
     # GatewayClasses whose controllerName is in this list are served by homeplane.
     controller_names: tuple[str, ...] = DEFAULT_CONTROLLERS
+    # Controller state: ClusterIPs allocated by the IPAM controller, (namespace, name) -> address,
+    # and why a Service got none.
+    cluster_ips: Mapping[tuple[str, str], str] = field(default_factory=dict)
+    cluster_ip_problems: Mapping[tuple[str, str], str] = field(default_factory=dict)
 
 
 @dataclass

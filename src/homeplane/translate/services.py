@@ -9,6 +9,7 @@ Endpoints' ``notReadyAddresses`` are not.
 
 from __future__ import annotations
 
+from homeplane.api.diagnostics import Diagnostics
 from homeplane.api.models.core import EndpointSlice, Endpoints, Service
 from homeplane.api.models.envoy import Backend
 from homeplane.api.objects import Obj
@@ -26,7 +27,7 @@ def backend_pool_name(namespace: str, name: str) -> str:
     return f"backend/{namespace}/{name}"
 
 
-def build_services(ctx: Context) -> tuple[list[ir.Service], dict[str, ir.BackendPool]]:
+def build_services(ctx: Context, diags: Diagnostics) -> tuple[list[ir.Service], dict[str, ir.BackendPool]]:
     slices_by_service: dict[tuple[str | None, str], list[EndpointSlice]] = {}
     for o in ctx.kind("discovery.k8s.io", "EndpointSlice"):
         svc = o.labels.get(SERVICE_NAME_LABEL)
@@ -77,11 +78,21 @@ def build_services(ctx: Context) -> tuple[list[ir.Service], dict[str, ir.Backend
         requested = tuple(
             x.strip() for x in ann.get("lbipam.cilium.io/ips", "").split(",") if x.strip()
         ) or ((svc.spec.load_balancer_ip,) if svc.spec.load_balancer_ip else ())
+        key = (o.namespace or "", o.name)
+        cluster_ip = ctx.options.cluster_ips.get(key)
+        if cluster_ip is None and svc.spec.cluster_ip not in (None, "", "None") and not ctx.options.cluster_ips:
+            cluster_ip = svc.spec.cluster_ip  # no allocator ran: show what the manifest fixes
+        problem = ctx.options.cluster_ip_problems.get(key)
+        if problem:
+            diags.error(
+                f"no ClusterIP: {problem}", file=o.source.file, line=o.source.line, document=o.source.document,
+                kind="Service", namespace=o.namespace, name=o.name, field="spec.clusterIP", code="ClusterIPConflict",
+            )
         services.append(
             ir.Service(
                 ref=ir.Ref("Service", o.namespace, o.name),
                 type=svc.spec.type,
-                cluster_ip=svc.spec.cluster_ip,
+                cluster_ip=cluster_ip,
                 ports=tuple(ports),
                 selector=svc.spec.selector,
                 external_name=svc.spec.external_name,

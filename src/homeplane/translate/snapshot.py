@@ -234,7 +234,7 @@ class ServicePort:
 class Service:
     ref: Ref
     type: str
-    cluster_ip: str | None  # as written; allocation arrives with LB IPAM
+    cluster_ip: str | None  # allocated (or fixed by spec.clusterIP); None for headless and ExternalName
     ports: tuple[ServicePort, ...]
     selector: Mapping[str, str] | None
     external_name: str | None = None

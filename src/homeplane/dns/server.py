@@ -1,0 +1,210 @@
+"""DNS over UDP and TCP on asyncio, serving the current ZoneData; forwarding through the cache."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+import time
+from typing import Any, Iterable, Mapping
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from homeplane.dns import wire
+from homeplane.dns.cache import Cache
+from homeplane.dns.config import DNSConfig
+from homeplane.dns.forward import Forwarder
+from homeplane.dns.responder import FORWARD, Responder
+from homeplane.dns.zones import ZoneData, compile_zones
+from homeplane.translate.snapshot import Snapshot
+
+log = logging.getLogger("homeplane.dns")
+
+
+class DNSServer:
+    def __init__(self, cfg: DNSConfig, listen: Iterable[tuple[str, int]]):
+        self.cfg = cfg
+        self.listen = list(listen)
+        self.responder = Responder(ZoneData(config=cfg))
+        self.cache = Cache(cfg.cache)
+        self.forwarder = Forwarder(cfg.forward)
+        self.loop = asyncio.get_event_loop()
+        self._transports: list[Any] = []
+        self._servers: list[asyncio.base_events.Server] = []
+        self.bound: list[tuple[str, int]] = []
+        self.gateway_addresses: Mapping[str, list[str]] = {}
+
+    # --- configuration ------------------------------------------------------------------
+
+    def apply(self, snap: Snapshot) -> None:
+        """Swap in the zones of a new Snapshot (one reference assignment: atomic)."""
+        data = compile_zones(snap, self.cfg, self.gateway_addresses)
+        stats = self.responder.stats
+        self.responder = Responder(data)
+        self.responder.stats = stats
+
+    def reconfigure(self, cfg: DNSConfig) -> None:
+        """New settings (from the manifests' CoreDNS values): a fresh cache and forwarder."""
+        self.cfg = cfg
+        self.cache = Cache(cfg.cache)
+        self.forwarder = Forwarder(cfg.forward)
+
+    async def start(self) -> None:
+        for host, port in self.listen:
+            t, _ = await self.loop.create_datagram_endpoint(lambda: _UDP(self), local_addr=(host, port), reuse_port=False)
+            self._transports.append(t)
+            actual = t.get_extra_info("sockname")[1]
+            srv = await asyncio.start_server(self._tcp, host, actual)
+            self._servers.append(srv)
+            self.bound.append((host, actual))
+            log.info("DNS listening on %s:%d (udp, tcp)", host, actual)
+
+    async def close(self) -> None:
+        for t in self._transports:
+            t.close()
+        for s in self._servers:
+            s.close()
+
+    # --- the query path -------------------------------------------------------------------
+
+    def answer_now(self, data: bytes, proto: str) -> bytes | object | None:
+        return self.responder.respond(data, proto)
+
+    async def forward(self, data: bytes, proto: str) -> bytes | None:
+        try:
+            q = wire.parse_query(data)
+        except wire.FormatError:
+            return wire.error_response(data, wire.FORMERR)
+        key = (q.key, q.qtype, q.do)
+        now = time.monotonic()
+        if self.cfg.cache.enabled:
+            entry, fresh = self.cache.get(key, now)
+            if entry is not None:
+                if fresh:
+                    if self.cache.should_prefetch(entry, now):
+                        entry.prefetching = True
+                        asyncio.ensure_future(self._refresh(key, data))
+                    return self._fit(Cache.render(entry, q.id, data, q.question_end, now, False), q, proto)
+                # stale: refresh; serve the stale copy now, or only if the upstream fails ("verify")
+                if not self.cfg.cache.serve_stale_verify:
+                    asyncio.ensure_future(self._refresh(key, data))
+                    self.cache.stale_served += 1
+                    return self._fit(Cache.render(entry, q.id, data, q.question_end, now, True), q, proto)
+                resp = await self.forwarder.resolve(data)
+                if resp and resp[3] & 0xF == wire.NOERROR:
+                    self.cache.store(key, resp, time.monotonic())
+                    return self._fit(resp, q, proto)
+                self.cache.stale_served += 1
+                return self._fit(Cache.render(entry, q.id, data, q.question_end, now, True), q, proto)
+        resp = await self.forwarder.resolve(data)
+        if resp and self.cfg.cache.enabled and resp[3] & 0xF in (wire.NOERROR, wire.NXDOMAIN, wire.SERVFAIL):
+            if not (resp[3] & 0xF == wire.SERVFAIL and self._upstream_unreachable(resp)):
+                self.cache.store(key, resp, time.monotonic())
+        return self._fit(resp, q, proto) if resp else None
+
+    @staticmethod
+    def _upstream_unreachable(resp: bytes) -> bool:
+        # our own SERVFAIL (no question section) means no upstream answered: not an answer to cache
+        return len(resp) == 12
+
+    async def _refresh(self, key: tuple[bytes, int, bool], data: bytes) -> None:
+        try:
+            resp = await self.forwarder.resolve(data)
+            if resp and resp[3] & 0xF in (wire.NOERROR, wire.NXDOMAIN) and len(resp) > 12:
+                self.cache.store(key, resp, time.monotonic())
+        finally:
+            for table in (self.cache.success, self.cache.denial):
+                e = table.get(key)
+                if e is not None:
+                    e.prefetching = False
+
+    @staticmethod
+    def _fit(resp: bytes, q: wire.Query, proto: str) -> bytes:
+        """Truncate an upstream answer that is too big for this client over UDP."""
+        if proto != "udp":
+            return resp
+        limit = q.payload if q.edns else 512
+        if len(resp) <= limit:
+            return resp
+        flags = struct.unpack_from("!H", resp, 2)[0] | 0x0200
+        question = resp[12 : q.question_end] if len(resp) >= q.question_end else b""
+        return wire.header(q.id, flags, 1 if question else 0, 0, 0, 1 if q.edns else 0) + question + (wire.opt_rr() if q.edns else b"")
+
+    async def _tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await asyncio.wait_for(reader.readexactly(2), timeout=10)
+                (n,) = struct.unpack("!H", head)
+                data = await asyncio.wait_for(reader.readexactly(n), timeout=10)
+                resp = self.answer_now(data, "tcp")
+                if resp is FORWARD:
+                    resp = await self.forward(data, "tcp")
+                if isinstance(resp, bytes) and resp:
+                    writer.write(struct.pack("!H", len(resp)) + resp)
+                    await writer.drain()
+                elif resp is None:
+                    break
+        except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    # --- metrics (CoreDNS names) -----------------------------------------------------------
+
+    def collect(self) -> Iterable[Any]:
+        server = "dns://" + ",".join(f"{h}:{p}" for h, p in self.bound)
+        req = CounterMetricFamily("coredns_dns_requests", "Counter of DNS requests made per zone, protocol and family.", labels=["server", "zone", "proto", "family", "type"])
+        for (zone, proto, qtype), n in self.responder.stats.requests.items():
+            req.add_metric([server, zone, proto, "1", qtype], n)
+        yield req
+        resp = CounterMetricFamily("coredns_dns_responses", "Counter of response status codes.", labels=["server", "zone", "rcode", "plugin"])
+        for (zone, rcode), n in self.responder.stats.responses.items():
+            resp.add_metric([server, zone, rcode, "kubernetes"], n)
+        yield resp
+        hits = CounterMetricFamily("coredns_cache_hits", "The count of cache hits.", labels=["server", "type", "zones", "view"])
+        for kind, n in self.cache.hits.items():
+            hits.add_metric([server, kind, ".", ""], n)
+        yield hits
+        misses = CounterMetricFamily("coredns_cache_misses", "The count of cache misses.", labels=["server", "zones", "view"])
+        misses.add_metric([server, ".", ""], self.cache.misses)
+        yield misses
+        entries = GaugeMetricFamily("coredns_cache_entries", "The number of elements in the cache.", labels=["server", "type", "zones", "view"])
+        entries.add_metric([server, "success", ".", ""], len(self.cache.success))
+        entries.add_metric([server, "denial", ".", ""], len(self.cache.denial))
+        yield entries
+        fr = CounterMetricFamily("coredns_forward_requests", "Counter of requests made per upstream.", labels=["to"])
+        fresp = CounterMetricFamily("coredns_forward_responses", "Counter of responses received per upstream.", labels=["to", "rcode"])
+        hc = CounterMetricFamily("coredns_forward_healthcheck_failures", "Counter of the number of failed healthchecks.", labels=["to"])
+        for up in self.forwarder.upstreams:
+            fr.add_metric([up.name], up.requests)
+            for rcode, n in up.responses.items():
+                fresp.add_metric([up.name, rcode], n)
+            hc.add_metric([up.name], up.healthcheck_failures)
+        yield fr
+        yield fresp
+        yield hc
+
+
+class _UDP(asyncio.DatagramProtocol):
+    def __init__(self, server: DNSServer):
+        self.server = server
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        resp = self.server.answer_now(data, "udp")
+        if isinstance(resp, bytes):
+            self.transport.sendto(resp, addr)  # type: ignore[union-attr]
+        elif resp is FORWARD:
+            asyncio.ensure_future(self._forward(data, addr))
+
+    async def _forward(self, data: bytes, addr: Any) -> None:
+        try:
+            resp = await self.server.forward(data, "udp")
+        except Exception:  # one query must never take the server down
+            log.exception("forwarding failed")
+            resp = wire.error_response(data, wire.SERVFAIL)
+        if resp and self.transport is not None:
+            self.transport.sendto(resp, addr)

@@ -10,7 +10,11 @@ from homeplane.api.loader import LoadOptions, LoadResult, load_paths
 from homeplane.importer.endpoints import endpoint_slices
 from homeplane.api.models.core import Service
 from homeplane.importer.repo import is_flux_repo, load_repo
+from homeplane.api.models.cilium import CiliumLoadBalancerIPPool
+from homeplane.l4.gatewayservice import gateway_services
 from homeplane.l4.ipam import DEFAULT_SERVICE_CIDR, ServiceRequest, allocate_cluster_ips
+from homeplane.l4.lbipam import LBResult, PoolInput, ServiceInput
+from homeplane.l4.lbipam import allocate as allocate_lb
 from homeplane.report import build_report
 from homeplane.translate import TranslateOptions, Translation, translate
 
@@ -35,6 +39,7 @@ class Result:
     translation: Translation
     _report: dict[str, Any] | None = None
     cluster_ips: dict[tuple[str, str], str] = field(default_factory=dict)
+    lb_ips: dict[tuple[str, str], list[str]] = field(default_factory=dict)
 
     @property
     def report(self) -> dict[str, Any]:
@@ -49,7 +54,12 @@ class Result:
         return self.report["summary"]["errors"] == 0
 
 
-def run_pipeline(inputs: Inputs, version: int = 1, previous_cluster_ips: Mapping[tuple[str, str], str] | None = None) -> Result:
+def run_pipeline(
+    inputs: Inputs,
+    version: int = 1,
+    previous_cluster_ips: Mapping[tuple[str, str], str] | None = None,
+    previous_lb_ips: Mapping[tuple[str, str], list[str]] | None = None,
+) -> Result:
     """Load, allocate ClusterIPs (from ``previous_cluster_ips`` when given), translate."""
     load = _load(inputs)
     requests = [
@@ -58,8 +68,44 @@ def run_pipeline(inputs: Inputs, version: int = 1, previous_cluster_ips: Mapping
         if isinstance(o.model, Service) and o.model.spec.type != "ExternalName"
     ]
     alloc = allocate_cluster_ips(requests, inputs.service_cidr, previous_cluster_ips)
-    options = replace(inputs.translate, cluster_ips=alloc.addresses, cluster_ip_problems=alloc.problems)
-    return Result(load, translate(load.objects, options, version=version), cluster_ips=alloc.addresses)
+    lb = allocate_lb_ips(load.objects, previous_lb_ips)
+    options = replace(inputs.translate, cluster_ips=alloc.addresses, cluster_ip_problems=alloc.problems, lb=lb)
+    return Result(load, translate(load.objects, options, version=version), cluster_ips=alloc.addresses, lb_ips=lb.addresses)
+
+
+def allocate_lb_ips(objects: list, previous: Mapping[tuple[str, str], list[str]] | None) -> LBResult:
+    """LB IPAM over the manifests' pools, their LoadBalancer Services and the Gateways' Services."""
+    pools = []
+    for o in objects:
+        m = o.model
+        if isinstance(m, CiliumLoadBalancerIPPool):
+            pools.append(
+                PoolInput(
+                    o.name,
+                    [b.model_dump() for b in m.spec.all_blocks()],
+                    m.spec.allow_first_last_i_ps != "No",
+                    m.spec.service_selector,
+                    m.spec.disabled,
+                    (m.metadata.creation_timestamp or "~",),
+                )
+            )
+    services = [
+        ServiceInput(
+            key=(o.namespace or "", o.name),
+            labels=o.labels,
+            annotations=o.annotations,
+            ports=[(p.port, p.protocol) for p in o.model.spec.ports],
+            lb_ip=o.model.spec.load_balancer_ip,
+            lb_class=o.model.spec.load_balancer_class,
+            ip_families=list(o.model.spec.ip_families),
+            ip_family_policy=o.model.spec.ip_family_policy,
+            external_traffic_policy=o.model.spec.effective_external_traffic_policy or "Cluster",
+            selector=o.model.spec.selector,
+        )
+        for o in objects
+        if isinstance(o.model, Service) and o.model.spec.type == "LoadBalancer"
+    ]
+    return allocate_lb(pools, services + gateway_services(objects), previous)
 
 
 def _load(inputs: Inputs) -> LoadResult:

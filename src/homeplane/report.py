@@ -297,7 +297,7 @@ def build_report(objects: list[Obj], load_diags: Diagnostics, translation: Trans
                 "name": svc.ref.name,
                 "type": svc.type,
                 "clusterIP": svc.cluster_ip,
-                "loadBalancerIPs": list(svc.requested_lb_ips),
+                "loadBalancerIPs": list(svc.lb_ips or svc.requested_lb_ips),
                 "externalName": svc.external_name,
                 "endpointSource": svc.endpoint_source,
                 "ports": [

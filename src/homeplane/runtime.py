@@ -34,6 +34,7 @@ Subscriber = Callable[[Snapshot], "Awaitable[None] | None"]
 
 _VERSION_KEY = "runtime/snapshot-version"
 _CLUSTER_IP_PREFIX = "ipam/cluster-ip/"
+_LB_PREFIX = "ipam/lb/"
 _TRANSITIONS_KEY = "runtime/condition-transitions"
 
 
@@ -126,7 +127,9 @@ class Runtime:
         from homeplane.store import Txn
 
         current = {e.key: e.value for e in self.store.list(_CLUSTER_IP_PREFIX)}
+        current.update({e.key: e.value for e in self.store.list(_LB_PREFIX)})
         wanted = {f"{_CLUSTER_IP_PREFIX}{ns}/{name}": ip.encode() for (ns, name), ip in result.cluster_ips.items()}
+        wanted.update({f"{_LB_PREFIX}{ns}/{name}": ",".join(ips).encode() for (ns, name), ips in result.lb_ips.items()})
         puts = [(k, v) for k, v in wanted.items() if current.get(k) != v]
         deletes = [k for k in current if k not in wanted]
         if puts or deletes:
@@ -165,7 +168,11 @@ class Runtime:
                 tuple(e.key[len(_CLUSTER_IP_PREFIX):].split("/", 1)): e.value.decode()  # type: ignore[misc]
                 for e in self.store.list(_CLUSTER_IP_PREFIX)
             }
-            result = await asyncio.to_thread(run_pipeline, self.inputs, self.version + 1, previous)
+            previous_lb = {
+                tuple(e.key[len(_LB_PREFIX):].split("/", 1)): e.value.decode().split(",")  # type: ignore[misc]
+                for e in self.store.list(_LB_PREFIX)
+            }
+            result = await asyncio.to_thread(run_pipeline, self.inputs, self.version + 1, previous, previous_lb)
             load_errors = result.load.diagnostics.errors
             if self.current is not None and load_errors:
                 self.rejected = {

@@ -26,6 +26,8 @@ class TranslateOptions:
     # and why a Service got none.
     cluster_ips: Mapping[tuple[str, str], str] = field(default_factory=dict)
     cluster_ip_problems: Mapping[tuple[str, str], str] = field(default_factory=dict)
+    # LB IPAM's result (homeplane.l4.lbipam.LBResult), when the IPAM controller ran.
+    lb: Any = None
 
 
 @dataclass

@@ -15,6 +15,7 @@ from homeplane.api.diagnostics import Diagnostics
 from homeplane.api.models.core import Secret
 from homeplane.api.models.gateway import GATEWAY_GROUP, Gateway, GatewayClass, Listener
 from homeplane.api.objects import Obj
+from homeplane.l4.gatewayservice import gateway_service_key
 from homeplane.translate import snapshot as ir
 from homeplane.translate import status as st
 from homeplane.translate.context import Context, generation
@@ -163,6 +164,12 @@ def process_gateways(ctx: Context, classes: dict[str, bool], diags: Diagnostics)
         state = GatewayState(o, gw, cls)
         state.listeners = [ListenerState(state, spec, i) for i, spec in enumerate(gw.spec.listeners)]
         state.addresses = _requested_addresses(o, gw)
+        lb = ctx.options.lb
+        if lb is not None:
+            # the address LB IPAM gave the Gateway's generated LoadBalancer Service
+            got = lb.services.get(gateway_service_key(o.namespace or "", o.name))
+            if got is not None and got.addresses:
+                state.addresses = list(got.addresses)
         if cls in classes and not classes[cls]:
             for ls in state.listeners:
                 ls.accepted = st.cond(st.ACCEPTED, False, st.R_INVALID, f"GatewayClass {cls} is not accepted")

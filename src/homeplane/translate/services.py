@@ -75,10 +75,24 @@ def build_services(ctx: Context, diags: Diagnostics) -> tuple[list[ir.Service], 
                 ir.ServicePort(p.name, p.port, p.protocol, p.effective_target_port, p.app_protocol, pool_name)
             )
         ann = o.annotations
+        key = (o.namespace or "", o.name)
+        lb = ctx.options.lb.services.get(key) if ctx.options.lb is not None else None
+        if svc.spec.type == "LoadBalancer" and lb is not None:
+            status: dict = {
+                "loadBalancer": {"ingress": [{"ip": a} for a in lb.addresses]},
+                "conditions": [
+                    {
+                        "type": "cilium.io/IPAMRequestSatisfied",
+                        "status": "True" if lb.satisfied else "False",
+                        "reason": lb.reason,
+                        "message": lb.message,
+                    }
+                ],
+            }
+            ctx.set_status(o, status)
         requested = tuple(
             x.strip() for x in ann.get("lbipam.cilium.io/ips", "").split(",") if x.strip()
         ) or ((svc.spec.load_balancer_ip,) if svc.spec.load_balancer_ip else ())
-        key = (o.namespace or "", o.name)
         cluster_ip = ctx.options.cluster_ips.get(key)
         if cluster_ip is None and svc.spec.cluster_ip not in (None, "", "None") and not ctx.options.cluster_ips:
             cluster_ip = svc.spec.cluster_ip  # no allocator ran: show what the manifest fixes
@@ -97,6 +111,7 @@ def build_services(ctx: Context, diags: Diagnostics) -> tuple[list[ir.Service], 
                 selector=svc.spec.selector,
                 external_name=svc.spec.external_name,
                 requested_lb_ips=requested if svc.spec.type == "LoadBalancer" else (),
+                lb_ips=tuple(lb.addresses) if lb is not None else (),
                 annotations=ann,
                 labels=o.labels,
                 external_traffic_policy=svc.spec.effective_external_traffic_policy,
@@ -105,6 +120,28 @@ def build_services(ctx: Context, diags: Diagnostics) -> tuple[list[ir.Service], 
                 endpoint_source=source,
             )
         )
+
+    if ctx.options.lb is not None:
+        for o in ctx.kind("cilium.io", "CiliumLoadBalancerIPPool"):
+            pr = ctx.options.lb.pools.get(o.name)
+            if pr is None:
+                continue
+            ctx.set_status(
+                o,
+                {
+                    "conditions": [
+                        {"type": "cilium.io/IPsTotal", "status": "Unknown", "reason": "noreason", "message": str(pr.total)},
+                        {"type": "cilium.io/IPsAvailable", "status": "Unknown", "reason": "noreason", "message": str(pr.available)},
+                        {"type": "cilium.io/IPsUsed", "status": "Unknown", "reason": "noreason", "message": str(pr.used)},
+                        {
+                            "type": "cilium.io/PoolConflict",
+                            "status": "True" if pr.conflict else "False",
+                            "reason": "cidr_overlap" if pr.conflict else "resolved",
+                            "message": f"Pool overlaps with pool {pr.conflict}" if pr.conflict else "",
+                        },
+                    ]
+                },
+            )
 
     for o in ctx.kind("gateway.envoyproxy.io", "Backend"):
         be = o.model

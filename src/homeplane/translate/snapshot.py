@@ -239,6 +239,7 @@ class Service:
     selector: Mapping[str, str] | None
     external_name: str | None = None
     requested_lb_ips: tuple[str, ...] = ()
+    lb_ips: tuple[str, ...] = ()  # allocated by LB IPAM
     annotations: Mapping[str, str] = field(default_factory=dict)
     labels: Mapping[str, str] = field(default_factory=dict)
     external_traffic_policy: str | None = None

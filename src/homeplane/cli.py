@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -194,6 +195,10 @@ def run(
     dns_gateway: list[str] = typer.Option([], "--dns-gateway", help="Gateways feeding the gateway zone (NAMESPACE/NAME; default all)."),
     dns_upstream: list[str] = typer.Option([], "--dns-upstream", help="Forward other names to HOST[:PORT] (default: /etc/resolv.conf)."),
     cluster_domain: Optional[str] = typer.Option(None, "--cluster-domain", help="Cluster DNS zone (default cluster.local)."),
+    l4: str = typer.Option(
+        "off", "--l4", help="Service load balancing: off, userspace (TCP/UDP proxies), or nftables (kernel DNAT; root)."
+    ),
+    service_cidr: str = typer.Option("10.43.0.0/16", "--service-cidr", help="Where ClusterIPs are allocated."),
 ) -> None:
     """Serve the manifests: load, translate, publish, and re-apply on every change."""
     from homeplane.gateway.addresses import loopback_allocator
@@ -207,6 +212,17 @@ def run(
         stream=sys.stderr,
     )
     inputs = _inputs(paths, set_, vars_, namespace, no_substitute, False, endpoints, mode)
+    try:
+        import ipaddress
+
+        ipaddress.ip_network(service_cidr, strict=False)
+    except ValueError as e:
+        _fail(f"--service-cidr: {e}")
+    inputs = dataclasses.replace(inputs, service_cidr=service_cidr)
+    if l4 not in ("off", "userspace", "nftables"):
+        _fail("--l4 must be off, userspace or nftables")
+    if l4 == "nftables" and os.geteuid() != 0:
+        _fail("--l4 nftables needs root (use --l4 userspace otherwise)")
     host, _, port = admin.rpartition(":")
     if not host or not port.isdigit():
         _fail(f"--admin {admin!r}: expected host:port")
@@ -253,6 +269,19 @@ def run(
             rt.subscribe(fan_out)
             rt.on_stop.append(stop_workers)
         rt.status_extras["listeners"] = lambda: dp.bindings
+        if l4 == "userspace":
+            from homeplane.l4.proxy import UserspaceProxy
+
+            proxy = UserspaceProxy()
+            rt.subscribe(proxy.apply)
+            rt.on_start.append(proxy.start)
+            rt.on_stop.append(proxy.close)
+        elif l4 == "nftables":
+            from homeplane.l4.nftables import NftDataPlane
+
+            nft = NftDataPlane()
+            rt.subscribe(nft.apply)
+            rt.on_stop.append(nft.close)
         if dns:
             from homeplane.dns.service import DNSService
 

@@ -110,7 +110,9 @@ def status_diagnostics(objects: list[Obj], status: dict[ObjectKey, dict[str, Any
 
 def _cond_diag(out: Diagnostics, c: dict[str, Any], context: str, where: dict[str, Any]) -> None:
     t, status, reason = c["type"], c["status"], c["reason"]
-    if t in (st.CONFLICTED,):
+    if t.startswith("cilium.io/IPs"):
+        return  # pool counters, not problems
+    if t in (st.CONFLICTED, "cilium.io/PoolConflict"):
         if status != "True":
             return
         sev = Severity.ERROR

@@ -54,8 +54,10 @@ def rows_for(kind: str, objs: list[Obj], result: Result, wide: bool) -> tuple[li
         elif kind == "Service":
             svc = snap.service(o.namespace or "", o.name)
             ports = ",".join(f"{p.port}/{p.protocol}" for p in spec.ports) or "<none>"
-            lb = ",".join(svc.requested_lb_ips) if svc and svc.requested_lb_ips else ("<pending>" if spec.type == "LoadBalancer" else "<none>")
-            row = base + [spec.type, spec.cluster_ip or "<auto>", lb, ports]
+            lb_ips = (svc.lb_ips or svc.requested_lb_ips) if svc else ()
+            lb = ",".join(lb_ips) if lb_ips else ("<pending>" if spec.type == "LoadBalancer" else "<none>")
+            cip = "None" if spec.headless else ((svc.cluster_ip if svc else None) or ("<none>" if spec.type == "ExternalName" else "<pending>"))
+            row = base + [spec.type, cip, lb, ports]
             if wide and svc is not None:
                 ready = total = 0
                 for p in svc.ports:
@@ -64,7 +66,10 @@ def rows_for(kind: str, objs: list[Obj], result: Result, wide: bool) -> tuple[li
                         ready += len(pool.ready_endpoints)
                         total += len(pool.endpoints)
                 sel = ",".join(f"{k}={v}" for k, v in (spec.selector or {}).items()) or "<none>"
-                row += [f"{ready}/{total}", svc.endpoint_source, sel]
+                algorithm = "-" if spec.type == "ExternalName" or spec.headless else (
+                    "maglev(ClientIP)" if spec.session_affinity == "ClientIP" else "maglev"
+                )
+                row += [f"{ready}/{total}", algorithm, svc.endpoint_source, sel]
             rows.append(row)
         elif kind in ("SecurityPolicy", "ClientTrafficPolicy", "BackendTrafficPolicy"):
             row = base + [_policy_accepted(s)]
@@ -81,7 +86,7 @@ def rows_for(kind: str, objs: list[Obj], result: Result, wide: bool) -> tuple[li
     elif kind == "HTTPRoute":
         headers += ["HOSTNAMES"] + (["PARENTS"] if wide else [])
     elif kind == "Service":
-        headers += ["TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)"] + (["ENDPOINTS", "SOURCE", "SELECTOR"] if wide else [])
+        headers += ["TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)"] + (["ENDPOINTS", "ALGORITHM", "SOURCE", "SELECTOR"] if wide else [])
     elif kind in ("SecurityPolicy", "ClientTrafficPolicy", "BackendTrafficPolicy"):
         headers += ["ACCEPTED"] + (["TARGETS"] if wide else [])
     # drop the namespace column for cluster-scoped kinds

@@ -1,0 +1,94 @@
+"""The kernel L4 data path: nftables DNAT with each Service's Maglev table as a map.
+
+As Cilium keeps its Maglev table in a BPF map, homeplane installs one nftables
+map per Service port, keyed by the table slot (``typeof numgen inc mod M``,
+the form nft 1.0 accepts for a hash-keyed map) with ``address . port`` values;
+the rule hashes the flow (``jhash ip saddr . tcp sport``, or ``ip saddr`` alone
+for ``sessionAffinity: ClientIP``) into a slot and DNATs there. The whole table
+is replaced in one nft transaction, so a change is atomic; flows already
+established keep their backend through conntrack. Only ready endpoints are in
+the maps. IPv4 only for now.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import subprocess
+from dataclasses import dataclass, field
+
+from homeplane.l4.tables import ServiceTable, compile_tables
+from homeplane.translate.snapshot import Snapshot
+
+log = logging.getLogger("homeplane.l4.nft")
+TABLE = "homeplane"
+
+
+class NftError(RuntimeError):
+    pass
+
+
+def render(tables: list[ServiceTable], seed: int = 0, table: str = TABLE) -> str:
+    maps: list[str] = []
+    rules: list[str] = []
+    for i, t in enumerate(tables):
+        vips = [v for v in t.vips if ipaddress.ip_address(v).version == 4]
+        backends = [b for b in t.backends if ipaddress.ip_address(b.address).version == 4]
+        if not vips:
+            continue
+        proto = t.protocol.lower()
+        if not backends:
+            continue  # no ready endpoint: nothing to DNAT to (the connection is refused upstream)
+        m = len(t.table)
+        name = f"svc{i}"
+        elements = ", ".join(f"{slot} : {t.backends[b].address} . {t.backends[b].port}" for slot, b in enumerate(t.table))
+        maps.append(
+            f"  map {name} {{\n    typeof numgen inc mod {m} : ip daddr . {proto} dport\n    elements = {{ {elements} }}\n  }}"
+        )
+        key = "ip saddr" if t.session_affinity else f"ip saddr . {proto} sport"
+        comment = f'comment "{t.service.namespace}/{t.service.name}:{t.port}/{t.protocol}"'
+        for vip in vips:
+            rules.append(f"    ip daddr {vip} {proto} dport {t.port} dnat ip to jhash {key} mod {m} seed {seed:#x} map @{name} {comment}")
+    body = "\n".join(maps)
+    chain_rules = "\n".join(rules)
+    return (
+        f"add table ip {table}\n"
+        f"delete table ip {table}\n"
+        f"table ip {table} {{\n{body}\n"
+        f"  chain prerouting {{\n    type nat hook prerouting priority dstnat; policy accept;\n{chain_rules}\n  }}\n"
+        f"  chain output {{\n    type nat hook output priority -100; policy accept;\n{chain_rules}\n  }}\n"
+        f"}}\n"
+    )
+
+
+@dataclass
+class NftDataPlane:
+    """Applies Snapshots to the kernel; ``command`` may carry a prefix such as ``ip netns exec NS``."""
+
+    command: list[str] = field(default_factory=lambda: ["nft"])
+    table_size: int = 1021  # a prime Cilium accepts; keeps the maps small for a home cluster
+    seed: int = 0
+    last: str = ""
+
+    def apply_tables(self, tables: list[ServiceTable]) -> None:
+        text = render(tables, self.seed)
+        if text == self.last:
+            return
+        proc = subprocess.run([*self.command, "-f", "-"], input=text, capture_output=True, text=True)
+        if proc.returncode != 0:
+            # nft applies a file as one transaction: on error nothing changed, the old rules stay
+            raise NftError(f"nft rejected the ruleset: {proc.stderr.strip()}")
+        self.last = text
+
+    async def apply(self, snap: Snapshot) -> None:
+        try:
+            self.apply_tables(compile_tables(snap, self.table_size))
+        except NftError as e:
+            log.error("%s; the previous rules stay in place", e)
+
+    def clear(self) -> None:
+        subprocess.run([*self.command, "-f", "-"], input=f"add table ip {TABLE}\ndelete table ip {TABLE}\n", text=True, capture_output=True)
+
+    async def close(self) -> None:
+        self.clear()
+

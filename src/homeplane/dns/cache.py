@@ -85,6 +85,16 @@ class Cache:
         self.misses += 1
         return None, False
 
+    def peek(self, key: Key, now: float) -> Entry | None:
+        """A fresh entry for the fast path, counted as a hit; None (and nothing counted) otherwise."""
+        for kind, table in (("success", self.success), ("denial", self.denial)):
+            e = table.get(key)
+            if e is not None and now - e.stored < e.ttl:
+                table.move_to_end(key)
+                self.hits[kind] += 1
+                return e
+        return None
+
     def should_prefetch(self, e: Entry, now: float) -> bool:
         c = self.cfg
         if not c.prefetch_amount or e.prefetching:

@@ -23,24 +23,55 @@ _RFC8482 = wire.rr(wire.POINTER_TO_QNAME, 13, 3600, wire.txt_rdata("RFC8482", ""
 
 @dataclass
 class Stats:
-    """Per-query counters, kept as plain ints (cheap) and exported at scrape time."""
+    """Per-query counters, kept as plain ints keyed by raw values (cheap on the query path);
+    names and labels are made at scrape time."""
 
-    requests: dict[tuple[str, str, str], int] = field(default_factory=dict)  # (zone, proto, type)
-    responses: dict[tuple[str, str], int] = field(default_factory=dict)  # (zone, rcode)
+    raw_requests: dict[tuple[bytes, str, int], int] = field(default_factory=dict)  # (zone apex, proto, qtype)
+    raw_responses: dict[tuple[bytes, int], int] = field(default_factory=dict)  # (zone apex, rcode)
 
-    def count(self, zone: str, proto: str, qtype: int) -> None:
-        k = (zone, proto, wire.TYPE_NAME.get(qtype, "other"))
-        self.requests[k] = self.requests.get(k, 0) + 1
+    def count(self, zone: bytes, proto: str, qtype: int) -> None:
+        k = (zone, proto, qtype)
+        self.raw_requests[k] = self.raw_requests.get(k, 0) + 1
 
-    def rcode(self, zone: str, rcode: int) -> None:
-        k = (zone, wire.RCODE_NAME.get(rcode, str(rcode)))
-        self.responses[k] = self.responses.get(k, 0) + 1
+    def rcode(self, zone: bytes, rcode: int) -> None:
+        k = (zone, rcode)
+        self.raw_responses[k] = self.raw_responses.get(k, 0) + 1
+
+    @staticmethod
+    def _zone(apex: bytes) -> str:
+        return apex.decode() + "." if apex else "."
+
+    @property
+    def requests(self) -> dict[tuple[str, str, str], int]:
+        out: dict[tuple[str, str, str], int] = {}
+        for (z, proto, qt), n in self.raw_requests.items():
+            k = (self._zone(z), proto, wire.TYPE_NAME.get(qt, "other"))
+            out[k] = out.get(k, 0) + n
+        return out
+
+    @property
+    def responses(self) -> dict[tuple[str, str], int]:
+        out: dict[tuple[str, str], int] = {}
+        for (z, rc), n in self.raw_responses.items():
+            k = (self._zone(z), wire.RCODE_NAME.get(rc, str(rc)))
+            out[k] = out.get(k, 0) + n
+        return out
 
 
 class Responder:
     def __init__(self, data: ZoneData):
         self.data = data
         self.stats = Stats()
+        self.last: wire.Query | None = None  # the query of the last FORWARD answer (the cache reuses its parse)
+        # the types any template answers: a query of another type skips the templates
+        self.template_types = {wire.QTYPE.get(r.qtype, -1) for r, _ in data.templates}
+        self.template_any = any(r.qtype == "ANY" for r, _ in data.templates)
+        # name -> zone apex, for the precomputed answers (the hot path needs no suffix search)
+        self.zone_of: dict[bytes, bytes] = {}
+        for key, _ in data.answers:
+            if key not in self.zone_of:
+                z = data.zone_for(key)
+                self.zone_of[key] = z.apex if z else b""
 
     def respond(self, data: bytes, proto: str = "udp") -> bytes | object | None:
         """Answer bytes, FORWARD, or None (drop)."""
@@ -48,28 +79,38 @@ class Responder:
             q = wire.parse_query(data)
         except wire.FormatError:
             resp = wire.error_response(data, wire.FORMERR)
-            self.stats.rcode(".", wire.FORMERR)
+            self.stats.rcode(b"", wire.FORMERR)
             return resp
         if q.opcode != 0:
-            self.stats.rcode(".", wire.NOTIMP)
+            self.stats.rcode(b"", wire.NOTIMP)
             return wire.error_response(data, wire.NOTIMP)
         d = self.data
-        for rule, ans in d.templates:
-            if rule.matches(q.qclass, q.qtype, q.key):
-                self.stats.count(".", proto, q.qtype)
+        if self.template_any or q.qtype in self.template_types:
+            for rule, ans in d.templates:
+                if rule.matches(q.qclass, q.qtype, q.key):
+                    self.stats.count(b"", proto, q.qtype)
+                    return self.build(data, q, ans, proto)
+        if q.qclass == wire.CLASS_IN:
+            # the hot path: a precomputed answer for exactly this name and type
+            ans = d.answers.get((q.key, q.qtype))
+            if ans is not None:
+                z = self.zone_of[q.key]
+                self.stats.count(z, proto, q.qtype)
+                self.stats.rcode(z, ans.rcode)
                 return self.build(data, q, ans, proto)
         zone = d.zone_for(q.key)
         if zone is None or q.qclass not in (wire.CLASS_IN, wire.CLASS_ANY):
-            self.stats.count(".", proto, q.qtype)
+            self.stats.count(b"", proto, q.qtype)
+            self.last = q
             return FORWARD
-        zname = zone.apex.decode() + "." if zone.apex else "."
-        self.stats.count(zname, proto, q.qtype)
-        ans = self.lookup(q, zone)
-        if ans is FORWARD:
+        self.stats.count(zone.apex, proto, q.qtype)
+        found = self.lookup(q, zone)
+        if found is FORWARD:
+            self.last = q
             return FORWARD
-        assert isinstance(ans, Answer)
-        self.stats.rcode(zname, ans.rcode)
-        return self.build(data, q, ans, proto)
+        assert isinstance(found, Answer)
+        self.stats.rcode(zone.apex, found.rcode)
+        return self.build(data, q, found, proto)
 
     def lookup(self, q: wire.Query, zone) -> Answer | object:
         d = self.data

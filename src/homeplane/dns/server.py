@@ -70,6 +70,21 @@ class DNSServer:
     def answer_now(self, data: bytes, proto: str) -> bytes | object | None:
         return self.responder.respond(data, proto)
 
+    def from_cache(self, data: bytes) -> bytes | None:
+        """A fresh cached answer, without leaving the receive callback (the common forwarded case)."""
+        q = self.responder.last
+        if not self.cfg.cache.enabled or q is None:
+            return None
+        now = time.monotonic()
+        key = (q.key, q.qtype, q.do)
+        entry = self.cache.peek(key, now)
+        if entry is None:
+            return None
+        if self.cache.should_prefetch(entry, now):
+            entry.prefetching = True
+            asyncio.ensure_future(self._refresh(key, data))
+        return self._fit(Cache.render(entry, q.id, data, q.question_end, now, False), q, "udp")
+
     async def forward(self, data: bytes, proto: str) -> bytes | None:
         try:
             q = wire.parse_query(data)
@@ -198,7 +213,11 @@ class _UDP(asyncio.DatagramProtocol):
         if isinstance(resp, bytes):
             self.transport.sendto(resp, addr)  # type: ignore[union-attr]
         elif resp is FORWARD:
-            asyncio.ensure_future(self._forward(data, addr))
+            cached = self.server.from_cache(data)
+            if cached is not None:
+                self.transport.sendto(cached, addr)  # type: ignore[union-attr]
+            else:
+                asyncio.ensure_future(self._forward(data, addr))
 
     async def _forward(self, data: bytes, addr: Any) -> None:
         try:

@@ -53,8 +53,9 @@ class _Pending:
 
 
 class Http1Connection(asyncio.Protocol):
-    def __init__(self, server: PortServer):
+    def __init__(self, server: PortServer, client_override: tuple[str, int] | None = None):
         self.server = server
+        self.client_override = client_override  # the client's address from a PROXY protocol header
         self.dp = server.dp
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
@@ -82,7 +83,7 @@ class Http1Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        peer = transport.get_extra_info("peername") or ("", 0)
+        peer = self.client_override or transport.get_extra_info("peername") or ("", 0)
         local = transport.get_extra_info("sockname") or ("", 0)
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):

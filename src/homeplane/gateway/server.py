@@ -27,6 +27,7 @@ from homeplane.gateway.health import run_checks
 from homeplane.gateway.compression import TOKENS
 from homeplane.gateway.exchange import Exchange, RetryPolicy, RouteAction, WeightedCluster
 from homeplane.gateway.filters import compile_header_ops
+from homeplane.gateway import proxyproto
 from homeplane.gateway.headers import parse_cidrs
 from homeplane.gateway.http1 import Http1Connection
 from homeplane.gateway.router import ListenerTable, PortTable, compile_gateway
@@ -58,6 +59,8 @@ class ListenerConf:
     alpn: tuple[str, ...] = ("h2", "http/1.1")  # Envoy Gateway default
     min_tls: str = "1.2"
     max_tls: str | None = None
+    proxy_protocol: bool = False
+    proxy_protocol_optional: bool = False
 
 
 def listener_conf(ls: ir.Listener) -> ListenerConf:
@@ -72,6 +75,9 @@ def listener_conf(ls: ir.Listener) -> ListenerConf:
         conf.xff_trusted = parse_cidrs(xff.trusted_cidrs)
     if ct.timeout and ct.timeout.http and ct.timeout.http.idle_timeout:
         conf.idle_timeout = parse_duration(ct.timeout.http.idle_timeout) or None
+    if ct.proxy_protocol is not None or ct.enable_proxy_protocol:
+        conf.proxy_protocol = True
+        conf.proxy_protocol_optional = bool(ct.proxy_protocol and ct.proxy_protocol.optional)
     if ct.tls is not None:
         if ct.tls.alpn_protocols:
             conf.alpn = tuple(ct.tls.alpn_protocols)
@@ -310,8 +316,21 @@ class PortServer:
     def sni_of(self, tls: Any) -> str | None:
         return getattr(tls, "hp_sni", None)
 
+    @property
+    def proxy_protocol(self) -> tuple[bool, bool]:
+        """(expected, optional) for this port: any listener on it asking for it turns it on."""
+        confs = [lt.conf for lt in self.table.listeners if lt.conf is not None and lt.conf.proxy_protocol]
+        return bool(confs), bool(confs) and all(c.proxy_protocol_optional for c in confs)
+
     async def start(self) -> None:
         loop = self.dp.loop
+        if self.proxy_protocol[0]:
+            # the PROXY header comes before TLS: accept plain TCP, read it, then start TLS
+            self.server = await loop.create_server(
+                lambda: ProxyPreamble(self), self.host, self.port, backlog=1024, reuse_address=True,
+                reuse_port=self.dp.settings.reuse_port or None,
+            )
+            return
         self.server = await loop.create_server(
             lambda: Http1Connection(self),
             self.host,
@@ -326,6 +345,69 @@ class PortServer:
     def close(self) -> None:
         if self.server is not None:
             self.server.close()
+
+
+class ProxyPreamble(asyncio.Protocol):
+    """Reads the PROXY protocol header, then hands the connection to HTTP (after TLS if needed)."""
+
+    def __init__(self, server: PortServer):
+        self.server = server
+        self.buf = b""
+        self.transport: asyncio.Transport | None = None
+        self.done = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if self.done:
+            return
+        self.buf += data
+        expected, optional = self.server.proxy_protocol
+        try:
+            if optional and not proxyproto.looks_like_proxy(self.buf):
+                info = None
+            else:
+                info = proxyproto.parse(self.buf)
+                if info is None:
+                    return  # more bytes needed
+        except proxyproto.ProxyProtocolError as e:
+            log.info("connection closed: %s", e)
+            assert self.transport is not None
+            self.transport.close()
+            return
+        self.done = True
+        rest = self.buf[info.length :] if info is not None else self.buf
+        client = (info.client_ip, info.client_port) if info is not None and info.client_ip else None
+        self._handoff(rest, client)
+
+    def _handoff(self, rest: bytes, client: tuple[str, int] | None) -> None:
+        t = self.transport
+        assert t is not None
+        proto = Http1Connection(self.server, client_override=client)
+        if self.server.ssl_ctx is None:
+            t.set_protocol(proto)
+            proto.connection_made(t)
+            if rest:
+                proto.data_received(rest)
+            return
+        # TLS after the header: loop.start_tls cannot take bytes already read (a ClientHello
+        # that came in the same segment as the header), so drive asyncio's SSL protocol directly
+        tls = asyncio.sslproto.SSLProtocol(
+            self.server.dp.loop, proto, self.server.ssl_ctx, None,
+            server_side=True, call_connection_made=True, ssl_handshake_timeout=10.0,
+        )
+        t.set_protocol(tls)
+        tls.connection_made(t)
+        while rest:
+            buf = tls.get_buffer(len(rest))
+            n = min(len(buf), len(rest))
+            buf[:n] = rest[:n]
+            tls.buffer_updated(n)
+            rest = rest[n:]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        pass
 
 
 class DataPlane:

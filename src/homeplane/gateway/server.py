@@ -599,7 +599,7 @@ class DataPlane:
                         "client": ex.client_ip,
                         "method": ex.method.decode("latin-1"),
                         "host": ex.host.decode("latin-1"),
-                        "path": ex.path.decode("latin-1"),
+                        "path": ex.target.decode("latin-1"),  # as Envoy's %REQ(:PATH)%: with the query
                         "protocol": ex.conn.protocol,
                         "status": ex.status,
                         "route": a.route_id if a else None,

@@ -1,0 +1,166 @@
+"""What an operator relies on: access log, certificate rotation, connection cap, mirroring,
+consistent hashing and Envoy Gateway Backend resources, all on live traffic."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import ssl
+import time
+
+import httpx
+import pytest
+
+from homeplane.gateway.server import Settings
+from tests.gateway.backends import Backend
+from tests.gateway.harness import Gateway
+from tests.gateway.manifests import gateway, route, service
+from tests.translate.helpers import tls_secret
+
+HTTPS = "- {name: https, protocol: HTTPS, port: 443, tls: {certificateRefs: [{name: cert}]}, allowedRoutes: {namespaces: {from: All}}}"
+
+
+def test_access_log_has_one_structured_line_per_request(backend: Backend, caplog: pytest.LogCaptureFixture) -> None:
+    g = Gateway(gateway() + service("a", backend.port) + route(), Settings(access_log=True))
+    try:
+        with caplog.at_level(logging.INFO, logger="homeplane.access"):
+            httpx.post(g.url(80, "/echo?x=1"), headers={"host": "app.test"}, content=b"12345")
+            httpx.get(g.url(80, "/nope"), headers={"host": "unknown.test"})
+            deadline = time.monotonic() + 5
+            while len([r for r in caplog.records if r.name == "homeplane.access"]) < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+        lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "homeplane.access"]
+        ok, missing = lines
+        assert ok["status"] == 200 and ok["method"] == "POST" and ok["path"] == "/echo?x=1"
+        assert ok["route"] and "apps/r" in ok["route"] and ok["backend"] and ok["bytes_in"] == 5 and ok["bytes_out"] > 0
+        assert ok["duration_ms"] >= 0 and ok["request_id"]
+        assert missing["status"] == 404 and missing["route"] is None and missing["backend"] is None
+    finally:
+        g.close()
+
+
+def peer_cert(port: int) -> bytes:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, ctx.wrap_socket(raw, server_hostname="app.test") as s:
+        der = s.getpeercert(binary_form=True)
+    assert der
+    return der
+
+
+def test_certificate_rotation_keeps_open_connections(backend: Backend) -> None:
+    base = gateway(HTTPS) + service("a", backend.port) + route()
+    g = Gateway(base + tls_secret("cert", "network", "app.test"))
+    try:
+        before = peer_cert(g.port(443))
+        with httpx.Client(verify=False) as c:
+            assert c.get(g.url(443, "/echo", "https"), headers={"host": "app.test"}).status_code == 200
+            g.apply(base + tls_secret("cert", "network", "app.test", "www.app.test"))  # renewed, one more name
+            # the connection opened before the rotation keeps working on the old session
+            r = c.get(g.url(443, "/echo", "https"), headers={"host": "app.test"})
+            assert r.status_code == 200 and r.json()["connection"] == 1
+        after = peer_cert(g.port(443))
+        assert after != before  # new handshakes present the new certificate
+    finally:
+        g.close()
+
+
+def test_connection_cap_closes_connections_over_the_limit(backend: Backend) -> None:
+    g = Gateway(gateway() + service("a", backend.port) + route(), Settings(access_log=False, max_connections=3))
+    held = []
+    try:
+        for _ in range(3):
+            s = socket.create_connection(("127.0.0.1", g.port(80)), timeout=5)
+            held.append(s)
+        time.sleep(0.2)
+        extra = socket.create_connection(("127.0.0.1", g.port(80)), timeout=5)
+        try:
+            extra.sendall(b"GET /echo HTTP/1.1\r\nHost: app.test\r\n\r\n")
+            answer = extra.recv(100)
+        except ConnectionResetError:
+            answer = b""
+        assert answer == b""  # closed without an answer
+        extra.close()
+        for s in held:
+            s.close()
+        time.sleep(0.2)
+        assert httpx.get(g.url(80, "/echo"), headers={"host": "app.test"}).status_code == 200  # room again
+    finally:
+        for s in held:
+            s.close()
+        g.close()
+
+
+def test_request_mirror_sends_a_copy_and_ignores_its_answer(backend: Backend, backend_b: Backend) -> None:
+    rules = """
+    - filters:
+        - type: RequestMirror
+          requestMirror: {backendRef: {name: b, port: 80}}
+      backendRefs: [{name: a, port: 80}]"""
+    backend_b.fail_all = True  # the mirror's answer never reaches the client
+    g = Gateway(gateway() + service("a", backend.port) + service("b", backend_b.port) + route(rules=rules))
+    try:
+        r = httpx.get(g.url(80, "/echo?m=1"), headers={"host": "app.test"})
+        assert r.status_code == 200 and r.json()["backend"] == "a"
+        deadline = time.monotonic() + 5
+        while not backend_b.requests and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert [q["target"] for q in backend_b.requests] == ["/echo?m=1"]
+    finally:
+        g.close()
+
+
+def test_consistent_hash_on_a_header_pins_clients_to_an_endpoint(backend: Backend, backend_b: Backend) -> None:
+    svc = f"""
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: a, namespace: apps}}
+spec: {{ports: [{{name: http, port: 80}}]}}
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {{name: a, namespace: apps}}
+subsets:
+  - addresses: [{{ip: 127.0.0.1}}]
+    ports: [{{name: http, port: {backend.port}}}]
+  - addresses: [{{ip: 127.0.0.1}}]
+    ports: [{{name: http, port: {backend_b.port}}}]
+---
+apiVersion: gateway.envoyproxy.io/v1alpha1
+kind: BackendTrafficPolicy
+metadata: {{name: hash, namespace: apps}}
+spec:
+  targetRefs: [{{group: gateway.networking.k8s.io, kind: HTTPRoute, name: r}}]
+  loadBalancer: {{type: ConsistentHash, consistentHash: {{type: Header, header: {{name: x-user}}}}}}
+"""
+    g = Gateway(gateway() + svc + route())
+    try:
+        def who(user: str) -> str:
+            return httpx.get(g.url(80, "/echo"), headers={"host": "app.test", "x-user": user}).json()["backend"]
+
+        users = [f"user{i}" for i in range(20)]
+        first = {u: who(u) for u in users}
+        assert all(who(u) == first[u] for u in users for _ in range(3))
+        assert set(first.values()) == {"a", "b"}  # and the hash spreads users over both
+    finally:
+        g.close()
+
+
+def test_envoy_gateway_backend_with_an_ip_endpoint(backend: Backend) -> None:
+    m = f"""
+---
+apiVersion: gateway.envoyproxy.io/v1alpha1
+kind: Backend
+metadata: {{name: nas, namespace: apps}}
+spec:
+  endpoints: [{{ip: {{address: 127.0.0.1, port: {backend.port}}}}}]
+"""
+    rules = "\n    - backendRefs: [{group: gateway.envoyproxy.io, kind: Backend, name: nas}]"
+    g = Gateway(gateway() + m + route(rules=rules))
+    try:
+        r = httpx.get(g.url(80, "/echo"), headers={"host": "app.test"})
+        assert r.status_code == 200 and r.json()["backend"] == "a"
+    finally:
+        g.close()

@@ -258,3 +258,40 @@ spec:
         assert get(g, x_forwarded_for="192.168.1.20, 10.0.0.1").status_code == 403  # 10.0.0.1 is untrusted: the client
     finally:
         g.close()
+
+
+def test_cors_preflight_is_answered_before_auth_and_responses_carry_the_origin(backend: Backend, auth: AuthServer) -> None:
+    policy = ext_auth_policy().rstrip() + """
+  cors:
+    allowOrigins: ["https://*.home.test", "https://exact.example"]
+    allowMethods: [GET, POST]
+    allowHeaders: [x-custom]
+    exposeHeaders: [x-backend]
+    maxAge: 10m
+    allowCredentials: true
+"""
+    g = make(backend, auth.port, policy)
+    try:
+        origin = "https://ui.home.test"
+        with httpx.Client(timeout=20) as c:
+            r = c.options(g.url(80, "/api"), headers={"host": "app.test", "origin": origin, "access-control-request-method": "POST"})
+            assert r.status_code == 200 and backend.requests == [] and auth.checks == []
+            assert r.headers["access-control-allow-origin"] == origin
+            assert r.headers["access-control-allow-methods"] == "GET, POST"
+            assert r.headers["access-control-allow-headers"] == "x-custom"
+            assert r.headers["access-control-max-age"] == "600"
+            assert r.headers["access-control-allow-credentials"] == "true"
+        # the actual request: the auth wall still applies, and its answer carries the CORS headers
+        r = get(g, "/api", origin=origin)
+        assert r.status_code == 302 and r.headers["access-control-allow-origin"] == origin
+        r = get(g, "/echo", cookie="authentik_session=valid:alice", origin="https://exact.example")
+        assert r.status_code == 200
+        assert r.headers["access-control-allow-origin"] == "https://exact.example"
+        assert r.headers["access-control-expose-headers"] == "x-backend"
+        # another origin gets no CORS headers, and its preflight is not answered by the gateway
+        r = get(g, "/echo", cookie="authentik_session=valid:alice", origin="https://evil.example")
+        assert r.status_code == 200 and "access-control-allow-origin" not in r.headers
+        r = httpx.options(g.url(80, "/api"), headers={"host": "app.test", "origin": "https://evil.example", "access-control-request-method": "POST"})
+        assert "access-control-allow-origin" not in r.headers
+    finally:
+        g.close()

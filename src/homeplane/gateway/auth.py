@@ -40,6 +40,8 @@ if TYPE_CHECKING:
     from homeplane.gateway.exchange import Exchange
     from homeplane.gateway.server import DataPlane
 
+from homeplane.gateway.cors import CompiledCors, compile_cors
+
 log = logging.getLogger("homeplane.auth")
 
 EXT_AUTH_DEFAULT_TIMEOUT = 10.0
@@ -68,6 +70,7 @@ class CompiledSecurity:
     forward_username: bytes | None = None
     authz_rules: tuple[tuple[bool, tuple[Any, ...]], ...] = ()  # (allow, networks)
     authz_default_allow: bool = False
+    cors: CompiledCors | None = None
 
 
 def compile_security(sec: SecurityIR) -> CompiledSecurity:
@@ -84,6 +87,8 @@ def compile_security(sec: SecurityIR) -> CompiledSecurity:
         c.users = parse_htpasswd(bytes(sec.htpasswd))
         if spec.basic_auth.forward_username_header:
             c.forward_username = spec.basic_auth.forward_username_header.lower().encode()
+    if spec.cors is not None:
+        c.cors = compile_cors(spec.cors)
     if spec.authorization is not None:
         c.authz_rules = tuple(
             (r.action == "Allow", parse_cidrs(r.principal.client_cidrs)) for r in spec.authorization.rules

@@ -134,6 +134,12 @@ def reason(status: int) -> bytes:
     return _REASONS.get(status, b"Unknown")
 
 
+def _with_cors(headers: list[tuple[bytes, bytes]], cors: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """The CORS filter's headers replace any the upstream sent."""
+    names = {n for n, _ in cors}
+    return [h for h in headers if h[0] not in names] + cors
+
+
 class Exchange:
     __slots__ = (
         "dp", "sink", "conn", "table", "listener", "method", "target", "headers", "http_version", "has_body",
@@ -141,7 +147,7 @@ class Exchange:
         "attempt_deadline", "status", "bytes_in", "bytes_out", "body_buf", "body_buffered", "body_done",
         "attempts", "tried", "upgrade", "request_id", "client_ip", "info", "resp_ops", "head_only", "req_head",
         "upstream_paused", "_task", "error", "weighted", "chunked_upload", "listener_conf", "pending",
-        "pending_bytes", "body_paused", "encoder", "accept_encoding",
+        "pending_bytes", "body_paused", "encoder", "accept_encoding", "cors_headers",
     )
 
     def __init__(
@@ -191,6 +197,7 @@ class Exchange:
         self.client_ip = conn.client_ip
         self.info: RequestInfo | None = None
         self.resp_ops: CompiledHeaderOps | None = None
+        self.cors_headers: list[tuple[bytes, bytes]] | None = None
         self.head_only = method == b"HEAD"
         self.req_head = b""
         self.upstream_paused = False
@@ -265,8 +272,16 @@ class Exchange:
             return
         if action.timeout:
             self.deadline = self.started + action.timeout
-        if action.security is not None:
-            self.dp.auth.check(self, action.security, hmap)
+        sec = action.security
+        if sec is not None:
+            if sec.cors is not None:
+                origin = hmap.get(b"origin")
+                if origin and sec.cors.allows(origin):
+                    if self.method == b"OPTIONS" and b"access-control-request-method" in hmap:
+                        self.respond_simple(200, b"", sec.cors.preflight_headers(origin))  # before auth
+                        return
+                    self.cors_headers = sec.cors.response_headers(origin)
+            self.dp.auth.check(self, sec, hmap)
             return
         self.proceed()
 
@@ -528,6 +543,8 @@ class Exchange:
             out = [h for h in out if h[0] not in conn_tokens]
         if self.resp_ops is not None and self.info is not None:
             out = self.resp_ops.apply(out, self.info)
+        if self.cors_headers is not None:
+            out = _with_cors(out, self.cors_headers)
         if status == 101 and self.upgrade is not None:
             out.append((b"connection", b"upgrade"))
             for n, v in headers:
@@ -759,6 +776,8 @@ class Exchange:
         hdrs = headers if headers is not None else []
         if body and not any(n == b"content-type" for n, _ in hdrs):
             hdrs = hdrs + [(b"content-type", b"text/plain")]
+        if self.cors_headers is not None:
+            hdrs = _with_cors(hdrs, self.cors_headers)
         if self.resp_ops is None and self.action is not None:
             self.resp_ops = self.action.resp_ops
         has_body = not self.head_only and status not in (204, 304)

@@ -303,3 +303,33 @@ def test_metrics_use_coredns_names(server: DNS) -> None:
     text = generate_latest(reg).decode()
     assert 'coredns_dns_requests_total{family="1",proto="udp",server=' in text
     assert 'rcode="NXDOMAIN"' in text and "coredns_cache_hits_total" in text
+
+
+@pytest.mark.parametrize("policy", ["sequential", "round_robin"])
+def test_forward_policies_and_failover(tmp_path: Path, policy: str) -> None:
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    one = Unbound(tmp_path / "one", ["who.upstream.test. 300 IN A 198.51.100.1"])
+    two = Unbound(tmp_path / "two", ["who.upstream.test. 300 IN A 198.51.100.2"])
+    dead = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    dead.bind(("127.0.0.1", 0))
+    dead_port = dead.getsockname()[1]
+    dead.close()  # nothing listens: the kernel answers port unreachable
+    ups = [f"127.0.0.1:{one.port}", f"127.0.0.1:{two.port}"]
+    s = DNS(APPS, config(forward=ForwardConfig(upstreams=ups, policy=policy, timeout=0.5), cache=CacheConfig(enabled=False)))
+    try:
+        seen = [rr(s.query("who.upstream.test"))[0].split()[-1] for _ in range(6)]
+        if policy == "sequential":
+            assert seen == ["198.51.100.1"] * 6  # always the first while it answers
+        else:
+            assert set(seen) == {"198.51.100.1", "198.51.100.2"} and seen[0] != seen[1]
+    finally:
+        s.close()
+    # the first upstream is dead: every query is still answered, by the next one
+    s = DNS(APPS, config(forward=ForwardConfig(upstreams=[f"127.0.0.1:{dead_port}", ups[1]], policy="sequential", timeout=0.5), cache=CacheConfig(enabled=False)))
+    try:
+        assert [rr(s.query("who.upstream.test"))[0].split()[-1] for _ in range(4)] == ["198.51.100.2"] * 4
+    finally:
+        s.close()
+        one.stop()
+        two.stop()

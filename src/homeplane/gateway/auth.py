@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from homeplane.gateway.server import DataPlane
 
 from homeplane.gateway.cors import CompiledCors, compile_cors
+from homeplane.gateway.jwtauth import CompiledJWT, JWKSFetcher, JWTFailure, claim_value, compile_jwt, extract_token, verify
 
 log = logging.getLogger("homeplane.auth")
 
@@ -71,6 +72,7 @@ class CompiledSecurity:
     authz_rules: tuple[tuple[bool, tuple[Any, ...]], ...] = ()  # (allow, networks)
     authz_default_allow: bool = False
     cors: CompiledCors | None = None
+    jwt: CompiledJWT | None = None
 
 
 def compile_security(sec: SecurityIR) -> CompiledSecurity:
@@ -89,6 +91,8 @@ def compile_security(sec: SecurityIR) -> CompiledSecurity:
             c.forward_username = spec.basic_auth.forward_username_header.lower().encode()
     if spec.cors is not None:
         c.cors = compile_cors(spec.cors)
+    if spec.jwt is not None:
+        c.jwt = compile_jwt(spec.jwt)
     if spec.authorization is not None:
         c.authz_rules = tuple(
             (r.action == "Allow", parse_cidrs(r.principal.client_cidrs)) for r in spec.authorization.rules
@@ -131,6 +135,7 @@ class Auth:
     def __init__(self, dp: DataPlane):
         self.dp = dp
         self._verified: dict[tuple[bytes, bytes], float] = {}  # bcrypt is slow: cache good logins briefly
+        self.jwks = JWKSFetcher()
 
     def check(self, ex: Exchange, compiled: CompiledSecurity, headers: dict[bytes, bytes]) -> None:
         """Decide, then either ``ex.proceed()`` or answer the client. May finish later (extAuth)."""
@@ -149,12 +154,79 @@ class Auth:
                 return
             if c.forward_username is not None:
                 ex.headers = [h for h in ex.headers if h[0] != c.forward_username] + [(c.forward_username, user)]
+        if c.jwt is not None:
+            self._jwt(ex, c, headers)
+            return
+        self._authorize(ex, c)
+
+    def _authorize(self, ex: Exchange, c: CompiledSecurity) -> None:
+        """The last step (Envoy's RBAC filter comes after authentication), then upstream."""
         if c.authz_rules or c.ir.spec.authorization is not None:
             if not self._authorized(c, ex.client_ip):
                 ex.error = "denied by authorization rules"
                 ex.respond_simple(403, b"RBAC: access denied\n")
                 return
         ex.proceed()
+
+    # --- jwt ------------------------------------------------------------------------------
+
+    def _jwt(self, ex: Exchange, c: CompiledSecurity, headers: dict[bytes, bytes]) -> None:
+        assert c.jwt is not None
+        missing = [p for p in c.jwt.providers if p.local_keys is None and p.remote_uri and self.jwks.cached(p.remote_uri) is None]
+        if missing:
+            asyncio.ensure_future(self._jwt_fetch_then_decide(ex, c, headers, missing))
+            return
+        self._jwt_decide(ex, c, headers)
+
+    async def _jwt_fetch_then_decide(self, ex: Exchange, c: CompiledSecurity, headers: dict[bytes, bytes], providers: list[Any]) -> None:
+        for p in providers:
+            try:
+                await self.jwks.get(p.remote_uri, p.cache_for)
+            except Exception as e:  # unreachable, not 200, not a key set: the request still gets an answer
+                log.warning("fetching JWKS %s for provider %s failed: %r", p.remote_uri, p.name, e)
+        if ex.state == 5:  # the client went away meanwhile
+            return
+        self._jwt_decide(ex, c, headers)
+
+    def _jwt_decide(self, ex: Exchange, c: CompiledSecurity, headers: dict[bytes, bytes]) -> None:
+        j = c.jwt
+        assert j is not None
+        failure: JWTFailure | None = None
+        presented = False
+        for p in j.providers:
+            token = extract_token(p, headers, ex.query)
+            if token is None:
+                continue
+            presented = True
+            keys = p.local_keys or (self.jwks.cached(p.remote_uri) if p.remote_uri else None)
+            if keys is None:
+                failure = failure or JWTFailure(401, "Jwks remote fetch is failed")
+                continue
+            try:
+                claims = verify(p, token, keys)
+            except JWTFailure as f:
+                failure = failure or f
+                continue
+            if p.claim_headers:
+                names = {h for h, _ in p.claim_headers}
+                kept = [h for h in ex.headers if h[0] not in names]  # a client cannot forge a claim header
+                for name, claim in p.claim_headers:
+                    v = claim_value(claims, claim)
+                    if v is not None:
+                        kept.append((name, v.encode("utf-8")))
+                ex.headers = kept
+            self._authorize(ex, c)
+            return
+        if not presented and j.optional:
+            self._authorize(ex, c)
+            return
+        failure = failure or JWTFailure(401, "Jwt is missing")
+        ex.error = "jwt: " + failure.message
+        extra = []
+        if failure.status == 401:
+            realm = b'Bearer realm="' + ex.conn.scheme + b"://" + ex.host + ex.path + b'"'
+            extra.append((b"www-authenticate", realm + (b', error="invalid_token"' if presented else b"")))
+        ex.respond_simple(failure.status, failure.message.encode(), extra)
 
     def _basic(self, c: CompiledSecurity, headers: dict[bytes, bytes]) -> bytes | None:
         auth = headers.get(b"authorization", b"")

@@ -1,0 +1,240 @@
+"""SecurityPolicy ``jwt``: bearer tokens verified against local or remote JWKS, as Envoy's
+jwt_authn filter does it (Envoy Gateway sets it up with "any provider may accept").
+
+Answers follow Envoy: no token -> 401 ``Jwt is missing`` (allowed when ``optional``), a bad
+signature -> 401 ``Jwt verification fails``, expired -> 401 ``Jwt is expired``, wrong audience ->
+403 ``Audiences in Jwt are not allowed``; 401s carry ``WWW-Authenticate: Bearer realm=...``.
+Claims named in ``claimToHeaders`` replace any client-sent header of that name.
+Signature checks use PyJWT; remote key sets are fetched over HTTP(S) and cached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import ssl
+import time
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import h11
+import jwt
+
+from homeplane.api.models.envoy import JWT, JWTProvider
+from homeplane.api.units import parse_duration
+
+log = logging.getLogger("homeplane.jwt")
+
+DEFAULT_JWKS_CACHE = 600.0  # Envoy's remote JWKS cache duration
+FETCH_TIMEOUT = 5.0
+
+
+class JWTFailure(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class Extractor:
+    kind: str  # header | cookie | param
+    name: str
+    prefix: str = ""
+
+
+@dataclass
+class CompiledProvider:
+    name: str
+    issuer: str | None
+    audiences: tuple[str, ...]
+    local_keys: jwt.PyJWKSet | None
+    remote_uri: str | None
+    cache_for: float
+    claim_headers: tuple[tuple[bytes, str], ...]
+    extractors: tuple[Extractor, ...]
+
+
+@dataclass
+class CompiledJWT:
+    optional: bool
+    providers: tuple[CompiledProvider, ...]
+    problems: list[str] = field(default_factory=list)
+
+
+def _extractors(spec: dict | None) -> tuple[Extractor, ...]:
+    if not spec:  # Envoy's defaults: the Authorization bearer token, then ?access_token=
+        return (Extractor("header", "authorization", "Bearer "), Extractor("param", "access_token"))
+    out = [Extractor("header", h["name"].lower(), h.get("valuePrefix", "")) for h in spec.get("headers") or []]
+    out += [Extractor("cookie", c) for c in spec.get("cookies") or []]
+    out += [Extractor("param", p) for p in spec.get("params") or []]
+    return tuple(out)
+
+
+def _provider(p: JWTProvider, problems: list[str]) -> CompiledProvider:
+    local = None
+    if p.local_jwks:
+        if p.local_jwks.get("type", "Inline") == "Inline" and p.local_jwks.get("inline"):
+            try:
+                local = jwt.PyJWKSet.from_json(p.local_jwks["inline"])
+            except (jwt.PyJWTError, ValueError, KeyError) as e:
+                problems.append(f"provider {p.name}: localJWKS: {e}")
+        else:
+            problems.append(f"provider {p.name}: localJWKS type {p.local_jwks.get('type')} is not supported; only Inline")
+    remote = p.remote_jwks.uri if p.remote_jwks else None
+    cache = parse_duration(p.remote_jwks.cache_duration) if p.remote_jwks and p.remote_jwks.cache_duration else DEFAULT_JWKS_CACHE
+    return CompiledProvider(
+        name=p.name,
+        issuer=p.issuer,
+        audiences=tuple(p.audiences),
+        local_keys=local,
+        remote_uri=remote,
+        cache_for=cache,
+        claim_headers=tuple((c.header.lower().encode(), c.claim) for c in p.claim_to_headers),
+        extractors=_extractors(p.extract_from),
+    )
+
+
+def compile_jwt(spec: JWT) -> CompiledJWT:
+    problems: list[str] = []
+    providers = tuple(_provider(p, problems) for p in spec.providers)
+    for msg in problems:
+        log.warning("SecurityPolicy jwt: %s", msg)
+    return CompiledJWT(bool(spec.optional), providers, problems)
+
+
+def extract_token(p: CompiledProvider, headers: dict[bytes, bytes], query: bytes) -> str | None:
+    for e in p.extractors:
+        if e.kind == "header":
+            v = headers.get(e.name.encode())
+            if v is not None:
+                s = v.decode("latin-1")
+                if not e.prefix:
+                    return s.strip()
+                if s[: len(e.prefix)].lower() == e.prefix.lower():
+                    return s[len(e.prefix) :].strip()
+        elif e.kind == "cookie":
+            for part in headers.get(b"cookie", b"").decode("latin-1").split(";"):
+                k, _, v = part.strip().partition("=")
+                if k == e.name and v:
+                    return v
+        elif e.kind == "param" and query:
+            for k, v in parse_qsl(query.decode("latin-1")):
+                if k == e.name and v:
+                    return v
+    return None
+
+
+def verify(p: CompiledProvider, token: str, keys: jwt.PyJWKSet) -> dict[str, Any]:
+    """The token's claims, or JWTFailure with Envoy's status and message."""
+    try:
+        header = jwt.get_unverified_header(token)
+    except jwt.PyJWTError:
+        raise JWTFailure(401, "Jwt is not in the form of Header.Payload.Signature with two dots and 3 sections") from None
+    kid = header.get("kid")
+    candidates = [k for k in keys.keys if kid is None or k.key_id in (None, kid)]
+    if not candidates:
+        raise JWTFailure(401, "Jwks doesn't have key to match kid or alg from Jwt")
+    last: JWTFailure | None = None
+    for k in candidates:
+        try:
+            return jwt.decode(
+                token,
+                key=k.key,
+                algorithms=[k.algorithm_name] if k.algorithm_name else [header.get("alg", "RS256")],
+                audience=list(p.audiences) or None,
+                issuer=p.issuer or None,
+                options={"verify_aud": bool(p.audiences), "require": []},
+                leeway=60,  # Envoy's default clock skew
+            )
+        except jwt.ExpiredSignatureError:
+            raise JWTFailure(401, "Jwt is expired") from None
+        except jwt.ImmatureSignatureError:
+            raise JWTFailure(401, "Jwt not yet valid") from None
+        except jwt.InvalidAudienceError:
+            raise JWTFailure(403, "Audiences in Jwt are not allowed") from None
+        except jwt.InvalidIssuerError:
+            raise JWTFailure(401, "Jwt issuer is not configured") from None
+        except jwt.PyJWTError:
+            last = JWTFailure(401, "Jwt verification fails")
+    assert last is not None
+    raise last
+
+
+class JWKSFetcher:
+    """Remote key sets by URI, cached for the provider's cacheDuration; one fetch at a time."""
+
+    def __init__(self) -> None:
+        self._cache: dict[str, tuple[float, jwt.PyJWKSet]] = {}
+        self._inflight: dict[str, asyncio.Future[jwt.PyJWKSet]] = {}
+
+    def cached(self, uri: str) -> jwt.PyJWKSet | None:
+        hit = self._cache.get(uri)
+        return hit[1] if hit is not None and hit[0] > time.monotonic() else None
+
+    async def get(self, uri: str, cache_for: float) -> jwt.PyJWKSet:
+        hit = self.cached(uri)
+        if hit is not None:
+            return hit
+        fut = self._inflight.get(uri)
+        if fut is None:
+            fut = self._inflight[uri] = asyncio.ensure_future(self._fetch(uri, cache_for))
+            fut.add_done_callback(lambda _f: self._inflight.pop(uri, None))
+        return await asyncio.shield(fut)
+
+    async def _fetch(self, uri: str, cache_for: float) -> jwt.PyJWKSet:
+        body = await asyncio.wait_for(http_get(uri), FETCH_TIMEOUT)
+        keys = jwt.PyJWKSet.from_dict(json.loads(body))
+        self._cache[uri] = (time.monotonic() + cache_for, keys)
+        return keys
+
+
+async def http_get(uri: str) -> bytes:
+    """A plain HTTP/1.1 GET (TLS for https) returning the 200 body; anything else raises."""
+    u = urlsplit(uri)
+    tls = u.scheme == "https"
+    port = u.port or (443 if tls else 80)
+    host = u.hostname or ""
+    reader, writer = await asyncio.open_connection(host, port, ssl=ssl.create_default_context() if tls else None)
+    try:
+        conn = h11.Connection(h11.CLIENT)
+        target = (u.path or "/") + (f"?{u.query}" if u.query else "")
+        writer.write(conn.send(h11.Request(method="GET", target=target, headers=[("host", u.netloc), ("accept", "application/json"), ("connection", "close")])))
+        writer.write(conn.send(h11.EndOfMessage()))
+        status, body = 0, b""
+        while True:
+            ev = conn.next_event()
+            if ev is h11.NEED_DATA:
+                conn.receive_data(await reader.read(65536))
+                continue
+            if isinstance(ev, h11.Response):
+                status = ev.status_code
+            elif isinstance(ev, h11.Data):
+                body += ev.data
+            elif isinstance(ev, (h11.EndOfMessage, h11.ConnectionClosed)):
+                break
+        if status != 200:
+            raise OSError(f"GET {uri}: HTTP {status}")
+        return body
+    finally:
+        writer.close()
+
+
+def claim_value(claims: dict[str, Any], path: str) -> str | None:
+    """A claim by name; dotted names reach into nested objects, as Envoy's claim_to_headers do."""
+    cur: Any = claims
+    for part in path.split("."):
+        if not isinstance(cur, dict) or part not in cur:
+            return None
+        cur = cur[part]
+    if isinstance(cur, str):
+        return cur
+    if isinstance(cur, bool):
+        return "true" if cur else "false"
+    if isinstance(cur, (int, float)):
+        return str(cur)
+    if isinstance(cur, list):
+        return ",".join(str(x) for x in cur)
+    return json.dumps(cur, separators=(",", ":"))

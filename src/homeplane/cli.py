@@ -199,6 +199,10 @@ def run(
         "off", "--l4", help="Service load balancing: off, userspace (TCP/UDP proxies), or nftables (kernel DNAT; root)."
     ),
     service_cidr: str = typer.Option("10.43.0.0/16", "--service-cidr", help="Where ClusterIPs are allocated."),
+    node_name: Optional[str] = typer.Option(
+        None, "--node-name", help="This machine's node name: externalTrafficPolicy: Local LB IPs use only endpoints on it "
+        "(endpoints that name no node count as local)."
+    ),
 ) -> None:
     """Serve the manifests: load, translate, publish, and re-apply on every change."""
     from homeplane.gateway.addresses import loopback_allocator
@@ -272,14 +276,14 @@ def run(
         if l4 == "userspace":
             from homeplane.l4.proxy import UserspaceProxy
 
-            proxy = UserspaceProxy()
+            proxy = UserspaceProxy(node_name=node_name)
             rt.subscribe(proxy.apply)
             rt.on_start.append(proxy.start)
             rt.on_stop.append(proxy.close)
         elif l4 == "nftables":
             from homeplane.l4.nftables import NftDataPlane
 
-            nft = NftDataPlane()
+            nft = NftDataPlane(node_name=node_name)
             rt.subscribe(nft.apply)
             rt.on_stop.append(nft.close)
         if dns:

@@ -111,8 +111,12 @@ def net():
         subprocess.run(["ip", "netns", "del", router])
 
 
-def manifests(backends: list[str], affinity: str = "None") -> str:
-    subsets = "\n".join(f"  - addresses: [{{ip: {ip}}}]\n    ports: [{{name: http, port: 8080}}]" for ip in backends)
+def manifests(backends: list[str], affinity: str = "None", etp: str = "Cluster", nodes: dict[str, str] | None = None) -> str:
+    nodes = nodes or {}
+    subsets = "\n".join(
+        f"  - addresses: [{{ip: {ip}{', nodeName: ' + nodes[ip] if ip in nodes else ''}}}]\n    ports: [{{name: http, port: 8080}}]"
+        for ip in backends
+    )
     return f"""
 apiVersion: cilium.io/v2
 kind: CiliumLoadBalancerIPPool
@@ -126,13 +130,14 @@ spec:
   type: LoadBalancer
   clusterIP: 10.43.0.50
   sessionAffinity: {affinity}
+  externalTrafficPolicy: {etp}
   ports: [{{name: http, port: 80, targetPort: 8080}}]
 ---
 apiVersion: v1
 kind: Endpoints
 metadata: {{name: web, namespace: apps}}
 subsets:
-{subsets}
+{subsets if backends else "  []"}
 """
 
 
@@ -206,3 +211,26 @@ def test_a_rejected_ruleset_leaves_the_old_one(net) -> None:
         bad.apply_tables(compile_tables(snapshot(manifests(BACKENDS[:1])), dp.table_size))
     time.sleep(0.1)
     assert set(ask(client, "10.43.0.50", list(range(32000, 32060))).values()) == set(BACKENDS)
+
+
+def test_no_endpoints_refuses_at_once_and_local_policy_keeps_lb_traffic_on_the_node(net) -> None:
+    client, router = net
+    dp = NftDataPlane(command=["ip", "netns", "exec", router, "nft"], node_name="here")
+    dp.apply_tables(compile_tables(snapshot(manifests([])), dp.table_size))
+    # kube-proxy's behaviour: a Service without endpoints refuses (RST), it does not hang
+    for target in ("10.43.0.50", "10.99.3.110"):
+        assert "refused" in ask(client, target, [0])["0"].lower()
+
+    # externalTrafficPolicy: Local: the LB IP uses this node's endpoints only; the ClusterIP all
+    nodes = {BACKENDS[0]: "here", BACKENDS[1]: "elsewhere", BACKENDS[2]: "elsewhere"}
+    dp.apply_tables(compile_tables(snapshot(manifests(BACKENDS, etp="Local", nodes=nodes)), dp.table_size, node_name="here"))
+    ports = list(range(32000, 32040))
+    assert set(ask(client, "10.99.3.110", ports).values()) == {BACKENDS[0]}
+    sh("ip", "netns", "exec", router, "conntrack", "-F")
+    assert set(ask(client, "10.43.0.50", ports).values()) == set(BACKENDS)
+    # no local endpoint: the LB IP drops (the balancer in front sees this node as down)
+    nodes = {ip: "elsewhere" for ip in BACKENDS}
+    dp.apply_tables(compile_tables(snapshot(manifests(BACKENDS, etp="Local", nodes=nodes)), dp.table_size, node_name="here"))
+    sh("ip", "netns", "exec", router, "conntrack", "-F")
+    assert "timed out" in ask(client, "10.99.3.110", [0])["0"]
+    assert ask(client, "10.43.0.50", [0])["0"] in BACKENDS

@@ -7,7 +7,10 @@ the rule hashes the flow (``jhash ip saddr . tcp sport``, or ``ip saddr`` alone
 for ``sessionAffinity: ClientIP``) into a slot and DNATs there. The whole table
 is replaced in one nft transaction, so a change is atomic; flows already
 established keep their backend through conntrack. Only ready endpoints are in
-the maps. IPv4 only for now.
+the maps. A Service port without endpoints is refused (TCP reset / ICMP port
+unreachable) by a filter chain after DNAT, as kube-proxy does; the LB IPs of an
+``externalTrafficPolicy: Local`` Service map to this node's endpoints only and
+drop when it has none. IPv4 only for now.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ class NftError(RuntimeError):
 def render(tables: list[ServiceTable], seed: int = 0, table: str = TABLE) -> str:
     maps: list[str] = []
     rules: list[str] = []
+    no_endpoints: dict[str, list[str]] = {"reject": [], "drop": []}
     for i, t in enumerate(tables):
         vips = [v for v in t.vips if ipaddress.ip_address(v).version == 4]
         backends = [b for b in t.backends if ipaddress.ip_address(b.address).version == 4]
@@ -38,7 +42,12 @@ def render(tables: list[ServiceTable], seed: int = 0, table: str = TABLE) -> str
             continue
         proto = t.protocol.lower()
         if not backends:
-            continue  # no ready endpoint: nothing to DNAT to (the connection is refused upstream)
+            # no ready endpoint: refuse at once, as kube-proxy does, instead of letting clients
+            # time out; an externalTrafficPolicy: Local LB IP without local endpoints drops, so
+            # the balancer in front sees the node as down
+            verdict = "drop" if t.local_only else "reject"
+            no_endpoints[verdict] += [f"{vip} . {proto} . {t.port}" for vip in vips]
+            continue
         m = len(t.table)
         name = f"svc{i}"
         elements = ", ".join(f"{slot} : {t.backends[b].address} . {t.backends[b].port}" for slot, b in enumerate(t.table))
@@ -51,12 +60,30 @@ def render(tables: list[ServiceTable], seed: int = 0, table: str = TABLE) -> str
             rules.append(f"    ip daddr {vip} {proto} dport {t.port} dnat ip to jhash {key} mod {m} seed {seed:#x} map @{name} {comment}")
     body = "\n".join(maps)
     chain_rules = "\n".join(rules)
+    # after DNAT (priority dstnat + 10) a packet still addressed to a service is one without endpoints
+    sets, filter_rules = [], []
+    for verdict, elems in no_endpoints.items():
+        if elems:
+            sets.append(f"  set no_endpoints_{verdict} {{\n    type ipv4_addr . inet_proto . inet_service\n    elements = {{ {', '.join(elems)} }}\n  }}")
+            match = f"ip daddr . meta l4proto . th dport @no_endpoints_{verdict}"
+            if verdict == "reject":
+                filter_rules += [f"    {match} meta l4proto tcp reject with tcp reset", f"    {match} reject"]
+            else:
+                filter_rules.append(f"    {match} drop")
+    filters = ""
+    if filter_rules:
+        fr = "\n".join(filter_rules)
+        filters = (
+            f"  chain no_endpoints_pre {{\n    type filter hook prerouting priority dstnat + 10; policy accept;\n{fr}\n  }}\n"
+            f"  chain no_endpoints_out {{\n    type filter hook output priority -90; policy accept;\n{fr}\n  }}\n"
+        )
     return (
         f"add table ip {table}\n"
         f"delete table ip {table}\n"
-        f"table ip {table} {{\n{body}\n"
+        f"table ip {table} {{\n{body}\n" + "".join(x + "\n" for x in sets) +
         f"  chain prerouting {{\n    type nat hook prerouting priority dstnat; policy accept;\n{chain_rules}\n  }}\n"
         f"  chain output {{\n    type nat hook output priority -100; policy accept;\n{chain_rules}\n  }}\n"
+        f"{filters}"
         f"}}\n"
     )
 
@@ -68,6 +95,7 @@ class NftDataPlane:
     command: list[str] = field(default_factory=lambda: ["nft"])
     table_size: int = 1021  # a prime Cilium accepts; keeps the maps small for a home cluster
     seed: int = 0
+    node_name: str | None = None  # this machine's node, for externalTrafficPolicy: Local
     last: str = ""
 
     def apply_tables(self, tables: list[ServiceTable]) -> None:
@@ -82,7 +110,7 @@ class NftDataPlane:
 
     async def apply(self, snap: Snapshot) -> None:
         try:
-            self.apply_tables(compile_tables(snap, self.table_size))
+            self.apply_tables(compile_tables(snap, self.table_size, node_name=self.node_name))
         except NftError as e:
             log.error("%s; the previous rules stay in place", e)
 

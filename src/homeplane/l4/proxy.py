@@ -187,7 +187,8 @@ class _UDPFront(asyncio.DatagramProtocol):
 
 
 class UserspaceProxy:
-    def __init__(self, health_interval: float = 2.0):
+    def __init__(self, health_interval: float = 2.0, node_name: str | None = None):
+        self.node_name = node_name  # this machine's node, for externalTrafficPolicy: Local
         self.listeners: dict[tuple[str, int, str], _Listener] = {}
         self.flows: set[_TCPFlow] = set()
         self.unhealthy: frozenset[str] = frozenset()
@@ -196,7 +197,7 @@ class UserspaceProxy:
         self.tables: list[ServiceTable] = []
 
     async def apply(self, snap: Snapshot) -> None:
-        tables = compile_tables(snap)
+        tables = compile_tables(snap, node_name=self.node_name)
         self.tables = tables
         wanted: dict[tuple[str, int, str], ServiceTable] = {}
         for t in tables:

@@ -181,7 +181,7 @@ def _from_slices(slices: list[EndpointSlice], port_name: str | None) -> tuple[ir
                 if key in seen:
                     continue
                 seen.add(key)
-                out.append(ir.Endpoint(addr, number, ep.conditions.is_ready, ep.hostname, fqdn, ep.zone))
+                out.append(ir.Endpoint(addr, number, ep.conditions.is_ready, ep.hostname, fqdn, ep.zone, ep.node_name))
     return tuple(out)
 
 
@@ -196,9 +196,9 @@ def _from_endpoints(eps: Endpoints, port_name: str | None, n_service_ports: int)
         if number is None:
             continue
         for a in subset.addresses:
-            out.append(ir.Endpoint(a.ip, number, True, a.hostname))
+            out.append(ir.Endpoint(a.ip, number, True, a.hostname, node_name=a.node_name))
         for a in subset.not_ready_addresses:
-            out.append(ir.Endpoint(a.ip, number, False, a.hostname))
+            out.append(ir.Endpoint(a.ip, number, False, a.hostname, node_name=a.node_name))
     return tuple(out)
 
 

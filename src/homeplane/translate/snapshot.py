@@ -47,6 +47,7 @@ class Endpoint:
     hostname: str | None = None
     fqdn: bool = False
     zone: str | None = None
+    node_name: str | None = None  # for externalTrafficPolicy: Local
 
 
 @dataclass(frozen=True, slots=True)

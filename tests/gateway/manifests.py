@@ -51,3 +51,22 @@ spec:
   hostnames: {hostnames}
   rules:{rules}
 """
+
+
+def two_endpoints(name: str, a: int, b: int) -> str:
+    return f"""
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: apps}}
+spec: {{ports: [{{name: http, port: 80}}]}}
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {{name: {name}, namespace: apps}}
+subsets:
+  - addresses: [{{ip: 127.0.0.1}}]
+    ports: [{{name: http, port: {a}}}]
+  - addresses: [{{ip: 127.0.0.1}}]
+    ports: [{{name: http, port: {b}}}]
+"""

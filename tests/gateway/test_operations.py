@@ -15,7 +15,7 @@ import pytest
 from homeplane.gateway.server import Settings
 from tests.gateway.backends import Backend
 from tests.gateway.harness import Gateway
-from tests.gateway.manifests import gateway, route, service
+from tests.gateway.manifests import gateway, route, service, two_endpoints
 from tests.translate.helpers import tls_secret
 
 HTTPS = "- {name: https, protocol: HTTPS, port: 443, tls: {certificateRefs: [{name: cert}]}, allowedRoutes: {namespaces: {from: All}}}"
@@ -112,28 +112,14 @@ def test_request_mirror_sends_a_copy_and_ignores_its_answer(backend: Backend, ba
 
 
 def test_consistent_hash_on_a_header_pins_clients_to_an_endpoint(backend: Backend, backend_b: Backend) -> None:
-    svc = f"""
----
-apiVersion: v1
-kind: Service
-metadata: {{name: a, namespace: apps}}
-spec: {{ports: [{{name: http, port: 80}}]}}
----
-apiVersion: v1
-kind: Endpoints
-metadata: {{name: a, namespace: apps}}
-subsets:
-  - addresses: [{{ip: 127.0.0.1}}]
-    ports: [{{name: http, port: {backend.port}}}]
-  - addresses: [{{ip: 127.0.0.1}}]
-    ports: [{{name: http, port: {backend_b.port}}}]
+    svc = two_endpoints("a", backend.port, backend_b.port) + """
 ---
 apiVersion: gateway.envoyproxy.io/v1alpha1
 kind: BackendTrafficPolicy
-metadata: {{name: hash, namespace: apps}}
+metadata: {name: hash, namespace: apps}
 spec:
-  targetRefs: [{{group: gateway.networking.k8s.io, kind: HTTPRoute, name: r}}]
-  loadBalancer: {{type: ConsistentHash, consistentHash: {{type: Header, header: {{name: x-user}}}}}}
+  targetRefs: [{group: gateway.networking.k8s.io, kind: HTTPRoute, name: r}]
+  loadBalancer: {type: ConsistentHash, consistentHash: {type: Header, header: {name: x-user}}}
 """
     g = Gateway(gateway() + svc + route())
     try:

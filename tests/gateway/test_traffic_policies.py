@@ -11,7 +11,7 @@ import zstandard
 
 from tests.gateway.backends import Backend
 from tests.gateway.harness import Gateway
-from tests.gateway.manifests import gateway, route, service
+from tests.gateway.manifests import gateway, route, service, two_endpoints
 
 
 def btp(spec: str, target: str = "kind: HTTPRoute, name: r") -> str:
@@ -23,25 +23,6 @@ metadata: {{name: policy, namespace: apps}}
 spec:
   targetRefs: [{{group: gateway.networking.k8s.io, {target}}}]
 {spec}
-"""
-
-
-def two_endpoints(name: str, a: int, b: int) -> str:
-    return f"""
----
-apiVersion: v1
-kind: Service
-metadata: {{name: {name}, namespace: apps}}
-spec: {{ports: [{{name: http, port: 80}}]}}
----
-apiVersion: v1
-kind: Endpoints
-metadata: {{name: {name}, namespace: apps}}
-subsets:
-  - addresses: [{{ip: 127.0.0.1}}]
-    ports: [{{name: http, port: {a}}}]
-  - addresses: [{{ip: 127.0.0.1}}]
-    ports: [{{name: http, port: {b}}}]
 """
 
 

@@ -1,5 +1,6 @@
 """SecurityPolicy enforcement on the request path, in Envoy Gateway's filter order:
-extAuth (HTTP), then basicAuth, then authorization (client CIDRs).
+cors (in the exchange, see gateway/cors.py), extAuth (HTTP), basicAuth, jwt (gateway/jwtauth.py),
+then authorization (client CIDRs).
 
 extAuth follows Envoy's ext_authz HTTP semantics: the check request keeps the
 original method; its path is the policy's ``path`` prefix plus the original
@@ -32,16 +33,15 @@ import bcrypt
 
 from homeplane.api.units import parse_duration
 from homeplane.gateway.cluster import cluster_key
+from homeplane.gateway.cors import CompiledCors, compile_cors
 from homeplane.gateway.headers import HOP_BY_HOP, parse_cidrs
+from homeplane.gateway.jwtauth import CompiledJWT, JWKSFetcher, JWTFailure, claim_value, compile_jwt, extract_token, verify
 from homeplane.gateway.upstream import UpstreamConnection, connect
 from homeplane.translate.snapshot import SecurityIR
 
 if TYPE_CHECKING:
     from homeplane.gateway.exchange import Exchange
     from homeplane.gateway.server import DataPlane
-
-from homeplane.gateway.cors import CompiledCors, compile_cors
-from homeplane.gateway.jwtauth import CompiledJWT, JWKSFetcher, JWTFailure, claim_value, compile_jwt, extract_token, verify
 
 log = logging.getLogger("homeplane.auth")
 

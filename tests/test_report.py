@@ -64,6 +64,19 @@ def test_protected_route_is_not_flagged_and_shows_its_policy() -> None:
     assert rep["routes"][0]["rules"][0]["securityPolicy"] == "apps/lan"
 
 
+def test_cors_alone_or_optional_jwt_is_not_protection() -> None:
+    cors = POLICY.replace(
+        "  authorization: {defaultAction: Deny, rules: [{action: Allow, principal: {clientCIDRs: [10.0.0.0/8]}}]}",
+        "  cors: {allowOrigins: ['https://ui.example.com']}",
+    )
+    rep = report(EXTERNAL + ROUTE + cors)
+    assert rep["routes"][0]["securityPolicies"] == ["apps/lan"] and unprotected(rep) == ["app"]
+    jwks = '{"keys": []}'
+    jwt = cors.replace("  cors: {allowOrigins: ['https://ui.example.com']}", f"  jwt: {{optional: true, providers: [{{name: idp, localJWKS: {{type: Inline, inline: '{jwks}'}}}}]}}")
+    assert unprotected(report(EXTERNAL + ROUTE + jwt)) == ["app"]
+    assert unprotected(report(EXTERNAL + ROUTE + jwt.replace("optional: true", "optional: false"))) == []
+
+
 OTHER_GATEWAY = """
 ---
 apiVersion: gateway.networking.k8s.io/v1

@@ -189,6 +189,14 @@ def _rule_json(r: ir.RouteRule, pools: dict[str, ir.BackendPool]) -> dict[str, A
     return d
 
 
+def _authenticates(spec: Any) -> bool:
+    """Does a SecurityPolicy keep strangers out? CORS alone or an optional JWT does not."""
+    return bool(
+        spec.ext_auth or spec.basic_auth or spec.api_key_auth or spec.oidc
+        or (spec.jwt and not spec.jwt.optional) or spec.authorization
+    )
+
+
 def build_report(objects: list[Obj], load_diags: Diagnostics, translation: Translation, files: int) -> dict[str, Any]:
     snap = translation.snapshot
     pools = dict(snap.pools)
@@ -200,6 +208,7 @@ def build_report(objects: list[Obj], load_diags: Diagnostics, translation: Trans
     # route key -> per-rule summaries, protection and serving gateways
     route_rules: dict[tuple[str, str], dict[int, dict[str, Any]]] = {}
     route_security: dict[tuple[str, str], set[str]] = {}
+    route_authenticated: set[tuple[str, str]] = set()
     route_gateways: dict[tuple[str, str], set[str]] = {}
     for g in snap.gateways:
         gstatus = status.get(("gateway.networking.k8s.io", "Gateway", g.ref.namespace, g.ref.name), {})
@@ -239,6 +248,8 @@ def build_report(objects: list[Obj], load_diags: Diagnostics, translation: Trans
                         route_security.setdefault(key, set()).add(
                             f"{r.security.policy.namespace}/{r.security.policy.name}" + ("" if r.security.valid else " (invalid)")
                         )
+                        if _authenticates(r.security.spec):
+                            route_authenticated.add(key)
                         rules.setdefault("securityPolicy", f"{r.security.policy.namespace}/{r.security.policy.name}")
                     if r.backend_traffic:
                         rules.setdefault(
@@ -335,7 +346,7 @@ def build_report(objects: list[Obj], load_diags: Diagnostics, translation: Trans
     facing_names = {f"{ns}/{name}" for ns, name in facing}
     by_key = {(o.namespace or "", o.name): o for o in objects if o.kind == "HTTPRoute" and o.served}
     for r in routes:
-        if r["securityPolicies"] or not set(r["servedBy"]) & facing_names:
+        if (r["namespace"], r["name"]) in route_authenticated or not set(r["servedBy"]) & facing_names:
             continue
         if r["rules"] and all("redirect" in rule or "directResponse" in rule for rule in r["rules"]):
             continue  # nothing behind it to protect

@@ -37,7 +37,7 @@ def corpus_dir() -> Path:
 def test_onedr0p_routes(onedr0p) -> None:
     rs = routes(onedr0p)
     rendered = {k for k, o in rs.items() if "homeplane.dev/rendered-from" in o.annotations}
-    assert len(rs) == 10 and len(rendered) == 8
+    assert len(rs) == 12 and len(rendered) == 10  # 8 app-template routes, 2 from kube-prometheus-stack
     assert rs[("default", "sonarr")].model.spec.hostnames == ["sonarr.turbo.ac"]  # {{ .Release.Name }}.turbo.ac
     assert rs[("default", "home-assistant")].model.spec.hostnames == ["home-assistant.turbo.ac", "hass.turbo.ac"]
     by_gateway: dict[str, set[str]] = {}
@@ -49,7 +49,11 @@ def test_onedr0p_routes(onedr0p) -> None:
     }
     assert by_gateway["envoy-internal"] == {
         "default/go2rtc", "default/home-assistant-mcp", "default/qbittorrent", "default/radarr", "default/sonarr", "network/https-redirect",
+        "default/kube-prometheus-stack-alertmanager", "default/kube-prometheus-stack-prometheus",
     }
+    prom = rs[("default", "kube-prometheus-stack-prometheus")].model.spec
+    assert prom.hostnames == ["prometheus.turbo.ac"]
+    assert [(b.name, b.port) for b in prom.rules[0].backend_refs] == [("kube-prometheus-stack-prometheus", 9090)]
     # plex's two rules, one with a RequestHeaderModifier that removes Range
     plex = rs[("default", "plex")].model.spec
     assert [r.matches[0].path.value for r in plex.rules] == ["/library/streams", "/"]

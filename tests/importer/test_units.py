@@ -77,3 +77,40 @@ def test_app_template_default_route_and_primary_port() -> None:
     svc = next(o for o in objs if o["kind"] == "Service")
     assert svc["spec"]["selector"]["app.kubernetes.io/controller"] == "main"
     assert warnings == []
+
+
+def test_kube_prometheus_stack_routes_follow_the_chart() -> None:
+    from homeplane.importer import kubeprometheus
+
+    warnings: list[str] = []
+    values = {
+        "alertmanager": {"route": {"main": {"enabled": True, "hostnames": ["am.lab.test"], "parentRefs": [{"name": "envoy-internal"}]}}},
+        "prometheus": {
+            "service": {"port": 9091},
+            "route": {
+                "main": {"enabled": False},
+                "redirect": {"enabled": True, "httpsRedirect": True, "hostnames": ["prom.lab.test"]},
+                "grpc": {"enabled": True, "kind": "GRPCRoute"},
+            },
+        },
+        "grafana": {"route": {"main": {"enabled": True, "hostnames": ["grafana.lab.test"], "matches": [{"path": {"type": "PathPrefix", "value": "/"}}]}}},
+    }
+    objs = kubeprometheus.render("monitoring", "o11y", values, warnings.append)
+    got = {(o["kind"], o["metadata"]["name"]) for o in objs}
+    assert got == {
+        ("Service", "monitoring-kube-prometheus-alertmanager"),
+        ("HTTPRoute", "monitoring-kube-prometheus-alertmanager"),
+        ("Service", "monitoring-kube-prometheus-prometheus"),
+        ("HTTPRoute", "monitoring-kube-prometheus-prometheus-redirect"),
+        ("Service", "monitoring-grafana"),
+        ("HTTPRoute", "monitoring-grafana"),
+    }
+    by = {(o["kind"], o["metadata"]["name"]): o for o in objs}
+    redirect = by[("HTTPRoute", "monitoring-kube-prometheus-prometheus-redirect")]["spec"]["rules"][0]
+    assert redirect == {"filters": [{"type": "RequestRedirect", "requestRedirect": {"scheme": "https", "statusCode": 301}}]}
+    assert by[("Service", "monitoring-kube-prometheus-prometheus")]["spec"]["ports"][0]["port"] == 9091
+    grafana = by[("HTTPRoute", "monitoring-grafana")]["spec"]["rules"][0]
+    assert grafana["backendRefs"] == [{"name": "monitoring-grafana", "port": 80}] and grafana["matches"][0]["path"]["value"] == "/"
+    assert warnings == ["prometheus: route grpc: kind GRPCRoute is not rendered"]
+    assert kubeprometheus.fullname("kube-prometheus-stack", {}) == "kube-prometheus-stack"
+    assert kubeprometheus.fullname("x", {"fullnameOverride": "kps"}) == "kps"

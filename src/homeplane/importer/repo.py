@@ -5,11 +5,11 @@ from __future__ import annotations
 import re
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from homeplane.api.diagnostics import Diagnostics
 from homeplane.api.loader import LoadOptions, LoadResult, add_object, find_manifest_files
-from homeplane.importer.apptemplate import render as render_app_template
+from homeplane.importer import apptemplate, kubeprometheus
 from homeplane.importer.docs import Doc, is_flux_kustomization
 from homeplane.importer.endpoints import endpoint_slices
 from homeplane.importer.flux import FluxProcessor
@@ -108,11 +108,19 @@ def _chart_of(hr: Doc, by_kind: dict[str, dict[tuple[str | None, str], Doc]]) ->
     if isinstance(ref, dict):
         src = by_kind.get(ref.get("kind", ""), {}).get((ref.get("namespace") or hr.namespace, ref.get("name")))
         if src is None:
-            return None
+            # the source is not in the manifests read: home-ops repos name an OCIRepository after its chart
+            return str(ref.get("name")) if ref.get("kind") == "OCIRepository" and ref.get("name") else None
         url = str((src.data.get("spec") or {}).get("url", ""))
         return url.rstrip("/").rsplit("/", 1)[-1] or None
     chart = ((spec.get("chart") or {}).get("spec") or {}).get("chart")
     return str(chart) if chart else None
+
+
+# charts whose networking objects homeplane renders from values (the rest are reported)
+RENDERERS: dict[str, Callable[[str, str, dict[str, Any], Callable[[str], None]], list[dict[str, Any]]]] = {
+    "app-template": apptemplate.render,
+    "kube-prometheus-stack": kubeprometheus.render,
+}
 
 
 def _render_helm_releases(objects: list[Doc], diags: Diagnostics) -> list[Doc]:
@@ -128,9 +136,10 @@ def _render_helm_releases(objects: list[Doc], diags: Diagnostics) -> list[Doc]:
         release = spec.get("releaseName") or hr.name
         target_ns = spec.get("targetNamespace") or ns
         chart = _chart_of(hr, by_kind)
-        if chart != "app-template":
+        renderer = RENDERERS.get(chart or "")
+        if renderer is None:
             diags.info(
-                f"HelmRelease {ns}/{hr.name} (chart {chart or 'unknown'}) not rendered: only app-template charts are",
+                f"HelmRelease {ns}/{hr.name} (chart {chart or 'unknown'}) not rendered: only {', '.join(RENDERERS)} charts are",
                 file=hr.file, line=hr.line, kind="HelmRelease", namespace=ns, name=hr.name, code="HelmNotRendered",
             )
             continue
@@ -158,9 +167,9 @@ def _render_helm_releases(objects: list[Doc], diags: Diagnostics) -> list[Doc]:
             values = merge_values(values, parsed or {})
         values = merge_values(values, spec.get("values") or {})
         warned: list[str] = []
-        for obj in render_app_template(str(release), target_ns, values, warned.append):
+        for obj in renderer(str(release), target_ns, values, warned.append):
             obj["metadata"].setdefault("annotations", {})[RENDERED_FROM] = f"HelmRelease/{ns}/{hr.name}"
             out.append(Doc(obj, hr.file, hr.document, hr.positions.get(("spec", "values"), hr.line)))
         for w in warned:
-            diags.warning(f"HelmRelease {ns}/{hr.name}: {w}", file=hr.file, line=hr.line, code="AppTemplate")
+            diags.warning(f"HelmRelease {ns}/{hr.name}: {w}", file=hr.file, line=hr.line, code="HelmRender")
     return out

@@ -15,6 +15,7 @@ class Model(BaseModel):
         alias_generator=to_camel,
         frozen=True,
         serialize_by_alias=True,
+        defer_build=True,  # validators are built on first use: kinds a repo does not have cost nothing at start
     )
 
 

@@ -122,3 +122,35 @@ def test_dual_stack() -> None:
     res = allocate(pools, [svc("a", "ds", ip_family_policy="RequireDualStack"), svc("a", "v6", ip_families=["IPv6"])])
     assert res.services[("a", "ds")].addresses == ["10.0.0.0", "2001:db8::"]
     assert res.services[("a", "v6")].addresses == ["2001:db8::1"]
+
+
+def test_service_status_carries_the_condition_under_both_cilium_names() -> None:
+    from homeplane.pipeline import allocate_lb_ips
+    from homeplane.translate import TranslateOptions, translate
+    from tests.conftest import load
+
+    loaded = load(
+        """
+apiVersion: cilium.io/v2alpha1
+kind: CiliumLoadBalancerIPPool
+metadata: {name: lan}
+spec: {blocks: [{cidr: 192.0.2.0/30}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: apps}
+spec: {type: LoadBalancer, ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: pinned, namespace: apps, annotations: {lbipam.cilium.io/ips: 198.51.100.1}}
+spec: {type: LoadBalancer, ports: [{port: 80}]}
+"""
+    )
+    tr = translate(loaded.objects, TranslateOptions(lb=allocate_lb_ips(loaded.objects, None)))
+    web = tr.status[("", "Service", "apps", "web")]
+    assert web["loadBalancer"]["ingress"][0]["ip"].startswith("192.0.2.")
+    conds = {c["type"]: (c["status"], c["reason"]) for c in web["conditions"]}
+    assert conds == {"cilium.io/IPAMRequestSatisfied": ("True", "satisfied"), "io.cilium/lb-ipam-request-satisfied": ("True", "satisfied")}
+    pinned = {c["type"]: c["status"] for c in tr.status[("", "Service", "apps", "pinned")]["conditions"]}
+    assert set(pinned.values()) == {"False"} and len(pinned) == 2  # no pool has 198.51.100.1

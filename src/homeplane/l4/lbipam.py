@@ -13,7 +13,8 @@ Services: type LoadBalancer with no ``loadBalancerClass`` or one of Cilium's.
 addresses; ``lbipam.cilium.io/sharing-key`` lets Services share one address
 when their ports do not clash (``sharing-cross-namespace`` lists the other
 namespaces allowed, ``*`` for all). Each Service gets the condition
-``cilium.io/IPAMRequestSatisfied`` (reasons ``satisfied``, ``no_pool``,
+``cilium.io/IPAMRequestSatisfied``, and the same under its older name
+``io.cilium/lb-ipam-request-satisfied`` for tools that look for that (reasons ``satisfied``, ``no_pool``,
 ``out_of_ips``, ``already_allocated``). Previous allocations (from the state
 store) are kept first, so addresses never move on a restart or a reorder.
 """
@@ -30,7 +31,8 @@ SERVED_CLASSES = ("io.cilium/bgp-control-plane", "io.cilium/l2-announcer")
 IPS_ANNOTATION = "lbipam.cilium.io/ips"
 SHARING_KEY = "lbipam.cilium.io/sharing-key"
 SHARING_CROSS_NS = "lbipam.cilium.io/sharing-cross-namespace"
-SATISFIED = "cilium.io/IPAMRequestSatisfied"
+SATISFIED = "cilium.io/IPAMRequestSatisfied"  # the condition type in Cilium's source since 1.17
+LEGACY_SATISFIED = "io.cilium/lb-ipam-request-satisfied"  # older releases, and Cilium's documentation
 
 ServiceKey = tuple[str, str]
 IP = ipaddress.IPv4Address | ipaddress.IPv6Address

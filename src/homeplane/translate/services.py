@@ -13,6 +13,7 @@ from homeplane.api.diagnostics import Diagnostics
 from homeplane.api.models.core import EndpointSlice, Endpoints, Service
 from homeplane.api.models.envoy import Backend
 from homeplane.api.objects import Obj
+from homeplane.l4 import lbipam
 from homeplane.translate import snapshot as ir
 from homeplane.translate.context import Context
 
@@ -81,12 +82,8 @@ def build_services(ctx: Context, diags: Diagnostics) -> tuple[list[ir.Service], 
             status: dict = {
                 "loadBalancer": {"ingress": [{"ip": a} for a in lb.addresses]},
                 "conditions": [
-                    {
-                        "type": "cilium.io/IPAMRequestSatisfied",
-                        "status": "True" if lb.satisfied else "False",
-                        "reason": lb.reason,
-                        "message": lb.message,
-                    }
+                    {"type": t, "status": "True" if lb.satisfied else "False", "reason": lb.reason, "message": lb.message}
+                    for t in (lbipam.SATISFIED, lbipam.LEGACY_SATISFIED)
                 ],
             }
             ctx.set_status(o, status)

@@ -227,3 +227,47 @@ def test_dns_serves_the_manifests_and_follows_changes(repo: Path, tmp_path: Path
         assert wait_for(lambda: ask("sonarr.downloads.svc.cluster.local")).answer[0][0].address == ip
     finally:
         h2.stop()
+
+
+LB_POOL = """
+apiVersion: cilium.io/v2alpha1
+kind: CiliumLoadBalancerIPPool
+metadata: {name: test-pool}
+spec:
+  blocks: [{start: 10.77.0.10, stop: 10.77.0.20}]
+  serviceSelector: {matchLabels: {pool: test}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: mqtt, namespace: home, labels: {pool: test}}
+spec: {type: LoadBalancer, ports: [{port: 1883}]}
+"""
+EARLIER = """
+---
+apiVersion: v1
+kind: Service
+metadata: {name: aaa-first, namespace: home, labels: {pool: test}}
+spec: {type: LoadBalancer, ports: [{port: 1883}]}
+"""
+
+
+def test_allocated_lb_ips_survive_a_restart_and_a_new_neighbour(repo: Path, tmp_path: Path) -> None:
+    def lb_ips(h: Homeplane) -> dict[str, list[str]]:
+        return {s["name"]: s["loadBalancerIPs"] for s in h.status()["services"] if s["namespace"] == "home"}
+
+    (repo / "lb.yaml").write_text(LB_POOL)
+    a = Homeplane(repo, tmp_path / "state.db")
+    try:
+        first = lb_ips(a)["mqtt"]
+        assert len(first) == 1 and first[0].startswith("10.77.0.")
+    finally:
+        a.stop()
+    # a Service that sorts first now competes for the pool: without the store it would take mqtt's address
+    (repo / "lb.yaml").write_text(LB_POOL + EARLIER)
+    b = Homeplane(repo, tmp_path / "state.db")
+    try:
+        ips = lb_ips(b)
+        assert ips["mqtt"] == first
+        assert len(ips["aaa-first"]) == 1 and ips["aaa-first"] != first
+    finally:
+        b.stop()

@@ -159,3 +159,26 @@ def test_unreachable_remote_jwks_denies(backend: Backend, keys: Keys, jwks_serve
         assert backend.requests == []
     finally:
         g.close()
+
+
+def test_local_jwks_from_a_config_map_and_a_missing_one_fails_closed(backend: Backend, keys: Keys) -> None:
+    ref = "        localJWKS: {type: ValueRef, valueRef: {group: '', kind: ConfigMap, name: idp-jwks}}"
+    cm = f"""
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: idp-jwks, namespace: apps}}
+data:
+  jwks: '{keys.jwks}'
+"""
+    g = Gateway(gateway() + service("a", backend.port) + route() + policy(ref) + cm)
+    try:
+        assert get(g, keys.token()).status_code == 200
+        assert get(g).status_code == 401
+        tr = g.apply(gateway() + service("a", backend.port) + route() + policy(ref))  # the ConfigMap is gone
+        cond = tr.status[("gateway.envoyproxy.io", "SecurityPolicy", "apps", "jwt")]["ancestors"][0]["conditions"][0]
+        assert (cond["status"], cond["reason"]) == ("False", "Invalid") and "ConfigMap apps/idp-jwks" in cond["message"]
+        r = get(g, keys.token())
+        assert r.status_code == 500  # an invalid SecurityPolicy never lets traffic through
+    finally:
+        g.close()

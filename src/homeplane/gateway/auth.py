@@ -92,7 +92,7 @@ def compile_security(sec: SecurityIR) -> CompiledSecurity:
     if spec.cors is not None:
         c.cors = compile_cors(spec.cors)
     if spec.jwt is not None:
-        c.jwt = compile_jwt(spec.jwt)
+        c.jwt = compile_jwt(spec.jwt, dict(sec.jwks))
     if spec.authorization is not None:
         c.authz_rules = tuple(
             (r.action == "Allow", parse_cidrs(r.principal.client_cidrs)) for r in spec.authorization.rules

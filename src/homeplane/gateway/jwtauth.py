@@ -73,16 +73,15 @@ def _extractors(spec: dict | None) -> tuple[Extractor, ...]:
     return tuple(out)
 
 
-def _provider(p: JWTProvider, problems: list[str]) -> CompiledProvider:
+def _provider(p: JWTProvider, resolved: dict[str, str], problems: list[str]) -> CompiledProvider:
     local = None
     if p.local_jwks:
-        if p.local_jwks.get("type", "Inline") == "Inline" and p.local_jwks.get("inline"):
-            try:
-                local = jwt.PyJWKSet.from_json(p.local_jwks["inline"])
-            except (jwt.PyJWTError, ValueError, KeyError) as e:
-                problems.append(f"provider {p.name}: localJWKS: {e}")
-        else:
-            problems.append(f"provider {p.name}: localJWKS type {p.local_jwks.get('type')} is not supported; only Inline")
+        text = p.local_jwks.get("inline") if p.local_jwks.get("type", "Inline") == "Inline" else resolved.get(p.name)
+        try:
+            local = jwt.PyJWKSet.from_json(text or "")
+        except (jwt.PyJWTError, ValueError, KeyError) as e:
+            # no usable keys: every token from this provider fails, the route stays closed
+            problems.append(f"provider {p.name}: localJWKS: {e}")
     remote = p.remote_jwks.uri if p.remote_jwks else None
     cache = parse_duration(p.remote_jwks.cache_duration) if p.remote_jwks and p.remote_jwks.cache_duration else DEFAULT_JWKS_CACHE
     return CompiledProvider(
@@ -97,9 +96,10 @@ def _provider(p: JWTProvider, problems: list[str]) -> CompiledProvider:
     )
 
 
-def compile_jwt(spec: JWT) -> CompiledJWT:
+def compile_jwt(spec: JWT, resolved: dict[str, str] | None = None) -> CompiledJWT:
+    """``resolved``: key sets translate read from ConfigMaps (``localJWKS.valueRef``), by provider."""
     problems: list[str] = []
-    providers = tuple(_provider(p, problems) for p in spec.providers)
+    providers = tuple(_provider(p, resolved or {}, problems) for p in spec.providers)
     for msg in problems:
         log.warning("SecurityPolicy jwt: %s", msg)
     return CompiledJWT(bool(spec.optional), providers, problems)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from homeplane.api.models.base import LabelSelector
-from homeplane.api.models.core import Secret
+from homeplane.api.models.core import ConfigMap, Secret
 from homeplane.api.models.envoy import ENVOY_GROUP, SecurityPolicy
 from homeplane.api.models.gateway import GATEWAY_GROUP, HTTPRoute
 from homeplane.api.objects import Obj
@@ -43,6 +43,7 @@ class PolicyState:
     overridden_on: list[str] = field(default_factory=list)
     ext_auth_pool: str | None = None
     htpasswd: bytes | None = None
+    jwks: dict[str, str] = field(default_factory=dict)  # jwt provider -> key set from a ConfigMap
 
     @property
     def ref(self) -> ir.Ref:
@@ -115,6 +116,18 @@ def _validate_security(ctx: Context, p: PolicyState) -> None:
                 p.invalid = f"basicAuth: Secret {uns}/{users.name} has no .htpasswd key"
             else:
                 p.htpasswd = secret.value(".htpasswd")
+    if spec.jwt is not None:
+        for prov in spec.jwt.providers:
+            local = prov.local_jwks or {}
+            if prov.remote_jwks is None and not local:
+                p.invalid = p.invalid or f"jwt: provider {prov.name} needs remoteJWKS or localJWKS"
+            if local.get("type") == "ValueRef":
+                ref = local.get("valueRef") or {}
+                cm = ctx.model("", "ConfigMap", ns, str(ref.get("name", "")), ConfigMap)
+                if ref.get("kind", "ConfigMap") != "ConfigMap" or cm is None or "jwks" not in cm.data:
+                    p.invalid = p.invalid or f"jwt: provider {prov.name}: ConfigMap {ns}/{ref.get('name')} with key jwks not found"
+                else:
+                    p.jwks[prov.name] = cm.data["jwks"]
     if spec.oidc is not None:
         p.invalid = p.invalid or "oidc is not supported by homeplane yet"
     if spec.api_key_auth is not None:
@@ -194,7 +207,8 @@ def effective_rule(
         spec = sp.obj.model.spec  # type: ignore[union-attr]
         valid = not sp.invalid
         changes["security"] = ir.SecurityIR(
-            sp.ref, spec, valid, sp.invalid, sp.ext_auth_pool, ir.PrivateBytes(sp.htpasswd) if sp.htpasswd else None
+            sp.ref, spec, valid, sp.invalid, sp.ext_auth_pool, ir.PrivateBytes(sp.htpasswd) if sp.htpasswd else None,
+            tuple(sorted(sp.jwks.items())),
         )
         if not valid and rule.direct_status is None:
             changes["direct_status"] = 500

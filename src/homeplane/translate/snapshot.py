@@ -138,6 +138,7 @@ class SecurityIR:
     message: str = ""
     ext_auth_pool: str | None = None
     htpasswd: PrivateBytes | None = None  # basicAuth users, from the referenced Secret
+    jwks: tuple[tuple[str, str], ...] = ()  # jwt provider -> key set, for localJWKS valueRef ConfigMaps
 
 
 @dataclass(frozen=True, slots=True)

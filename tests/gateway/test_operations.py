@@ -3,6 +3,7 @@ consistent hashing and Envoy Gateway Backend resources, all on live traffic."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import socket
@@ -107,6 +108,20 @@ def test_request_mirror_sends_a_copy_and_ignores_its_answer(backend: Backend, ba
         while not backend_b.requests and time.monotonic() < deadline:
             time.sleep(0.05)
         assert [q["target"] for q in backend_b.requests] == ["/echo?m=1"]
+        assert dict(backend_b.requests[0]["headers"])["host"] == "app.test-shadow"  # as Envoy marks shadows
+        # with a body, fixed-length and chunked: the copy carries the same bytes
+        body = b"payload " * 1000
+        r = httpx.post(g.url(80, "/echo?m=2"), headers={"host": "app.test"}, content=body)
+        assert r.status_code == 200 and r.json()["body_len"] == len(body)
+        r = httpx.post(g.url(80, "/echo?m=3"), headers={"host": "app.test"}, content=iter([body[:100], body[100:]]))
+        assert r.status_code == 200
+        deadline = time.monotonic() + 5
+        while len(backend_b.requests) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        copies = {q["target"]: q for q in backend_b.requests}
+        for target in ("/echo?m=2", "/echo?m=3"):
+            assert copies[target]["method"] == "POST" and copies[target]["body_len"] == len(body)
+            assert copies[target]["body_sha256"] == hashlib.sha256(body).hexdigest()
     finally:
         g.close()
 

@@ -147,7 +147,7 @@ class Exchange:
         "attempt_deadline", "status", "bytes_in", "bytes_out", "body_buf", "body_buffered", "body_done",
         "attempts", "tried", "upgrade", "request_id", "client_ip", "info", "resp_ops", "head_only", "req_head",
         "upstream_paused", "_task", "error", "weighted", "chunked_upload", "listener_conf", "pending",
-        "pending_bytes", "body_paused", "encoder", "accept_encoding", "cors_headers",
+        "pending_bytes", "body_paused", "encoder", "accept_encoding", "cors_headers", "mirror_pending",
     )
 
     def __init__(
@@ -198,6 +198,7 @@ class Exchange:
         self.info: RequestInfo | None = None
         self.resp_ops: CompiledHeaderOps | None = None
         self.cors_headers: list[tuple[bytes, bytes]] | None = None
+        self.mirror_pending: list[str] | None = None  # mirrors waiting for the request body
         self.head_only = method == b"HEAD"
         self.req_head = b""
         self.upstream_paused = False
@@ -314,10 +315,28 @@ class Exchange:
             return
         self.resp_ops = wc.resp_ops or action.resp_ops
         self.req_head = self._build_request_head(action, wc)
-        for name, percent in action.mirrors:
-            if not self.has_body and (percent >= 100 or random.random() * 100 < percent):
-                self.dp.mirror(name, self.req_head)
+        if action.mirrors:
+            chosen = [name for name, percent in action.mirrors if percent >= 100 or random.random() * 100 < percent]
+            if not self.has_body:
+                for name in chosen:
+                    self.dp.mirror(name, self.req_head)
+            elif chosen:
+                self.mirror_pending = chosen
+                if self.body_done:
+                    self._mirror_with_body()
         self._attempt()
+
+    def _mirror_with_body(self) -> None:
+        """Mirrors of a request with a body go out once it is complete, from the replay buffer;
+        a body larger than that buffer is not mirrored (the copy is best effort, as in Envoy)."""
+        names, self.mirror_pending = self.mirror_pending or [], None
+        if self.body_buf is None:
+            return
+        body = b"".join(self._encode_body(c) for c in self.body_buf)
+        if self.chunked_upload:
+            body += b"0\r\n\r\n"
+        for name in names:
+            self.dp.mirror(name, self.req_head + body)
 
     def _hash_key(self) -> bytes | None:
         a = self.action
@@ -496,6 +515,8 @@ class Exchange:
 
     def end_body(self) -> None:
         self.body_done = True
+        if self.mirror_pending:
+            self._mirror_with_body()
         if self.state == _WAITING and self.upstream is not None and self.chunked_upload:
             self.upstream.write(b"0\r\n\r\n")
 

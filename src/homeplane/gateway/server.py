@@ -410,6 +410,18 @@ class ProxyPreamble(asyncio.Protocol):
         pass
 
 
+def shadow_host(request: bytes) -> bytes:
+    """Envoy marks a mirrored request by appending ``-shadow`` to its host (before any port)."""
+    start = request.find(b"\r\nhost: ")
+    if start < 0:
+        return request
+    start += 8
+    end = request.find(b"\r\n", start)
+    host = request[start:end]
+    name, sep, port = host.rpartition(b":") if not host.endswith(b"]") and b":" in host else (host, b"", b"")
+    return request[:start] + name + b"-shadow" + sep + port + request[end:]
+
+
 class DataPlane:
     def __init__(self, settings: Settings | None = None, bind: BindPlan | None = None):
         self.settings = settings or Settings()
@@ -578,7 +590,7 @@ class DataPlane:
         async def send() -> None:
             try:
                 r, w = await asyncio.wait_for(asyncio.open_connection(ep.address, ep.port), 5)
-                head2 = head.replace(b"\r\n\r\n", b"\r\nconnection: close\r\n\r\n", 1)
+                head2 = shadow_host(head).replace(b"\r\n\r\n", b"\r\nconnection: close\r\n\r\n", 1)
                 w.write(head2)
                 await asyncio.wait_for(r.read(), 10)
                 w.close()

@@ -122,3 +122,12 @@ def test_durations_are_validated() -> None:
         HTTPRoute.model_validate(
             meta("HTTPRoute", "gateway.networking.k8s.io/v1", spec={"rules": [{"timeouts": {"request": "ten seconds"}}]})
         )
+
+
+def test_quantities() -> None:
+    from homeplane.api.units import parse_quantity
+
+    assert [parse_quantity(v) for v in ("64Ki", "1Mi", 32768, "1.5M", "2k")] == [65536, 1048576, 32768, 1_500_000, 2000]
+    for bad in ("12x", "Mi", "", "1MiB"):
+        with pytest.raises(ValueError, match="invalid quantity"):
+            parse_quantity(bad)

@@ -132,3 +132,57 @@ spec:
         assert h["x-forwarded-for"] == "198.51.100.1, 203.0.113.5, 127.0.0.1"
     finally:
         g.close()
+
+
+def test_client_traffic_http2_settings_and_connection_limit(backend: Backend) -> None:
+    import socket
+
+    import h2.config
+    import h2.connection
+    import h2.events
+    import h2.settings
+
+    ctp = """
+---
+apiVersion: gateway.envoyproxy.io/v1alpha1
+kind: ClientTrafficPolicy
+metadata: {name: tuning, namespace: network}
+spec:
+  targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: gw}]
+  http2: {maxConcurrentStreams: 7, initialStreamWindowSize: 64Ki, initialConnectionWindowSize: 1Mi}
+  connection: {connectionLimit: {value: 2}}
+"""
+    g = Gateway(gateway() + service("a", backend.port) + route() + ctp)
+    try:
+        client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        client.initiate_connection()
+        with socket.create_connection(("127.0.0.1", g.port(80)), timeout=5) as s:
+            s.sendall(client.data_to_send())
+            settings: dict = {}
+            window = 0
+            deadline = time.monotonic() + 5
+            while (not settings or not window) and time.monotonic() < deadline:
+                for ev in client.receive_data(s.recv(65536)):
+                    if isinstance(ev, h2.events.RemoteSettingsChanged):
+                        settings = {k: v.new_value for k, v in ev.changed_settings.items()}
+                    elif isinstance(ev, h2.events.WindowUpdated) and ev.stream_id == 0:
+                        window = ev.delta
+            assert settings[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] == 7
+            assert settings[h2.settings.SettingCodes.INITIAL_WINDOW_SIZE] == 64 * 1024
+            assert window + 65535 == 1024 * 1024
+            # this is one of two allowed connections; a third is closed at once
+            other = socket.create_connection(("127.0.0.1", g.port(80)), timeout=5)
+            time.sleep(0.1)
+            third = socket.create_connection(("127.0.0.1", g.port(80)), timeout=5)
+            try:
+                third.sendall(b"GET /echo HTTP/1.1\r\nHost: app.test\r\n\r\n")
+                answer = third.recv(100)
+            except ConnectionResetError:
+                answer = b""
+            assert answer == b""
+            other.sendall(b"GET /echo HTTP/1.1\r\nHost: app.test\r\n\r\n")
+            assert other.recv(100).startswith(b"HTTP/1.1 200")
+            other.close()
+            third.close()
+    finally:
+        g.close()

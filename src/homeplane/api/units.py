@@ -31,6 +31,25 @@ def parse_duration(value: str) -> float:
     return -total if neg else total
 
 
+_QUANTITY_SUFFIX = {
+    "": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
+    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40,
+}
+
+
+def parse_quantity(value: str | int) -> int:
+    """Bytes in a Kubernetes quantity such as ``64Ki``, ``1Mi``, ``32768`` or ``1.5M``."""
+    s = str(value).strip()
+    num = s.rstrip("kKMGTi")
+    suffix = s[len(num) :]
+    try:
+        if suffix not in _QUANTITY_SUFFIX:
+            raise ValueError
+        return int(float(num) * _QUANTITY_SUFFIX[suffix])
+    except ValueError:
+        raise ValueError(f"invalid quantity {value!r} (expected e.g. 64Ki, 1Mi, 32768)") from None
+
+
 def _check_duration(value: str) -> str:
     parse_duration(value)
     return value

@@ -143,6 +143,12 @@ class H2Stream:
         pass
 
 
+# Defaults where no ClientTrafficPolicy says otherwise (Envoy Gateway's are of this order)
+DEFAULT_MAX_STREAMS = 100
+DEFAULT_STREAM_WINDOW = 1024 * 1024
+DEFAULT_CONNECTION_WINDOW = 16 * 1024 * 1024
+
+
 class H2Connection(asyncio.Protocol):
     def __init__(self, server: PortServer, info: ConnInfo | None = None):
         self.server = server
@@ -172,16 +178,24 @@ class H2Connection(asyncio.Protocol):
             self.info.protocol = "HTTP/2"
         if self.info.sni:
             self.listener = self.server.table.listener_for(self.info.sni.encode())
+        # ClientTrafficPolicy http2 settings of the listener (by SNI, else the port's first)
+        lt = self.listener or (self.server.table.listeners[0] if self.server.table.listeners else None)
+        conf = lt.conf if lt is not None else None
+        streams, stream_window, conn_window = (
+            (conf.h2_max_streams, conf.h2_stream_window, conf.h2_connection_window)
+            if conf is not None else (DEFAULT_MAX_STREAMS, DEFAULT_STREAM_WINDOW, DEFAULT_CONNECTION_WINDOW)
+        )
         self.h2.local_settings = h2.settings.Settings(
             client=False,
             initial_values={
-                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 100,
-                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1024 * 1024,
+                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: streams,
+                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: stream_window,
                 h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: 60 * 1024,
             },
         )
         self.h2.initiate_connection()
-        self.h2.increment_flow_control_window(15 * 1024 * 1024)
+        if conn_window > 65535:  # the protocol's initial connection window
+            self.h2.increment_flow_control_window(conn_window - 65535)
         self.dp.connection_opened(self)
         self.deadline = time.monotonic() + self.dp.settings.idle_timeout
         self.flush()

@@ -30,8 +30,9 @@ from homeplane.gateway.filters import compile_header_ops
 from homeplane.gateway import proxyproto
 from homeplane.gateway.headers import parse_cidrs
 from homeplane.gateway.http1 import Http1Connection
+from homeplane.gateway.http2 import DEFAULT_CONNECTION_WINDOW, DEFAULT_MAX_STREAMS, DEFAULT_STREAM_WINDOW
 from homeplane.gateway.router import ListenerTable, PortTable, compile_gateway
-from homeplane.api.units import parse_duration
+from homeplane.api.units import parse_duration, parse_quantity
 from homeplane.translate import snapshot as ir
 
 log = logging.getLogger("homeplane.gateway")
@@ -61,6 +62,10 @@ class ListenerConf:
     max_tls: str | None = None
     proxy_protocol: bool = False
     proxy_protocol_optional: bool = False
+    h2_max_streams: int = DEFAULT_MAX_STREAMS
+    h2_stream_window: int = DEFAULT_STREAM_WINDOW
+    h2_connection_window: int = DEFAULT_CONNECTION_WINDOW
+    connection_limit: int | None = None  # clientTrafficPolicy connection.connectionLimit.value
 
 
 def listener_conf(ls: ir.Listener) -> ListenerConf:
@@ -78,6 +83,21 @@ def listener_conf(ls: ir.Listener) -> ListenerConf:
     if ct.proxy_protocol is not None or ct.enable_proxy_protocol:
         conf.proxy_protocol = True
         conf.proxy_protocol_optional = bool(ct.proxy_protocol and ct.proxy_protocol.optional)
+    if ct.http2 is not None:
+        h = ct.http2
+        try:
+            if h.max_concurrent_streams:
+                conf.h2_max_streams = h.max_concurrent_streams
+            if h.initial_stream_window_size:
+                conf.h2_stream_window = parse_quantity(h.initial_stream_window_size)
+            if h.initial_connection_window_size:
+                conf.h2_connection_window = parse_quantity(h.initial_connection_window_size)
+        except ValueError as e:
+            log.warning("ClientTrafficPolicy %s: http2: %s; keeping the defaults", ls.client_traffic.policy if ls.client_traffic else "?", e)
+    if ct.connection is not None and ct.connection.connection_limit:
+        value = ct.connection.connection_limit.get("value")
+        if isinstance(value, int) and value > 0:
+            conf.connection_limit = value
     if ct.tls is not None:
         if ct.tls.alpn_protocols:
             conf.alpn = tuple(ct.tls.alpn_protocols)
@@ -265,6 +285,8 @@ class PortServer:
         self.table = table
         self.server: asyncio.base_events.Server | None = None
         self.ssl_ctx: ssl.SSLContext | None = None
+        self.conns: set[Any] = set()  # open client connections on this port
+        self.connection_limit: int | None = None
         self._contexts: list[tuple[ListenerTable, list[tuple[ir.TLSCert, ssl.SSLContext]]]] = []
 
     @property
@@ -273,6 +295,8 @@ class PortServer:
 
     def update(self, table: PortTable) -> None:
         """Swap in a new table (and certificates); existing connections are not touched."""
+        limits = [lt.conf.connection_limit for lt in table.listeners if lt.conf is not None and lt.conf.connection_limit]
+        self.connection_limit = min(limits) if limits else None
         if self.tls:
             contexts = []
             for lt in table.listeners:
@@ -570,11 +594,16 @@ class DataPlane:
 
     def connection_opened(self, conn: Any) -> None:
         self.connections.add(conn)
-        if len(self.connections) > self.settings.max_connections:
+        srv = conn.server
+        srv.conns.add(conn)
+        if len(self.connections) > self.settings.max_connections or (
+            srv.connection_limit is not None and len(srv.conns) > srv.connection_limit
+        ):
             conn.transport.close()
 
     def connection_closed(self, conn: Any) -> None:
         self.connections.discard(conn)
+        conn.server.conns.discard(conn)
 
     def count_protocol_error(self, status: int) -> None:
         self.stats["protocol_errors"] += 1

@@ -148,3 +148,18 @@ def test_proxy_header_before_tls_even_in_the_same_segment_as_the_client_hello(ba
         assert h["x-forwarded-for"] == "192.0.2.44" and h["x-forwarded-proto"] == "https"
     finally:
         g.close()
+
+
+def test_turning_proxy_protocol_on_and_off_on_a_live_port(backend: Backend) -> None:
+    base = gateway() + service("a", backend.port) + route()
+    g = Gateway(base)
+    try:
+        assert exchange(g.port(80), b"")[0] == 200
+        g.apply(base + ctp("  enableProxyProtocol: true"))
+        status, h = exchange(g.port(80), b"PROXY TCP4 198.51.100.7 10.0.0.1 40000 80\r\n")
+        assert status == 200 and h["x-forwarded-for"] == "198.51.100.7"
+        g.apply(base)
+        status, h = exchange(g.port(80), b"")
+        assert status == 200 and h["x-forwarded-for"] == "127.0.0.1"
+    finally:
+        g.close()

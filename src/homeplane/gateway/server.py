@@ -286,6 +286,7 @@ class PortServer:
         self.server: asyncio.base_events.Server | None = None
         self.ssl_ctx: ssl.SSLContext | None = None
         self.conns: set[Any] = set()  # open client connections on this port
+        self.started_with_proxy = False
         self.connection_limit: int | None = None
         self._contexts: list[tuple[ListenerTable, list[tuple[ir.TLSCert, ssl.SSLContext]]]] = []
 
@@ -348,7 +349,8 @@ class PortServer:
 
     async def start(self) -> None:
         loop = self.dp.loop
-        if self.proxy_protocol[0]:
+        self.started_with_proxy = self.proxy_protocol[0]
+        if self.started_with_proxy:
             # the PROXY header comes before TLS: accept plain TCP, read it, then start TLS
             self.server = await loop.create_server(
                 lambda: ProxyPreamble(self), self.host, self.port, backlog=1024, reuse_address=True,
@@ -549,6 +551,17 @@ class DataPlane:
                     srv.update(table)
                 except (OSError, RuntimeError, ssl.SSLError) as e:
                     log.error("cannot update %s:%d: %s; keeping the previous configuration", key[0], key[1], e)
+                    continue
+                if srv.proxy_protocol[0] != srv.started_with_proxy:
+                    # PROXY protocol changes what is accepted (plain TCP before TLS): listen anew;
+                    # open connections are not touched
+                    srv.close()
+                    try:
+                        await srv.start()
+                    except OSError as e:
+                        log.error("cannot listen again on %s:%d: %s", key[0], key[1], e)
+                    else:
+                        log.info("port %s:%d now %s PROXY protocol", key[0], key[1], "expects" if srv.started_with_proxy else "no longer expects")
         for key in [k for k in self.servers if k not in wanted]:
             self.servers.pop(key).close()
             log.info("stopped listening on %s:%d", *key)

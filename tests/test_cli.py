@@ -90,6 +90,8 @@ def test_bad_arguments_are_clear() -> None:
     assert r.returncode == 2 and "invalid" in r.stderr
     r = hp("get", "widgets", "-f", str(EXAMPLE))
     assert r.returncode == 2 and "unknown kind 'widgets'" in r.stderr
+    r = hp("run", str(EXAMPLE), "--maglev-table-size", "1000")
+    assert r.returncode == 2 and "--maglev-table-size must be one of 251, 509" in r.stderr
 
 
 @pytest.mark.parametrize(

@@ -199,6 +199,10 @@ def run(
         "off", "--l4", help="Service load balancing: off, userspace (TCP/UDP proxies), or nftables (kernel DNAT; root)."
     ),
     service_cidr: str = typer.Option("10.43.0.0/16", "--service-cidr", help="Where ClusterIPs are allocated."),
+    maglev_size: Optional[int] = typer.Option(
+        None, "--maglev-table-size", help="Maglev table size M, a prime Cilium allows (251 ... 131071, or 65537). "
+        "Default 16381 (Cilium's) for --l4 userspace; 1021 for --l4 nftables, where every change reloads the maps."
+    ),
     node_name: Optional[str] = typer.Option(
         None, "--node-name", help="This machine's node name: externalTrafficPolicy: Local LB IPs use only endpoints on it "
         "(endpoints that name no node count as local)."
@@ -227,6 +231,11 @@ def run(
         _fail("--l4 must be off, userspace or nftables")
     if l4 == "nftables" and os.geteuid() != 0:
         _fail("--l4 nftables needs root (use --l4 userspace otherwise)")
+    if maglev_size is not None:
+        from homeplane.l4 import maglev
+
+        if maglev_size not in maglev.CILIUM_SIZES + (65537,):
+            _fail(f"--maglev-table-size must be one of {', '.join(map(str, maglev.CILIUM_SIZES + (65537,)))}")
     host, _, port = admin.rpartition(":")
     if not host or not port.isdigit():
         _fail(f"--admin {admin!r}: expected host:port")
@@ -276,14 +285,14 @@ def run(
         if l4 == "userspace":
             from homeplane.l4.proxy import UserspaceProxy
 
-            proxy = UserspaceProxy(node_name=node_name)
+            proxy = UserspaceProxy(node_name=node_name, table_size=maglev_size)
             rt.subscribe(proxy.apply)
             rt.on_start.append(proxy.start)
             rt.on_stop.append(proxy.close)
         elif l4 == "nftables":
             from homeplane.l4.nftables import NftDataPlane
 
-            nft = NftDataPlane(node_name=node_name)
+            nft = NftDataPlane(node_name=node_name) if maglev_size is None else NftDataPlane(node_name=node_name, table_size=maglev_size)
             rt.subscribe(nft.apply)
             rt.on_stop.append(nft.close)
         if dns:

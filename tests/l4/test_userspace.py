@@ -18,13 +18,27 @@ from tests.conftest import load
 from tests.gateway.harness import free_port
 
 
+def free_tcp_udp_port() -> int:
+    """A port free for both TCP and UDP (the kernel hands out TCP ports without looking at UDP)."""
+    while True:
+        port = free_port()
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            u.bind(("127.0.0.1", port))
+            return port
+        except OSError:
+            continue
+        finally:
+            u.close()
+
+
 class Backends:
     """N TCP+UDP servers that answer with their own name."""
 
     def __init__(self, n: int):
         self.loop = uvloop.new_event_loop()
         threading.Thread(target=self.loop.run_forever, daemon=True).start()
-        self.ports = [free_port() for _ in range(n)]
+        self.ports = [free_tcp_udp_port() for _ in range(n)]
         self.servers: dict[int, list] = {}
         for i, p in enumerate(self.ports):
             self.start(i)
@@ -102,10 +116,10 @@ def snapshot(text: str):
 
 
 class Proxy:
-    def __init__(self):
+    def __init__(self, **options):
         self.loop = uvloop.new_event_loop()
         threading.Thread(target=self.loop.run_forever, daemon=True).start()
-        self.p = UserspaceProxy(health_interval=0.2)
+        self.p = UserspaceProxy(health_interval=0.2, **options)
         self.call(self.p.start())
 
     def call(self, coro):
@@ -206,3 +220,18 @@ def test_unhealthy_backend_is_skipped_and_drain(setup) -> None:
     p.apply(snapshot(manifests(b.ports).replace("name: echo, namespace: apps}\nspec:", "name: other, namespace: apps}\nspec:").replace("clusterIP: 127.43.0.10", "clusterIP: 127.43.0.11")))
     with pytest.raises(OSError):
         socket.create_connection(("127.43.0.10", 7000), timeout=2)
+
+
+def test_configured_maglev_table_size() -> None:
+    b, p = Backends(3), Proxy(table_size=251)
+    try:
+        snap = snapshot(manifests(b.ports))
+        p.apply(snap)
+        assert {len(t.table) for t in p.p.tables} == {251}
+        (tcp,) = [t for t in compile_tables(snap, 251) if t.protocol == "TCP"]
+        names = {f"127.0.0.1:{port}": f"backend-{i}" for i, port in enumerate(b.ports)}
+        for _ in range(20):
+            who, lport = tcp_ask(tcp.vips[0], 7000)
+            assert who == names[tcp.pick(flow_key("127.0.0.1", lport, "TCP", False)).name]
+    finally:
+        p.close()

@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from homeplane.l4 import maglev
 from homeplane.l4.tables import Backend, ServiceTable, compile_tables, flow_key
 from homeplane.translate.snapshot import Snapshot
 
@@ -187,8 +188,9 @@ class _UDPFront(asyncio.DatagramProtocol):
 
 
 class UserspaceProxy:
-    def __init__(self, health_interval: float = 2.0, node_name: str | None = None):
+    def __init__(self, health_interval: float = 2.0, node_name: str | None = None, table_size: int | None = None):
         self.node_name = node_name  # this machine's node, for externalTrafficPolicy: Local
+        self.table_size = table_size or maglev.DEFAULT_SIZE
         self.listeners: dict[tuple[str, int, str], _Listener] = {}
         self.flows: set[_TCPFlow] = set()
         self.unhealthy: frozenset[str] = frozenset()
@@ -197,7 +199,7 @@ class UserspaceProxy:
         self.tables: list[ServiceTable] = []
 
     async def apply(self, snap: Snapshot) -> None:
-        tables = compile_tables(snap, node_name=self.node_name)
+        tables = compile_tables(snap, self.table_size, node_name=self.node_name)
         self.tables = tables
         wanted: dict[tuple[str, int, str], ServiceTable] = {}
         for t in tables:

@@ -102,7 +102,7 @@ def test_optional_lets_anonymous_through_but_not_bad_tokens(backend: Backend, ke
 
 
 class JWKSServer:
-    def __init__(self, body: str):
+    def __init__(self, body: str, port: int = 0):
         self.hits = 0
         outer = self
 
@@ -119,7 +119,7 @@ class JWKSServer:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.port = self.httpd.server_address[1]
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
@@ -157,6 +157,15 @@ def test_unreachable_remote_jwks_denies(backend: Backend, keys: Keys, jwks_serve
         r = get(g, keys.token())
         assert (r.status_code, r.text) == (401, "Jwks remote fetch is failed")
         assert backend.requests == []
+        # the key server comes back: after the pause it is asked again and tokens pass
+        revived = JWKSServer(keys.jwks, port=jwks_server.port)
+        try:
+            assert get(g, keys.token()).status_code == 401  # within the pause: not asked yet
+            assert revived.hits == 0
+            time.sleep(5.2)
+            assert get(g, keys.token()).status_code == 200 and revived.hits == 1
+        finally:
+            revived.close()
     finally:
         g.close()
 

@@ -29,6 +29,7 @@ log = logging.getLogger("homeplane.jwt")
 
 DEFAULT_JWKS_CACHE = 600.0  # Envoy's remote JWKS cache duration
 FETCH_TIMEOUT = 5.0
+FAILURE_PAUSE = 5.0  # seconds before a failed JWKS fetch is tried again
 
 
 class JWTFailure(Exception):
@@ -169,6 +170,7 @@ class JWKSFetcher:
     def __init__(self) -> None:
         self._cache: dict[str, tuple[float, jwt.PyJWKSet]] = {}
         self._inflight: dict[str, asyncio.Future[jwt.PyJWKSet]] = {}
+        self._failed_until: dict[str, float] = {}  # a failing key server is asked again only after a pause
 
     def cached(self, uri: str) -> jwt.PyJWKSet | None:
         hit = self._cache.get(uri)
@@ -178,6 +180,8 @@ class JWKSFetcher:
         hit = self.cached(uri)
         if hit is not None:
             return hit
+        if self._failed_until.get(uri, 0) > time.monotonic():
+            raise OSError(f"fetching {uri} failed moments ago")
         fut = self._inflight.get(uri)
         if fut is None:
             fut = self._inflight[uri] = asyncio.ensure_future(self._fetch(uri, cache_for))
@@ -185,8 +189,13 @@ class JWKSFetcher:
         return await asyncio.shield(fut)
 
     async def _fetch(self, uri: str, cache_for: float) -> jwt.PyJWKSet:
-        body = await asyncio.wait_for(http_get(uri), FETCH_TIMEOUT)
-        keys = jwt.PyJWKSet.from_dict(json.loads(body))
+        try:
+            body = await asyncio.wait_for(http_get(uri), FETCH_TIMEOUT)
+            keys = jwt.PyJWKSet.from_dict(json.loads(body))
+        except Exception:
+            self._failed_until[uri] = time.monotonic() + FAILURE_PAUSE
+            raise
+        self._failed_until.pop(uri, None)
         self._cache[uri] = (time.monotonic() + cache_for, keys)
         return keys
 

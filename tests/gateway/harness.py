@@ -66,3 +66,13 @@ class Gateway:
         self.call(self.dp.close())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(5)
+
+
+def closed_without_answer(port: int) -> bool:
+    """Does a new connection to the port get closed before any answer (a connection cap)?"""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        try:
+            s.sendall(b"GET /echo HTTP/1.1\r\nHost: app.test\r\n\r\n")
+            return s.recv(100) == b""
+        except ConnectionResetError:
+            return True

@@ -158,3 +158,37 @@ spec:
         assert r.status_code == 200 and r.json()["backend"] == "a"
     finally:
         g.close()
+
+
+def test_buffer_limit_decides_which_bodies_can_be_mirrored(backend: Backend, backend_b: Backend) -> None:
+    rules = """
+    - filters: [{type: RequestMirror, requestMirror: {backendRef: {name: b, port: 80}}}]
+      backendRefs: [{name: a, port: 80}]"""
+    base = gateway() + service("a", backend.port) + service("b", backend_b.port) + route(rules=rules)
+    ctp = """
+---
+apiVersion: gateway.envoyproxy.io/v1alpha1
+kind: ClientTrafficPolicy
+metadata: {name: buffers, namespace: network}
+spec:
+  targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: gw}]
+  connection: {bufferLimit: 1Mi}
+"""
+    body = b"z" * 200_000
+    g = Gateway(base)
+    try:
+        def post(tag: str) -> None:
+            r = httpx.post(g.url(80, f"/echo?{tag}"), headers={"host": "app.test"}, content=body)
+            assert r.status_code == 200 and r.json()["body_len"] == len(body)  # the request itself always passes
+
+        post("default")
+        g.apply(base + ctp)
+        post("raised")
+        deadline = time.monotonic() + 5
+        while not backend_b.requests and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)
+        # 200 kB is over the default 64 KiB: only the request under the 1 MiB limit was copied
+        assert [(q["target"], q["body_len"]) for q in backend_b.requests] == [("/echo?raised", len(body))]
+    finally:
+        g.close()

@@ -124,6 +124,8 @@ class RouteAction:
 
 
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
+# Request body kept for retries and mirrors, and read ahead while no upstream is ready; a
+# ClientTrafficPolicy connection.bufferLimit sets it per listener
 _RETRY_BODY_LIMIT = 64 * 1024
 
 # Exchange states
@@ -494,10 +496,14 @@ class Exchange:
 
     # --- request body from the client -----------------------------------------------------
 
+    def _buffer_limit(self) -> int:
+        conf = self.listener_conf
+        return conf.buffer_limit if conf is not None and conf.buffer_limit else _RETRY_BODY_LIMIT
+
     def feed_body(self, data: bytes) -> None:
         self.bytes_in += len(data)
         if self.body_buf is not None:
-            if self.body_buffered + len(data) <= _RETRY_BODY_LIMIT:
+            if self.body_buffered + len(data) <= self._buffer_limit():
                 self.body_buf.append(data)
                 self.body_buffered += len(data)
             else:
@@ -509,7 +515,7 @@ class Exchange:
         elif self.state in (_ROUTING, _CONNECTING):
             self.pending.append(data)
             self.pending_bytes += len(data)
-            if self.pending_bytes > _RETRY_BODY_LIMIT and not self.body_paused:
+            if self.pending_bytes > self._buffer_limit() and not self.body_paused:
                 self.body_paused = True
                 self.sink.pause_request_body()
 

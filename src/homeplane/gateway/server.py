@@ -66,6 +66,7 @@ class ListenerConf:
     h2_stream_window: int = DEFAULT_STREAM_WINDOW
     h2_connection_window: int = DEFAULT_CONNECTION_WINDOW
     connection_limit: int | None = None  # clientTrafficPolicy connection.connectionLimit.value
+    buffer_limit: int | None = None  # connection.bufferLimit: request body kept for retries/mirrors
 
 
 def listener_conf(ls: ir.Listener) -> ListenerConf:
@@ -94,10 +95,15 @@ def listener_conf(ls: ir.Listener) -> ListenerConf:
                 conf.h2_connection_window = parse_quantity(h.initial_connection_window_size)
         except ValueError as e:
             log.warning("ClientTrafficPolicy %s: http2: %s; keeping the defaults", ls.client_traffic.policy if ls.client_traffic else "?", e)
-    if ct.connection is not None and ct.connection.connection_limit:
-        value = ct.connection.connection_limit.get("value")
-        if isinstance(value, int) and value > 0:
-            conf.connection_limit = value
+    if ct.connection is not None:
+        limit = ct.connection.connection_limit or {}
+        if isinstance(limit.get("value"), int) and limit["value"] > 0:
+            conf.connection_limit = limit["value"]
+        if ct.connection.buffer_limit:
+            try:
+                conf.buffer_limit = parse_quantity(ct.connection.buffer_limit)
+            except ValueError as e:
+                log.warning("ClientTrafficPolicy %s: connection.bufferLimit: %s; keeping the default", ls.client_traffic.policy if ls.client_traffic else "?", e)
     if ct.tls is not None:
         if ct.tls.alpn_protocols:
             conf.alpn = tuple(ct.tls.alpn_protocols)

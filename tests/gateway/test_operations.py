@@ -192,3 +192,40 @@ spec:
         assert [(q["target"], q["body_len"]) for q in backend_b.requests] == [("/echo?raised", len(body))]
     finally:
         g.close()
+
+
+def test_h2c_backend_by_app_protocol() -> None:
+    from tests.gateway.h2backend import H2Backend
+
+    b = H2Backend()
+    svc = f"""
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: grpcish, namespace: apps}}
+spec: {{ports: [{{name: h2c, port: 80, appProtocol: kubernetes.io/h2c}}]}}
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {{name: grpcish, namespace: apps}}
+subsets: [{{addresses: [{{ip: 127.0.0.1}}], ports: [{{name: h2c, port: {b.port}}}]}}]
+"""
+    rules = "\n    - backendRefs: [{name: grpcish, port: 80}]"
+    g = Gateway(gateway() + svc + route(rules=rules))
+    try:
+        with httpx.Client(timeout=10) as c:
+            r = c.get(g.url(80, "/items?x=1"), headers={"host": "app.test", "x-custom": "1"})
+            assert r.status_code == 200 and r.json()["protocol"] == "HTTP/2"
+            got = r.json()
+            assert (got["method"], got["path"], got["authority"]) == ("GET", "/items?x=1", "app.test")
+            h = dict(got["headers"])
+            assert h["x-custom"] == "1" and "connection" not in h and h["x-forwarded-proto"] == "http"
+            body = b"q" * 300_000  # more than HTTP/2's initial 64 KiB window: flow control works
+            r = c.post(g.url(80, "/upload"), headers={"host": "app.test"}, content=body)
+            assert r.status_code == 200 and r.json()["body_len"] == len(body) and r.json()["method"] == "POST"
+            r = c.post(g.url(80, "/chunked"), headers={"host": "app.test"}, content=iter([b"a" * 1000, b"b" * 1000]))
+            assert r.json()["body_len"] == 2000
+        assert b.connections == 1  # one h2c connection, reused for every request
+    finally:
+        g.close()
+        b.close()

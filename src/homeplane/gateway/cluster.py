@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Sequence
 
 from homeplane.api.models.envoy import ActiveHealthCheck, PassiveHealthCheck
 from homeplane.gateway.balancer import Balancer
+from homeplane.gateway.upstream_h2 import H2C_PROTOCOLS
 from homeplane.translate import snapshot as ir
 
 if TYPE_CHECKING:
@@ -78,6 +79,11 @@ class Cluster:
         self.names: list[str] = []
         self.all_available = True
         self.update(pool, policy)
+
+    @property
+    def h2c(self) -> bool:
+        """Does the backend speak HTTP/2 cleartext (Service appProtocol kubernetes.io/h2c)?"""
+        return (self.pool.app_protocol or "") in H2C_PROTOCOLS
 
     def update(self, pool: ir.BackendPool, policy: str, config: ClusterConfig | None = None) -> list[EndpointState]:
         """Take a new endpoint list; returns endpoints that left (their idle connections are closed)."""

@@ -453,7 +453,7 @@ class Exchange:
     async def _connect(self, ep: EndpointState, replay: bool) -> None:
         a = self.action
         try:
-            conn = await connect(self.dp.loop, ep, a.connect_timeout if a else 10.0)
+            conn = await connect(self.dp.loop, ep, a.connect_timeout if a else 10.0, self.cluster is not None and self.cluster.h2c)
         except asyncio.CancelledError:
             return
         except (OSError, asyncio.TimeoutError) as e:

@@ -184,8 +184,14 @@ class UpstreamConnection(asyncio.Protocol):
                 self.transport.close()
 
 
-async def connect(loop: asyncio.AbstractEventLoop, endpoint: EndpointState, timeout: float) -> UpstreamConnection:
-    conn = UpstreamConnection(endpoint)
+async def connect(loop: asyncio.AbstractEventLoop, endpoint: EndpointState, timeout: float, h2c: bool = False) -> UpstreamConnection:
+    """A new connection to the endpoint: HTTP/1.1, or HTTP/2 cleartext when the port says h2c."""
+    if h2c:
+        from homeplane.gateway.upstream_h2 import H2UpstreamConnection
+
+        conn: UpstreamConnection = H2UpstreamConnection(endpoint)  # type: ignore[assignment]
+    else:
+        conn = UpstreamConnection(endpoint)
     if endpoint.address.startswith("unix:"):
         coro = loop.create_unix_connection(lambda: conn, endpoint.address[5:])
     else:

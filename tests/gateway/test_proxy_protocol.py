@@ -163,3 +163,16 @@ def test_turning_proxy_protocol_on_and_off_on_a_live_port(backend: Backend) -> N
         assert status == 200 and h["x-forwarded-for"] == "127.0.0.1"
     finally:
         g.close()
+
+
+def test_a_client_that_never_sends_the_header_is_dropped(backend: Backend) -> None:
+    from homeplane.gateway.server import Settings
+
+    g = Gateway(gateway() + service("a", backend.port) + route() + ctp("  enableProxyProtocol: true"),
+                Settings(access_log=False, request_headers_timeout=0.5))
+    try:
+        with socket.create_connection(("127.0.0.1", g.port(80)), timeout=5) as s:
+            s.sendall(b"PROXY TCP4 1.2.3.4")  # and then nothing more
+            assert s.recv(100) == b""  # closed by the gateway, well before the 5 s client timeout
+    finally:
+        g.close()

@@ -387,9 +387,17 @@ class ProxyPreamble(asyncio.Protocol):
         self.buf = b""
         self.transport: asyncio.Transport | None = None
         self.done = False
+        self.timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        # a client that never sends its header must not hold the socket forever
+        self.timer = self.server.dp.loop.call_later(self.server.dp.settings.request_headers_timeout, self._expire)
+
+    def _expire(self) -> None:
+        if not self.done and self.transport is not None:
+            log.info("connection closed: no PROXY protocol header in time")
+            self.transport.close()
 
     def data_received(self, data: bytes) -> None:
         if self.done:
@@ -409,6 +417,8 @@ class ProxyPreamble(asyncio.Protocol):
             self.transport.close()
             return
         self.done = True
+        if self.timer is not None:
+            self.timer.cancel()
         rest = self.buf[info.length :] if info is not None else self.buf
         client = (info.client_ip, info.client_port) if info is not None and info.client_ip else None
         self._handoff(rest, client)
@@ -439,7 +449,8 @@ class ProxyPreamble(asyncio.Protocol):
             rest = rest[n:]
 
     def connection_lost(self, exc: Exception | None) -> None:
-        pass
+        if self.timer is not None:
+            self.timer.cancel()
 
 
 def shadow_host(request: bytes) -> bytes:

@@ -14,6 +14,7 @@ from homeplane.translate import translate
 # Counted independently (grep '^kind: X$' over the corpus); every one must parse.
 EXPECTED_SERVED = {
     "Backend": 1,
+    "BackendTLSPolicy": 1,
     "BackendTrafficPolicy": 3,
     "Certificate": 3,
     "CiliumClusterwideNetworkPolicy": 2,

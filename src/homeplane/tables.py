@@ -77,6 +77,11 @@ def rows_for(kind: str, objs: list[Obj], result: Result, wide: bool) -> tuple[li
                 refs = [f"{r.kind}/{r.name}{'#' + r.section_name if r.section_name else ''}" for r in spec.all_target_refs()]
                 row.append(",".join(refs) or "(selectors)")
             rows.append(row)
+        elif kind == "BackendTLSPolicy":
+            row = base + [_policy_accepted(s), spec.validation.hostname]
+            if wide:
+                row.append(",".join(f"{r.kind}/{r.name}{'#' + r.section_name if r.section_name else ''}" for r in spec.target_refs))
+            rows.append(row)
         else:
             rows.append(base)
     if kind == "GatewayClass":
@@ -89,6 +94,8 @@ def rows_for(kind: str, objs: list[Obj], result: Result, wide: bool) -> tuple[li
         headers += ["TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)"] + (["ENDPOINTS", "ALGORITHM", "SOURCE", "SELECTOR"] if wide else [])
     elif kind in ("SecurityPolicy", "ClientTrafficPolicy", "BackendTrafficPolicy"):
         headers += ["ACCEPTED"] + (["TARGETS"] if wide else [])
+    elif kind == "BackendTLSPolicy":
+        headers += ["ACCEPTED", "HOSTNAME"] + (["TARGETS"] if wide else [])
     # drop the namespace column for cluster-scoped kinds
     if rows and all(r[0] == "" for r in rows):
         headers = headers[1:]

@@ -18,14 +18,16 @@ import hashlib
 import itertools
 import json
 import threading
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import h11
 
 
 class Backend:
-    def __init__(self, name: str = "backend"):
+    def __init__(self, name: str = "backend", ssl_context: Any = None):
         self.name = name
+        self.ssl_context = ssl_context  # serve HTTPS instead of HTTP
         self.port = 0
         self.connections = 0
         self.requests: list[dict] = []
@@ -39,7 +41,7 @@ class Backend:
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
-        self.server = self.loop.run_until_complete(asyncio.start_server(self._serve, "127.0.0.1", 0))
+        self.server = self.loop.run_until_complete(asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self.ssl_context))
         self.port = self.server.sockets[0].getsockname()[1]
         self._ready.set()
         self.loop.run_forever()

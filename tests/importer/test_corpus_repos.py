@@ -102,6 +102,12 @@ def test_bjws_load_balancers_and_policies(bjws) -> None:
     # home-assistant's BackendTrafficPolicy (active HTTP health check) attaches to its route
     ha = [r for g in tr.snapshot.gateways for ls in g.listeners for vh in ls.vhosts for r in vh.rules if r.route.name == "home-assistant"]
     assert ha and all(r.backend_traffic and r.backend_traffic.spec.health_check.active.type == "HTTP" for r in ha)
+    # kanidm's BackendTLSPolicy: TLS to every port of its Service, verified as idm.bjw-s.dev with the system CAs
+    tls = {n: p.tls for n, p in tr.snapshot.pools.items() if p.tls is not None}
+    assert set(tls) == {"service/security/kanidm:8443", "service/security/kanidm:3636"}
+    assert all(t.hostname == "idm.bjw-s.dev" and t.ca_pem is None and t.valid for t in tls.values())
+    anc = tr.status[("gateway.networking.k8s.io", "BackendTLSPolicy", "security", "kanidm-upstream")]["ancestors"]
+    assert [a["ancestorRef"]["name"] for a in anc] == ["envoy-external"] and anc[0]["conditions"][0]["status"] == "True"
 
 
 @pytest.mark.parametrize("repo", ["onedr0p-home-ops", "bjw-s-labs-home-ops"])
@@ -122,3 +128,13 @@ def test_check_groups_problems_by_file(corpus_dir: Path) -> None:
     assert "  kubernetes/apps/default/sonarr/ks.yaml" in out
     assert "component '../../../../components/zeroscaler' not found" in out
     assert "internet-facing route without authentication" in out  # e.g. plex on envoy-external
+
+
+def test_get_backend_tls_policies_on_a_real_repo(corpus_dir: Path) -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "homeplane", "get", "backendtlspolicies", "-o", "wide", "-f", str(corpus_dir / "bjw-s-labs-home-ops" / "kubernetes")],
+        capture_output=True, text=True, timeout=60,
+    )
+    lines = [line.split() for line in r.stdout.splitlines()]
+    assert lines[0] == ["NAMESPACE", "NAME", "ACCEPTED", "HOSTNAME", "TARGETS"]
+    assert lines[1] == ["security", "kanidm-upstream", "True", "idm.bjw-s.dev", "Service/kanidm"]

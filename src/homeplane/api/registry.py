@@ -31,6 +31,7 @@ SERVED_KINDS: tuple[KindInfo, ...] = (
     KindInfo(_GW, "Gateway", ("v1", "v1beta1"), gateway.Gateway),
     KindInfo(_GW, "HTTPRoute", ("v1", "v1beta1"), gateway.HTTPRoute),
     KindInfo(_GW, "ReferenceGrant", ("v1", "v1beta1", "v1alpha2"), gateway.ReferenceGrant),
+    KindInfo(_GW, "BackendTLSPolicy", ("v1", "v1alpha3"), gateway.BackendTLSPolicy),
     KindInfo(_EG, "EnvoyProxy", ("v1alpha1",), envoy.EnvoyProxy),
     KindInfo(_EG, "SecurityPolicy", ("v1alpha1",), envoy.SecurityPolicy),
     KindInfo(_EG, "ClientTrafficPolicy", ("v1alpha1",), envoy.ClientTrafficPolicy),

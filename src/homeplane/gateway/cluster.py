@@ -4,6 +4,7 @@ connections and health, kept across Snapshot swaps when the endpoint is unchange
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -67,6 +68,27 @@ class EndpointState:
             self.idle.popleft().close()
 
 
+@dataclass
+class UpstreamTLSContext:
+    source: ir.UpstreamTLS
+    context: ssl.SSLContext
+    server_hostname: str
+    subject_alt_names: tuple[str, ...]
+
+    @staticmethod
+    def build(t: ir.UpstreamTLS) -> UpstreamTLSContext:
+        if not t.valid:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # trusts nothing: every handshake fails, closed
+        elif t.ca_pem:
+            ctx = ssl.create_default_context(cadata=t.ca_pem.decode())
+        else:
+            ctx = ssl.create_default_context()
+        if t.subject_alt_names:
+            ctx.check_hostname = False  # the chain is still verified; the names are checked after the handshake
+        ctx.set_alpn_protocols(["http/1.1"])
+        return UpstreamTLSContext(t, ctx, t.hostname, t.subject_alt_names)
+
+
 class Cluster:
     """A backend pool at run time. ``endpoints`` holds the ready ones, in a stable order."""
 
@@ -78,7 +100,17 @@ class Cluster:
         self.endpoints: list[EndpointState] = []
         self.names: list[str] = []
         self.all_available = True
+        self._tls: UpstreamTLSContext | None = None
         self.update(pool, policy)
+
+    def tls(self) -> UpstreamTLSContext | None:
+        """The client TLS context for this pool's BackendTLSPolicy, built once per policy version."""
+        t = self.pool.tls
+        if t is None:
+            return None
+        if self._tls is None or self._tls.source != t:
+            self._tls = UpstreamTLSContext.build(t)
+        return self._tls
 
     @property
     def h2c(self) -> bool:
@@ -89,6 +121,11 @@ class Cluster:
         """Take a new endpoint list; returns endpoints that left (their idle connections are closed)."""
         if config is not None:
             self.config = config
+        if self.pool.tls != pool.tls or self.pool.app_protocol != pool.app_protocol:
+            # pooled connections were made for the old TLS settings or protocol: never reuse them
+            for e in self.endpoints:
+                while e.idle:
+                    e.idle.pop().close()
         old = {e.key: e for e in self.endpoints}
         new: list[EndpointState] = []
         for ep in pool.ready_endpoints:

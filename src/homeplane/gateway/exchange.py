@@ -453,7 +453,8 @@ class Exchange:
     async def _connect(self, ep: EndpointState, replay: bool) -> None:
         a = self.action
         try:
-            conn = await connect(self.dp.loop, ep, a.connect_timeout if a else 10.0, self.cluster is not None and self.cluster.h2c)
+            c = self.cluster
+            conn = await connect(self.dp.loop, ep, a.connect_timeout if a else 10.0, c is not None and c.h2c, c.tls() if c else None)
         except asyncio.CancelledError:
             return
         except (OSError, asyncio.TimeoutError) as e:

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 import time
 from typing import TYPE_CHECKING
 
 import httptools
 
 if TYPE_CHECKING:
-    from homeplane.gateway.cluster import EndpointState
+    from homeplane.gateway.cluster import EndpointState, UpstreamTLSContext
     from homeplane.gateway.exchange import Exchange
 
 
@@ -184,9 +185,13 @@ class UpstreamConnection(asyncio.Protocol):
                 self.transport.close()
 
 
-async def connect(loop: asyncio.AbstractEventLoop, endpoint: EndpointState, timeout: float, h2c: bool = False) -> UpstreamConnection:
-    """A new connection to the endpoint: HTTP/1.1, or HTTP/2 cleartext when the port says h2c."""
-    if h2c:
+async def connect(
+    loop: asyncio.AbstractEventLoop, endpoint: EndpointState, timeout: float, h2c: bool = False,
+    tls: UpstreamTLSContext | None = None,
+) -> UpstreamConnection:
+    """A new connection to the endpoint: HTTP/1.1, HTTP/2 cleartext when the port says h2c, over
+    TLS when a BackendTLSPolicy says so."""
+    if h2c and tls is None:
         from homeplane.gateway.upstream_h2 import H2UpstreamConnection
 
         conn: UpstreamConnection = H2UpstreamConnection(endpoint)  # type: ignore[assignment]
@@ -194,7 +199,23 @@ async def connect(loop: asyncio.AbstractEventLoop, endpoint: EndpointState, time
         conn = UpstreamConnection(endpoint)
     if endpoint.address.startswith("unix:"):
         coro = loop.create_unix_connection(lambda: conn, endpoint.address[5:])
+    elif tls is not None:
+        coro = loop.create_connection(
+            lambda: conn, endpoint.address, endpoint.port, ssl=tls.context, server_hostname=tls.server_hostname
+        )
     else:
         coro = loop.create_connection(lambda: conn, endpoint.address, endpoint.port)
     await asyncio.wait_for(coro, timeout)
+    if tls is not None and tls.subject_alt_names:
+        check_subject_alt_names(conn, tls.subject_alt_names)
     return conn
+
+
+def check_subject_alt_names(conn: UpstreamConnection, wanted: tuple[str, ...]) -> None:
+    """BackendTLSPolicy subjectAltNames: the certificate must carry one of them (DNS or URI)."""
+    tls = conn.transport.get_extra_info("ssl_object") if conn.transport is not None else None
+    cert = tls.getpeercert() if tls is not None else None
+    names = {v for k, v in (cert or {}).get("subjectAltName", ()) if k in ("DNS", "URI")}
+    if not names & set(wanted):
+        conn.close()
+        raise ssl.SSLCertVerificationError(f"certificate names {sorted(names)} match none of {list(wanted)}")

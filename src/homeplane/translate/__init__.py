@@ -17,6 +17,7 @@ from typing import Any, Iterable
 from homeplane.api.diagnostics import Diagnostics
 from homeplane.api.objects import Obj, ObjectKey
 from homeplane.translate import snapshot as ir
+from homeplane.translate.backendtls import apply_backend_tls
 from homeplane.translate.context import Context, TranslateOptions
 from homeplane.translate.gateways import gateway_status, process_gateway_classes, process_gateways
 from homeplane.translate.policies import attachments_summary, effective_rule, finish_policies, process_policies
@@ -87,6 +88,7 @@ def translate(objects: list[Obj], options: TranslateOptions | None = None, versi
             )
         )
     finish_policies(ctx, policies)
+    pools = apply_backend_tls(ctx, pools, gw_irs)
     extras: dict[str, Any] = {}
     coredns = _coredns_values(objects)
     if coredns is not None:

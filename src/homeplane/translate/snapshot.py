@@ -51,6 +51,17 @@ class Endpoint:
 
 
 @dataclass(frozen=True, slots=True)
+class UpstreamTLS:
+    """TLS to a pool's endpoints, from a BackendTLSPolicy."""
+
+    policy: Ref
+    hostname: str  # SNI, and the name the certificate must carry unless subject_alt_names say otherwise
+    ca_pem: bytes | None  # None: the system's trusted CAs (wellKnownCACertificates: System)
+    subject_alt_names: tuple[str, ...] = ()
+    valid: bool = True  # False: the policy is broken; connections must fail rather than go in clear
+
+
+@dataclass(frozen=True, slots=True)
 class BackendPool:
     """An upstream cluster: a Service port or an Envoy Gateway Backend, with its endpoints."""
 
@@ -59,6 +70,7 @@ class BackendPool:
     endpoints: tuple[Endpoint, ...]
     app_protocol: str | None = None  # "h2c", "kubernetes.io/h2c", "http", ...
     service_port: int | None = None
+    tls: UpstreamTLS | None = None
 
     @property
     def ready_endpoints(self) -> tuple[Endpoint, ...]:

@@ -267,3 +267,35 @@ class ReferenceGrantSpec(Model):
 
 class ReferenceGrant(Resource):
     spec: ReferenceGrantSpec
+
+
+class BackendTLSTargetRef(Model):
+    group: str = ""
+    kind: str
+    name: str
+    section_name: str | None = None
+
+
+class SubjectAltName(Model):
+    type: Literal["Hostname", "URI"]
+    hostname: str | None = None
+    uri: str | None = None
+
+
+class BackendTLSValidation(Model):
+    ca_certificate_refs: list[LocalObjectReference] = Field(default_factory=list, alias="caCertificateRefs")
+    well_known_ca_certificates: Literal["System"] | None = Field(default=None, alias="wellKnownCACertificates")
+    hostname: str
+    subject_alt_names: list[SubjectAltName] = Field(default_factory=list)
+
+
+class BackendTLSPolicySpec(Model):
+    target_refs: list[BackendTLSTargetRef] = Field(min_length=1)
+    validation: BackendTLSValidation
+    options: dict[str, str] = Field(default_factory=dict)
+
+
+class BackendTLSPolicy(Resource):
+    """TLS from the gateway to a Service's pods (Gateway API, v1 since 1.4)."""
+
+    spec: BackendTLSPolicySpec

@@ -22,7 +22,12 @@ async def probe(ep: EndpointState, cluster: Cluster) -> bool:
     assert hc is not None
     timeout = parse_duration(hc.timeout)
     try:
-        r, w = await asyncio.wait_for(asyncio.open_connection(ep.address, ep.port), timeout)
+        tls = cluster.tls()  # probes go the way requests do: over TLS for a BackendTLSPolicy
+        opened = (
+            asyncio.open_connection(ep.address, ep.port, ssl=tls.context, server_hostname=tls.server_hostname)
+            if tls is not None else asyncio.open_connection(ep.address, ep.port)
+        )
+        r, w = await asyncio.wait_for(opened, timeout)
     except (OSError, asyncio.TimeoutError):
         return False
     try:

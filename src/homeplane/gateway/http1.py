@@ -11,7 +11,6 @@ flow control in both directions.
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from collections import deque
 from typing import TYPE_CHECKING
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING
 import httptools
 
 from homeplane.gateway.exchange import ConnInfo, Exchange, reason
+from homeplane.gateway.upstream import set_nodelay
 
 if TYPE_CHECKING:
     from homeplane.gateway.server import PortServer
@@ -85,12 +85,7 @@ class Http1Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         peer = self.client_override or transport.get_extra_info("peername") or ("", 0)
         local = transport.get_extra_info("sockname") or ("", 0)
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
+        set_nodelay(transport)
         tls = transport.get_extra_info("ssl_object")
         sni = self.server.sni_of(tls) if tls is not None else None
         self.info = ConnInfo(

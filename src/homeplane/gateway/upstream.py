@@ -20,7 +20,39 @@ if TYPE_CHECKING:
     from homeplane.gateway.exchange import Exchange
 
 
-class UpstreamConnection(asyncio.Protocol):
+def set_nodelay(transport: asyncio.BaseTransport) -> None:
+    """Small writes (a request head, a response) go out at once: no Nagle delay on TCP."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+
+
+class PooledConnection(asyncio.Protocol):
+    """What every upstream connection offers the exchange, whatever its protocol."""
+
+    __slots__ = ()
+    transport: asyncio.Transport | None
+    closed: bool
+
+    def pause_reading(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            if self.transport is not None:
+                self.transport.close()
+
+
+class UpstreamConnection(PooledConnection):
     __slots__ = (
         "endpoint",
         "transport",
@@ -53,12 +85,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
+        set_nodelay(transport)
 
     def data_received(self, data: bytes) -> None:
         if self.upgraded:
@@ -162,14 +189,6 @@ class UpstreamConnection(asyncio.Protocol):
         if self.transport is not None and not self.closed:
             self.transport.write(data)
 
-    def pause_reading(self) -> None:
-        if self.transport is not None and not self.closed:
-            self.transport.pause_reading()
-
-    def resume_reading(self) -> None:
-        if self.transport is not None and not self.closed:
-            self.transport.resume_reading()
-
     def release(self) -> None:
         """Back to the endpoint's idle list (the exchange has finished with it)."""
         self.exchange = None
@@ -177,12 +196,6 @@ class UpstreamConnection(asyncio.Protocol):
         self.head_only = False
         self.idle_since = time.monotonic()
         self.endpoint.idle.append(self)
-
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            if self.transport is not None:
-                self.transport.close()
 
 
 async def connect(

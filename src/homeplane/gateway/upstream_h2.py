@@ -12,7 +12,6 @@ carried over h2c.
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from collections import deque
 from typing import TYPE_CHECKING
@@ -24,6 +23,7 @@ import h2.exceptions
 import httptools
 
 from homeplane.gateway.headers import HOP_BY_HOP
+from homeplane.gateway.upstream import PooledConnection, set_nodelay
 
 if TYPE_CHECKING:
     from homeplane.gateway.cluster import EndpointState
@@ -33,7 +33,7 @@ H2C_PROTOCOLS = frozenset({"kubernetes.io/h2c", "h2c", "gateway.envoyproxy.io/h2
 _NOT_FORWARDED = HOP_BY_HOP | {b"host", b"transfer-encoding", b"upgrade", b"http2-settings"}
 
 
-class H2UpstreamConnection(asyncio.Protocol):
+class H2UpstreamConnection(PooledConnection):
     def __init__(self, endpoint: EndpointState):
         self.endpoint = endpoint
         self.transport: asyncio.Transport | None = None
@@ -55,12 +55,7 @@ class H2UpstreamConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
+        set_nodelay(transport)
         self.h2.initiate_connection()
         self._send()
 
@@ -198,14 +193,6 @@ class H2UpstreamConnection(asyncio.Protocol):
         if ex is not None:
             ex.upstream_failed("protocol", message)
 
-    def pause_reading(self) -> None:
-        if self.transport is not None and not self.closed:
-            self.transport.pause_reading()
-
-    def resume_reading(self) -> None:
-        if self.transport is not None and not self.closed:
-            self.transport.resume_reading()
-
     def release(self) -> None:
         self.exchange = None
         self.reused = True
@@ -214,9 +201,3 @@ class H2UpstreamConnection(asyncio.Protocol):
         self.request = httptools.HttpRequestParser(self)
         if not self.closed:
             self.endpoint.idle.append(self)  # type: ignore[arg-type]
-
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            if self.transport is not None:
-                self.transport.close()

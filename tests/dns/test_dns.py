@@ -333,3 +333,33 @@ def test_forward_policies_and_failover(tmp_path: Path, policy: str) -> None:
         s.close()
         one.stop()
         two.stop()
+
+
+def test_repeated_queries_answer_from_the_memo_with_their_own_ids_and_counts(server: DNS, tmp_path: Path) -> None:
+    stats = server.server.responder.stats
+    before = sum(n for (z, _, _), n in stats.raw_requests.items() if z == b"cluster.local")
+    # dnspython checks that each answer carries its query's (random) ID
+    for _ in range(5):
+        assert rr(server.query("web.apps.svc.cluster.local")) == ["web.apps.svc.cluster.local. A 10.43.0.50"]
+    assert sum(n for (z, _, _), n in stats.raw_requests.items() if z == b"cluster.local") == before + 5
+    assert len(server.server.responder.memo) >= 1
+    # a change of the zones empties the memo: the new address is served at once
+    server.apply(APPS.replace("clusterIP: 10.43.0.50", "clusterIP: 10.43.0.51"))
+    assert rr(server.query("web.apps.svc.cluster.local")) == ["web.apps.svc.cluster.local. A 10.43.0.51"]
+
+
+def test_cached_forwarded_answers_age_and_count_through_the_memo(tmp_path: Path) -> None:
+    ub = Unbound(tmp_path, ["memo.upstream.test. 300 IN A 198.51.100.9"])
+    s = DNS(APPS, config(forward=ForwardConfig(upstreams=[f"127.0.0.1:{ub.port}"]), cache=CacheConfig(min_ttl=0)))
+    try:
+        first = s.query("memo.upstream.test")
+        hits = s.server.cache.hits["success"]
+        again = [s.query("memo.upstream.test") for _ in range(4)]
+        assert all(rr(m) == ["memo.upstream.test. A 198.51.100.9"] for m in again)
+        assert s.server.cache.hits["success"] == hits + 4
+        time.sleep(2.1)
+        aged = s.query("memo.upstream.test")
+        assert aged.answer[0].ttl <= first.answer[0].ttl - 2  # TTLs keep counting down
+    finally:
+        s.close()
+        ub.stop()

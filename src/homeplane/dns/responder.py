@@ -58,6 +58,9 @@ class Stats:
         return out
 
 
+MEMO_LIMIT = 20_000
+
+
 class Responder:
     def __init__(self, data: ZoneData):
         self.data = data
@@ -66,6 +69,11 @@ class Responder:
         # the types any template answers: a query of another type skips the templates
         self.template_types = {wire.QTYPE.get(r.qtype, -1) for r, _ in data.templates}
         self.template_any = any(r.qtype == "ANY" for r, _ in data.templates)
+        # query bytes after the ID -> (answer bytes after the ID, zone, qtype, rcode): a repeated
+        # query (the usual case: resolvers ask the same names again and again) is answered
+        # without parsing. Only UDP answers from the precomputed tables go in; the Responder is
+        # replaced on every zone change, which empties it.
+        self.memo: dict[bytes, tuple[bytes, bytes, int, int]] = {}
         # name -> zone apex, for the precomputed answers (the hot path needs no suffix search)
         self.zone_of: dict[bytes, bytes] = {}
         for key, _ in data.answers:
@@ -75,6 +83,13 @@ class Responder:
 
     def respond(self, data: bytes, proto: str = "udp") -> bytes | object | None:
         """Answer bytes, FORWARD, or None (drop)."""
+        if proto == "udp":
+            hit = self.memo.get(data[2:])
+            if hit is not None:
+                rest, z, qtype, rcode = hit
+                self.stats.count(z, proto, qtype)
+                self.stats.rcode(z, rcode)
+                return data[:2] + rest
         try:
             q = wire.parse_query(data)
         except wire.FormatError:
@@ -97,7 +112,12 @@ class Responder:
                 z = self.zone_of[q.key]
                 self.stats.count(z, proto, q.qtype)
                 self.stats.rcode(z, ans.rcode)
-                return self.build(data, q, ans, proto)
+                resp = self.build(data, q, ans, proto)
+                if proto == "udp":
+                    if len(self.memo) >= MEMO_LIMIT:
+                        self.memo.clear()  # many distinct queries: start over rather than grow
+                    self.memo[data[2:]] = (resp[2:], z, q.qtype, ans.rcode)
+                return resp
         zone = d.zone_for(q.key)
         if zone is None or q.qclass not in (wire.CLASS_IN, wire.CLASS_ANY):
             self.stats.count(b"", proto, q.qtype)

@@ -14,7 +14,7 @@ from homeplane.dns import wire
 from homeplane.dns.cache import Cache
 from homeplane.dns.config import DNSConfig
 from homeplane.dns.forward import Forwarder
-from homeplane.dns.responder import FORWARD, Responder
+from homeplane.dns.responder import FORWARD, MEMO_LIMIT, Responder
 from homeplane.dns.zones import ZoneData, compile_zones
 from homeplane.translate.snapshot import Snapshot
 
@@ -27,6 +27,7 @@ class DNSServer:
         self.listen = list(listen)
         self.responder = Responder(ZoneData(config=cfg))
         self.cache = Cache(cfg.cache)
+        self.cache_memo: dict[bytes, tuple[bytes, float, Any, Any, int, str]] = {}  # see from_cache
         self.forwarder = Forwarder(cfg.forward)
         self.loop = asyncio.get_event_loop()
         self._transports: list[Any] = []
@@ -42,11 +43,13 @@ class DNSServer:
         stats = self.responder.stats
         self.responder = Responder(data)
         self.responder.stats = stats
+        self.cache_memo.clear()  # a forwarded name may be ours now
 
     def reconfigure(self, cfg: DNSConfig) -> None:
         """New settings (from the manifests' CoreDNS values): a fresh cache and forwarder."""
         self.cfg = cfg
         self.cache = Cache(cfg.cache)
+        self.cache_memo.clear()
         self.forwarder = Forwarder(cfg.forward)
 
     async def start(self) -> None:
@@ -68,7 +71,28 @@ class DNSServer:
     # --- the query path -------------------------------------------------------------------
 
     def answer_now(self, data: bytes, proto: str) -> bytes | object | None:
+        if proto == "udp" and self.cache_memo:
+            hit = self.cache_memo.get(data[2:])
+            if hit is not None:
+                resp = self._memo_hit(hit, data)
+                if resp is not None:
+                    return resp
         return self.responder.respond(data, proto)
+
+    def _memo_hit(self, hit: tuple[bytes, float, Any, Any, int, str], data: bytes) -> bytes | None:
+        """A cached answer rendered moments ago for the same query bytes, while its TTLs still read
+        the same (within the same second of age): counted and prefetched as a cache hit."""
+        rest, until, entry, key, qtype, kind = hit
+        now = time.monotonic()
+        if now >= until:
+            del self.cache_memo[data[2:]]
+            return None
+        self.responder.stats.count(b"", "udp", qtype)
+        self.cache.hits[kind] += 1
+        if self.cache.should_prefetch(entry, now):
+            entry.prefetching = True
+            asyncio.ensure_future(self._refresh(key, data))
+        return data[:2] + rest
 
     def from_cache(self, data: bytes) -> bytes | None:
         """A fresh cached answer, without leaving the receive callback (the common forwarded case)."""
@@ -83,7 +107,14 @@ class DNSServer:
         if self.cache.should_prefetch(entry, now):
             entry.prefetching = True
             asyncio.ensure_future(self._refresh(key, data))
-        return self._fit(Cache.render(entry, q.id, data, q.question_end, now, False), q, "udp")
+        resp = self._fit(Cache.render(entry, q.id, data, q.question_end, now, False), q, "udp")
+        # the same query again within this second of age gets these bytes without parsing
+        until = min(entry.stored + int(now - entry.stored) + 1, entry.stored + entry.ttl)
+        if len(self.cache_memo) >= MEMO_LIMIT:
+            self.cache_memo.clear()
+        kind = "success" if key in self.cache.success else "denial"
+        self.cache_memo[data[2:]] = (resp[2:], until, entry, key, q.qtype, kind)
+        return resp
 
     async def forward(self, data: bytes, proto: str) -> bytes | None:
         try:

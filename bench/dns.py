@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
-"""DNS benchmark: dnsperf against homeplane and against unbound serving the same names, same run.
+"""DNS benchmark: dnsperf against homeplane, knot and unbound serving the same names, same run.
 
-Three query sets, each run against both servers:
-  * cluster   - <svc>.<ns>.svc.cluster.local A records (1000 Services)
-  * gateway   - route hostnames in the gateway zone (200 names)
-  * forwarded - names homeplane forwards (to the same unbound) and answers from its cache
-Reported: queries/s, server CPU µs per query (user+system from /proc) and the ratio.
+Three query sets:
+  * cluster   - <svc>.<ns>.svc.cluster.local A records (1000 Services): homeplane, knot, unbound
+  * gateway   - route hostnames in the gateway zone (200 names): homeplane, knot, unbound
+  * forwarded - names homeplane forwards (to the same unbound) and answers from its cache:
+                homeplane, unbound (knot is authoritative only)
+Every server runs one worker thread. Reported: queries/s, server CPU µs per query
+(user+system from /proc) and homeplane's ratio to each peer.
 CPU figures are what matters on a shared 2-core box; queries/s is bounded by dnsperf sharing it.
 
     python bench/dns.py [--seconds 10]
@@ -49,12 +51,14 @@ def write_inputs(root: Path) -> tuple[Path, dict[str, list[str]]]:
     ]
     queries: dict[str, list[str]] = {"cluster": [], "gateway": [], "forwarded": []}
     local: list[str] = []
+    zones: dict[str, list[str]] = {"cluster.local": [], "home.test": []}
     for i in range(N_SERVICES):
         ip = f"10.43.{i // 250}.{i % 250 + 2}"
         docs.append(f"apiVersion: v1\nkind: Service\nmetadata: {{name: svc{i}, namespace: ns{i % 20}}}\nspec: {{clusterIP: {ip}, ports: [{{name: http, port: 80}}]}}\n")
         name = f"svc{i}.ns{i % 20}.svc.cluster.local"
         queries["cluster"].append(f"{name} A")
         local.append(f'local-data: "{name}. 5 IN A {ip}"')
+        zones["cluster.local"].append(f"{name}. 5 IN A {ip}")
     for i in range(N_ROUTES):
         host = f"app{i}.home.test"
         docs.append(
@@ -63,13 +67,46 @@ def write_inputs(root: Path) -> tuple[Path, dict[str, list[str]]]:
         )
         queries["gateway"].append(f"{host} A")
         local.append(f'local-data: "{host}. 60 IN A 192.0.2.10"')
+        zones["home.test"].append(f"{host}. 60 IN A 192.0.2.10")
     for i in range(200):
         host = f"host{i}.upstream.test"
         queries["forwarded"].append(f"{host} A")
         local.append(f'local-data: "{host}. 3600 IN A 198.51.100.{i % 250}"')
     (m / "all.yaml").write_text("\n---\n".join(docs))
     (root / "local.conf").write_text("\n".join("    " + x for x in local) + "\n")
+    for zone, records in zones.items():
+        soa = f"{zone}. 30 IN SOA ns.dns.{zone}. hostmaster.{zone}. 1 7200 1800 86400 30\n{zone}. 30 IN NS ns.dns.{zone}.\n"
+        (root / f"{zone}.zone").write_text(soa + "\n".join(records) + "\n")
     return m, queries
+
+
+def knot(root: Path, port: int) -> subprocess.Popen:
+    conf = root / "knot.conf"
+    conf.write_text(
+        textwrap.dedent(
+            f"""            server:
+                listen: 127.0.0.1@{port}
+                rundir: {root}
+                udp-workers: 1
+                tcp-workers: 1
+                background-workers: 1
+            database:
+                storage: {root}/knotdb
+            log:
+              - target: stderr
+                any: error
+            template:
+              - id: default
+                storage: {root}
+            zone:
+              - domain: cluster.local
+                file: cluster.local.zone
+              - domain: home.test
+                file: home.test.zone
+            """
+        )
+    )
+    return subprocess.Popen(["knotd", "-c", str(conf)])
 
 
 def unbound(root: Path, port: int) -> subprocess.Popen:
@@ -122,17 +159,20 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=int, default=10)
     args = ap.parse_args()
-    for tool in ("dnsperf", "unbound", "dig"):
+    for tool in ("dnsperf", "unbound", "knotd", "dig"):
         if shutil.which(tool) is None:
-            sys.exit(f"{tool} is needed (apt-get install dnsperf unbound dnsutils)")
+            sys.exit(f"{tool} is needed (apt-get install dnsperf unbound knot dnsutils)")
     root = Path(tempfile.mkdtemp(prefix="hp-dnsbench-"))
     procs: list[subprocess.Popen] = []
     try:
         manifests, queries = write_inputs(root)
-        ub_port, hp_port, admin = free_port(), free_port(), free_port()
+        ub_port, hp_port, kn_port, admin = free_port(), free_port(), free_port(), free_port()
         ub = unbound(root, ub_port)
         procs.append(ub)
         wait_dns(ub_port)
+        kn = knot(root, kn_port)
+        procs.append(kn)
+        wait_dns(kn_port)
         hp = subprocess.Popen(
             [sys.executable, "-m", "homeplane", "run", str(manifests), "--admin", f"127.0.0.1:{admin}",
              "--state", str(root / "state.db"), "--no-access-log", "--bind-address", "127.0.0.1",
@@ -148,7 +188,8 @@ def main() -> None:
             qfile = root / f"{name}.txt"
             qfile.write_text("\n".join(qs) + "\n")
             results = {}
-            for server, port, proc in (("homeplane", hp_port, hp), ("unbound", ub_port, ub)):
+            servers = [("homeplane", hp_port, hp), ("knot", kn_port, kn), ("unbound", ub_port, ub)]
+            for server, port, proc in servers if name != "forwarded" else [servers[0], servers[2]]:
                 dnsperf(port, qfile, 2)  # warm up (and fill homeplane's cache for forwarded names)
                 pids = descendants(proc.pid)
                 before = cpu_seconds(pids)
@@ -156,8 +197,11 @@ def main() -> None:
                 cpu = (cpu_seconds(pids) - before) / max(done, 1) * 1e6
                 results[server] = (qps, cpu)
                 print(f"{name:<10} {server:<10} {qps:>9.0f} {cpu:>9.1f}")
-            h, u = results["homeplane"], results["unbound"]
-            print(f"{name:<10} ratio      qps {h[0] / u[0]:.2f}, CPU per query {h[1] / u[1]:.2f} (homeplane/unbound)")
+            h = results["homeplane"]
+            for peer in ("knot", "unbound"):
+                if peer in results:
+                    p = results[peer]
+                    print(f"{name:<10} ratio      qps {h[0] / p[0]:.2f}, CPU per query {h[1] / p[1]:.2f} (homeplane/{peer})")
     finally:
         for p in procs:
             if p.poll() is None:

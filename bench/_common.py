@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -85,3 +87,17 @@ def measure(pids_fn, url: str, seconds: int, connections: int, host: str | None 
     res["cpu_s"] = used
     res["cpu_us_per_req"] = used / res["requests"] * 1e6 if res["requests"] else float("nan")
     return res
+
+
+def stop_all(procs: list[subprocess.Popen], root: Path | None = None) -> None:
+    """Terminate the benchmark's processes (SIGTERM, then SIGKILL after 10 s) and remove its folder."""
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+    if root is not None:
+        shutil.rmtree(root, ignore_errors=True)

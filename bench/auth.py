@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -21,7 +20,7 @@ import textwrap
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import free_port, wait_port  # noqa: E402
+from _common import free_port, stop_all, wait_port  # noqa: E402
 
 
 def wrk(url: str, host: str, seconds: int, connections: int) -> dict[str, float]:
@@ -137,15 +136,7 @@ def main() -> None:
         o, p = res["open"], res["protected"]
         print(f"extAuth adds: p50 +{p['p50'] - o['p50']:.2f} ms, p99 +{p['p99'] - o['p99']:.2f} ms; throughput x{p['rps'] / o['rps']:.2f}")
     finally:
-        for pr in procs:
-            if pr.poll() is None:
-                pr.send_signal(signal.SIGTERM)
-        for pr in procs:
-            try:
-                pr.wait(10)
-            except subprocess.TimeoutExpired:
-                pr.kill()
-        shutil.rmtree(root, ignore_errors=True)
+        stop_all(procs, root)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -27,7 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import cpu_seconds, descendants, free_port  # noqa: E402
+from _common import cpu_seconds, descendants, free_port, stop_all  # noqa: E402
 
 N_SERVICES = 1000
 N_ROUTES = 200
@@ -203,15 +202,7 @@ def main() -> None:
                     p = results[peer]
                     print(f"{name:<10} ratio      qps {h[0] / p[0]:.2f}, CPU per query {h[1] / p[1]:.2f} (homeplane/{peer})")
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        shutil.rmtree(root, ignore_errors=True)
+        stop_all(procs, root)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -25,7 +24,7 @@ import textwrap
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import descendants, free_port, measure, wait_port  # noqa: E402
+from _common import descendants, free_port, measure, stop_all, wait_port  # noqa: E402
 
 ROUTES = 12
 
@@ -168,15 +167,7 @@ def main() -> None:
         h, n = results["homeplane"], results["nginx"]
         print(f"ratio homeplane/nginx: req/s {h['rps'] / n['rps']:.2f}, CPU per request {h['cpu_us_per_req'] / n['cpu_us_per_req']:.2f}")
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        shutil.rmtree(root, ignore_errors=True)
+        stop_all(procs, root)
 
 
 if __name__ == "__main__":

@@ -758,7 +758,9 @@ class Exchange:
         elif self.attempt_deadline and now >= self.attempt_deadline and self.state in (_CONNECTING, _WAITING):
             self._timeout("upstream request timeout")
 
-    def _timeout(self, what: str) -> None:
+    def _abandon_upstream(self) -> None:
+        """Drop whatever is under way towards the backend: the connection, a pending connect, and
+        the endpoint's count of this request."""
         conn = self.upstream
         self.upstream = None
         if conn is not None:
@@ -768,6 +770,9 @@ class Exchange:
             self._task.cancel()
         if self.endpoint is not None and self.state in (_CONNECTING, _WAITING, _STREAMING, _TUNNEL):
             self.endpoint.active -= 1
+
+    def _timeout(self, what: str) -> None:
+        self._abandon_upstream()
         self.error = what
         if self.state in (_ROUTING, _CONNECTING, _WAITING):
             self.respond_simple(504, (what + "\n").encode())
@@ -780,15 +785,7 @@ class Exchange:
         """The client closed or reset before the exchange finished."""
         if self.state == _DONE:
             return
-        conn = self.upstream
-        self.upstream = None
-        if conn is not None:
-            conn.exchange = None
-            conn.close()
-        if self._task is not None:
-            self._task.cancel()
-        if self.endpoint is not None and self.state in (_CONNECTING, _WAITING, _STREAMING, _TUNNEL):
-            self.endpoint.active -= 1
+        self._abandon_upstream()
         self.state = _DONE
         self.status = self.status or 499
         self.error = self.error or "client closed"

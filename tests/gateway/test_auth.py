@@ -157,6 +157,10 @@ def test_auth_errors_deny_with_403_or_allow_with_fail_open(backend: Backend, aut
             r = get(g, cookie="authentik_session=valid:x")
             assert r.status_code == expected
             assert time.monotonic() - t < 5
+            # the same over HTTP/2, where the answer is sent after the auth call returns
+            with httpx.Client(http1=False, http2=True, timeout=5) as c:
+                r = c.get(g.url(80, "/echo"), headers={"host": "app.test", "cookie": "authentik_session=valid:x"})
+            assert r.http_version == "HTTP/2" and r.status_code == expected
         finally:
             g.close()
 

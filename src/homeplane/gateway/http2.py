@@ -97,8 +97,9 @@ class H2Stream:
             self._end()
 
     def respond_end(self) -> None:
-        if self.closed:
+        if self.closed:  # the headers ended the stream (an empty answer): it still has to go out
             self.conn.stream_done(self)
+            self.conn.flush()
             return
         if self.pending:
             self.end_pending = True

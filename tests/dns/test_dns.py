@@ -337,11 +337,15 @@ def test_forward_policies_and_failover(tmp_path: Path, policy: str) -> None:
 
 def test_repeated_queries_answer_from_the_memo_with_their_own_ids_and_counts(server: DNS, tmp_path: Path) -> None:
     stats = server.server.responder.stats
-    before = sum(n for (z, _, _), n in stats.raw_requests.items() if z == b"cluster.local")
+    def counted() -> int:
+        return sum(n for (z, proto, _), n in stats.requests.items() if z == "cluster.local." and proto == "udp")
+
+    before = counted()
     # dnspython checks that each answer carries its query's (random) ID
     for _ in range(5):
         assert rr(server.query("web.apps.svc.cluster.local")) == ["web.apps.svc.cluster.local. A 10.43.0.50"]
-    assert sum(n for (z, _, _), n in stats.raw_requests.items() if z == b"cluster.local") == before + 5
+    assert counted() == before + 5
+    assert sum(n for (z, rc), n in stats.responses.items() if z == "cluster.local." and rc == "NOERROR") >= 5
     assert len(server.server.responder.memo) >= 1
     # a change of the zones empties the memo: the new address is served at once
     server.apply(APPS.replace("clusterIP: 10.43.0.50", "clusterIP: 10.43.0.51"))

@@ -28,6 +28,8 @@ class Stats:
 
     raw_requests: dict[tuple[bytes, str, int], int] = field(default_factory=dict)  # (zone apex, proto, qtype)
     raw_responses: dict[tuple[bytes, int], int] = field(default_factory=dict)  # (zone apex, rcode)
+    # answers from the memo (UDP), one count for both of the above: (zone apex, qtype, rcode)
+    memo_hits: dict[tuple[bytes, int, int], int] = field(default_factory=dict)
 
     def count(self, zone: bytes, proto: str, qtype: int) -> None:
         k = (zone, proto, qtype)
@@ -44,7 +46,8 @@ class Stats:
     @property
     def requests(self) -> dict[tuple[str, str, str], int]:
         out: dict[tuple[str, str, str], int] = {}
-        for (z, proto, qt), n in self.raw_requests.items():
+        raw = [(k, n) for k, n in self.raw_requests.items()] + [((z, "udp", qt), n) for (z, qt, _), n in self.memo_hits.items()]
+        for (z, proto, qt), n in raw:
             k = (self._zone(z), proto, wire.TYPE_NAME.get(qt, "other"))
             out[k] = out.get(k, 0) + n
         return out
@@ -52,7 +55,8 @@ class Stats:
     @property
     def responses(self) -> dict[tuple[str, str], int]:
         out: dict[tuple[str, str], int] = {}
-        for (z, rc), n in self.raw_responses.items():
+        raw = [(k, n) for k, n in self.raw_responses.items()] + [((z, rc), n) for (z, _, rc), n in self.memo_hits.items()]
+        for (z, rc), n in raw:
             k = (self._zone(z), wire.RCODE_NAME.get(rc, str(rc)))
             out[k] = out.get(k, 0) + n
         return out
@@ -69,11 +73,11 @@ class Responder:
         # the types any template answers: a query of another type skips the templates
         self.template_types = {wire.QTYPE.get(r.qtype, -1) for r, _ in data.templates}
         self.template_any = any(r.qtype == "ANY" for r, _ in data.templates)
-        # query bytes after the ID -> (answer bytes after the ID, zone, qtype, rcode): a repeated
-        # query (the usual case: resolvers ask the same names again and again) is answered
-        # without parsing. Only UDP answers from the precomputed tables go in; the Responder is
-        # replaced on every zone change, which empties it.
-        self.memo: dict[bytes, tuple[bytes, bytes, int, int]] = {}
+        # query bytes after the ID -> (answer bytes after the ID, (zone, qtype, rcode) for
+        # Stats.memo_hits): a repeated query (the usual case: resolvers ask the same names again
+        # and again) is answered without parsing. Only UDP answers from the precomputed tables
+        # go in; the Responder is replaced on every zone change, which empties it.
+        self.memo: dict[bytes, tuple[bytes, tuple[bytes, int, int]]] = {}
         # name -> zone apex, for the precomputed answers (the hot path needs no suffix search)
         self.zone_of: dict[bytes, bytes] = {}
         for key, _ in data.answers:
@@ -86,10 +90,9 @@ class Responder:
         if proto == "udp":
             hit = self.memo.get(data[2:])
             if hit is not None:
-                rest, z, qtype, rcode = hit
-                self.stats.count(z, proto, qtype)
-                self.stats.rcode(z, rcode)
-                return data[:2] + rest
+                hits = self.stats.memo_hits
+                hits[hit[1]] = hits.get(hit[1], 0) + 1
+                return data[:2] + hit[0]
         try:
             q = wire.parse_query(data)
         except wire.FormatError:
@@ -116,7 +119,7 @@ class Responder:
                 if proto == "udp":
                     if len(self.memo) >= MEMO_LIMIT:
                         self.memo.clear()  # many distinct queries: start over rather than grow
-                    self.memo[data[2:]] = (resp[2:], z, q.qtype, ans.rcode)
+                    self.memo[data[2:]] = (resp[2:], (z, q.qtype, ans.rcode))
                 return resp
         zone = d.zone_for(q.key)
         if zone is None or q.qclass not in (wire.CLASS_IN, wire.CLASS_ANY):

@@ -8,6 +8,7 @@ import json
 import logging
 import socket
 import ssl
+import struct
 import time
 
 import httpx
@@ -194,11 +195,8 @@ spec:
         g.close()
 
 
-def test_h2c_backend_by_app_protocol() -> None:
-    from tests.gateway.h2backend import H2Backend
-
-    b = H2Backend()
-    svc = f"""
+def h2c_service(port: int) -> str:
+    return f"""
 ---
 apiVersion: v1
 kind: Service
@@ -208,10 +206,18 @@ spec: {{ports: [{{name: h2c, port: 80, appProtocol: kubernetes.io/h2c}}]}}
 apiVersion: v1
 kind: Endpoints
 metadata: {{name: grpcish, namespace: apps}}
-subsets: [{{addresses: [{{ip: 127.0.0.1}}], ports: [{{name: h2c, port: {b.port}}}]}}]
+subsets: [{{addresses: [{{ip: 127.0.0.1}}], ports: [{{name: h2c, port: {port}}}]}}]
 """
-    rules = "\n    - backendRefs: [{name: grpcish, port: 80}]"
-    g = Gateway(gateway() + svc + route(rules=rules))
+
+
+H2C_RULES = "\n    - backendRefs: [{name: grpcish, port: 80}]"
+
+
+def test_h2c_backend_by_app_protocol() -> None:
+    from tests.gateway.h2backend import H2Backend
+
+    b = H2Backend()
+    g = Gateway(gateway() + h2c_service(b.port) + route(rules=H2C_RULES))
     try:
         with httpx.Client(timeout=10) as c:
             r = c.get(g.url(80, "/items?x=1"), headers={"host": "app.test", "x-custom": "1"})
@@ -226,6 +232,73 @@ subsets: [{{addresses: [{{ip: 127.0.0.1}}], ports: [{{name: h2c, port: {b.port}}
             r = c.post(g.url(80, "/chunked"), headers={"host": "app.test"}, content=iter([b"a" * 1000, b"b" * 1000]))
             assert r.json()["body_len"] == 2000
         assert b.connections == 1  # one h2c connection, reused for every request
+    finally:
+        g.close()
+        b.close()
+
+
+def concurrently(n: int, fn) -> list:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(n) as pool:
+        return list(pool.map(fn, range(n)))
+
+
+def test_h2c_requests_share_one_connection_as_concurrent_streams() -> None:
+    from tests.gateway.h2backend import H2Backend
+
+    b = H2Backend()
+    g = Gateway(gateway() + h2c_service(b.port) + route(rules=H2C_RULES))
+    try:
+        def get(i: int) -> int:
+            with httpx.Client(timeout=10) as c:  # a client connection each: the gateway sees 8 at once
+                r = c.get(g.url(80, f"/slow/{i}"), headers={"host": "app.test"})
+                assert r.json()["path"] == f"/slow/{i}"
+                return r.status_code
+
+        assert concurrently(8, get) == [200] * 8
+        assert b.connections == 1 and b.most_in_flight >= 4  # multiplexed, not queued
+        # a stream the backend resets fails alone: the others on the connection go on
+        def mixed(i: int) -> int:
+            with httpx.Client(timeout=10) as c:
+                return c.get(g.url(80, "/reset" if i == 0 else f"/slow/{i}"), headers={"host": "app.test"}).status_code
+
+        assert sorted(concurrently(4, mixed)) == [200, 200, 200, 502]
+        assert b.connections == 1
+        # a client that goes away (TCP reset) cancels its stream (RST_STREAM), not the connection
+        port = int(g.url(80).split(":")[2].split("/")[0])
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.sendall(b"GET /slow/abandoned HTTP/1.1\r\nhost: app.test\r\n\r\n")
+            time.sleep(0.1)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        deadline = time.monotonic() + 5
+        while b.cancelled < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert b.cancelled == 1
+        with httpx.Client(timeout=10) as c:
+            assert c.get(g.url(80, "/after"), headers={"host": "app.test"}).status_code == 200
+        assert b.connections == 1
+    finally:
+        g.close()
+        b.close()
+
+
+def test_h2c_backend_stream_limit_opens_more_connections() -> None:
+    from tests.gateway.h2backend import H2Backend
+
+    b = H2Backend(max_streams=2)
+    g = Gateway(gateway() + h2c_service(b.port) + route(rules=H2C_RULES))
+    try:
+        with httpx.Client(timeout=10) as c:  # the connection (and the backend's SETTINGS) first
+            assert c.get(g.url(80, "/warm"), headers={"host": "app.test"}).status_code == 200
+
+        def get(i: int) -> int:
+            with httpx.Client(timeout=10) as c:
+                return c.get(g.url(80, f"/slow/{i}"), headers={"host": "app.test"}).status_code
+
+        assert concurrently(6, get) == [200] * 6
+        # SETTINGS_MAX_CONCURRENT_STREAMS=2 is respected: never more than 2 streams on a connection
+        assert b.most_in_flight == 2 and b.connections >= 3
     finally:
         g.close()
         b.close()
@@ -305,6 +378,34 @@ spec:
         assert (conds["Accepted"]["status"], conds["Accepted"]["reason"]) == ("False", "NoValidCACertificate")
         assert conds["ResolvedRefs"]["reason"] == "InvalidCACertificateRef"
         assert status() == 503 and served() == 3
+    finally:
+        g.close()
+        b.close()
+
+
+def test_h2c_backend_is_health_checked_over_http2() -> None:
+    from tests.gateway.h2backend import H2Backend
+
+    b = H2Backend()
+    policy = """
+---
+apiVersion: gateway.envoyproxy.io/v1alpha1
+kind: BackendTrafficPolicy
+metadata: {name: checks, namespace: apps}
+spec:
+  targetRefs: [{group: gateway.networking.k8s.io, kind: HTTPRoute, name: r}]
+  healthCheck:
+    active: {type: HTTP, http: {path: /healthz, expectedStatuses: [200]}, interval: 200ms, timeout: 500ms, unhealthyThreshold: 1, healthyThreshold: 1}
+"""
+    g = Gateway(gateway() + h2c_service(b.port) + route(rules=H2C_RULES) + policy)
+    try:
+        deadline = time.monotonic() + 5
+        while not any(r["path"] == "/healthz" for r in b.requests) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        probe = next(r for r in b.requests if r["path"] == "/healthz")
+        assert probe["method"] == "GET" and ["user-agent", "homeplane-health-check"] in probe["headers"]
+        with httpx.Client(timeout=10) as c:
+            assert c.get(g.url(80, "/x"), headers={"host": "app.test"}).status_code == 200
     finally:
         g.close()
         b.close()

@@ -4,6 +4,7 @@ connections and health, kept across Snapshot swaps when the endpoint is unchange
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 import time
 from collections import deque
@@ -39,7 +40,7 @@ class ClusterConfig:
 class EndpointState:
     __slots__ = (
         "address", "port", "fqdn", "name", "active", "idle", "healthy", "failures", "ejected_until", "key",
-        "hc_ok", "hc_fail", "ejections", "gateway_failures", "local_failures", "connections",
+        "hc_ok", "hc_fail", "ejections", "gateway_failures", "local_failures", "connections", "h2_pending",
     )
 
     def __init__(self, ep: ir.Endpoint):
@@ -59,6 +60,7 @@ class EndpointState:
         self.hc_ok = 0
         self.hc_fail = 0
         self.connections = 0
+        self.h2_pending: asyncio.Future | None = None  # an h2c connection on its way (upstream_h2)
 
     def available(self, now: float) -> bool:
         return self.healthy and self.ejected_until <= now

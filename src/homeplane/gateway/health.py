@@ -11,6 +11,11 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
+
 from homeplane.api.units import parse_duration
 from homeplane.gateway.cluster import Cluster, EndpointState
 
@@ -35,18 +40,37 @@ async def probe(ep: EndpointState, cluster: Cluster) -> bool:
             return True
         host = hc.http.hostname or ep.address
         method = (hc.http.method or "GET").upper()
-        w.write(f"{method} {hc.http.path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: homeplane-health-check\r\nConnection: close\r\n\r\n".encode())
-        line = await asyncio.wait_for(r.readline(), timeout)
-        parts = line.split()
-        if len(parts) < 2 or not parts[1].isdigit():
-            return False
-        status = int(parts[1])
+        if cluster.h2c and tls is None:
+            # a prior-knowledge HTTP/2 backend may not speak HTTP/1.1 at all: ask in its protocol
+            status = await asyncio.wait_for(_h2c_status(r, w, method, host, hc.http.path), timeout)
+        else:
+            w.write(f"{method} {hc.http.path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: homeplane-health-check\r\nConnection: close\r\n\r\n".encode())
+            line = await asyncio.wait_for(r.readline(), timeout)
+            parts = line.split()
+            status = int(parts[1]) if len(parts) >= 2 and parts[1].isdigit() else None
         expected = hc.http.expected_statuses or [200]
         return status in expected
-    except (OSError, asyncio.TimeoutError):
+    except (OSError, asyncio.TimeoutError, h2.exceptions.ProtocolError):
         return False
     finally:
         w.close()
+
+
+async def _h2c_status(r: asyncio.StreamReader, w: asyncio.StreamWriter, method: str, host: str, path: str) -> int | None:
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+    conn.initiate_connection()
+    headers = [(":method", method), (":scheme", "http"), (":authority", host), (":path", path), ("user-agent", "homeplane-health-check")]
+    conn.send_headers(1, headers, end_stream=True)
+    w.write(conn.data_to_send())
+    while data := await r.read(65536):
+        for ev in conn.receive_data(data):
+            if isinstance(ev, h2.events.ResponseReceived) and ev.stream_id == 1:
+                status = dict(ev.headers).get(b":status", b"")
+                return int(status) if status.isdigit() else None
+            if isinstance(ev, (h2.events.StreamReset, h2.events.ConnectionTerminated)):
+                return None
+        w.write(conn.data_to_send())
+    return None
 
 
 async def run_checks(cluster: Cluster) -> None:

@@ -205,23 +205,22 @@ async def connect(
     """A new connection to the endpoint: HTTP/1.1, HTTP/2 cleartext when the port says h2c, over
     TLS when a BackendTLSPolicy says so."""
     if h2c and tls is None:
-        from homeplane.gateway.upstream_h2 import H2UpstreamConnection
+        from homeplane.gateway.upstream_h2 import open_stream
 
-        conn: UpstreamConnection = H2UpstreamConnection(endpoint)  # type: ignore[assignment]
-    else:
-        conn = UpstreamConnection(endpoint)
-    if endpoint.address.startswith("unix:"):
-        coro = loop.create_unix_connection(lambda: conn, endpoint.address[5:])
-    elif tls is not None:
-        coro = loop.create_connection(
-            lambda: conn, endpoint.address, endpoint.port, ssl=tls.context, server_hostname=tls.server_hostname
-        )
-    else:
-        coro = loop.create_connection(lambda: conn, endpoint.address, endpoint.port)
-    await asyncio.wait_for(coro, timeout)
+        return await open_stream(endpoint, timeout, lambda session: _open(loop, endpoint, lambda: session, None))  # type: ignore[return-value]
+    conn = UpstreamConnection(endpoint)
+    await asyncio.wait_for(_open(loop, endpoint, lambda: conn, tls), timeout)
     if tls is not None and tls.subject_alt_names:
         check_subject_alt_names(conn, tls.subject_alt_names)
     return conn
+
+
+def _open(loop: asyncio.AbstractEventLoop, endpoint: EndpointState, factory, tls: UpstreamTLSContext | None):  # type: ignore[no-untyped-def]
+    if endpoint.address.startswith("unix:"):
+        return loop.create_unix_connection(factory, endpoint.address[5:])
+    if tls is not None:
+        return loop.create_connection(factory, endpoint.address, endpoint.port, ssl=tls.context, server_hostname=tls.server_hostname)
+    return loop.create_connection(factory, endpoint.address, endpoint.port)
 
 
 def check_subject_alt_names(conn: UpstreamConnection, wanted: tuple[str, ...]) -> None:

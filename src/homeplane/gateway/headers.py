@@ -149,15 +149,36 @@ def detect_client_ip(remote_ip: str, xff: str | None, trusted_hops: int | None, 
 
 
 _rand = random.Random(os.urandom(32))
+_ID_BLOCK = 4096
+
+
+class _RequestIds:
+    """UUID-shaped (version 4) ids for x-request-id, as Envoy sets them.
+
+    Ids need uniqueness, not secrecy or unpredictability: every block of 4096 shares 80 random
+    bits (PRNG seeded from the kernel) and counts up from a random start in the last group,
+    which costs a fraction of formatting 128 fresh bits per request."""
+
+    __slots__ = ("prefix", "n", "left")
+
+    def __init__(self) -> None:
+        self.left = 0
+
+    def new_block(self) -> None:
+        h = b"%032x" % _rand.getrandbits(128)
+        variant = b"89ab"[h[16] & 3 : (h[16] & 3) + 1]
+        self.prefix = h[:8] + b"-" + h[8:12] + b"-4" + h[13:16] + b"-" + variant + h[17:20] + b"-"
+        self.n = int(h[20:], 16)
+        self.left = _ID_BLOCK
+
+
+_ids = _RequestIds()
 
 
 def request_id() -> bytes:
-    """A random UUID (version 4), as Envoy generates for x-request-id.
-
-    Ids need uniqueness, not secrecy: a PRNG seeded from the kernel avoids a
-    getrandom() system call per request.
-    """
-    n = _rand.getrandbits(128)
-    return b"%08x-%04x-4%03x-%x%03x-%012x" % (
-        n >> 96, (n >> 80) & 0xFFFF, (n >> 64) & 0xFFF, 8 | ((n >> 62) & 3), (n >> 48) & 0xFFF, n & 0xFFFFFFFFFFFF,
-    )
+    ids = _ids
+    if ids.left == 0:
+        ids.new_block()
+    ids.left -= 1
+    ids.n = (ids.n + 1) & 0xFFFFFFFFFFFF
+    return b"%s%012x" % (ids.prefix, ids.n)

@@ -3,7 +3,9 @@
 
 A static nginx backend answers a small body. In front of it, in turn:
   * homeplane (`homeplane run`, a dozen HTTPRoutes loaded, access log off),
-  * nginx as a reverse proxy (upstream keepalive, access log off, 1 worker).
+  * nginx as a reverse proxy (upstream keepalive, access log off, 1 worker),
+  * the floor for Python: a bare uvloop + httptools proxy (bench/_floor_proxy.py) with none
+    of homeplane's work, to tell the cost of the language and libraries from homeplane's own.
 wrk drives each through loopback; the proxy's CPU time (user+system, all its
 processes) is read from /proc before and after. Reported: requests/s, p99,
 CPU µs per request, and homeplane/nginx ratios. Timings vary ±25 % run to run
@@ -154,18 +156,25 @@ def main() -> None:
         procs.append(ng)
         wait_port("127.0.0.1", ng_port)
 
+        fl_port = free_port()
+        fl = subprocess.Popen([sys.executable, str(Path(__file__).parent / "_floor_proxy.py"), str(fl_port), str(backend)], stderr=subprocess.DEVNULL)
+        procs.append(fl)
+        wait_port("127.0.0.1", fl_port)
+
         host = f"app{ROUTES - 1}.bench.test"
         results = {
             "homeplane": measure(lambda: descendants(hp.pid), f"http://127.0.0.1:{hp_port}/api/items", args.seconds, args.connections, host),
             "nginx": measure(lambda: descendants(ng.pid), f"http://127.0.0.1:{ng_port}/api/items", args.seconds, args.connections, host),
+            "py-floor": measure(lambda: descendants(fl.pid), f"http://127.0.0.1:{fl_port}/api/items", args.seconds, args.connections, host),
         }
         print(f"HTTP/1.1 keep-alive, wrk -c{args.connections} -d{args.seconds}s, {ROUTES} HTTPRoutes, homeplane workers={args.workers}")
         print(f"{'proxy':<10} {'req/s':>10} {'p99 ms':>8} {'CPU µs/req':>11} {'errors':>7}")
         for name, r in results.items():
             errs = int(r["non2xx"] + r["socket_errors"])
             print(f"{name:<10} {r['rps']:>10.0f} {r['p99_ms']:>8.2f} {r['cpu_us_per_req']:>11.1f} {errs:>7}")
-        h, n = results["homeplane"], results["nginx"]
+        h, n, f = results["homeplane"], results["nginx"], results["py-floor"]
         print(f"ratio homeplane/nginx: req/s {h['rps'] / n['rps']:.2f}, CPU per request {h['cpu_us_per_req'] / n['cpu_us_per_req']:.2f}")
+        print(f"ratio py-floor/nginx: CPU per request {f['cpu_us_per_req'] / n['cpu_us_per_req']:.2f}; homeplane/py-floor {h['cpu_us_per_req'] / f['cpu_us_per_req']:.2f}")
     finally:
         stop_all(procs, root)
 

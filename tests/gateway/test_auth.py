@@ -299,3 +299,24 @@ def test_cors_preflight_is_answered_before_auth_and_responses_carry_the_origin(b
         assert "access-control-allow-origin" not in r.headers
     finally:
         g.close()
+
+
+def test_authorization_by_headers_sees_the_identity_ext_auth_set(backend: Backend, auth: AuthServer) -> None:
+    # Envoy's RBAC runs after ext_authz: a rule on x-authentik-username sees the outpost's value,
+    # never one the client sent (it is replaced before authorization looks)
+    authz = """authorization:
+    defaultAction: Deny
+    rules:
+      - {action: Allow, operation: {methods: [GET, HEAD]}, principal: {headers: [{name: X-Authentik-Username, values: [alice, carol]}]}}
+  extAuth:"""
+    policy = ext_auth_policy().replace("  extAuth:", "  " + authz, 1)
+    g = make(backend, auth.port, policy)
+    try:
+        assert get(g, cookie="authentik_session=valid:alice").status_code == 200
+        r = get(g, cookie="authentik_session=valid:bob", x_authentik_username="alice")
+        assert (r.status_code, r.text) == (403, "RBAC: access denied\n")
+        r = httpx.post(g.url(80, "/echo"), headers={"host": "app.test", "cookie": "authentik_session=valid:alice"}, timeout=20)
+        assert r.status_code == 403  # the rule allows GET and HEAD only
+        assert [q["method"] for q in backend.requests] == ["GET"]
+    finally:
+        g.close()

@@ -191,3 +191,51 @@ data:
         assert r.status_code == 500  # an invalid SecurityPolicy never lets traffic through
     finally:
         g.close()
+
+
+def test_authorization_by_jwt_claims_and_scopes(backend: Backend, keys: Keys) -> None:
+    rules = """
+  authorization:
+    defaultAction: Deny
+    rules:
+      - name: banned
+        action: Deny
+        principal: {jwt: {provider: idp, claims: [{name: groups, valueType: StringArray, values: [banned]}]}}
+      - name: infra-readers
+        action: Allow
+        operation: {methods: [GET]}
+        principal:
+          jwt:
+            provider: idp
+            scopes: [read]
+            claims: [{name: org.team, values: [infra, platform]}]
+"""
+    g = Gateway(gateway() + service("a", backend.port) + route() + policy(local(keys)) + rules)
+    try:
+        ok = keys.token(org={"team": "infra"}, scope="read write", groups=["users"])
+        assert get(g, ok).status_code == 200
+        r = httpx.post(g.url(80, "/echo"), headers={"host": "app.test", "authorization": f"Bearer {ok}"}, timeout=20)
+        assert (r.status_code, r.text) == (403, "RBAC: access denied\n")  # GET only
+        assert get(g, keys.token(org={"team": "infra"}, scope="write")).status_code == 403  # no read scope
+        assert get(g, keys.token(org={"team": "infra"}, scp=["read"])).status_code == 200  # scopes as a list
+        assert get(g, keys.token(org={"team": "sales"}, scope="read")).status_code == 403
+        assert get(g, keys.token(org={"team": ["infra"]}, scope="read")).status_code == 403  # String, not an array
+        assert get(g, keys.token(org={"team": "infra"}, scope="read", groups=["users", "banned"])).status_code == 403  # first rule wins
+        assert get(g).status_code == 401  # no token: authentication fails before authorization
+    finally:
+        g.close()
+
+
+def test_authorization_naming_an_unknown_jwt_provider_fails_closed(backend: Backend, keys: Keys) -> None:
+    rules = """
+  authorization:
+    defaultAction: Allow
+    rules:
+      - {action: Deny, principal: {jwt: {provider: other, claims: [{name: sub, values: [mallory]}]}}}
+"""
+    g = Gateway(gateway() + service("a", backend.port) + route() + policy(local(keys)) + rules)
+    try:
+        # the policy is invalid (its Deny rule could never be evaluated): its route fails closed
+        assert get(g, keys.token()).status_code == 500
+    finally:
+        g.close()

@@ -1,6 +1,6 @@
 """SecurityPolicy enforcement on the request path, in Envoy Gateway's filter order:
 cors (in the exchange, see gateway/cors.py), extAuth (HTTP), basicAuth, jwt (gateway/jwtauth.py),
-then authorization (client CIDRs).
+then authorization (gateway/authz.py).
 
 extAuth follows Envoy's ext_authz HTTP semantics: the check request keeps the
 original method; its path is the policy's ``path`` prefix plus the original
@@ -22,7 +22,6 @@ import base64
 import fnmatch
 import hashlib
 import hmac
-import ipaddress
 import logging
 import re
 import time
@@ -32,9 +31,10 @@ from typing import TYPE_CHECKING, Any
 import bcrypt
 
 from homeplane.api.units import parse_duration
+from homeplane.gateway.authz import CompiledAuthorization, compile_authorization
 from homeplane.gateway.cluster import cluster_key
 from homeplane.gateway.cors import CompiledCors, compile_cors
-from homeplane.gateway.headers import HOP_BY_HOP, parse_cidrs
+from homeplane.gateway.headers import HOP_BY_HOP
 from homeplane.gateway.jwtauth import CompiledJWT, JWKSFetcher, JWTFailure, claim_value, compile_jwt, extract_token, verify
 from homeplane.gateway.upstream import UpstreamConnection, connect
 from homeplane.translate.snapshot import SecurityIR
@@ -69,8 +69,7 @@ class CompiledSecurity:
     to_backend: tuple[re.Pattern[bytes], ...] = ()
     users: dict[bytes, bytes] | None = None
     forward_username: bytes | None = None
-    authz_rules: tuple[tuple[bool, tuple[Any, ...]], ...] = ()  # (allow, networks)
-    authz_default_allow: bool = False
+    authz: CompiledAuthorization | None = None
     cors: CompiledCors | None = None
     jwt: CompiledJWT | None = None
 
@@ -94,10 +93,7 @@ def compile_security(sec: SecurityIR) -> CompiledSecurity:
     if spec.jwt is not None:
         c.jwt = compile_jwt(spec.jwt, dict(sec.jwks))
     if spec.authorization is not None:
-        c.authz_rules = tuple(
-            (r.action == "Allow", parse_cidrs(r.principal.client_cidrs)) for r in spec.authorization.rules
-        )
-        c.authz_default_allow = spec.authorization.default_action == "Allow"
+        c.authz = compile_authorization(spec.authorization)
     return c
 
 
@@ -159,13 +155,13 @@ class Auth:
             return
         self._authorize(ex, c)
 
-    def _authorize(self, ex: Exchange, c: CompiledSecurity) -> None:
-        """The last step (Envoy's RBAC filter comes after authentication), then upstream."""
-        if c.authz_rules or c.ir.spec.authorization is not None:
-            if not self._authorized(c, ex.client_ip):
-                ex.error = "denied by authorization rules"
-                ex.respond_simple(403, b"RBAC: access denied\n")
-                return
+    def _authorize(self, ex: Exchange, c: CompiledSecurity, verified: tuple[str, dict[str, Any]] | None = None) -> None:
+        """The last step (Envoy's RBAC filter comes after authentication), then upstream.
+        ``verified``: the JWT provider that accepted the request's token, and its claims."""
+        if c.authz is not None and not c.authz.allows(ex.client_ip, ex.method, ex.headers, verified):
+            ex.error = "denied by authorization rules"
+            ex.respond_simple(403, b"RBAC: access denied\n")
+            return
         ex.proceed()
 
     # --- jwt ------------------------------------------------------------------------------
@@ -215,7 +211,7 @@ class Auth:
                     if v is not None:
                         kept.append((name, v.encode("utf-8")))
                 ex.headers = kept
-            self._authorize(ex, c)
+            self._authorize(ex, c, (p.name, claims))
             return
         if not presented and j.optional:
             self._authorize(ex, c)
@@ -250,17 +246,6 @@ class Auth:
             self._verified[key] = now + 300
             return user
         return None
-
-    @staticmethod
-    def _authorized(c: CompiledSecurity, client_ip: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(client_ip)
-        except ValueError:
-            return c.authz_default_allow
-        for allow, nets in c.authz_rules:
-            if any(ip in n for n in nets):
-                return allow
-        return c.authz_default_allow
 
     # --- extAuth over HTTP ------------------------------------------------------------------
 

@@ -15,6 +15,8 @@ HTTPRoutes (optionally one named rule) through ``targetRefs`` and
 
 from __future__ import annotations
 
+import ipaddress
+
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -128,10 +130,34 @@ def _validate_security(ctx: Context, p: PolicyState) -> None:
                     p.invalid = p.invalid or f"jwt: provider {prov.name}: ConfigMap {ns}/{ref.get('name')} with key jwks not found"
                 else:
                     p.jwks[prov.name] = cm.data["jwks"]
+    if spec.authorization is not None:
+        p.invalid = p.invalid or _authorization_problem(spec)
     if spec.oidc is not None:
         p.invalid = p.invalid or "oidc is not supported by homeplane yet"
     if spec.api_key_auth is not None:
         p.invalid = p.invalid or "apiKeyAuth is not supported by homeplane yet"
+
+
+def _authorization_problem(spec: Any) -> str | None:
+    """What makes authorization rules unusable (the policy then fails closed), as EG's CEL rules
+    and translator would say it."""
+    providers = {prov.name for prov in spec.jwt.providers} if spec.jwt is not None else set()
+    for i, rule in enumerate(spec.authorization.rules):
+        where = f"authorization.rules[{i}]" + (f" ({rule.name})" if rule.name else "")
+        pr = rule.principal
+        if not (pr.client_cidrs or pr.jwt is not None or pr.headers):
+            return f"{where}: at least one of clientCIDRs, jwt, or headers must be specified"
+        for cidr in pr.client_cidrs:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                return f"{where}: clientCIDRs: {cidr!r} is not a CIDR"
+        if pr.jwt is not None:
+            if not (pr.jwt.claims or pr.jwt.scopes):
+                return f"{where}: jwt: at least one of claims or scopes must be specified"
+            if pr.jwt.provider not in providers:
+                return f"{where}: jwt provider {pr.jwt.provider!r} is not configured in this SecurityPolicy's jwt"
+    return None
 
 
 def _resolve(states: list[PolicyState]) -> Attachments:

@@ -141,16 +141,37 @@ class JWT(Model):
     providers: list[JWTProvider] = Field(min_length=1)
 
 
+class JWTClaim(Model):
+    name: str = Field(min_length=1)
+    value_type: Literal["String", "StringArray"] = "String"
+    values: list[str] = Field(min_length=1)
+
+
+class JWTPrincipal(Model):
+    provider: str = Field(min_length=1)
+    claims: list[JWTClaim] = Field(default_factory=list)
+    scopes: list[str] = Field(default_factory=list)
+
+
+class AuthorizationHeaderMatch(Model):
+    name: str = Field(min_length=1)
+    values: list[str] = Field(min_length=1)
+
+
 class Principal(Model):
     client_cidrs: list[str] = Field(default_factory=list, alias="clientCIDRs")
-    jwt: dict | None = None
-    headers: list[dict] = Field(default_factory=list)
+    jwt: JWTPrincipal | None = None
+    headers: list[AuthorizationHeaderMatch] = Field(default_factory=list)
+
+
+class Operation(Model):
+    methods: list[str] = Field(min_length=1)
 
 
 class AuthorizationRule(Model):
     name: str | None = None
     action: Literal["Allow", "Deny"]
-    operation: dict | None = None
+    operation: Operation | None = None
     principal: Principal
 
 

@@ -52,6 +52,12 @@ def render_check(report: dict[str, Any]) -> str:
                 )
             line += f"  routes={ls['attachedRoutes']}  {'ready' if ls['ready'] else 'NOT READY'}"
             out.append(line)
+            for r in ls.get("l4Routes", []):
+                backends = ", ".join(
+                    b["ref"] + (f" (invalid: {b['invalid']})" if "invalid" in b else f" [{b.get('endpoints', {}).get('ready', 0)} ready]")
+                    for b in r["backends"]
+                )
+                out.append(f"      {r['route']} -> {backends or 'no backends'}" + ("" if r["served"] else "  (waiting: an older route serves this listener)"))
     out.append("")
     out.append("Routes")
     if not report["routes"]:

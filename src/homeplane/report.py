@@ -234,6 +234,12 @@ def build_report(objects: list[Obj], load_diags: Diagnostics, translation: Trans
                 }
             if ls.client_traffic:
                 entry["clientTrafficPolicy"] = f"{ls.client_traffic.policy.namespace}/{ls.client_traffic.policy.name}"
+            if ls.protocol in ("TCP", "UDP"):
+                # the first is served; any later one waits for it to go
+                entry["l4Routes"] = [
+                    {"route": f"{r.route.kind} {r.route.namespace}/{r.route.name}", "served": i == 0, "backends": [_backend_json(b, pools) for b in r.backends]}
+                    for i, r in enumerate(ls.l4_routes)
+                ]
             listeners.append(entry)
             for vh in ls.vhosts:
                 for r in vh.rules:

@@ -23,6 +23,16 @@ def _policy_accepted(status: dict[str, Any]) -> str:
     return "-"
 
 
+def _parents(status: dict[str, Any]) -> str:
+    parents = []
+    for p in status.get("parents", []):
+        pr = p["parentRef"]
+        acc = next((c for c in p["conditions"] if c["type"] == "Accepted"), None)
+        state = "Accepted" if acc and acc["status"] == "True" else (acc["reason"] if acc else "-")
+        parents.append(f"{pr['namespace']}/{pr['name']}{'/' + pr['sectionName'] if 'sectionName' in pr else ''}={state}")
+    return " ".join(parents) or "-"
+
+
 def rows_for(kind: str, objs: list[Obj], result: Result, wide: bool) -> tuple[list[str], list[list[str]]]:
     status = result.translation.status
     snap = result.translation.snapshot
@@ -43,13 +53,12 @@ def rows_for(kind: str, objs: list[Obj], result: Result, wide: bool) -> tuple[li
         elif kind == "HTTPRoute":
             row = base + [",".join(spec.hostnames) or "*"]
             if wide:
-                parents = []
-                for p in s.get("parents", []):
-                    pr = p["parentRef"]
-                    acc = next((c for c in p["conditions"] if c["type"] == "Accepted"), None)
-                    state = "Accepted" if acc and acc["status"] == "True" else (acc["reason"] if acc else "-")
-                    parents.append(f"{pr['namespace']}/{pr['name']}{'/' + pr['sectionName'] if 'sectionName' in pr else ''}={state}")
-                row.append(" ".join(parents) or "-")
+                row.append(_parents(s))
+            rows.append(row)
+        elif kind in ("TCPRoute", "UDPRoute"):
+            row = base + [",".join(f"{b.name}:{b.port}" for r in spec.rules for b in r.backend_refs) or "-"]
+            if wide:
+                row.append(_parents(s))
             rows.append(row)
         elif kind == "Service":
             svc = snap.service(o.namespace or "", o.name)
@@ -90,6 +99,8 @@ def rows_for(kind: str, objs: list[Obj], result: Result, wide: bool) -> tuple[li
         headers += ["CLASS", "ADDRESS", "PROGRAMMED"] + (["LISTENERS:ROUTES"] if wide else [])
     elif kind == "HTTPRoute":
         headers += ["HOSTNAMES"] + (["PARENTS"] if wide else [])
+    elif kind in ("TCPRoute", "UDPRoute"):
+        headers += ["BACKENDS"] + (["PARENTS"] if wide else [])
     elif kind == "Service":
         headers += ["TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)"] + (["ENDPOINTS", "ALGORITHM", "SOURCE", "SELECTOR"] if wide else [])
     elif kind in ("SecurityPolicy", "ClientTrafficPolicy", "BackendTrafficPolicy"):

@@ -101,17 +101,19 @@ spec:
     - {name: c, protocol: HTTP, port: 8080, hostname: other.example.com}
     - {name: d, protocol: HTTP, port: 9000}
     - {name: e, protocol: TCP, port: 9000}
+    - {name: f, protocol: TLS, port: 9443}
 """
     _, tr = translate_text(BASE + gw)
-    st = {n: listener_status(tr, "network", "clash", n) for n in "abcde"}
+    st = {n: listener_status(tr, "network", "clash", n) for n in "abcdef"}
     assert st["a"]["Conflicted"]["reason"] == "HostnameConflict" and st["a"]["Conflicted"]["status"] == "True"
     assert st["b"]["Conflicted"]["reason"] == "HostnameConflict"
     assert st["c"]["Conflicted"]["status"] == "False"
-    # a TCP listener (not served yet) still claims its port
+    # an HTTP and a TCP listener on one port conflict: both lose it
     assert st["d"]["Conflicted"]["reason"] == "ProtocolConflict"
-    assert st["e"]["Accepted"]["reason"] == "UnsupportedProtocol"
+    assert st["e"]["Conflicted"]["reason"] == "ProtocolConflict" and st["e"]["Accepted"]["status"] == "True"
+    assert st["f"]["Accepted"]["reason"] == "UnsupportedProtocol"  # TLS passthrough: not served yet
     ready = {ls.name: ls.ready for ls in tr.snapshot.gateway("network", "clash").listeners}
-    assert ready == {"a": False, "b": False, "c": True, "d": False, "e": False}
+    assert ready == {"a": False, "b": False, "c": True, "d": False, "e": False, "f": False}
 
 
 def test_invalid_route_kinds() -> None:

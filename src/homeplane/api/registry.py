@@ -30,6 +30,8 @@ SERVED_KINDS: tuple[KindInfo, ...] = (
     KindInfo(_GW, "GatewayClass", ("v1", "v1beta1"), gateway.GatewayClass, namespaced=False),
     KindInfo(_GW, "Gateway", ("v1", "v1beta1"), gateway.Gateway),
     KindInfo(_GW, "HTTPRoute", ("v1", "v1beta1"), gateway.HTTPRoute),
+    KindInfo(_GW, "TCPRoute", ("v1alpha2",), gateway.TCPRoute),
+    KindInfo(_GW, "UDPRoute", ("v1alpha2",), gateway.UDPRoute),
     KindInfo(_GW, "ReferenceGrant", ("v1", "v1beta1", "v1alpha2"), gateway.ReferenceGrant),
     KindInfo(_GW, "BackendTLSPolicy", ("v1", "v1alpha3"), gateway.BackendTLSPolicy),
     KindInfo(_EG, "EnvoyProxy", ("v1alpha1",), envoy.EnvoyProxy),

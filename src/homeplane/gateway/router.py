@@ -184,10 +184,11 @@ class PortTable:
 
 
 def compile_gateway(gateway: ir.Gateway) -> dict[int, PortTable]:
-    """Port -> table, for the ready listeners of a Gateway."""
+    """Port -> table, for the ready HTTP and HTTPS listeners of a Gateway (TCP and UDP ones are
+    served by gateway/l4routes.py)."""
     by_port: dict[int, list[ir.Listener]] = {}
     for ls in gateway.listeners:
-        if ls.ready:
+        if ls.ready and ls.protocol in ("HTTP", "HTTPS"):
             by_port.setdefault(ls.port, []).append(ls)
     tables = {}
     for port, listeners in by_port.items():

@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterable
 from homeplane.gateway.auth import Auth, compile_security
 from homeplane.gateway.cluster import Cluster, ClusterConfig, cluster_key
 from homeplane.gateway.health import run_checks
+from homeplane.gateway.l4routes import GatewayL4, l4_cluster, wanted_listeners
 from homeplane.gateway.compression import TOKENS
 from homeplane.gateway.exchange import Exchange, RetryPolicy, RouteAction, WeightedCluster
 from homeplane.gateway.filters import compile_header_ops
@@ -481,6 +482,7 @@ class DataPlane:
         self._sweeper: asyncio.Task[None] | None = None
         self._health: dict[str, asyncio.Task[None]] = {}
         self.stats = {"requests": 0, "protocol_errors": 0}
+        self.l4 = GatewayL4(self)  # TCP and UDP listeners (TCPRoute, UDPRoute)
 
     # --- snapshots ----------------------------------------------------------------------
 
@@ -524,6 +526,10 @@ class DataPlane:
                         "listeners": [lt.listener.name for lt in table.listeners],
                     }
                 )
+        wanted_l4, l4_bindings = wanted_listeners(snapshot, self.bind.address_for, self.bind.port_for)
+        for pool in GatewayL4.pools(snapshot):
+            if pool in snapshot.pools:
+                cluster_policies.setdefault(l4_cluster(pool), (snapshot.pools[pool], "LeastRequest", None))
         # 2. clusters: update in place, create new, drop unused
         for key, (pool, policy, cfg) in cluster_policies.items():
             c = self.clusters.get(key)
@@ -582,7 +588,8 @@ class DataPlane:
         for key in [k for k in self.servers if k not in wanted]:
             self.servers.pop(key).close()
             log.info("stopped listening on %s:%d", *key)
-        self.bindings = bindings
+        await self.l4.apply(wanted_l4)
+        self.bindings = bindings + l4_bindings
         self.snapshot = snapshot
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -598,6 +605,7 @@ class DataPlane:
         for srv in self.servers.values():
             srv.close()
         self.servers.clear()
+        self.l4.close()
         for c in self.clusters.values():
             c.close()
 
@@ -619,6 +627,7 @@ class DataPlane:
                 for ep in cl.endpoints:
                     while ep.idle and now - ep.idle[0].idle_since > 60:
                         ep.idle.popleft().close()
+            self.l4.expire_udp(now)
 
     # --- hooks used by connections and exchanges --------------------------------------
 

@@ -16,16 +16,16 @@ import asyncio
 import logging
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from homeplane.l4 import maglev
+from homeplane.l4.relay import Splice, UDPRelay
 from homeplane.l4.tables import Backend, ServiceTable, compile_tables, flow_key
 from homeplane.translate.snapshot import Snapshot
 
 log = logging.getLogger("homeplane.l4")
 IP_FREEBIND = 15
-UDP_IDLE = 60.0
 
 
 def _socket(host: str, port: int, kind: int) -> socket.socket:
@@ -41,150 +41,17 @@ def _socket(host: str, port: int, kind: int) -> socket.socket:
     return s
 
 
-class _Pipe(asyncio.Protocol):
-    """One direction-pair of a proxied TCP connection."""
-
-    def __init__(self, flow: "_TCPFlow", side: str):
-        self.flow = flow
-        self.side = side
-        self.transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        self.flow.forward(self.side, data)
-
-    def eof_received(self) -> bool:
-        self.flow.half_close(self.side)
-        return True
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.flow.close()
-
-    def pause_writing(self) -> None:
-        self.flow.pause(self.side)
-
-    def resume_writing(self) -> None:
-        self.flow.resume(self.side)
-
-
-class _ClientPipe(_Pipe):
-    """The client side: on connect, pick the backend and open the upstream connection."""
-
-    def __init__(self, flow: "_TCPFlow", listener: "_Listener"):
-        super().__init__(flow, "client")
-        self.listener = listener
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        peer = transport.get_extra_info("peername") or ("", 0)
-        t = self.listener.table
-        proxy = self.flow.proxy
-        b = t.pick(flow_key(str(peer[0]), int(peer[1]), "TCP", t.session_affinity), proxy.unhealthy)
-        if b is None:
-            transport.close()
-            return
-        transport.pause_reading()  # until the backend connection is up
-        asyncio.ensure_future(proxy._connect(self.flow, b, t))
-
-
-class _TCPFlow:
-    def __init__(self, proxy: "UserspaceProxy", listener: "_Listener"):
-        self.proxy = proxy
-        self.client: _Pipe = _ClientPipe(self, listener)
-        self.backend: _Pipe | None = None
-        self.pending: list[bytes] = []
-        self.closed = False
-        self.backend_eof = False
-
-    def forward(self, side: str, data: bytes) -> None:
-        if side == "client":
-            if self.backend is not None and self.backend.transport is not None:
-                self.backend.transport.write(data)
-            else:
-                self.pending.append(data)
-        elif self.client.transport is not None:
-            self.client.transport.write(data)
-
-    def half_close(self, side: str) -> None:
-        other = self.backend if side == "client" else self.client
-        if other is not None and other.transport is not None and other.transport.can_write_eof():
-            other.transport.write_eof()
-
-    def pause(self, side: str) -> None:
-        # the side's outbound buffer is full: stop reading from the other side
-        other = self.backend if side == "client" else self.client
-        if other is not None and other.transport is not None:
-            other.transport.pause_reading()
-
-    def resume(self, side: str) -> None:
-        other = self.backend if side == "client" else self.client
-        if other is not None and other.transport is not None:
-            other.transport.resume_reading()
-
-    def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        self.proxy.flows.discard(self)
-        for p in (self.client, self.backend):
-            if p is not None and p.transport is not None:
-                p.transport.close()
-
-
 @dataclass
 class _Listener:
     key: tuple[str, int, str]
     table: ServiceTable
     server: Any = None  # asyncio Server (TCP) or DatagramTransport (UDP)
-    udp_sessions: dict[Any, Any] = field(default_factory=dict)
+    udp: UDPRelay | None = None
 
-
-class _UDPSession(asyncio.DatagramProtocol):
-    def __init__(self, listener: _Listener, client: Any, front: asyncio.DatagramTransport):
-        self.listener = listener
-        self.client = client
-        self.front = front
-        self.transport: asyncio.DatagramTransport | None = None
-        self.last = time.monotonic()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        self.last = time.monotonic()
-        self.front.sendto(data, self.client)
-
-
-class _UDPFront(asyncio.DatagramProtocol):
-    def __init__(self, proxy: "UserspaceProxy", listener: _Listener):
-        self.proxy = proxy
-        self.listener = listener
-        self.transport: asyncio.DatagramTransport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        sess = self.listener.udp_sessions.get(addr)
-        if sess is not None and sess.transport is not None:
-            sess.last = time.monotonic()
-            sess.transport.sendto(data)
-            return
-        asyncio.ensure_future(self._open(data, addr))
-
-    async def _open(self, data: bytes, addr: Any) -> None:
-        t = self.listener.table
-        b = t.pick(flow_key(addr[0], addr[1], "UDP", t.session_affinity), self.proxy.unhealthy)
-        if b is None or self.transport is None:
-            return
-        loop = asyncio.get_running_loop()
-        sess = _UDPSession(self.listener, addr, self.transport)
-        await loop.create_datagram_endpoint(lambda: sess, remote_addr=(b.address, b.port))
-        self.listener.udp_sessions[addr] = sess
-        assert sess.transport is not None
-        sess.transport.sendto(data)
+    def pick_udp(self, proxy: UserspaceProxy, addr: Any) -> tuple[str, int, Any] | None:
+        t = self.table
+        b = t.pick(flow_key(addr[0], addr[1], "UDP", t.session_affinity), proxy.unhealthy)
+        return (b.address, b.port, None) if b is not None else None
 
 
 class UserspaceProxy:
@@ -192,7 +59,7 @@ class UserspaceProxy:
         self.node_name = node_name  # this machine's node, for externalTrafficPolicy: Local
         self.table_size = table_size or maglev.DEFAULT_SIZE
         self.listeners: dict[tuple[str, int, str], _Listener] = {}
-        self.flows: set[_TCPFlow] = set()
+        self.flows: set[Splice] = set()
         self.unhealthy: frozenset[str] = frozenset()
         self.health_interval = health_interval
         self._tasks: list[asyncio.Task[None]] = []
@@ -219,7 +86,8 @@ class UserspaceProxy:
                     lst.server = await loop.create_server(lambda lst=lst: self._accept(lst), sock=sock, backlog=1024)
                 else:
                     sock = _socket(host, port, socket.SOCK_DGRAM)
-                    lst.server, _ = await loop.create_datagram_endpoint(lambda lst=lst: _UDPFront(self, lst), sock=sock)
+                    lst.udp = UDPRelay(lambda addr, lst=lst: lst.pick_udp(self, addr))
+                    lst.server, _ = await loop.create_datagram_endpoint(lambda lst=lst: lst.udp, sock=sock)
             except OSError as e:
                 log.error("cannot listen on %s:%d/%s for %s: %s", host, port, proto, t.service, e)
                 continue
@@ -230,16 +98,24 @@ class UserspaceProxy:
             lst.server.close()  # stop accepting; flows already running finish on their own
 
     def _accept(self, lst: _Listener) -> asyncio.Protocol:
-        flow = _TCPFlow(self, lst)
+        flow = Splice(lambda f, peer: self._opened(f, lst, peer), self.flows.discard)
         self.flows.add(flow)
         return flow.client
 
-    async def _connect(self, flow: _TCPFlow, b: Backend, t: ServiceTable) -> None:
+    def _opened(self, flow: Splice, lst: _Listener, peer: tuple[str, int]) -> None:
+        t = lst.table
+        b = t.pick(flow_key(peer[0], peer[1], "TCP", t.session_affinity), self.unhealthy)
+        if b is None:
+            flow.close()
+            return
+        asyncio.ensure_future(self._connect(flow, b, t))
+
+    async def _connect(self, flow: Splice, b: Backend, t: ServiceTable) -> None:
         loop = asyncio.get_running_loop()
         tried = {b.name}
         while True:
             try:
-                pipe = _Pipe(flow, "backend")
+                pipe = flow.backend_side()
                 await asyncio.wait_for(loop.create_connection(lambda: pipe, b.address, b.port), 5)
                 break
             except (OSError, asyncio.TimeoutError):
@@ -249,16 +125,7 @@ class UserspaceProxy:
                     return
                 tried.add(nxt.name)
                 b = nxt
-        if flow.closed:
-            if pipe.transport is not None:
-                pipe.transport.close()
-            return
-        flow.backend = pipe
-        if flow.pending:
-            pipe.transport.write(b"".join(flow.pending))  # type: ignore[union-attr]
-            flow.pending = []
-        if flow.client.transport is not None:
-            flow.client.transport.resume_reading()
+        flow.attach(pipe)
 
     async def start(self) -> None:
         self._tasks.append(asyncio.ensure_future(self._health()))
@@ -297,8 +164,5 @@ class UserspaceProxy:
             await asyncio.sleep(5)
             now = time.monotonic()
             for lst in self.listeners.values():
-                for addr, sess in list(lst.udp_sessions.items()):
-                    if now - sess.last > UDP_IDLE:
-                        if sess.transport is not None:
-                            sess.transport.close()
-                        del lst.udp_sessions[addr]
+                if lst.udp is not None:
+                    lst.udp.expire(now)

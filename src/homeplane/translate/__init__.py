@@ -18,10 +18,10 @@ from homeplane.api.diagnostics import Diagnostics
 from homeplane.api.objects import Obj, ObjectKey
 from homeplane.translate import snapshot as ir
 from homeplane.translate.backendtls import apply_backend_tls
-from homeplane.translate.context import Context, TranslateOptions
+from homeplane.translate.context import Context, TranslateOptions, age_key
 from homeplane.translate.gateways import gateway_status, process_gateway_classes, process_gateways
 from homeplane.translate.policies import attachments_summary, effective_rule, finish_policies, process_policies
-from homeplane.translate.routes import build_vhosts, process_routes
+from homeplane.translate.routes import build_vhosts, process_l4_routes, process_routes
 from homeplane.translate.services import build_services
 
 __all__ = ["TranslateOptions", "Translation", "translate", "digest_objects"]
@@ -49,6 +49,7 @@ def translate(objects: list[Obj], options: TranslateOptions | None = None, versi
     gateways = process_gateways(ctx, classes, diags)
     services, pools = build_services(ctx, diags)
     process_routes(ctx, gateways, diags)
+    process_l4_routes(ctx, gateways)
     policies = process_policies(ctx, gateways)
 
     gw_irs: list[ir.Gateway] = []
@@ -72,6 +73,7 @@ def translate(objects: list[Obj], options: TranslateOptions | None = None, versi
                     vhosts=vhosts,
                     client_traffic=ls.client_traffic,
                     attached_routes=len(ls.routes),
+                    l4_routes=tuple(a.l4 for a in sorted(ls.routes, key=lambda a: age_key(a.route)) if a.l4 is not None),
                 )
             )
         ctx.set_status(gw.obj, gateway_status(gw))

@@ -21,10 +21,15 @@ from homeplane.translate import status as st
 from homeplane.translate.context import Context, generation
 from homeplane.translate.tlscerts import CertificateError, load_tls_secret
 
-SERVED_PROTOCOLS = ("HTTP", "HTTPS")
+SERVED_PROTOCOLS = ("HTTP", "HTTPS", "TCP", "UDP")
 HTTP_ROUTE_KINDS = ((GATEWAY_GROUP, "HTTPRoute"), (GATEWAY_GROUP, "GRPCRoute"))
-# Route kinds homeplane can attach today.
-ATTACHABLE_KINDS = ((GATEWAY_GROUP, "HTTPRoute"),)
+# the route kinds each protocol's listeners take (Envoy Gateway's)
+ROUTE_KINDS = {
+    "HTTP": HTTP_ROUTE_KINDS,
+    "HTTPS": HTTP_ROUTE_KINDS,
+    "TCP": ((GATEWAY_GROUP, "TCPRoute"),),
+    "UDP": ((GATEWAY_GROUP, "UDPRoute"),),
+}
 
 
 @dataclass
@@ -32,6 +37,7 @@ class AttachedRoute:
     route: Obj
     hostnames: list[str]
     rules: list[ir.RouteRule]
+    l4: ir.L4Route | None = None  # a TCPRoute or UDPRoute
 
 
 @dataclass
@@ -204,20 +210,21 @@ def _validate_listener(ctx: Context, gw: GatewayState, ls: ListenerState) -> Non
         ls.supported_kinds = []
         return
     # Route kinds
+    kinds = ROUTE_KINDS[proto]
     allowed = spec.allowed_routes.kinds
     if allowed:
-        supported = [(k.group, k.kind) for k in allowed if (k.group, k.kind) in HTTP_ROUTE_KINDS]
-        bad = [f"{k.group}/{k.kind}" for k in allowed if (k.group, k.kind) not in HTTP_ROUTE_KINDS]
+        supported = [(k.group, k.kind) for k in allowed if (k.group, k.kind) in kinds]
+        bad = [f"{k.group}/{k.kind}" for k in allowed if (k.group, k.kind) not in kinds]
         if bad:
             ls.resolved = st.cond(
                 st.RESOLVED_REFS, False, st.R_INVALID_ROUTE_KINDS, f"Route kinds not supported on {proto}: {', '.join(bad)}"
             )
         ls.supported_kinds = supported
     else:
-        ls.supported_kinds = list(HTTP_ROUTE_KINDS)
-    if proto == "HTTP":
+        ls.supported_kinds = list(kinds)
+    if proto in ("HTTP", "TCP", "UDP"):
         if spec.tls is not None:
-            ls.accepted = st.cond(st.ACCEPTED, False, st.R_UNSUPPORTED_VALUE, "tls must not be set on an HTTP listener")
+            ls.accepted = st.cond(st.ACCEPTED, False, st.R_UNSUPPORTED_VALUE, f"tls must not be set on a {proto} listener")
         return
     # HTTPS
     tls = spec.tls

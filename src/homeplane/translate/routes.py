@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Callable
 
 from homeplane.api.diagnostics import Diagnostics
 from homeplane.api.models.gateway import (
@@ -23,6 +24,8 @@ from homeplane.api.models.gateway import (
     HTTPRouteMatch,
     HTTPRouteRule,
     ParentReference,
+    TCPRoute,
+    UDPRoute,
 )
 from homeplane.api.objects import Obj
 from homeplane.api.units import parse_duration
@@ -299,36 +302,77 @@ def process_routes(ctx: Context, gateways: list[GatewayState], diags: Diagnostic
             gw = by_key.get((gw_ns, pref.name))
             if gw is None and ctx.get(GATEWAY_GROUP, "Gateway", gw_ns, pref.name) is not None:
                 continue  # a Gateway of another controller
-            accepted = _attach(ctx, obj, route, gw, pref, compiled, gen)
-            parent_ref = {"group": pref.group, "kind": pref.kind, "namespace": gw_ns, "name": pref.name}
-            if pref.section_name:
-                parent_ref["sectionName"] = pref.section_name
-            if pref.port:
-                parent_ref["port"] = pref.port
+            accepted = _attach(ctx, obj, gw, pref, route.spec.hostnames, lambda hosts: AttachedRoute(obj, hosts, compiled.rules), gen)
             conditions = [accepted, compiled.resolved]
             if compiled.partially_invalid:
                 conditions.append(
                     st.cond("PartiallyInvalid", True, st.R_UNSUPPORTED_VALUE, "; ".join(compiled.partially_invalid), gen)
                 )
-            parents.append(
-                {
-                    "parentRef": parent_ref,
-                    "controllerName": st.CONTROLLER_NAME,
-                    "conditions": st.conditions_json(conditions),
-                }
-            )
+            parents.append(_parent_status(pref, gw_ns, conditions))
         ctx.set_status(obj, {"parents": parents})
+
+
+def _parent_status(pref: ParentReference, gw_ns: str, conditions: list[st.Condition]) -> dict:
+    parent_ref: dict = {"group": pref.group, "kind": pref.kind, "namespace": gw_ns, "name": pref.name}
+    if pref.section_name:
+        parent_ref["sectionName"] = pref.section_name
+    if pref.port:
+        parent_ref["port"] = pref.port
+    return {"parentRef": parent_ref, "controllerName": st.CONTROLLER_NAME, "conditions": st.conditions_json(conditions)}
+
+
+def process_l4_routes(ctx: Context, gateways: list[GatewayState]) -> None:
+    """TCPRoutes and UDPRoutes: the whole stream of a TCP/UDP listener goes to the route's
+    backends (all rules' backendRefs, by weight). When several attach to one listener, the
+    oldest is served; the others are attached but wait (their status says so)."""
+    by_key = {(g.obj.namespace, g.obj.name): g for g in gateways}
+    for kind in ("TCPRoute", "UDPRoute"):
+        for obj in ctx.kind(GATEWAY_GROUP, kind):
+            route = obj.model
+            assert isinstance(route, (TCPRoute, UDPRoute))
+            ns = obj.namespace or ""
+            gen = generation(obj)
+            backends = []
+            problems: list[tuple[str, str]] = []
+            for rule in route.spec.rules:
+                for bref in rule.backend_refs:
+                    res = resolve_backend_ref(ctx, GATEWAY_GROUP, kind, ns, bref)
+                    if res.pool is None:
+                        problems.append((res.reason, res.message))
+                    backends.append(
+                        ir.WeightedBackend(res.pool, bref.weight, ir.Ref(bref.kind, bref.namespace or ns, bref.name, str(bref.port) if bref.port else None), invalid_reason=res.message or None)
+                    )
+            resolved = (
+                st.cond(st.RESOLVED_REFS, False, problems[0][0], "; ".join(m for _, m in problems), gen)
+                if problems
+                else st.cond(st.RESOLVED_REFS, True, st.R_RESOLVED_REFS, "Resolved all references", gen)
+            )
+            l4 = ir.L4Route(ir.Ref(kind, ns, obj.name), tuple(backends))
+            parents = []
+            for pref in route.spec.parent_refs:
+                if (pref.group, pref.kind) != (GATEWAY_GROUP, "Gateway"):
+                    continue
+                gw_ns = pref.namespace or ns
+                gw = by_key.get((gw_ns, pref.name))
+                if gw is None and ctx.get(GATEWAY_GROUP, "Gateway", gw_ns, pref.name) is not None:
+                    continue  # a Gateway of another controller
+                accepted = _attach(ctx, obj, gw, pref, None, lambda hosts: AttachedRoute(obj, [], [], l4), gen)
+                parents.append(_parent_status(pref, gw_ns, [accepted, resolved]))
+            ctx.set_status(obj, {"parents": parents})
 
 
 def _attach(
     ctx: Context,
     obj: Obj,
-    route: HTTPRoute,
     gw: GatewayState | None,
     pref: ParentReference,
-    compiled: _Compiled,
+    hostnames: list[str] | None,
+    make: Callable[[list[str]], AttachedRoute],
     gen: int | None,
 ) -> st.Condition:
+    """Attach a route to the listeners its parentRef selects; its Accepted condition for that
+    parent. ``hostnames``: the route's (HTTPRoute), or None for kinds without (TCP/UDP)."""
+    kind = (GATEWAY_GROUP, obj.kind)
     gw_ns = pref.namespace or obj.namespace
     if gw is None:
         return st.cond(st.ACCEPTED, False, st.R_NO_MATCHING_PARENT, f"Gateway {gw_ns}/{pref.name} not found", gen)
@@ -347,17 +391,17 @@ def _attach(
     for ls in candidates:
         if not ls.accepts_routes:
             continue
-        if (GATEWAY_GROUP, "HTTPRoute") not in ls.supported_kinds:
+        if kind not in ls.supported_kinds:
             continue
         if not _namespace_allowed(ctx, ls, obj.namespace or ""):
             continue
         allowed_any = True
-        hosts = intersect(ls.spec.hostname, route.spec.hostnames)
-        if not hosts:
+        hosts = intersect(ls.spec.hostname, hostnames) if hostnames is not None else []
+        if hostnames is not None and not hosts:
             continue
         attached_any = True
         if not any(a.route is obj for a in ls.routes):
-            ls.routes.append(AttachedRoute(obj, hosts, compiled.rules))
+            ls.routes.append(make(hosts))
     if attached_any:
         return st.cond(st.ACCEPTED, True, st.R_ACCEPTED, "Route is accepted", gen)
     if allowed_any:

@@ -206,6 +206,14 @@ class ClientTrafficIR:
 
 
 @dataclass(frozen=True, slots=True)
+class L4Route:
+    """A TCPRoute or UDPRoute attached to a TCP/UDP listener: where its streams go."""
+
+    route: Ref
+    backends: tuple[WeightedBackend, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Listener:
     gateway: Ref
     name: str
@@ -218,6 +226,7 @@ class Listener:
     vhosts: tuple[VirtualHost, ...] = ()
     client_traffic: ClientTrafficIR | None = None
     attached_routes: int = 0
+    l4_routes: tuple[L4Route, ...] = ()  # TCP/UDP listeners, oldest route first (the one served)
 
 
 @dataclass(frozen=True, slots=True)

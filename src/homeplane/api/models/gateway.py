@@ -248,6 +248,30 @@ class HTTPRoute(Resource):
     spec: HTTPRouteSpec = Field(default_factory=HTTPRouteSpec)
 
 
+class BackendRef(BackendObjectReference):
+    weight: int = Field(default=1, ge=0, le=1_000_000)
+
+
+class L4RouteRule(Model):
+    name: str | None = None
+    backend_refs: list[BackendRef] = Field(default_factory=list)
+
+
+class L4RouteSpec(Model):
+    """TCPRoute and UDPRoute (gateway.networking.k8s.io/v1alpha2): a listener's whole stream."""
+
+    parent_refs: list[ParentReference] = Field(default_factory=list)
+    rules: list[L4RouteRule] = Field(min_length=1)
+
+
+class TCPRoute(Resource):
+    spec: L4RouteSpec
+
+
+class UDPRoute(Resource):
+    spec: L4RouteSpec
+
+
 class ReferenceGrantFrom(Model):
     group: str
     kind: str

@@ -1,0 +1,212 @@
+"""Gateway TCP and UDP listeners: TCPRoute and UDPRoute, as Envoy Gateway serves them.
+
+A listener's whole stream goes to its route's backends: a backendRef is chosen by weight
+for each connection (UDP: for each client address), then an endpoint of it by the gateway's
+usual balancer (LeastRequest: here, fewest open connections), skipping unhealthy and ejected
+ones; a refused connect tries the next endpoint. A backendRef that does not resolve takes its
+share of connections and closes them, as Envoy does for TCP. When a route changes, new
+connections follow it; open ones keep their backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import socket
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from homeplane.gateway.cluster import Cluster, EndpointState, cluster_key
+from homeplane.l4.relay import Splice, UDPRelay
+from homeplane.translate import snapshot as ir
+
+if TYPE_CHECKING:
+    from homeplane.gateway.server import DataPlane
+
+log = logging.getLogger("homeplane.gateway")
+CONNECT_TIMEOUT = 10.0
+
+
+def l4_cluster(pool: str) -> str:
+    return cluster_key(pool, "LeastRequest")
+
+
+@dataclass
+class _Wanted:
+    gateway: ir.Ref
+    listener: str
+    route: ir.L4Route
+
+
+class L4Listener:
+    def __init__(self, dp: DataPlane, key: tuple[str, int, str], wanted: _Wanted):
+        self.dp = dp
+        self.key = key
+        self.wanted = wanted
+        self.server: Any = None
+        self.udp: UDPRelay | None = None
+        self.splices: set[Splice] = set()
+
+    # --- choosing a backend ------------------------------------------------------------
+
+    def choose(self, exclude: tuple[EndpointState, ...] = ()) -> tuple[Cluster, EndpointState] | None:
+        backends = [b for b in self.wanted.route.backends if b.weight > 0]
+        if not backends:
+            return None
+        b = random.choices(backends, weights=[b.weight for b in backends])[0]
+        if b.pool is None:
+            return None  # an invalid backendRef: its share of connections is refused
+        cluster = self.dp.clusters.get(l4_cluster(b.pool))
+        if cluster is None:
+            return None
+        ep = cluster.pick(None, exclude)
+        return (cluster, ep) if ep is not None else None
+
+    # --- TCP --------------------------------------------------------------------------
+
+    def accept(self) -> asyncio.Protocol:
+        splice = Splice(self._opened, self._closed)
+        self.splices.add(splice)
+        return splice.client
+
+    def _opened(self, splice: Splice, peer: tuple[str, int]) -> None:
+        chosen = self.choose()
+        if chosen is None:
+            log.debug("%s: no backend for %s:%d", self.wanted.route.route, *peer)
+            splice.close()
+            return
+        asyncio.ensure_future(self._connect(splice, *chosen))
+
+    async def _connect(self, splice: Splice, cluster: Cluster, ep: EndpointState) -> None:
+        loop = asyncio.get_running_loop()
+        tried: list[EndpointState] = []
+        while True:
+            ep.active += 1
+            side = splice.backend_side()
+            try:
+                await asyncio.wait_for(loop.create_connection(lambda: side, ep.address, ep.port), CONNECT_TIMEOUT)
+            except (OSError, asyncio.TimeoutError):
+                ep.active -= 1
+                cluster.result(ep, None, local_failure=True)
+                tried.append(ep)
+                nxt = cluster.pick(None, tuple(tried))
+                if nxt is None or nxt in tried or splice.closed:
+                    splice.close()
+                    return
+                ep = nxt
+                continue
+            break
+        if splice.closed:
+            ep.active -= 1
+            if side.transport is not None:
+                side.transport.close()
+            return
+        splice.context = ep
+        splice.attach(side)
+
+    def _closed(self, splice: Splice) -> None:
+        self.splices.discard(splice)
+        ep = splice.context
+        if isinstance(ep, EndpointState):
+            ep.active -= 1
+            splice.context = None
+
+    # --- UDP --------------------------------------------------------------------------
+
+    def pick_udp(self, addr: Any) -> tuple[str, int, Any] | None:
+        chosen = self.choose()
+        if chosen is None:
+            return None
+        ep = chosen[1]
+        ep.active += 1
+        return ep.address, ep.port, ep
+
+    @staticmethod
+    def udp_ended(ep: Any) -> None:
+        if isinstance(ep, EndpointState):
+            ep.active -= 1
+
+    # --- lifecycle --------------------------------------------------------------------
+
+    async def start(self) -> None:
+        host, port, proto = self.key
+        loop = asyncio.get_running_loop()
+        fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+        if proto == "TCP":
+            self.server = await loop.create_server(self.accept, host, port, family=fam, reuse_address=True, backlog=1024)
+        else:
+            self.udp = UDPRelay(self.pick_udp, self.udp_ended)
+            self.server, _ = await loop.create_datagram_endpoint(lambda: self.udp, local_addr=(host, port), family=fam)
+
+    def close(self) -> None:
+        """Stop accepting; open TCP connections finish on their own (UDP sessions end now)."""
+        if self.server is not None:
+            self.server.close()
+        if self.udp is not None:
+            self.udp.close()
+
+
+class GatewayL4:
+    """The TCP/UDP listeners of every Gateway, kept in step with the Snapshot."""
+
+    def __init__(self, dp: DataPlane):
+        self.dp = dp
+        self.listeners: dict[tuple[str, int, str], L4Listener] = {}
+
+    @staticmethod
+    def pools(snapshot: ir.Snapshot) -> set[str]:
+        return {b.pool for gw in snapshot.gateways for ls in gw.listeners for r in ls.l4_routes[:1] for b in r.backends if b.pool}
+
+    async def apply(self, wanted: dict[tuple[str, int, str], _Wanted]) -> None:
+        for key, w in wanted.items():
+            lst = self.listeners.get(key)
+            if lst is not None:
+                lst.wanted = w  # new connections follow the new route; open ones keep their backend
+                continue
+            lst = L4Listener(self.dp, key, w)
+            try:
+                await lst.start()
+            except OSError as e:
+                log.error("cannot listen on %s:%d/%s for Gateway %s listener %s: %s", key[0], key[1], key[2], w.gateway, w.listener, e)
+                continue
+            self.listeners[key] = lst
+            log.info("Gateway %s listener %s (%s) listening on %s:%d -> %s", w.gateway, w.listener, key[2], key[0], key[1], w.route.route)
+        for key in [k for k in self.listeners if k not in wanted]:
+            self.listeners.pop(key).close()
+            log.info("stopped listening on %s:%d/%s", *key)
+
+    def expire_udp(self, now: float) -> None:
+        for lst in self.listeners.values():
+            if lst.udp is not None:
+                lst.udp.expire(now)
+
+    def close(self) -> None:
+        for lst in self.listeners.values():
+            lst.close()
+            for s in list(lst.splices):
+                s.close()
+        self.listeners.clear()
+
+
+def wanted_listeners(snapshot: ir.Snapshot, address_for: Any, port_for: Any) -> tuple[dict[tuple[str, int, str], _Wanted], list[dict[str, Any]]]:
+    """(bound address, port, protocol) -> what to serve there, and the bindings to report."""
+    wanted: dict[tuple[str, int, str], _Wanted] = {}
+    bindings = []
+    for gw in snapshot.gateways:
+        addr = address_for(gw)
+        for ls in gw.listeners:
+            if ls.protocol not in ("TCP", "UDP") or not ls.ready or not ls.l4_routes:
+                continue
+            key = (addr, port_for(ls.port), ls.protocol)
+            if key in wanted:
+                log.error("Gateway %s listener %s: %s:%d/%s is already used by Gateway %s; not served", gw.ref, ls.name, *key, wanted[key].gateway)
+                continue
+            wanted[key] = _Wanted(gw.ref, ls.name, ls.l4_routes[0])
+            bindings.append(
+                {
+                    "gateway": f"{gw.ref.namespace}/{gw.ref.name}", "port": ls.port, "protocol": ls.protocol,
+                    "address": addr, "boundPort": key[1], "listeners": [ls.name],
+                }
+            )
+    return wanted, bindings

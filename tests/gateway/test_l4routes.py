@@ -1,0 +1,196 @@
+"""Gateway TCP and UDP listeners: TCPRoute and UDPRoute end to end, on loopback."""
+
+from __future__ import annotations
+
+import socket
+import socketserver
+import threading
+
+from tests.gateway.harness import Gateway
+from tests.gateway.manifests import gateway, two_endpoints
+
+L4_LISTENERS = """- {name: ssh, protocol: TCP, port: 22, allowedRoutes: {namespaces: {from: All}, kinds: [{kind: TCPRoute}]}}
+    - {name: dns, protocol: UDP, port: 53, allowedRoutes: {namespaces: {from: All}}}"""
+
+
+class TCPEcho:
+    """Answers each connection with "<name>:" and everything it received, after the client's EOF."""
+
+    def __init__(self, name: str):
+        outer = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                outer.connections += 1
+                got = b""
+                first = self.request.recv(65536)
+                if first == b"hello?\n":  # an interactive greeting, answered at once (like an SSH banner)
+                    self.request.sendall(f"{name} here\n".encode())
+                    first = b""
+                got += first
+                while chunk := self.request.recv(65536):
+                    got += chunk
+                self.request.sendall(name.encode() + b":" + got)
+
+        self.connections = 0
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class UDPEcho:
+    def __init__(self, name: str):
+        outer = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                data, sock = self.request
+                outer.clients.add(self.client_address)
+                sock.sendto(name.encode() + b":" + data, self.client_address)
+
+        self.clients: set = set()
+        self.server = socketserver.ThreadingUDPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def routes(tcp_service: str = "git", udp_service: str = "resolver") -> str:
+    return f"""
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TCPRoute
+metadata: {{name: ssh, namespace: apps}}
+spec:
+  parentRefs: [{{name: gw, namespace: network, sectionName: ssh}}]
+  rules: [{{backendRefs: [{{name: {tcp_service}, port: 80}}]}}]
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: UDPRoute
+metadata: {{name: dns, namespace: apps}}
+spec:
+  parentRefs: [{{name: gw, namespace: network, sectionName: dns}}]
+  rules: [{{backendRefs: [{{name: {udp_service}, port: 53}}]}}]
+"""
+
+
+def udp_service(name: str, port: int) -> str:
+    return f"""
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: apps}}
+spec: {{ports: [{{name: dns, port: 53, protocol: UDP}}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: {name}-1, namespace: apps, labels: {{kubernetes.io/service-name: {name}}}}}
+addressType: IPv4
+ports: [{{name: dns, port: {port}, protocol: UDP}}]
+endpoints: [{{addresses: [127.0.0.1]}}]
+"""
+
+
+def exchange(port: int, payload: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(payload)
+        s.shutdown(socket.SHUT_WR)  # half-close: the backend answers after our EOF
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+        return out
+
+
+def test_tcp_route_relays_streams_and_follows_route_changes() -> None:
+    a, b, other = TCPEcho("a"), TCPEcho("b"), TCPEcho("other")
+    u = UDPEcho("u")
+    manifests = gateway(L4_LISTENERS) + two_endpoints("git", a.port, b.port) + two_endpoints("spare", other.port, other.port) + udp_service("resolver", u.port)
+    g = Gateway(manifests + routes())
+    try:
+        port = g.port(22)
+        big = bytes(range(256)) * 4096  # 1 MiB, both ways
+        answers = [exchange(port, big) for _ in range(6)]
+        assert all(x[2:] == big for x in answers)
+        assert {x[:2] for x in answers} == {b"a:", b"b:"}  # both endpoints get connections
+        # a connection open across a route change keeps its backend; new ones follow the route
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as held:
+            held.sendall(b"hello?\n")
+            greeting = held.recv(100)
+            assert greeting in (b"a here\n", b"b here\n")
+            g.apply(manifests + routes(tcp_service="spare"))
+            assert exchange(port, b"new") == b"other:new"
+            held.sendall(b"still there")
+            held.shutdown(socket.SHUT_WR)
+            assert held.recv(100) == greeting[:1] + b":still there"
+        # UDP: datagrams both ways, each client its own session
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:
+            c.settimeout(5)
+            c.sendto(b"query", ("127.0.0.1", g.port(53)))
+            assert c.recvfrom(100)[0] == b"u:query"
+            c.sendto(b"again", ("127.0.0.1", g.port(53)))
+            assert c.recvfrom(100)[0] == b"u:again"
+        assert len(u.clients) == 1  # both datagrams came through one session
+    finally:
+        g.close()
+        for s in (a, b, other, u):
+            s.close()
+
+
+def test_tcp_route_without_a_usable_backend_closes_and_dead_endpoints_are_skipped() -> None:
+    a = TCPEcho("a")
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))
+    dead_port = dead.getsockname()[1]
+    dead.close()  # nothing listens there
+    g = Gateway(gateway(L4_LISTENERS) + two_endpoints("git", dead_port, a.port) + routes(tcp_service="git", udp_service="git"))
+    try:
+        # a refused connect moves on to the next endpoint: every connection is served by a
+        assert [exchange(g.port(22), b"x") for _ in range(4)] == [b"a:x"] * 4
+        g.apply(gateway(L4_LISTENERS) + routes(tcp_service="missing"))
+        # the route's only backendRef does not resolve: connections are closed, never hang
+        try:
+            answer = exchange(g.port(22), b"x")
+        except ConnectionResetError:
+            answer = b""
+        assert answer == b""
+        status = g.translate(gateway(L4_LISTENERS) + routes(tcp_service="missing")).status
+        parents = status[("gateway.networking.k8s.io", "TCPRoute", "apps", "ssh")]["parents"]
+        resolved = next(c for c in parents[0]["conditions"] if c["type"] == "ResolvedRefs")
+        assert (resolved["status"], resolved["reason"]) == ("False", "BackendNotFound")
+    finally:
+        g.close()
+        a.close()
+
+
+def test_older_tcp_route_wins_a_listener() -> None:
+    first, second = TCPEcho("first"), TCPEcho("second")
+    older = """
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TCPRoute
+metadata: {name: %s, namespace: apps, creationTimestamp: "%s"}
+spec:
+  parentRefs: [{name: gw, namespace: network, sectionName: ssh}]
+  rules: [{backendRefs: [{name: %s, port: 80}]}]
+"""
+    m = (
+        gateway(L4_LISTENERS) + two_endpoints("one", first.port, first.port) + two_endpoints("two", second.port, second.port)
+        + older % ("zz-old", "2024-01-01T00:00:00Z", "one") + older % ("aa-new", "2025-01-01T00:00:00Z", "two")
+    )
+    g = Gateway(m)
+    try:
+        assert exchange(g.port(22), b"q") == b"first:q"
+        listener = next(x for x in g.translate(m).status[("gateway.networking.k8s.io", "Gateway", "network", "gw")]["listeners"] if x["name"] == "ssh")
+        assert listener["attachedRoutes"] == 2
+    finally:
+        g.close()
+        first.close()
+        second.close()

@@ -260,6 +260,25 @@ def test_streaming_both_ways(simple: Gateway, backend: Backend) -> None:
         assert b"event 2" in rest
 
 
+def test_a_slow_client_at_the_end_of_a_response_does_not_stall_the_pooled_connection(simple: Gateway, backend: Backend) -> None:
+    # The client reads nothing at first (a small receive buffer): the gateway's write buffer
+    # fills and it stops reading from the backend - just as the whole response has arrived and
+    # the backend connection goes back to the pool. The next request reuses that connection.
+    for _ in range(4):  # the pause has to fall on the last read: likely, not certain, each time
+        with socket.socket() as slow:
+            slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            slow.connect(("127.0.0.1", simple.port(80)))
+            slow.sendall(b"GET /big?bytes=3000000 HTTP/1.1\r\nhost: app.test\r\nconnection: close\r\n\r\n")
+            got = b""
+            while chunk := slow.recv(16384):  # slowly, to the end: the gateway keeps pausing the backend
+                got += chunk
+                time.sleep(0.001)
+            assert got.startswith(b"HTTP/1.1 200") and len(got.split(b"\r\n\r\n", 1)[1]) == 3000000
+        r = httpx.get(simple.url(80, "/echo"), headers={"host": "app.test"}, timeout=5)
+        assert r.status_code == 200
+    assert backend.connections == 1  # the pooled connection was reused, and it answered
+
+
 def test_websocket_upgrade_pass_through(simple: Gateway) -> None:
     with socket.create_connection(("127.0.0.1", simple.port(80)), timeout=5) as s:
         s.sendall(

@@ -195,6 +195,10 @@ class UpstreamConnection(PooledConnection):
         self.reused = True
         self.head_only = False
         self.idle_since = time.monotonic()
+        if self.transport is not None:
+            # a slow client may have paused our reading just as the response ended: the next
+            # request on this connection must be able to read its answer
+            self.transport.resume_reading()
         self.endpoint.idle.append(self)
 
 

@@ -6,6 +6,8 @@ import socket
 import socketserver
 import threading
 
+import pytest
+
 from tests.gateway.harness import Gateway
 from tests.gateway.manifests import gateway, two_endpoints
 
@@ -158,7 +160,7 @@ def test_tcp_route_without_a_usable_backend_closes_and_dead_endpoints_are_skippe
         # the route's only backendRef does not resolve: connections are closed, never hang
         try:
             answer = exchange(g.port(22), b"x")
-        except ConnectionResetError:
+        except OSError:  # reset, or closed before our half-close
             answer = b""
         assert answer == b""
         status = g.translate(gateway(L4_LISTENERS) + routes(tcp_service="missing")).status
@@ -194,3 +196,104 @@ spec:
         g.close()
         first.close()
         second.close()
+
+
+def test_tls_passthrough_by_sni_beside_https_on_one_port(tmp_path) -> None:
+    import ssl
+
+    from tests.gateway.backends import Backend
+    from tests.gateway.manifests import route, service
+    from tests.gateway.test_operations import tls_backend
+    from tests.translate.helpers import tls_secret
+
+    (tmp_path / "git").mkdir()
+    (tmp_path / "other").mkdir()
+    git, git_pem = tls_backend("git.home.test", tmp_path / "git")
+    other, other_pem = tls_backend("ci.home.test", tmp_path / "other")
+    plain = Backend("plain")
+    listeners = """- {name: https, protocol: HTTPS, port: 443, hostname: app.test, tls: {certificateRefs: [{name: app-tls}]}, allowedRoutes: {namespaces: {from: All}}}
+    - {name: passthrough, protocol: TLS, port: 443, hostname: "*.home.test", tls: {mode: Passthrough}, allowedRoutes: {namespaces: {from: All}}}"""
+    tls_routes = """
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TLSRoute
+metadata: {name: git, namespace: apps}
+spec:
+  parentRefs: [{name: gw, namespace: network, sectionName: passthrough}]
+  hostnames: [git.home.test]
+  rules: [{backendRefs: [{name: git, port: 80}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TLSRoute
+metadata: {name: rest, namespace: apps}
+spec:
+  parentRefs: [{name: gw, namespace: network, sectionName: passthrough}]
+  rules: [{backendRefs: [{name: other, port: 80}]}]
+"""
+    m = (
+        gateway(listeners) + tls_secret("app-tls", "network", "app.test") + route(section="https") + service("a", plain.port)
+        + two_endpoints("git", git.port, git.port) + two_endpoints("other", other.port, other.port) + tls_routes
+    )
+    g = Gateway(m)
+
+    def get(sni: str, pem: str | None) -> tuple[bytes, dict]:
+        ctx = ssl.create_default_context(cadata=pem) if pem else ssl._create_unverified_context()
+        with socket.create_connection(("127.0.0.1", g.port(443)), timeout=5) as raw, ctx.wrap_socket(raw, server_hostname=sni) as s:
+            s.sendall(f"GET /echo HTTP/1.1\r\nhost: {sni}\r\nconnection: close\r\n\r\n".encode())
+            out = b""
+            while chunk := s.recv(65536):
+                out += chunk
+            return out, s.getpeercert()
+
+    try:
+        # the backend's own certificate verifies: the gateway did not terminate TLS
+        body, _ = get("git.home.test", git_pem)
+        assert b"200" in body.split(b"\r\n")[0] and b'"backend": "tls"' in body
+        assert git.requests[-1]["headers"] and not any(n == "x-forwarded-for" for n, _ in git.requests[-1]["headers"])
+        body, _ = get("ci.home.test", other_pem)  # the route without hostnames takes the listener's wildcard
+        assert b"200" in body.split(b"\r\n")[0] and len(other.requests) == 1
+        body, cert = get("app.test", None)  # not a passthrough name: the HTTPS listener terminates it
+        assert b"200" in body.split(b"\r\n")[0] and b'"backend": "plain"' in body
+        status = g.translate(m).status[("gateway.networking.k8s.io", "Gateway", "network", "gw")]
+        ls = {x["name"]: x for x in status["listeners"]}
+        assert ls["passthrough"]["attachedRoutes"] == 2 and ls["passthrough"]["supportedKinds"] == [{"group": "gateway.networking.k8s.io", "kind": "TLSRoute"}]
+    finally:
+        g.close()
+        for b in (git, other, plain):
+            b.close()
+
+
+def test_tls_passthrough_alone_on_a_port_refuses_unknown_names(tmp_path) -> None:
+    import ssl
+
+    from tests.gateway.test_operations import tls_backend
+
+    git, git_pem = tls_backend("git.home.test", tmp_path)
+    listeners = """- {name: passthrough, protocol: TLS, port: 6443, tls: {mode: Passthrough}, allowedRoutes: {namespaces: {from: All}}}"""
+    tls_route = """
+---
+apiVersion: gateway.networking.k8s.io/v1alpha3
+kind: TLSRoute
+metadata: {name: git, namespace: apps}
+spec:
+  parentRefs: [{name: gw, namespace: network}]
+  hostnames: [git.home.test]
+  rules: [{backendRefs: [{name: git, port: 80}]}]
+"""
+    g = Gateway(gateway(listeners) + two_endpoints("git", git.port, git.port) + tls_route)
+    try:
+        ctx = ssl.create_default_context(cadata=git_pem)
+        with socket.create_connection(("127.0.0.1", g.port(6443)), timeout=5) as raw, ctx.wrap_socket(raw, server_hostname="git.home.test") as s:
+            s.sendall(b"GET /echo HTTP/1.1\r\nhost: git.home.test\r\nconnection: close\r\n\r\n")
+            assert s.recv(100).startswith(b"HTTP/1.1 200")
+        # another name, or no TLS at all: the connection is closed, nothing reaches the backend
+        with socket.create_connection(("127.0.0.1", g.port(6443)), timeout=5) as raw:
+            with pytest.raises((ssl.SSLError, ConnectionError)):
+                ssl._create_unverified_context().wrap_socket(raw, server_hostname="vault.home.test")
+        with socket.create_connection(("127.0.0.1", g.port(6443)), timeout=5) as raw:
+            raw.sendall(b"GET / HTTP/1.1\r\nhost: git.home.test\r\n\r\n")
+            assert raw.recv(100) == b""
+        assert len(git.requests) == 1
+    finally:
+        g.close()
+        git.close()

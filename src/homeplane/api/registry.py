@@ -32,6 +32,7 @@ SERVED_KINDS: tuple[KindInfo, ...] = (
     KindInfo(_GW, "HTTPRoute", ("v1", "v1beta1"), gateway.HTTPRoute),
     KindInfo(_GW, "TCPRoute", ("v1alpha2",), gateway.TCPRoute),
     KindInfo(_GW, "UDPRoute", ("v1alpha2",), gateway.UDPRoute),
+    KindInfo(_GW, "TLSRoute", ("v1alpha2", "v1alpha3"), gateway.TLSRoute),
     KindInfo(_GW, "ReferenceGrant", ("v1", "v1beta1", "v1alpha2"), gateway.ReferenceGrant),
     KindInfo(_GW, "BackendTLSPolicy", ("v1", "v1alpha3"), gateway.BackendTLSPolicy),
     KindInfo(_EG, "EnvoyProxy", ("v1alpha1",), envoy.EnvoyProxy),

@@ -15,7 +15,7 @@ import logging
 import random
 import socket
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from homeplane.gateway.cluster import Cluster, EndpointState, cluster_key
 from homeplane.l4.relay import Splice, UDPRelay
@@ -39,6 +39,82 @@ class _Wanted:
     route: ir.L4Route
 
 
+def choose(dp: DataPlane, route: ir.L4Route, exclude: tuple[EndpointState, ...] = ()) -> tuple[Cluster, EndpointState] | None:
+    """A backendRef of the route by weight, then an endpoint of it; None refuses the stream."""
+    backends = [b for b in route.backends if b.weight > 0]
+    if not backends:
+        return None
+    b = random.choices(backends, weights=[b.weight for b in backends])[0]
+    if b.pool is None:
+        return None  # an invalid backendRef: its share of connections is refused
+    cluster = dp.clusters.get(l4_cluster(b.pool))
+    if cluster is None:
+        return None
+    ep = cluster.pick(None, exclude)
+    return (cluster, ep) if ep is not None else None
+
+
+def relay(dp: DataPlane, splice: Splice, route: ir.L4Route, peer: tuple[str, int]) -> None:
+    """Open the route's backend for an accepted connection and splice the two (or close it)."""
+    chosen = choose(dp, route)
+    if chosen is None:
+        log.debug("%s: no backend for %s:%d", route.route, *peer)
+        splice.close()
+        return
+    asyncio.ensure_future(_connect(splice, *chosen))
+
+
+async def _connect(splice: Splice, cluster: Cluster, ep: EndpointState) -> None:
+    loop = asyncio.get_running_loop()
+    tried: list[EndpointState] = []
+    while True:
+        ep.active += 1
+        side = splice.backend_side()
+        try:
+            await asyncio.wait_for(loop.create_connection(lambda: side, ep.address, ep.port), CONNECT_TIMEOUT)
+        except (OSError, asyncio.TimeoutError):
+            ep.active -= 1
+            cluster.result(ep, None, local_failure=True)
+            tried.append(ep)
+            nxt = cluster.pick(None, tuple(tried))
+            if nxt is None or nxt in tried or splice.closed:
+                splice.close()
+                return
+            ep = nxt
+            continue
+        break
+    if splice.closed:
+        ep.active -= 1
+        if side.transport is not None:
+            side.transport.close()
+        return
+    splice.context = ep
+    splice.attach(side)
+
+
+def spliced(dp: DataPlane, splices: set[Splice], route_for: Callable[[], ir.L4Route | None]) -> Splice:
+    """A Splice whose backend is chosen from ``route_for()`` when the client connects, counted
+    in ``splices`` while open (and on its endpoint, for LeastRequest)."""
+
+    def opened(splice: Splice, peer: tuple[str, int]) -> None:
+        route = route_for()
+        if route is None:
+            splice.close()
+            return
+        relay(dp, splice, route, peer)
+
+    def closed(splice: Splice) -> None:
+        splices.discard(splice)
+        ep = splice.context
+        if isinstance(ep, EndpointState):
+            ep.active -= 1
+            splice.context = None
+
+    splice = Splice(opened, closed)
+    splices.add(splice)
+    return splice
+
+
 class L4Listener:
     def __init__(self, dp: DataPlane, key: tuple[str, int, str], wanted: _Wanted):
         self.dp = dp
@@ -48,74 +124,13 @@ class L4Listener:
         self.udp: UDPRelay | None = None
         self.splices: set[Splice] = set()
 
-    # --- choosing a backend ------------------------------------------------------------
-
-    def choose(self, exclude: tuple[EndpointState, ...] = ()) -> tuple[Cluster, EndpointState] | None:
-        backends = [b for b in self.wanted.route.backends if b.weight > 0]
-        if not backends:
-            return None
-        b = random.choices(backends, weights=[b.weight for b in backends])[0]
-        if b.pool is None:
-            return None  # an invalid backendRef: its share of connections is refused
-        cluster = self.dp.clusters.get(l4_cluster(b.pool))
-        if cluster is None:
-            return None
-        ep = cluster.pick(None, exclude)
-        return (cluster, ep) if ep is not None else None
-
-    # --- TCP --------------------------------------------------------------------------
-
     def accept(self) -> asyncio.Protocol:
-        splice = Splice(self._opened, self._closed)
-        self.splices.add(splice)
-        return splice.client
-
-    def _opened(self, splice: Splice, peer: tuple[str, int]) -> None:
-        chosen = self.choose()
-        if chosen is None:
-            log.debug("%s: no backend for %s:%d", self.wanted.route.route, *peer)
-            splice.close()
-            return
-        asyncio.ensure_future(self._connect(splice, *chosen))
-
-    async def _connect(self, splice: Splice, cluster: Cluster, ep: EndpointState) -> None:
-        loop = asyncio.get_running_loop()
-        tried: list[EndpointState] = []
-        while True:
-            ep.active += 1
-            side = splice.backend_side()
-            try:
-                await asyncio.wait_for(loop.create_connection(lambda: side, ep.address, ep.port), CONNECT_TIMEOUT)
-            except (OSError, asyncio.TimeoutError):
-                ep.active -= 1
-                cluster.result(ep, None, local_failure=True)
-                tried.append(ep)
-                nxt = cluster.pick(None, tuple(tried))
-                if nxt is None or nxt in tried or splice.closed:
-                    splice.close()
-                    return
-                ep = nxt
-                continue
-            break
-        if splice.closed:
-            ep.active -= 1
-            if side.transport is not None:
-                side.transport.close()
-            return
-        splice.context = ep
-        splice.attach(side)
-
-    def _closed(self, splice: Splice) -> None:
-        self.splices.discard(splice)
-        ep = splice.context
-        if isinstance(ep, EndpointState):
-            ep.active -= 1
-            splice.context = None
+        return spliced(self.dp, self.splices, lambda: self.wanted.route).client
 
     # --- UDP --------------------------------------------------------------------------
 
     def pick_udp(self, addr: Any) -> tuple[str, int, Any] | None:
-        chosen = self.choose()
+        chosen = choose(self.dp, self.wanted.route)
         if chosen is None:
             return None
         ep = chosen[1]
@@ -156,7 +171,13 @@ class GatewayL4:
 
     @staticmethod
     def pools(snapshot: ir.Snapshot) -> set[str]:
-        return {b.pool for gw in snapshot.gateways for ls in gw.listeners for r in ls.l4_routes[:1] for b in r.backends if b.pool}
+        """Pools the TCP/UDP listeners (their served route) and TLS passthrough routes use."""
+        return {
+            b.pool
+            for gw in snapshot.gateways for ls in gw.listeners
+            for r in (ls.l4_routes if ls.protocol == "TLS" else ls.l4_routes[:1])
+            for b in r.backends if b.pool
+        }
 
     async def apply(self, wanted: dict[tuple[str, int, str], _Wanted]) -> None:
         for key, w in wanted.items():
@@ -210,3 +231,33 @@ def wanted_listeners(snapshot: ir.Snapshot, address_for: Any, port_for: Any) -> 
                 }
             )
     return wanted, bindings
+
+
+class PassthroughTable:
+    """TLS passthrough on one port: the TLSRoute for a ClientHello's server name. An exact name
+    wins over a wildcard, a longer wildcard over a shorter, ``*`` (any) comes last; between
+    routes for the same name the oldest wins (``routes`` comes oldest first)."""
+
+    def __init__(self, routes: list[ir.L4Route]):
+        self.exact: dict[str, ir.L4Route] = {}
+        wild: dict[str, ir.L4Route] = {}
+        self.any: ir.L4Route | None = None
+        for r in routes:
+            for h in r.hostnames:
+                if h == "*":
+                    self.any = self.any or r
+                elif h.startswith("*."):
+                    wild.setdefault(h[1:], r)
+                else:
+                    self.exact.setdefault(h, r)
+        self.wild = sorted(wild.items(), key=lambda kv: -len(kv[0]))
+
+    def select(self, sni: str | None) -> ir.L4Route | None:
+        if sni:
+            r = self.exact.get(sni)
+            if r is not None:
+                return r
+            for suffix, r in self.wild:
+                if sni.endswith(suffix) and len(sni) > len(suffix):
+                    return r
+        return self.any

@@ -24,7 +24,9 @@ from typing import Any, Callable, Iterable
 from homeplane.gateway.auth import Auth, compile_security
 from homeplane.gateway.cluster import Cluster, ClusterConfig, cluster_key
 from homeplane.gateway.health import run_checks
-from homeplane.gateway.l4routes import GatewayL4, l4_cluster, wanted_listeners
+from homeplane.gateway.l4routes import GatewayL4, PassthroughTable, l4_cluster, spliced, wanted_listeners
+from homeplane.gateway.tlspeek import NEED_MORE, NotTLS, client_hello_sni
+from homeplane.l4.relay import Splice
 from homeplane.gateway.compression import TOKENS
 from homeplane.gateway.exchange import Exchange, RetryPolicy, RouteAction, WeightedCluster
 from homeplane.gateway.filters import compile_header_ops
@@ -293,7 +295,9 @@ class PortServer:
         self.server: asyncio.base_events.Server | None = None
         self.ssl_ctx: ssl.SSLContext | None = None
         self.conns: set[Any] = set()  # open client connections on this port
-        self.started_with_proxy = False
+        self.started_with_preamble = False
+        self.passthrough: PassthroughTable | None = None  # TLS passthrough (TLSRoutes) on this port
+        self.splices: set[Splice] = set()  # passed-through connections
         self.connection_limit: int | None = None
         self._contexts: list[tuple[ListenerTable, list[tuple[ir.TLSCert, ssl.SSLContext]]]] = []
 
@@ -354,11 +358,17 @@ class PortServer:
         confs = [lt.conf for lt in self.table.listeners if lt.conf is not None and lt.conf.proxy_protocol]
         return bool(confs), bool(confs) and all(c.proxy_protocol_optional for c in confs)
 
+    @property
+    def needs_preamble(self) -> bool:
+        """Bytes to read before TLS: a PROXY protocol header, or the ClientHello's SNI for passthrough."""
+        return self.proxy_protocol[0] or self.passthrough is not None
+
     async def start(self) -> None:
         loop = self.dp.loop
-        self.started_with_proxy = self.proxy_protocol[0]
-        if self.started_with_proxy:
-            # the PROXY header comes before TLS: accept plain TCP, read it, then start TLS
+        self.started_with_preamble = self.needs_preamble
+        if self.started_with_preamble:
+            # the PROXY header / the ClientHello comes before TLS: accept plain TCP, read it, then
+            # start TLS (or pass the connection through)
             self.server = await loop.create_server(
                 lambda: ProxyPreamble(self), self.host, self.port, backlog=1024, reuse_address=True,
                 reuse_port=self.dp.settings.reuse_port or None,
@@ -381,13 +391,17 @@ class PortServer:
 
 
 class ProxyPreamble(asyncio.Protocol):
-    """Reads the PROXY protocol header, then hands the connection to HTTP (after TLS if needed)."""
+    """What comes before HTTP on a port: the PROXY protocol header (when expected), then, on a
+    port with TLS passthrough, the ClientHello's SNI - a TLSRoute's name passes the connection
+    through to its backend, any other goes to this port's HTTPS listeners (after TLS)."""
 
     def __init__(self, server: PortServer):
         self.server = server
         self.buf = b""
         self.transport: asyncio.Transport | None = None
         self.done = False
+        self.proxy_done = False
+        self.client: tuple[str, int] | None = None
         self.timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -404,25 +418,56 @@ class ProxyPreamble(asyncio.Protocol):
         if self.done:
             return
         self.buf += data
-        expected, optional = self.server.proxy_protocol
-        try:
-            if optional and not proxyproto.looks_like_proxy(self.buf):
-                info = None
-            else:
-                info = proxyproto.parse(self.buf)
-                if info is None:
-                    return  # more bytes needed
-        except proxyproto.ProxyProtocolError as e:
-            log.info("connection closed: %s", e)
-            assert self.transport is not None
-            self.transport.close()
-            return
+        assert self.transport is not None
+        if not self.proxy_done:
+            expected, optional = self.server.proxy_protocol
+            info = None
+            try:
+                if expected and not (optional and not proxyproto.looks_like_proxy(self.buf)):
+                    info = proxyproto.parse(self.buf)
+                    if info is None:
+                        return  # more bytes needed
+            except proxyproto.ProxyProtocolError as e:
+                log.info("connection closed: %s", e)
+                self.transport.close()
+                return
+            self.proxy_done = True
+            if info is not None:
+                self.buf = self.buf[info.length :]
+                self.client = (info.client_ip, info.client_port) if info.client_ip else None
+        table = self.server.passthrough
+        if table is not None:
+            try:
+                sni = client_hello_sni(self.buf)
+            except NotTLS:
+                sni = None  # not TLS: HTTPS (if any) will refuse it
+            if sni is NEED_MORE:
+                return
+            route = table.select(sni)  # type: ignore[arg-type]
+            if route is not None:
+                self._finish()
+                self._pass_through(route)
+                return
+            if self.server.ssl_ctx is None:
+                log.info("connection closed: no TLSRoute for server name %r", sni)
+                self._finish()
+                self.transport.close()
+                return
+        self._finish()
+        self._handoff(self.buf, self.client)
+
+    def _finish(self) -> None:
         self.done = True
         if self.timer is not None:
             self.timer.cancel()
-        rest = self.buf[info.length :] if info is not None else self.buf
-        client = (info.client_ip, info.client_port) if info is not None and info.client_ip else None
-        self._handoff(rest, client)
+
+    def _pass_through(self, route: ir.L4Route) -> None:
+        t = self.transport
+        assert t is not None
+        splice = spliced(self.server.dp, self.server.splices, lambda: route)
+        splice.pending.append(self.buf)  # the ClientHello, for the backend
+        t.set_protocol(splice.client)
+        splice.client.connection_made(t)
 
     def _handoff(self, rest: bytes, client: tuple[str, int] | None) -> None:
         t = self.transport
@@ -527,6 +572,22 @@ class DataPlane:
                     }
                 )
         wanted_l4, l4_bindings = wanted_listeners(snapshot, self.bind.address_for, self.bind.port_for)
+        # TLS passthrough listeners (TLSRoutes) share their port's server with HTTPS listeners
+        passthrough: dict[tuple[str, int], list[ir.L4Route]] = {}
+        for gw in snapshot.gateways:
+            addr = self.bind.address_for(gw)
+            for ls in gw.listeners:
+                if ls.protocol != "TLS" or not ls.ready or not ls.l4_routes:
+                    continue
+                key = (addr, self.bind.port_for(ls.port))
+                if key in wanted and wanted[key].gateway != gw.ref:
+                    log.error("Gateway %s listener %s: %s:%d is already used by Gateway %s; not served", gw.ref, ls.name, *key, wanted[key].gateway)
+                    continue
+                if key not in wanted:
+                    wanted[key] = PortTable(gw.ref, ls.port, "TLS", ())
+                    bindings.append({"gateway": f"{gw.ref.namespace}/{gw.ref.name}", "port": ls.port, "protocol": "TLS", "address": addr, "boundPort": key[1], "listeners": []})
+                passthrough.setdefault(key, []).extend(ls.l4_routes)
+                next(b for b in bindings if (b["address"], b["boundPort"]) == key)["listeners"].append(ls.name)
         for pool in GatewayL4.pools(snapshot):
             if pool in snapshot.pools:
                 cluster_policies.setdefault(l4_cluster(pool), (snapshot.pools[pool], "LeastRequest", None))
@@ -555,8 +616,10 @@ class DataPlane:
                 srv.close()
                 del self.servers[key]
                 srv = None
+            routes = passthrough.get(key)
             if srv is None:
                 srv = PortServer(self, key[0], key[1], table)
+                srv.passthrough = PassthroughTable(routes) if routes else None
                 try:
                     srv.update(table)
                     await srv.start()
@@ -572,19 +635,20 @@ class DataPlane:
             else:
                 try:
                     srv.update(table)
+                    srv.passthrough = PassthroughTable(routes) if routes else None
                 except (OSError, RuntimeError, ssl.SSLError) as e:
                     log.error("cannot update %s:%d: %s; keeping the previous configuration", key[0], key[1], e)
                     continue
-                if srv.proxy_protocol[0] != srv.started_with_proxy:
-                    # PROXY protocol changes what is accepted (plain TCP before TLS): listen anew;
-                    # open connections are not touched
+                if srv.needs_preamble != srv.started_with_preamble:
+                    # PROXY protocol or passthrough changes what is accepted (plain TCP before
+                    # TLS): listen anew; open connections are not touched
                     srv.close()
                     try:
                         await srv.start()
                     except OSError as e:
                         log.error("cannot listen again on %s:%d: %s", key[0], key[1], e)
                     else:
-                        log.info("port %s:%d now %s PROXY protocol", key[0], key[1], "expects" if srv.started_with_proxy else "no longer expects")
+                        log.info("port %s:%d now %s bytes before TLS (PROXY protocol, passthrough)", key[0], key[1], "reads" if srv.started_with_preamble else "no longer reads")
         for key in [k for k in self.servers if k not in wanted]:
             self.servers.pop(key).close()
             log.info("stopped listening on %s:%d", *key)
@@ -604,6 +668,8 @@ class DataPlane:
             task.cancel()
         for srv in self.servers.values():
             srv.close()
+            for sp in list(srv.splices):
+                sp.close()
         self.servers.clear()
         self.l4.close()
         for c in self.clusters.values():

@@ -21,7 +21,7 @@ from homeplane.translate import status as st
 from homeplane.translate.context import Context, generation
 from homeplane.translate.tlscerts import CertificateError, load_tls_secret
 
-SERVED_PROTOCOLS = ("HTTP", "HTTPS", "TCP", "UDP")
+SERVED_PROTOCOLS = ("HTTP", "HTTPS", "TCP", "UDP", "TLS")
 HTTP_ROUTE_KINDS = ((GATEWAY_GROUP, "HTTPRoute"), (GATEWAY_GROUP, "GRPCRoute"))
 # the route kinds each protocol's listeners take (Envoy Gateway's)
 ROUTE_KINDS = {
@@ -29,6 +29,7 @@ ROUTE_KINDS = {
     "HTTPS": HTTP_ROUTE_KINDS,
     "TCP": ((GATEWAY_GROUP, "TCPRoute"),),
     "UDP": ((GATEWAY_GROUP, "UDPRoute"),),
+    "TLS": ((GATEWAY_GROUP, "TLSRoute"),),
 }
 
 
@@ -225,6 +226,12 @@ def _validate_listener(ctx: Context, gw: GatewayState, ls: ListenerState) -> Non
     if proto in ("HTTP", "TCP", "UDP"):
         if spec.tls is not None:
             ls.accepted = st.cond(st.ACCEPTED, False, st.R_UNSUPPORTED_VALUE, f"tls must not be set on a {proto} listener")
+        return
+    if proto == "TLS":
+        if spec.tls is None or spec.tls.mode != "Passthrough":
+            ls.accepted = st.cond(
+                st.ACCEPTED, False, st.R_UNSUPPORTED_VALUE, "homeplane serves TLS listeners with tls.mode Passthrough (TLSRoute); Terminate is not served yet"
+            )
         return
     # HTTPS
     tls = spec.tls

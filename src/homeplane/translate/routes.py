@@ -25,6 +25,7 @@ from homeplane.api.models.gateway import (
     HTTPRouteRule,
     ParentReference,
     TCPRoute,
+    TLSRoute,
     UDPRoute,
 )
 from homeplane.api.objects import Obj
@@ -324,12 +325,13 @@ def _parent_status(pref: ParentReference, gw_ns: str, conditions: list[st.Condit
 def process_l4_routes(ctx: Context, gateways: list[GatewayState]) -> None:
     """TCPRoutes and UDPRoutes: the whole stream of a TCP/UDP listener goes to the route's
     backends (all rules' backendRefs, by weight). When several attach to one listener, the
-    oldest is served; the others are attached but wait (their status says so)."""
+    oldest is served; the others are attached but wait (their status says so). TLSRoutes:
+    the same per SNI name, on TLS passthrough listeners (hostnames as for HTTPRoutes)."""
     by_key = {(g.obj.namespace, g.obj.name): g for g in gateways}
-    for kind in ("TCPRoute", "UDPRoute"):
+    for kind in ("TCPRoute", "UDPRoute", "TLSRoute"):
         for obj in ctx.kind(GATEWAY_GROUP, kind):
             route = obj.model
-            assert isinstance(route, (TCPRoute, UDPRoute))
+            assert isinstance(route, (TCPRoute, UDPRoute, TLSRoute))
             ns = obj.namespace or ""
             gen = generation(obj)
             backends = []
@@ -347,7 +349,8 @@ def process_l4_routes(ctx: Context, gateways: list[GatewayState]) -> None:
                 if problems
                 else st.cond(st.RESOLVED_REFS, True, st.R_RESOLVED_REFS, "Resolved all references", gen)
             )
-            l4 = ir.L4Route(ir.Ref(kind, ns, obj.name), tuple(backends))
+            ref = ir.Ref(kind, ns, obj.name)
+            hostnames = list(route.spec.hostnames) if isinstance(route, TLSRoute) else None
             parents = []
             for pref in route.spec.parent_refs:
                 if (pref.group, pref.kind) != (GATEWAY_GROUP, "Gateway"):
@@ -356,7 +359,10 @@ def process_l4_routes(ctx: Context, gateways: list[GatewayState]) -> None:
                 gw = by_key.get((gw_ns, pref.name))
                 if gw is None and ctx.get(GATEWAY_GROUP, "Gateway", gw_ns, pref.name) is not None:
                     continue  # a Gateway of another controller
-                accepted = _attach(ctx, obj, gw, pref, None, lambda hosts: AttachedRoute(obj, [], [], l4), gen)
+                accepted = _attach(
+                    ctx, obj, gw, pref, hostnames,
+                    lambda hosts: AttachedRoute(obj, hosts, [], ir.L4Route(ref, tuple(backends), tuple(hosts))), gen,
+                )
                 parents.append(_parent_status(pref, gw_ns, [accepted, resolved]))
             ctx.set_status(obj, {"parents": parents})
 
@@ -436,6 +442,8 @@ def precedence_key(rule: ir.RouteRule, route_age: tuple) -> tuple:
 def build_vhosts(ls: ListenerState) -> tuple[ir.VirtualHost, ...]:
     entries: dict[str, list[tuple[tuple, ir.RouteRule]]] = {}
     for attached in ls.routes:
+        if attached.l4 is not None:
+            continue  # TCP/UDP/TLS routes have no virtual hosts
         age = age_key(attached.route)
         for host in attached.hostnames:
             bucket = entries.setdefault(host, [])

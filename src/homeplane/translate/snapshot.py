@@ -207,10 +207,12 @@ class ClientTrafficIR:
 
 @dataclass(frozen=True, slots=True)
 class L4Route:
-    """A TCPRoute or UDPRoute attached to a TCP/UDP listener: where its streams go."""
+    """A TCPRoute or UDPRoute attached to a TCP/UDP listener, or a TLSRoute on a TLS
+    passthrough listener: where its streams go."""
 
     route: Ref
     backends: tuple[WeightedBackend, ...]
+    hostnames: tuple[str, ...] = ()  # TLSRoute: the SNI names it takes (listener ∩ route)
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,7 +228,7 @@ class Listener:
     vhosts: tuple[VirtualHost, ...] = ()
     client_traffic: ClientTrafficIR | None = None
     attached_routes: int = 0
-    l4_routes: tuple[L4Route, ...] = ()  # TCP/UDP listeners, oldest route first (the one served)
+    l4_routes: tuple[L4Route, ...] = ()  # TCP/UDP/TLS listeners, oldest route first (TCP/UDP: the one served)
 
 
 @dataclass(frozen=True, slots=True)

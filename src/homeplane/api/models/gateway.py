@@ -268,6 +268,16 @@ class TCPRoute(Resource):
     spec: L4RouteSpec
 
 
+class TLSRouteSpec(L4RouteSpec):
+    """TLSRoute: streams told apart by the ClientHello's SNI, passed through undecrypted."""
+
+    hostnames: list[str] = Field(default_factory=list)
+
+
+class TLSRoute(Resource):
+    spec: TLSRouteSpec
+
+
 class UDPRoute(Resource):
     spec: L4RouteSpec
 

@@ -90,6 +90,7 @@ def test_a_burst_of_queries_from_many_clients_all_answered_with_their_ids() -> N
         for n in range(200):
             name = ["web.apps.svc.cluster.local", "nope.apps.svc.cluster.local", "db.apps.svc.cluster.local"][n % 3]
             q = dns.message.make_query(name, "A")
+            q.id = n  # unique: random IDs could repeat within a client and confuse the bookkeeping
             c = clients[n % 20]
             c.sendto(q.to_wire(), ("127.0.0.1", s.port))
             queries[(c.getsockname()[1], q.id)] = q

@@ -154,6 +154,30 @@ def test_gateway_zone(server: DNS) -> None:
     assert soa.answer[0].rdtype == dns.rdatatype.SOA and server.query("home.test", "NS").answer
 
 
+def test_gateway_zone_answers_tls_route_names() -> None:
+    tls = APPS.replace(
+        "listeners: [{name: http, protocol: HTTP, port: 80, allowedRoutes: {namespaces: {from: All}}}]",
+        "listeners: [{name: http, protocol: HTTP, port: 80, allowedRoutes: {namespaces: {from: All}}}, "
+        "{name: tls, protocol: TLS, port: 443, tls: {mode: Passthrough}, allowedRoutes: {namespaces: {from: All}}}]",
+    ) + """
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TLSRoute
+metadata: {name: git, namespace: apps}
+spec:
+  parentRefs: [{name: envoy-internal, namespace: network, sectionName: tls}]
+  hostnames: [git.home.test]
+  rules: [{backendRefs: [{name: web, port: 80}]}]
+"""
+    assert tls != APPS + tls[len(APPS):]  # the listener was added
+    s = DNS(tls, config())
+    try:
+        assert rr(s.query("git.home.test")) == ["git.home.test. A 192.0.2.10"]
+        assert rr(s.query("web.home.test")) == ["web.home.test. A 192.0.2.10"]
+    finally:
+        s.close()
+
+
 def test_truncation_and_tcp_retry() -> None:
     many = "\n".join(f"  - {{addresses: [10.42.1.{i}]}}" for i in range(1, 80))
     manifests = f"""

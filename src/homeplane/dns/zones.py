@@ -231,8 +231,8 @@ def _gateway_records(
         for ls in gw.listeners:
             if not ls.ready:
                 continue
-            for vh in ls.vhosts:
-                h = vh.hostname
+            # HTTPRoute hostnames, then TLSRoute ones (k8s_gateway's resource order)
+            for h in [vh.hostname for vh in ls.vhosts] + [h for r in ls.l4_routes for h in r.hostnames]:
                 if h == "*" or not (h == dom or h.endswith("." + dom)):
                     continue
                 for a in addrs:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 from homeplane.api.diagnostics import Diagnostics
 from homeplane.api.models.gateway import (
@@ -296,13 +296,7 @@ def process_routes(ctx: Context, gateways: list[GatewayState], diags: Diagnostic
         compiled = compile_route(ctx, obj)
         gen = generation(obj)
         parents = []
-        for pref in route.spec.parent_refs:
-            if (pref.group, pref.kind) != (GATEWAY_GROUP, "Gateway"):
-                continue
-            gw_ns = pref.namespace or route_ns
-            gw = by_key.get((gw_ns, pref.name))
-            if gw is None and ctx.get(GATEWAY_GROUP, "Gateway", gw_ns, pref.name) is not None:
-                continue  # a Gateway of another controller
+        for pref, gw_ns, gw in _our_parents(ctx, by_key, route_ns, route.spec.parent_refs):
             accepted = _attach(ctx, obj, gw, pref, route.spec.hostnames, lambda hosts: AttachedRoute(obj, hosts, compiled.rules), gen)
             conditions = [accepted, compiled.resolved]
             if compiled.partially_invalid:
@@ -311,6 +305,21 @@ def process_routes(ctx: Context, gateways: list[GatewayState], diags: Diagnostic
                 )
             parents.append(_parent_status(pref, gw_ns, conditions))
         ctx.set_status(obj, {"parents": parents})
+
+
+def _our_parents(
+    ctx: Context, by_key: dict, route_ns: str, parent_refs: list[ParentReference]
+) -> Iterator[tuple[ParentReference, str, GatewayState | None]]:
+    """The parentRefs that name a Gateway homeplane serves (or a missing one, which gets a
+    status); Gateways of other controllers are none of our business."""
+    for pref in parent_refs:
+        if (pref.group, pref.kind) != (GATEWAY_GROUP, "Gateway"):
+            continue
+        gw_ns = pref.namespace or route_ns
+        gw = by_key.get((gw_ns, pref.name))
+        if gw is None and ctx.get(GATEWAY_GROUP, "Gateway", gw_ns, pref.name) is not None:
+            continue
+        yield pref, gw_ns, gw
 
 
 def _parent_status(pref: ParentReference, gw_ns: str, conditions: list[st.Condition]) -> dict:
@@ -352,13 +361,7 @@ def process_l4_routes(ctx: Context, gateways: list[GatewayState]) -> None:
             ref = ir.Ref(kind, ns, obj.name)
             hostnames = list(route.spec.hostnames) if isinstance(route, TLSRoute) else None
             parents = []
-            for pref in route.spec.parent_refs:
-                if (pref.group, pref.kind) != (GATEWAY_GROUP, "Gateway"):
-                    continue
-                gw_ns = pref.namespace or ns
-                gw = by_key.get((gw_ns, pref.name))
-                if gw is None and ctx.get(GATEWAY_GROUP, "Gateway", gw_ns, pref.name) is not None:
-                    continue  # a Gateway of another controller
+            for pref, gw_ns, gw in _our_parents(ctx, by_key, ns, route.spec.parent_refs):
                 accepted = _attach(
                     ctx, obj, gw, pref, hostnames,
                     lambda hosts: AttachedRoute(obj, hosts, [], ir.L4Route(ref, tuple(backends), tuple(hosts))), gen,

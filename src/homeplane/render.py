@@ -57,7 +57,8 @@ def render_check(report: dict[str, Any]) -> str:
                     b["ref"] + (f" (invalid: {b['invalid']})" if "invalid" in b else f" [{b.get('endpoints', {}).get('ready', 0)} ready]")
                     for b in r["backends"]
                 )
-                out.append(f"      {r['route']} -> {backends or 'no backends'}" + ("" if r["served"] else "  (waiting: an older route serves this listener)"))
+                names = f" [{' '.join(r['hostnames'])}]" if r.get("hostnames") else ""
+                out.append(f"      {r['route']}{names} -> {backends or 'no backends'}" + ("" if r["served"] else "  (waiting: an older route serves this listener)"))
     out.append("")
     out.append("Routes")
     if not report["routes"]:

@@ -224,7 +224,7 @@ def build_report(objects: list[Obj], load_diags: Diagnostics, translation: Trans
                 "attachedRoutes": ls.attached_routes,
                 "conditions": lstatus.get(ls.name, {}).get("conditions", []),
             }
-            if ls.protocol == "HTTPS":
+            if ls.protocol in ("HTTPS", "TLS"):
                 entry["tls"] = {
                     "mode": ls.tls_mode,
                     "certificates": [
@@ -234,10 +234,16 @@ def build_report(objects: list[Obj], load_diags: Diagnostics, translation: Trans
                 }
             if ls.client_traffic:
                 entry["clientTrafficPolicy"] = f"{ls.client_traffic.policy.namespace}/{ls.client_traffic.policy.name}"
-            if ls.protocol in ("TCP", "UDP"):
-                # the first is served; any later one waits for it to go
+            if ls.protocol in ("TCP", "UDP", "TLS"):
+                # TCP/UDP (and TLS terminated here): the first is served, any later one waits;
+                # TLS passthrough: each serves its hostnames
                 entry["l4Routes"] = [
-                    {"route": f"{r.route.kind} {r.route.namespace}/{r.route.name}", "served": i == 0, "backends": [_backend_json(b, pools) for b in r.backends]}
+                    {
+                        "route": f"{r.route.kind} {r.route.namespace}/{r.route.name}",
+                        "hostnames": list(r.hostnames),
+                        "served": i == 0 or ls.tls_mode == "Passthrough",
+                        "backends": [_backend_json(b, pools) for b in r.backends],
+                    }
                     for i, r in enumerate(ls.l4_routes)
                 ]
             listeners.append(entry)

@@ -297,3 +297,43 @@ spec:
     finally:
         g.close()
         git.close()
+
+
+def test_tls_terminated_in_front_of_a_tcp_route(tmp_path) -> None:
+    import base64
+    import ssl
+
+    from tests.translate.helpers import tls_pair
+
+    echo = TCPEcho("mqtt")
+    crt, key = tls_pair("mqtt.home.test")
+    listeners = """- {name: mqtts, protocol: TLS, port: 8883, tls: {mode: Terminate, certificateRefs: [{name: mqtt-tls}]}, allowedRoutes: {namespaces: {from: All}}}"""
+    secret = f"""
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: mqtt-tls, namespace: network}}
+type: kubernetes.io/tls
+data: {{tls.crt: {crt}, tls.key: {key}}}
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TCPRoute
+metadata: {{name: mqtt, namespace: apps}}
+spec:
+  parentRefs: [{{name: gw, namespace: network, sectionName: mqtts}}]
+  rules: [{{backendRefs: [{{name: broker, port: 80}}]}}]
+"""
+    g = Gateway(gateway(listeners) + secret + two_endpoints("broker", echo.port, echo.port))
+    try:
+        ctx = ssl.create_default_context(cadata=base64.b64decode(crt).decode())
+        with socket.create_connection(("127.0.0.1", g.port(8883)), timeout=5) as raw, ctx.wrap_socket(raw, server_hostname="mqtt.home.test") as s:
+            assert s.selected_alpn_protocol() is None  # a TCP stream: no HTTP ALPN offered
+            s.sendall(b"hello?\n")  # the backend answers this greeting at once, in plain text
+            assert s.recv(100) == b"mqtt here\n"  # and the gateway encrypted it on the way back
+        assert echo.connections == 1
+        status = g.translate(gateway(listeners) + secret + two_endpoints("broker", echo.port, echo.port)).status
+        ls = status[("gateway.networking.k8s.io", "Gateway", "network", "gw")]["listeners"][0]
+        assert ls["supportedKinds"] == [{"group": "gateway.networking.k8s.io", "kind": "TCPRoute"}] and ls["attachedRoutes"] == 1
+    finally:
+        g.close()
+        echo.close()

@@ -111,7 +111,7 @@ spec:
     # an HTTP and a TCP listener on one port conflict: both lose it
     assert st["d"]["Conflicted"]["reason"] == "ProtocolConflict"
     assert st["e"]["Conflicted"]["reason"] == "ProtocolConflict" and st["e"]["Accepted"]["status"] == "True"
-    assert st["f"]["Accepted"]["reason"] == "UnsupportedValue"  # TLS Terminate: not served (Passthrough is)
+    assert st["f"]["ResolvedRefs"]["reason"] == "InvalidCertificateRef"  # a TLS listener terminating without a certificate
     ready = {ls.name: ls.ready for ls in tr.snapshot.gateway("network", "clash").listeners}
     assert ready == {"a": False, "b": False, "c": True, "d": False, "e": False, "f": False}
 

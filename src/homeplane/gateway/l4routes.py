@@ -1,4 +1,5 @@
-"""Gateway TCP and UDP listeners: TCPRoute and UDPRoute, as Envoy Gateway serves them.
+"""Gateway TCP and UDP listeners: TCPRoute and UDPRoute, as Envoy Gateway serves them (and TLS
+listeners that terminate TLS in front of a TCPRoute; TLS passthrough is in PassthroughTable).
 
 A listener's whole stream goes to its route's backends: a backendRef is chosen by weight
 for each connection (UDP: for each client address), then an endpoint of it by the gateway's
@@ -14,6 +15,7 @@ import asyncio
 import logging
 import random
 import socket
+import ssl
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -37,6 +39,7 @@ class _Wanted:
     gateway: ir.Ref
     listener: str
     route: ir.L4Route
+    certs: tuple[ir.TLSCert, ...] = ()  # a TLS listener that terminates here (TCPRoute behind it)
 
 
 def choose(dp: DataPlane, route: ir.L4Route, exclude: tuple[EndpointState, ...] = ()) -> tuple[Cluster, EndpointState] | None:
@@ -123,6 +126,7 @@ class L4Listener:
         self.server: Any = None
         self.udp: UDPRelay | None = None
         self.splices: set[Splice] = set()
+        self._contexts: list[tuple[ir.TLSCert, ssl.SSLContext]] = []
 
     def accept(self) -> asyncio.Protocol:
         return spliced(self.dp, self.splices, lambda: self.wanted.route).client
@@ -144,12 +148,33 @@ class L4Listener:
 
     # --- lifecycle --------------------------------------------------------------------
 
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """For a TLS listener that terminates: the certificate by SNI (the first one without)."""
+        if not self.wanted.certs:
+            return None
+        from homeplane.gateway.server import ListenerConf, cert_matches, make_context
+
+        self._contexts = [(c, make_context(c, ListenerConf(), h2=False, http=False)) for c in self.wanted.certs]
+
+        def by_name(sslobj: Any, name: str | None, ctx: ssl.SSLContext) -> None:
+            for cert, c in self._contexts:
+                if name and cert_matches(cert, name.lower()):
+                    sslobj.context = c
+                    return
+
+        base = self._contexts[0][1]
+        base.sni_callback = by_name
+        return base
+
     async def start(self) -> None:
         host, port, proto = self.key
         loop = asyncio.get_running_loop()
         fam = socket.AF_INET6 if ":" in host else socket.AF_INET
         if proto == "TCP":
-            self.server = await loop.create_server(self.accept, host, port, family=fam, reuse_address=True, backlog=1024)
+            self.server = await loop.create_server(
+                self.accept, host, port, family=fam, reuse_address=True, backlog=1024, ssl=self.ssl_context(),
+                ssl_handshake_timeout=10.0 if self.wanted.certs else None,
+            )
         else:
             self.udp = UDPRelay(self.pick_udp, self.udp_ended)
             self.server, _ = await loop.create_datagram_endpoint(lambda: self.udp, local_addr=(host, port), family=fam)
@@ -175,13 +200,17 @@ class GatewayL4:
         return {
             b.pool
             for gw in snapshot.gateways for ls in gw.listeners
-            for r in (ls.l4_routes if ls.protocol == "TLS" else ls.l4_routes[:1])
+            for r in (ls.l4_routes if ls.protocol == "TLS" and ls.tls_mode == "Passthrough" else ls.l4_routes[:1])
             for b in r.backends if b.pool
         }
 
     async def apply(self, wanted: dict[tuple[str, int, str], _Wanted]) -> None:
         for key, w in wanted.items():
             lst = self.listeners.get(key)
+            if lst is not None and lst.wanted.certs != w.certs:
+                lst.close()  # new certificates: listen anew (open connections carry on)
+                del self.listeners[key]
+                lst = None
             if lst is not None:
                 lst.wanted = w  # new connections follow the new route; open ones keep their backend
                 continue
@@ -217,13 +246,14 @@ def wanted_listeners(snapshot: ir.Snapshot, address_for: Any, port_for: Any) -> 
     for gw in snapshot.gateways:
         addr = address_for(gw)
         for ls in gw.listeners:
-            if ls.protocol not in ("TCP", "UDP") or not ls.ready or not ls.l4_routes:
+            terminated = ls.protocol == "TLS" and ls.tls_mode != "Passthrough"
+            if (ls.protocol not in ("TCP", "UDP") and not terminated) or not ls.ready or not ls.l4_routes:
                 continue
-            key = (addr, port_for(ls.port), ls.protocol)
+            key = (addr, port_for(ls.port), "TCP" if terminated else ls.protocol)
             if key in wanted:
                 log.error("Gateway %s listener %s: %s:%d/%s is already used by Gateway %s; not served", gw.ref, ls.name, *key, wanted[key].gateway)
                 continue
-            wanted[key] = _Wanted(gw.ref, ls.name, ls.l4_routes[0])
+            wanted[key] = _Wanted(gw.ref, ls.name, ls.l4_routes[0], ls.tls_certs if terminated else ())
             bindings.append(
                 {
                     "gateway": f"{gw.ref.namespace}/{gw.ref.name}", "port": ls.port, "protocol": ls.protocol,

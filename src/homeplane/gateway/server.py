@@ -256,13 +256,15 @@ def default_port_map() -> dict[int, int]:
 _TLS_VERSIONS = {"1.0": ssl.TLSVersion.TLSv1, "1.1": ssl.TLSVersion.TLSv1_1, "1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 
 
-def make_context(cert: ir.TLSCert, conf: ListenerConf, h2: bool) -> ssl.SSLContext:
+def make_context(cert: ir.TLSCert, conf: ListenerConf, h2: bool, http: bool = True) -> ssl.SSLContext:
+    """A server context for one certificate; ``http=False`` (TLS-terminated TCP) offers no ALPN."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = _TLS_VERSIONS.get(conf.min_tls, ssl.TLSVersion.TLSv1_2)
     if conf.max_tls:
         ctx.maximum_version = _TLS_VERSIONS.get(conf.max_tls, ssl.TLSVersion.TLSv1_3)
-    alpn = [p for p in conf.alpn if p != "h2" or h2]
-    ctx.set_alpn_protocols(alpn or ["http/1.1"])
+    if http:
+        alpn = [p for p in conf.alpn if p != "h2" or h2]
+        ctx.set_alpn_protocols(alpn or ["http/1.1"])
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
     # ssl loads key material from files only: write them to a private file, load, remove.
     with tempfile.TemporaryDirectory(prefix="homeplane-tls-") as d:
@@ -277,7 +279,7 @@ def make_context(cert: ir.TLSCert, conf: ListenerConf, h2: bool) -> ssl.SSLConte
     return ctx
 
 
-def _cert_matches(cert: ir.TLSCert, name: str) -> bool:
+def cert_matches(cert: ir.TLSCert, name: str) -> bool:
     for n in cert.dns_names:
         if n == name or (n.startswith("*.") and name.endswith(n[1:]) and name.count(".") == n.count(".")):
             return True
@@ -340,7 +342,7 @@ class PortServer:
             h = lt.listener.hostname
             if h is None or h == name or (h.startswith("*.") and name.endswith(h[1:])):
                 for cert, c in ctxs:
-                    if _cert_matches(cert, name):
+                    if cert_matches(cert, name):
                         chosen = c
                         break
                 if chosen is None and ctxs:
@@ -577,7 +579,7 @@ class DataPlane:
         for gw in snapshot.gateways:
             addr = self.bind.address_for(gw)
             for ls in gw.listeners:
-                if ls.protocol != "TLS" or not ls.ready or not ls.l4_routes:
+                if ls.protocol != "TLS" or ls.tls_mode != "Passthrough" or not ls.ready or not ls.l4_routes:
                     continue
                 key = (addr, self.bind.port_for(ls.port))
                 if key in wanted and wanted[key].gateway != gw.ref:

@@ -67,7 +67,12 @@ class ListenerState:
         """
         if self.accepted.status is not True or self.conflicted.status or not self.supported_kinds:
             return False
-        return self.spec.protocol != "HTTPS" or bool(self.certs)
+        return not self.terminates_tls or bool(self.certs)
+
+    @property
+    def terminates_tls(self) -> bool:
+        p, tls = self.spec.protocol, self.spec.tls
+        return p == "HTTPS" or (p == "TLS" and (tls is None or tls.mode == "Terminate"))
 
     @property
     def accepts_routes(self) -> bool:
@@ -210,8 +215,10 @@ def _validate_listener(ctx: Context, gw: GatewayState, ls: ListenerState) -> Non
         )
         ls.supported_kinds = []
         return
-    # Route kinds
+    # Route kinds (a TLS listener that terminates carries TCPRoutes, as in Envoy Gateway)
     kinds = ROUTE_KINDS[proto]
+    if proto == "TLS" and (spec.tls is None or spec.tls.mode == "Terminate"):
+        kinds = ((GATEWAY_GROUP, "TCPRoute"),)
     allowed = spec.allowed_routes.kinds
     if allowed:
         supported = [(k.group, k.kind) for k in allowed if (k.group, k.kind) in kinds]
@@ -227,17 +234,13 @@ def _validate_listener(ctx: Context, gw: GatewayState, ls: ListenerState) -> Non
         if spec.tls is not None:
             ls.accepted = st.cond(st.ACCEPTED, False, st.R_UNSUPPORTED_VALUE, f"tls must not be set on a {proto} listener")
         return
-    if proto == "TLS":
-        if spec.tls is None or spec.tls.mode != "Passthrough":
-            ls.accepted = st.cond(
-                st.ACCEPTED, False, st.R_UNSUPPORTED_VALUE, "homeplane serves TLS listeners with tls.mode Passthrough (TLSRoute); Terminate is not served yet"
-            )
-        return
-    # HTTPS
+    if proto == "TLS" and spec.tls is not None and spec.tls.mode == "Passthrough":
+        return  # no certificates: the backend terminates
+    # HTTPS, and TLS terminated here
     tls = spec.tls
     if tls is None or not tls.certificate_refs:
         ls.resolved = st.cond(
-            st.RESOLVED_REFS, False, st.R_INVALID_CERTIFICATE_REF, "An HTTPS listener needs tls.certificateRefs"
+            st.RESOLVED_REFS, False, st.R_INVALID_CERTIFICATE_REF, f"An {proto} listener that terminates TLS needs tls.certificateRefs"
         )
         return
     if tls.mode != "Terminate":

@@ -121,3 +121,49 @@ def test_get_yaml_shows_computed_status() -> None:
     assert "attachedRoutes: 1" in r.stdout and "reason: Programmed" in r.stdout
     r = hp("get", "gateway", "nope", "-f", str(EXAMPLE), *VARS)
     assert r.returncode == 1 and "not found" in r.stderr
+
+
+L4_MANIFESTS = """
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: network}
+spec:
+  gatewayClassName: envoy
+  listeners:
+    - {name: ssh, protocol: TCP, port: 22, allowedRoutes: {namespaces: {from: All}}}
+    - {name: pt, protocol: TLS, port: 443, hostname: "*.home.test", tls: {mode: Passthrough}, allowedRoutes: {namespaces: {from: All}}}
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TCPRoute
+metadata: {name: ssh, namespace: dev}
+spec:
+  parentRefs: [{name: gw, namespace: network, sectionName: ssh}]
+  rules: [{backendRefs: [{name: forgejo, port: 22}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TLSRoute
+metadata: {name: git, namespace: dev}
+spec:
+  parentRefs: [{name: gw, namespace: network, sectionName: pt}]
+  hostnames: [git.home.test, git.other.test]
+  rules: [{backendRefs: [{name: forgejo, port: 443}]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: forgejo, namespace: dev}
+spec: {ports: [{name: ssh, port: 22}, {name: https, port: 443}]}
+"""
+
+
+def test_check_and_get_show_tcp_and_tls_routes(tmp_path: Path) -> None:
+    (tmp_path / "m.yaml").write_text(L4_MANIFESTS)
+    out = hp("check", str(tmp_path)).stdout
+    assert "TCPRoute dev/ssh -> Service dev/forgejo:22 [0 ready]" in out
+    # git.other.test is outside the listener's *.home.test: only git.home.test is taken
+    assert "tls=passthrough" in out and "TLSRoute dev/git [git.home.test] -> Service dev/forgejo:443" in out
+    doc = json.loads(hp("check", str(tmp_path), "-o", "json").stdout)
+    pt = next(ls for ls in doc["gateways"][0]["listeners"] if ls["name"] == "pt")
+    assert pt["l4Routes"][0]["hostnames"] == ["git.home.test"] and pt["l4Routes"][0]["served"] is True
+    table = hp("get", "tlsroutes", "-o", "wide", "-f", str(tmp_path)).stdout.splitlines()
+    assert table[0].split() == ["NAMESPACE", "NAME", "HOSTNAMES", "BACKENDS", "PARENTS"]
+    assert table[1].split() == ["dev", "git", "git.home.test,git.other.test", "forgejo:443", "network/gw/pt=Accepted"]

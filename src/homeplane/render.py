@@ -45,7 +45,9 @@ def render_check(report: dict[str, Any]) -> str:
         )
         for ls in g["listeners"]:
             line = f"    {ls['name']:<10} {ls['protocol']:<5} :{ls['port']:<5} host={ls['hostname'] or '*'}"
-            if "tls" in ls:
+            if "tls" in ls and ls["tls"]["mode"] == "Passthrough":
+                line += "  tls=passthrough"
+            elif "tls" in ls:
                 certs = ls["tls"]["certificates"]
                 line += "  tls=" + (
                     ", ".join(f"{c['secret']} [{' '.join(c['dnsNames'])}]" for c in certs) if certs else "(no usable certificate)"

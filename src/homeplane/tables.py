@@ -55,8 +55,9 @@ def rows_for(kind: str, objs: list[Obj], result: Result, wide: bool) -> tuple[li
             if wide:
                 row.append(_parents(s))
             rows.append(row)
-        elif kind in ("TCPRoute", "UDPRoute"):
-            row = base + [",".join(f"{b.name}:{b.port}" for r in spec.rules for b in r.backend_refs) or "-"]
+        elif kind in ("TCPRoute", "UDPRoute", "TLSRoute"):
+            row = base + ([",".join(spec.hostnames) or "*"] if kind == "TLSRoute" else [])
+            row += [",".join(f"{b.name}:{b.port}" for r in spec.rules for b in r.backend_refs) or "-"]
             if wide:
                 row.append(_parents(s))
             rows.append(row)
@@ -99,8 +100,8 @@ def rows_for(kind: str, objs: list[Obj], result: Result, wide: bool) -> tuple[li
         headers += ["CLASS", "ADDRESS", "PROGRAMMED"] + (["LISTENERS:ROUTES"] if wide else [])
     elif kind == "HTTPRoute":
         headers += ["HOSTNAMES"] + (["PARENTS"] if wide else [])
-    elif kind in ("TCPRoute", "UDPRoute"):
-        headers += ["BACKENDS"] + (["PARENTS"] if wide else [])
+    elif kind in ("TCPRoute", "UDPRoute", "TLSRoute"):
+        headers += (["HOSTNAMES"] if kind == "TLSRoute" else []) + ["BACKENDS"] + (["PARENTS"] if wide else [])
     elif kind == "Service":
         headers += ["TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)"] + (["ENDPOINTS", "ALGORITHM", "SOURCE", "SELECTOR"] if wide else [])
     elif kind in ("SecurityPolicy", "ClientTrafficPolicy", "BackendTrafficPolicy"):

@@ -17,7 +17,7 @@ import random
 import socket
 import ssl
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from homeplane.gateway.cluster import Cluster, EndpointState, cluster_key
 from homeplane.l4.relay import Splice, UDPRelay
@@ -291,3 +291,15 @@ class PassthroughTable:
                 if sni.endswith(suffix) and len(sni) > len(suffix):
                     return r
         return self.any
+
+
+def passthrough_listeners(
+    snapshot: ir.Snapshot, address_for: Any, port_for: Any
+) -> Iterator[tuple[tuple[str, int], ir.Ref, int, str, tuple[ir.L4Route, ...]]]:
+    """The ready TLS passthrough listeners with routes: (bound address and port, Gateway,
+    listener port, listener name, its TLSRoutes oldest first)."""
+    for gw in snapshot.gateways:
+        addr = address_for(gw)
+        for ls in gw.listeners:
+            if ls.protocol == "TLS" and ls.tls_mode == "Passthrough" and ls.ready and ls.l4_routes:
+                yield (addr, port_for(ls.port)), gw.ref, ls.port, ls.name, ls.l4_routes

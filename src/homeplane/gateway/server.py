@@ -21,21 +21,21 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
+from homeplane.api.units import parse_duration, parse_quantity
+from homeplane.gateway import proxyproto
 from homeplane.gateway.auth import Auth, compile_security
 from homeplane.gateway.cluster import Cluster, ClusterConfig, cluster_key
-from homeplane.gateway.health import run_checks
-from homeplane.gateway.l4routes import GatewayL4, PassthroughTable, l4_cluster, spliced, wanted_listeners
-from homeplane.gateway.tlspeek import NEED_MORE, NotTLS, client_hello_sni
-from homeplane.l4.relay import Splice
 from homeplane.gateway.compression import TOKENS
 from homeplane.gateway.exchange import Exchange, RetryPolicy, RouteAction, WeightedCluster
 from homeplane.gateway.filters import compile_header_ops
-from homeplane.gateway import proxyproto
 from homeplane.gateway.headers import parse_cidrs
+from homeplane.gateway.health import run_checks
 from homeplane.gateway.http1 import Http1Connection
 from homeplane.gateway.http2 import DEFAULT_CONNECTION_WINDOW, DEFAULT_MAX_STREAMS, DEFAULT_STREAM_WINDOW
+from homeplane.gateway.l4routes import GatewayL4, PassthroughTable, l4_cluster, passthrough_listeners, spliced, wanted_listeners
 from homeplane.gateway.router import ListenerTable, PortTable, compile_gateway
-from homeplane.api.units import parse_duration, parse_quantity
+from homeplane.gateway.tlspeek import NEED_MORE, NotTLS, client_hello_sni
+from homeplane.l4.relay import Splice
 from homeplane.translate import snapshot as ir
 
 log = logging.getLogger("homeplane.gateway")
@@ -576,20 +576,15 @@ class DataPlane:
         wanted_l4, l4_bindings = wanted_listeners(snapshot, self.bind.address_for, self.bind.port_for)
         # TLS passthrough listeners (TLSRoutes) share their port's server with HTTPS listeners
         passthrough: dict[tuple[str, int], list[ir.L4Route]] = {}
-        for gw in snapshot.gateways:
-            addr = self.bind.address_for(gw)
-            for ls in gw.listeners:
-                if ls.protocol != "TLS" or ls.tls_mode != "Passthrough" or not ls.ready or not ls.l4_routes:
-                    continue
-                key = (addr, self.bind.port_for(ls.port))
-                if key in wanted and wanted[key].gateway != gw.ref:
-                    log.error("Gateway %s listener %s: %s:%d is already used by Gateway %s; not served", gw.ref, ls.name, *key, wanted[key].gateway)
-                    continue
-                if key not in wanted:
-                    wanted[key] = PortTable(gw.ref, ls.port, "TLS", ())
-                    bindings.append({"gateway": f"{gw.ref.namespace}/{gw.ref.name}", "port": ls.port, "protocol": "TLS", "address": addr, "boundPort": key[1], "listeners": []})
-                passthrough.setdefault(key, []).extend(ls.l4_routes)
-                next(b for b in bindings if (b["address"], b["boundPort"]) == key)["listeners"].append(ls.name)
+        for key, gw_ref, port, name, routes in passthrough_listeners(snapshot, self.bind.address_for, self.bind.port_for):
+            if key in wanted and wanted[key].gateway != gw_ref:
+                log.error("Gateway %s listener %s: %s:%d is already used by Gateway %s; not served", gw_ref, name, *key, wanted[key].gateway)
+                continue
+            if key not in wanted:
+                wanted[key] = PortTable(gw_ref, port, "TLS", ())
+                bindings.append({"gateway": f"{gw_ref.namespace}/{gw_ref.name}", "port": port, "protocol": "TLS", "address": key[0], "boundPort": key[1], "listeners": []})
+            passthrough.setdefault(key, []).extend(routes)
+            next(b for b in bindings if (b["address"], b["boundPort"]) == key)["listeners"].append(name)
         for pool in GatewayL4.pools(snapshot):
             if pool in snapshot.pools:
                 cluster_policies.setdefault(l4_cluster(pool), (snapshot.pools[pool], "LeastRequest", None))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import socketserver
 import threading
+import time
 
 import pytest
 
@@ -122,6 +123,12 @@ def test_tcp_route_relays_streams_and_follows_route_changes() -> None:
         answers = [exchange(port, big) for _ in range(6)]
         assert all(x[2:] == big for x in answers)
         assert {x[:2] for x in answers} == {b"a:", b"b:"}  # both endpoints get connections
+        # both ends closed: nothing of those connections is left open in the gateway
+        listener = next(lst for key, lst in g.dp.l4.listeners.items() if key[2] == "TCP")
+        deadline = time.monotonic() + 5
+        while listener.splices and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not listener.splices
         # a connection open across a route change keeps its backend; new ones follow the route
         with socket.create_connection(("127.0.0.1", port), timeout=5) as held:
             held.sendall(b"hello?\n")
@@ -337,3 +344,25 @@ spec:
     finally:
         g.close()
         echo.close()
+
+
+def test_tcp_streams_are_access_logged(caplog) -> None:
+    import json
+    import logging
+
+    from homeplane.gateway.server import Settings
+
+    a = TCPEcho("a")
+    g = Gateway(gateway(L4_LISTENERS) + two_endpoints("git", a.port, a.port) + routes(), Settings(access_log=True))
+    try:
+        with caplog.at_level(logging.INFO, logger="homeplane.access"):
+            assert exchange(g.port(22), b"12345") == b"a:12345"
+            deadline = time.monotonic() + 5
+            while not [r for r in caplog.records if r.name == "homeplane.access"] and time.monotonic() < deadline:
+                time.sleep(0.05)
+        line = json.loads(next(r for r in caplog.records if r.name == "homeplane.access").getMessage())
+        assert (line["protocol"], line["route"], line["backend"]) == ("TCP", "TCPRoute/apps/ssh", f"127.0.0.1:{a.port}")
+        assert (line["bytes_in"], line["bytes_out"], line["gateway"]) == (5, 7, "Gateway/network/gw")
+    finally:
+        g.close()
+        a.close()

@@ -95,15 +95,20 @@ async def _connect(splice: Splice, cluster: Cluster, ep: EndpointState) -> None:
     splice.attach(side)
 
 
-def spliced(dp: DataPlane, splices: set[Splice], route_for: Callable[[], ir.L4Route | None]) -> Splice:
+def spliced(
+    dp: DataPlane, splices: set[Splice], route_for: Callable[[], ir.L4Route | None], gateway: ir.Ref, protocol: str, sni: str | None = None
+) -> Splice:
     """A Splice whose backend is chosen from ``route_for()`` when the client connects, counted
-    in ``splices`` while open (and on its endpoint, for LeastRequest)."""
+    in ``splices`` while open (and on its endpoint, for LeastRequest), with an access log line
+    when it ends."""
+    chosen: list[ir.L4Route] = []
 
     def opened(splice: Splice, peer: tuple[str, int]) -> None:
         route = route_for()
         if route is None:
             splice.close()
             return
+        chosen.append(route)
         relay(dp, splice, route, peer)
 
     def closed(splice: Splice) -> None:
@@ -112,6 +117,7 @@ def spliced(dp: DataPlane, splices: set[Splice], route_for: Callable[[], ir.L4Ro
         if isinstance(ep, EndpointState):
             ep.active -= 1
             splice.context = None
+        dp.stream_finished(splice, gateway, protocol, chosen[0].route if chosen else None, ep if isinstance(ep, EndpointState) else None, sni)
 
     splice = Splice(opened, closed)
     splices.add(splice)
@@ -129,7 +135,8 @@ class L4Listener:
         self._contexts: list[tuple[ir.TLSCert, ssl.SSLContext]] = []
 
     def accept(self) -> asyncio.Protocol:
-        return spliced(self.dp, self.splices, lambda: self.wanted.route).client
+        w = self.wanted
+        return spliced(self.dp, self.splices, lambda: self.wanted.route, w.gateway, "TLS" if w.certs else "TCP").client
 
     # --- UDP --------------------------------------------------------------------------
 

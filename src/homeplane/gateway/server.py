@@ -448,7 +448,7 @@ class ProxyPreamble(asyncio.Protocol):
             route = table.select(sni)  # type: ignore[arg-type]
             if route is not None:
                 self._finish()
-                self._pass_through(route)
+                self._pass_through(route, sni)  # type: ignore[arg-type]
                 return
             if self.server.ssl_ctx is None:
                 log.info("connection closed: no TLSRoute for server name %r", sni)
@@ -463,10 +463,10 @@ class ProxyPreamble(asyncio.Protocol):
         if self.timer is not None:
             self.timer.cancel()
 
-    def _pass_through(self, route: ir.L4Route) -> None:
+    def _pass_through(self, route: ir.L4Route, sni: str | None) -> None:
         t = self.transport
         assert t is not None
-        splice = spliced(self.server.dp, self.server.splices, lambda: route)
+        splice = spliced(self.server.dp, self.server.splices, lambda: route, self.server.table.gateway, "TLS-passthrough", sni)
         splice.pending.append(self.buf)  # the ClientHello, for the backend
         t.set_protocol(splice.client)
         splice.client.connection_made(t)
@@ -528,7 +528,7 @@ class DataPlane:
         self.bindings: list[dict[str, Any]] = []
         self._sweeper: asyncio.Task[None] | None = None
         self._health: dict[str, asyncio.Task[None]] = {}
-        self.stats = {"requests": 0, "protocol_errors": 0}
+        self.stats = {"requests": 0, "protocol_errors": 0, "streams": 0}
         self.l4 = GatewayL4(self)  # TCP and UDP listeners (TCPRoute, UDPRoute)
 
     # --- snapshots ----------------------------------------------------------------------
@@ -752,6 +752,30 @@ class DataPlane:
                         "bytes_out": ex.bytes_out,
                         "request_id": ex.request_id.decode("latin-1") if ex.request_id else None,
                         **({"error": ex.error} if ex.error else {}),
+                    },
+                    separators=(",", ":"),
+                )
+            )
+
+
+    def stream_finished(self, splice: Splice, gateway: ir.Ref, protocol: str, route: ir.Ref | None, endpoint: Any, sni: str | None) -> None:
+        """A TCP stream (TCPRoute, TLS terminated or passed through) ended: one access log line."""
+        self.stats["streams"] += 1
+        if self.settings.access_log:
+            access_log.info(
+                json.dumps(
+                    {
+                        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                        "gateway": str(gateway),
+                        "client": splice.peer[0],
+                        "protocol": protocol,
+                        **({"sni": sni} if sni else {}),
+                        "route": str(route) if route else None,
+                        "backend": endpoint.name if endpoint is not None else None,
+                        "duration_ms": round((time.monotonic() - splice.started) * 1000, 2),
+                        "bytes_in": splice.bytes_in,
+                        "bytes_out": splice.bytes_out,
+                        **({} if endpoint is not None else {"error": "no backend connected"}),
                     },
                     separators=(",", ":"),
                 )

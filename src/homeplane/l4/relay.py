@@ -62,11 +62,17 @@ class Splice:
         self.pending: list[bytes] = []
         self.closed = False
         self.context: Any = None  # the owner's per-connection state (e.g. the endpoint in use)
+        self.peer: tuple[str, int] = ("", 0)
+        self.started = time.monotonic()
+        self.bytes_in = 0  # client -> backend
+        self.bytes_out = 0  # backend -> client
+        self.eof: set[str] = set()  # the sides that have finished sending
 
     def client_connected(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername") or ("", 0)
+        self.peer = (str(peer[0]), int(peer[1]))
         transport.pause_reading()  # until the backend connection is up
-        self.on_open(self, (str(peer[0]), int(peer[1])))
+        self.on_open(self, self.peer)
 
     def backend_side(self) -> Side:
         return Side(self, "backend")
@@ -86,14 +92,20 @@ class Splice:
 
     def forward(self, side: str, data: bytes) -> None:
         if side == "client":
+            self.bytes_in += len(data)
             if self.backend is not None and self.backend.transport is not None:
                 self.backend.transport.write(data)
             else:
                 self.pending.append(data)
         elif self.client.transport is not None:
+            self.bytes_out += len(data)
             self.client.transport.write(data)
 
     def half_close(self, side: str) -> None:
+        self.eof.add(side)
+        if len(self.eof) == 2:
+            self.close()  # both ends have finished sending: nothing more can come
+            return
         other = self.backend if side == "client" else self.client
         if other is not None and other.transport is not None and other.transport.can_write_eof():
             other.transport.write_eof()

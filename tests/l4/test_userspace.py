@@ -164,6 +164,11 @@ def test_cluster_ip_and_lb_ip_spread_per_maglev(setup) -> None:
             assert who == names[expected.name]  # exactly the Maglev table's choice for this flow
             seen.add(who)
     assert seen == {"backend-0", "backend-1", "backend-2"}
+    # every one of those 80 connections has ended at both ends: none is left open in the proxy
+    deadline = time.monotonic() + 5
+    while p.p.flows and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not p.p.flows
 
 
 def test_udp(setup) -> None:

@@ -154,7 +154,10 @@ class Runtime:
             self.m_objects.labels(kind, "false").set(n)
         await self._publish(snap)
         gw = len(snap.gateways)
-        routes = len(report["routes"])
+        # HTTPRoutes, and TCP/UDP/TLS routes (listed per listener in the report)
+        routes = len(report["routes"]) + len(
+            {r["route"] for g in report["gateways"] for ls in g["listeners"] for r in ls.get("l4Routes", [])}
+        )
         log.info(
             "applied snapshot version=%d digest=%s gateways=%d routes=%d services=%d errors=%d warnings=%d",
             self.version, snap.digest, gw, routes, len(snap.services), s["errors"], s["warnings"],

@@ -14,6 +14,7 @@ import time
 from typing import Any, Callable
 
 UDP_IDLE = 60.0
+MAX_UDP_SESSIONS = 16384  # per listener
 
 
 class Side(asyncio.Protocol):
@@ -152,10 +153,16 @@ class UDPRelay(asyncio.DatagramProtocol):
     new client, or None (its datagrams are dropped); ``on_end(context)`` runs for each session
     that ends, with what ``pick`` put in ``context`` (the second item it may return)."""
 
-    def __init__(self, pick: Callable[[Any], tuple[str, int, Any] | None], on_end: Callable[[Any], None] | None = None):
+    def __init__(
+        self, pick: Callable[[Any], tuple[str, int, Any] | None], on_end: Callable[[Any], None] | None = None,
+        max_sessions: int = MAX_UDP_SESSIONS,
+    ):
         self.pick = pick
         self.on_end = on_end
+        self.max_sessions = max_sessions
         self.sessions: dict[Any, _UDPSession] = {}
+        self.opening: dict[Any, list[bytes]] = {}  # clients whose session is being opened: their datagrams so far
+        self.refused = 0  # datagrams dropped because the session table was full
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -167,11 +174,20 @@ class UDPRelay(asyncio.DatagramProtocol):
             sess.last = time.monotonic()
             sess.transport.sendto(data)
             return
-        asyncio.ensure_future(self._open(data, addr))
+        waiting = self.opening.get(addr)
+        if waiting is not None:
+            waiting.append(data)  # the session is on its way: sent when it is up, in order
+            return
+        if len(self.sessions) + len(self.opening) >= self.max_sessions:
+            self.refused += 1  # a flood of (perhaps spoofed) sources must not exhaust sockets
+            return
+        self.opening[addr] = [data]
+        asyncio.ensure_future(self._open(addr))
 
-    async def _open(self, data: bytes, addr: Any) -> None:
+    async def _open(self, addr: Any) -> None:
         chosen = self.pick(addr)
         if chosen is None or self.transport is None:
+            self.opening.pop(addr, None)
             return
         host, port, context = chosen
         sess = _UDPSession(addr, self.transport)
@@ -179,11 +195,13 @@ class UDPRelay(asyncio.DatagramProtocol):
         try:
             await asyncio.get_running_loop().create_datagram_endpoint(lambda: sess, remote_addr=(host, port))
         except OSError:
+            self.opening.pop(addr, None)
             self._ended(sess)
             return
         self.sessions[addr] = sess
         assert sess.transport is not None
-        sess.transport.sendto(data)
+        for data in self.opening.pop(addr, []):
+            sess.transport.sendto(data)
 
     def _ended(self, sess: _UDPSession) -> None:
         if self.on_end is not None:

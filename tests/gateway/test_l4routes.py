@@ -366,3 +366,40 @@ def test_tcp_streams_are_access_logged(caplog) -> None:
     finally:
         g.close()
         a.close()
+
+
+def test_backend_traffic_policy_on_a_tcp_route_health_checks_its_backends() -> None:
+    a = TCPEcho("a")
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))
+    dead_port = dead.getsockname()[1]
+    dead.close()
+    btp = """
+---
+apiVersion: gateway.envoyproxy.io/v1alpha1
+kind: BackendTrafficPolicy
+metadata: {name: ssh-checks, namespace: apps}
+spec:
+  targetRefs: [{group: gateway.networking.k8s.io, kind: TCPRoute, name: ssh}]
+  loadBalancer: {type: Random}
+  healthCheck:
+    active: {type: TCP, interval: 200ms, timeout: 200ms, unhealthyThreshold: 1, healthyThreshold: 1}
+"""
+    m = gateway(L4_LISTENERS) + two_endpoints("git", dead_port, a.port) + routes(tcp_service="git", udp_service="git") + btp
+    g = Gateway(m)
+    try:
+        (cluster,) = [c for key, c in g.dp.clusters.items() if key.startswith("service/apps/git:80|Random|apps/ssh-checks")]
+        deadline = time.monotonic() + 5
+        dead_ep = next(e for e in cluster.endpoints if e.port == dead_port)
+        while dead_ep.healthy and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not dead_ep.healthy and all(e.healthy for e in cluster.endpoints if e.port == a.port)
+        assert dead_ep.local_failures == 0  # no connection was ever tried there: the checks took it out first
+        assert [exchange(g.port(22), b"x") for _ in range(6)] == [b"a:x"] * 6
+        assert dead_ep.local_failures == 0
+        status = g.translate(m).status[("gateway.envoyproxy.io", "BackendTrafficPolicy", "apps", "ssh-checks")]
+        accepted = status["ancestors"][0]["conditions"][0]
+        assert (accepted["type"], accepted["status"]) == ("Accepted", "True")
+    finally:
+        g.close()
+        a.close()

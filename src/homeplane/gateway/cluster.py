@@ -37,6 +37,24 @@ class ClusterConfig:
     max_requests: int = 1024
 
 
+def cluster_settings(bt: ir.BackendTrafficIR | None) -> tuple[str, str, ClusterConfig | None]:
+    """(load-balancing policy, settings id for the cluster key, cluster settings) from the
+    BackendTrafficPolicy in effect; clusters with their own health checks or circuit breaker
+    are kept apart per policy."""
+    btp = bt.spec if bt is not None else None
+    policy = btp.load_balancer.type if btp and btp.load_balancer else "LeastRequest"
+    if bt is None or btp is None or (btp.health_check is None and btp.circuit_breaker is None):
+        return policy, "", None
+    cb = btp.circuit_breaker
+    return policy, f"{bt.policy.namespace}/{bt.policy.name}", ClusterConfig(
+        active=btp.health_check.active if btp.health_check else None,
+        passive=btp.health_check.passive if btp.health_check else None,
+        max_connections=cb.max_connections if cb else 1024,
+        max_pending=cb.max_pending_requests if cb else 1024,
+        max_requests=cb.max_parallel_requests if cb else 1024,
+    )
+
+
 class EndpointState:
     __slots__ = (
         "address", "port", "fqdn", "name", "active", "idle", "healthy", "failures", "ejected_until", "key",

@@ -19,7 +19,7 @@ import ssl
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from homeplane.gateway.cluster import Cluster, EndpointState, cluster_key
+from homeplane.gateway.cluster import Cluster, ClusterConfig, EndpointState, cluster_key, cluster_settings
 from homeplane.l4.relay import Splice, UDPRelay
 from homeplane.translate import snapshot as ir
 
@@ -30,8 +30,10 @@ log = logging.getLogger("homeplane.gateway")
 CONNECT_TIMEOUT = 10.0
 
 
-def l4_cluster(pool: str) -> str:
-    return cluster_key(pool, "LeastRequest")
+def l4_cluster(pool: str, route: ir.L4Route) -> str:
+    """The gateway cluster a route's backend uses (its BackendTrafficPolicy decides which)."""
+    policy, settings_id, _ = cluster_settings(route.backend_traffic)
+    return cluster_key(pool, policy, settings_id)
 
 
 @dataclass
@@ -50,7 +52,7 @@ def choose(dp: DataPlane, route: ir.L4Route, exclude: tuple[EndpointState, ...] 
     b = random.choices(backends, weights=[b.weight for b in backends])[0]
     if b.pool is None:
         return None  # an invalid backendRef: its share of connections is refused
-    cluster = dp.clusters.get(l4_cluster(b.pool))
+    cluster = dp.clusters.get(l4_cluster(b.pool, route))
     if cluster is None:
         return None
     ep = cluster.pick(None, exclude)
@@ -202,14 +204,18 @@ class GatewayL4:
         self.listeners: dict[tuple[str, int, str], L4Listener] = {}
 
     @staticmethod
-    def pools(snapshot: ir.Snapshot) -> set[str]:
-        """Pools the TCP/UDP listeners (their served route) and TLS passthrough routes use."""
-        return {
-            b.pool
-            for gw in snapshot.gateways for ls in gw.listeners
-            for r in (ls.l4_routes if ls.protocol == "TLS" and ls.tls_mode == "Passthrough" else ls.l4_routes[:1])
-            for b in r.backends if b.pool
-        }
+    def clusters(snapshot: ir.Snapshot) -> dict[str, tuple[str, str, ClusterConfig | None]]:
+        """Cluster key -> (pool, policy, settings) for the TCP/UDP listeners' served route and
+        every TLS passthrough route."""
+        out: dict[str, tuple[str, str, ClusterConfig | None]] = {}
+        for gw in snapshot.gateways:
+            for ls in gw.listeners:
+                for r in ls.l4_routes if ls.protocol == "TLS" and ls.tls_mode == "Passthrough" else ls.l4_routes[:1]:
+                    policy, _, cfg = cluster_settings(r.backend_traffic)
+                    for b in r.backends:
+                        if b.pool:
+                            out[l4_cluster(b.pool, r)] = (b.pool, policy, cfg)
+        return out
 
     async def apply(self, wanted: dict[tuple[str, int, str], _Wanted]) -> None:
         for key, w in wanted.items():

@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterable
 from homeplane.api.units import parse_duration, parse_quantity
 from homeplane.gateway import proxyproto
 from homeplane.gateway.auth import Auth, compile_security
-from homeplane.gateway.cluster import Cluster, ClusterConfig, cluster_key
+from homeplane.gateway.cluster import Cluster, ClusterConfig, cluster_key, cluster_settings
 from homeplane.gateway.compression import TOKENS
 from homeplane.gateway.exchange import Exchange, RetryPolicy, RouteAction, WeightedCluster
 from homeplane.gateway.filters import compile_header_ops
@@ -32,7 +32,7 @@ from homeplane.gateway.headers import parse_cidrs
 from homeplane.gateway.health import run_checks
 from homeplane.gateway.http1 import Http1Connection
 from homeplane.gateway.http2 import DEFAULT_CONNECTION_WINDOW, DEFAULT_MAX_STREAMS, DEFAULT_STREAM_WINDOW
-from homeplane.gateway.l4routes import GatewayL4, PassthroughTable, l4_cluster, passthrough_listeners, spliced, wanted_listeners
+from homeplane.gateway.l4routes import GatewayL4, PassthroughTable, passthrough_listeners, spliced, wanted_listeners
 from homeplane.gateway.router import ListenerTable, PortTable, compile_gateway
 from homeplane.gateway.tlspeek import NEED_MORE, NotTLS, client_hello_sni
 from homeplane.l4.relay import Splice
@@ -136,18 +136,7 @@ def build_action(rule: ir.RouteRule, settings: Settings) -> RouteAction:
     a.req_ops = compile_header_ops(f.request_headers)
     a.resp_ops = compile_header_ops(f.response_headers)
     btp = rule.backend_traffic.spec if rule.backend_traffic else None
-    policy = btp.load_balancer.type if btp and btp.load_balancer else "LeastRequest"
-    settings_id = ""
-    if btp is not None and (btp.health_check is not None or btp.circuit_breaker is not None):
-        ref = rule.backend_traffic.policy  # type: ignore[union-attr]
-        settings_id = f"{ref.namespace}/{ref.name}"
-        a.cluster_config = ClusterConfig(
-            active=btp.health_check.active if btp.health_check else None,
-            passive=btp.health_check.passive if btp.health_check else None,
-            max_connections=btp.circuit_breaker.max_connections if btp.circuit_breaker else 1024,
-            max_pending=btp.circuit_breaker.max_pending_requests if btp.circuit_breaker else 1024,
-            max_requests=btp.circuit_breaker.max_parallel_requests if btp.circuit_breaker else 1024,
-        )
+    policy, settings_id, a.cluster_config = cluster_settings(rule.backend_traffic)
     if btp and btp.load_balancer and btp.load_balancer.consistent_hash:
         ch = btp.load_balancer.consistent_hash
         if ch.type == "SourceIP":
@@ -585,9 +574,9 @@ class DataPlane:
                 bindings.append({"gateway": f"{gw_ref.namespace}/{gw_ref.name}", "port": port, "protocol": "TLS", "address": key[0], "boundPort": key[1], "listeners": []})
             passthrough.setdefault(key, []).extend(routes)
             next(b for b in bindings if (b["address"], b["boundPort"]) == key)["listeners"].append(name)
-        for pool in GatewayL4.pools(snapshot):
+        for key, (pool, policy, cfg) in GatewayL4.clusters(snapshot).items():
             if pool in snapshot.pools:
-                cluster_policies.setdefault(l4_cluster(pool), (snapshot.pools[pool], "LeastRequest", None))
+                cluster_policies.setdefault(key, (snapshot.pools[pool], policy, cfg))
         # 2. clusters: update in place, create new, drop unused
         for key, (pool, policy, cfg) in cluster_policies.items():
             c = self.clusters.get(key)

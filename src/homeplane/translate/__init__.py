@@ -20,7 +20,7 @@ from homeplane.translate import snapshot as ir
 from homeplane.translate.backendtls import apply_backend_tls
 from homeplane.translate.context import Context, TranslateOptions, age_key
 from homeplane.translate.gateways import gateway_status, process_gateway_classes, process_gateways
-from homeplane.translate.policies import attachments_summary, effective_rule, finish_policies, process_policies
+from homeplane.translate.policies import attachments_summary, effective_l4, effective_rule, finish_policies, process_policies
 from homeplane.translate.routes import build_vhosts, process_l4_routes, process_routes
 from homeplane.translate.services import build_services
 
@@ -73,7 +73,9 @@ def translate(objects: list[Obj], options: TranslateOptions | None = None, versi
                     vhosts=vhosts,
                     client_traffic=ls.client_traffic,
                     attached_routes=len(ls.routes),
-                    l4_routes=tuple(a.l4 for a in sorted(ls.routes, key=lambda a: age_key(a.route)) if a.l4 is not None),
+                    l4_routes=tuple(
+                        effective_l4(policies, gw, ls, a.l4) for a in sorted(ls.routes, key=lambda a: age_key(a.route)) if a.l4 is not None
+                    ),
                 )
             )
         ctx.set_status(gw.obj, gateway_status(gw))

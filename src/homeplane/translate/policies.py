@@ -185,8 +185,10 @@ def process_policies(ctx: Context, gateways: list[GatewayState]) -> PolicyResult
     sec = [PolicyState(o) for o in ctx.kind(ENVOY_GROUP, "SecurityPolicy")]
     ctp = [PolicyState(o) for o in ctx.kind(ENVOY_GROUP, "ClientTrafficPolicy")]
     btp = [PolicyState(o) for o in ctx.kind(ENVOY_GROUP, "BackendTrafficPolicy")]
-    for p in sec + btp:
+    for p in sec:
         _collect_targets(ctx, p, ("Gateway", "HTTPRoute"))
+    for p in btp:
+        _collect_targets(ctx, p, ("Gateway", "HTTPRoute", "TCPRoute", "UDPRoute", "TLSRoute"))
     for p in ctp:
         _collect_targets(ctx, p, ("Gateway",))
     for p in sec:
@@ -246,12 +248,26 @@ def effective_rule(
     return replace(rule, **changes) if changes else rule
 
 
-def _note_override(att: Attachments, winner: PolicyState, keys: list[Target], rule: ir.RouteRule) -> None:
+def effective_l4(result: PolicyResult, gw: GatewayState, ls: ListenerState, route: ir.L4Route) -> ir.L4Route:
+    """A TCP/UDP/TLS route with the BackendTrafficPolicy in effect on this listener (the
+    route's own over the Gateway's, as for HTTPRoutes)."""
+    gns, gname = gw.obj.namespace or "", gw.obj.name
+    keys: list[Target] = [
+        (route.route.kind, route.route.namespace or "", route.route.name, None), ("Gateway", gns, gname, ls.name), ("Gateway", gns, gname, None),
+    ]
+    bp = result.backend.lookup(*keys)
+    if bp is None:
+        return route
+    _note_override(result.backend, bp, keys, route)
+    return replace(route, backend_traffic=ir.BackendTrafficIR(bp.ref, bp.obj.model.spec))  # type: ignore[union-attr]
+
+
+def _note_override(att: Attachments, winner: PolicyState, keys: list[Target], rule: ir.RouteRule | ir.L4Route) -> None:
     idx = next(i for i, k in enumerate(keys) if att.by_target.get(k) is winner)
     for k in keys[idx + 1 :]:
         broader = att.by_target.get(k)
         if broader is not None and broader is not winner:
-            note = f"HTTPRoute {rule.route.namespace}/{rule.route.name} (by {winner.obj.name})"
+            note = f"{rule.route.kind} {rule.route.namespace}/{rule.route.name} (by {winner.obj.name})"
             if note not in broader.overridden_on:
                 broader.overridden_on.append(note)
 

@@ -213,6 +213,7 @@ class L4Route:
     route: Ref
     backends: tuple[WeightedBackend, ...]
     hostnames: tuple[str, ...] = ()  # TLSRoute: the SNI names it takes (listener ∩ route)
+    backend_traffic: BackendTrafficIR | None = None  # health checks, load balancer, circuit breaker
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.gateway.harness import Gateway
+from tests.gateway.harness import Gateway, free_port
 from tests.gateway.manifests import gateway, two_endpoints
 
 L4_LISTENERS = """- {name: ssh, protocol: TCP, port: 22, allowedRoutes: {namespaces: {from: All}, kinds: [{kind: TCPRoute}]}}
@@ -155,10 +155,7 @@ def test_tcp_route_relays_streams_and_follows_route_changes() -> None:
 
 def test_tcp_route_without_a_usable_backend_closes_and_dead_endpoints_are_skipped() -> None:
     a = TCPEcho("a")
-    dead = socket.socket()
-    dead.bind(("127.0.0.1", 0))
-    dead_port = dead.getsockname()[1]
-    dead.close()  # nothing listens there
+    dead_port = free_port()  # nothing listens there
     g = Gateway(gateway(L4_LISTENERS) + two_endpoints("git", dead_port, a.port) + routes(tcp_service="git", udp_service="git"))
     try:
         # a refused connect moves on to the next endpoint: every connection is served by a
@@ -370,10 +367,7 @@ def test_tcp_streams_are_access_logged(caplog) -> None:
 
 def test_backend_traffic_policy_on_a_tcp_route_health_checks_its_backends() -> None:
     a = TCPEcho("a")
-    dead = socket.socket()
-    dead.bind(("127.0.0.1", 0))
-    dead_port = dead.getsockname()[1]
-    dead.close()
+    dead_port = free_port()  # nothing listens there
     btp = """
 ---
 apiVersion: gateway.envoyproxy.io/v1alpha1

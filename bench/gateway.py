@@ -2,7 +2,8 @@
 """HTTP/1.1 keep-alive proxy benchmark: homeplane vs nginx, same backend, same run.
 
 A static nginx backend answers a small body. In front of it, in turn:
-  * homeplane (`homeplane run`, a dozen HTTPRoutes loaded, access log off),
+  * homeplane (`homeplane run`, a dozen HTTPRoutes loaded, access log off), with its C fast
+    lane for plain requests (gateway/_fastlane.c) and, as "hp-python", without it,
   * nginx as a reverse proxy (upstream keepalive, access log off, 1 worker),
   * the floor for Python: a bare uvloop + httptools proxy (bench/_floor_proxy.py) with none
     of homeplane's work, to tell the cost of the language and libraries from homeplane's own.
@@ -139,17 +140,25 @@ def main() -> None:
         procs.append(subprocess.Popen(["nginx", "-c", str(nginx_conf(root, backend, body="hello from the backend\\n"))]))
         wait_port("127.0.0.1", backend)
 
-        hp_port, admin = free_port(), free_port()
-        cmd = [
-            sys.executable, "-m", "homeplane", "run", str(manifests(root, backend)),
-            "--admin", f"127.0.0.1:{admin}", "--state", str(root / "state.db"),
-            "--gateway-address", "network/bench=127.0.0.1", "--port-map", f"80={hp_port}", "--no-access-log",
-        ]
-        if args.workers > 1:
-            cmd += ["--workers", str(args.workers)]
-        hp = subprocess.Popen(cmd, stderr=open(root / "homeplane.log", "w"))
-        procs.append(hp)
-        wait_port("127.0.0.1", hp_port)
+        tree = manifests(root, backend)
+
+        def homeplane(name: str, fast_lane: bool) -> tuple[subprocess.Popen, int]:
+            port, admin = free_port(), free_port()
+            cmd = [
+                sys.executable, "-m", "homeplane", "run", str(tree),
+                "--admin", f"127.0.0.1:{admin}", "--state", str(root / f"{name}.db"),
+                "--gateway-address", "network/bench=127.0.0.1", "--port-map", f"80={port}", "--no-access-log",
+            ]
+            if args.workers > 1:
+                cmd += ["--workers", str(args.workers)]
+            env = {**os.environ, "HOMEPLANE_FASTLANE": "1" if fast_lane else "0"}
+            p = subprocess.Popen(cmd, stderr=open(root / f"{name}.log", "w"), env=env)
+            procs.append(p)
+            wait_port("127.0.0.1", port)
+            return p, port
+
+        hp, hp_port = homeplane("homeplane", True)
+        hpy, hpy_port = homeplane("homeplane-py", False)
 
         ng_port = free_port()
         ng = subprocess.Popen(["nginx", "-c", str(nginx_conf(root, ng_port, upstream=backend))])
@@ -165,6 +174,7 @@ def main() -> None:
         results = {
             "homeplane": measure(lambda: descendants(hp.pid), f"http://127.0.0.1:{hp_port}/api/items", args.seconds, args.connections, host),
             "nginx": measure(lambda: descendants(ng.pid), f"http://127.0.0.1:{ng_port}/api/items", args.seconds, args.connections, host),
+            "hp-python": measure(lambda: descendants(hpy.pid), f"http://127.0.0.1:{hpy_port}/api/items", args.seconds, args.connections, host),
             "py-floor": measure(lambda: descendants(fl.pid), f"http://127.0.0.1:{fl_port}/api/items", args.seconds, args.connections, host),
         }
         print(f"HTTP/1.1 keep-alive, wrk -c{args.connections} -d{args.seconds}s, {ROUTES} HTTPRoutes, homeplane workers={args.workers}")
@@ -174,6 +184,8 @@ def main() -> None:
             print(f"{name:<10} {r['rps']:>10.0f} {r['p99_ms']:>8.2f} {r['cpu_us_per_req']:>11.1f} {errs:>7}")
         h, n, f = results["homeplane"], results["nginx"], results["py-floor"]
         print(f"ratio homeplane/nginx: req/s {h['rps'] / n['rps']:.2f}, CPU per request {h['cpu_us_per_req'] / n['cpu_us_per_req']:.2f}")
+        hpy_r = results["hp-python"]
+        print(f"ratio hp-python/nginx (fast lane off): CPU per request {hpy_r['cpu_us_per_req'] / n['cpu_us_per_req']:.2f}")
         print(f"ratio py-floor/nginx: CPU per request {f['cpu_us_per_req'] / n['cpu_us_per_req']:.2f}; homeplane/py-floor {h['cpu_us_per_req'] / f['cpu_us_per_req']:.2f}")
     finally:
         stop_all(procs, root)

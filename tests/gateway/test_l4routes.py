@@ -120,7 +120,7 @@ def test_tcp_route_relays_streams_and_follows_route_changes() -> None:
     try:
         port = g.port(22)
         big = bytes(range(256)) * 4096  # 1 MiB, both ways
-        answers = [exchange(port, big) for _ in range(6)]
+        answers = [exchange(port, big) for _ in range(12)]  # all on one endpoint by chance: 1 in 2048
         assert all(x[2:] == big for x in answers)
         assert {x[:2] for x in answers} == {b"a:", b"b:"}  # both endpoints get connections
         # both ends closed: nothing of those connections is left open in the gateway

@@ -9,7 +9,7 @@ import ssl
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from homeplane.api.models.envoy import ActiveHealthCheck, PassiveHealthCheck
 from homeplane.gateway.balancer import Balancer
@@ -59,6 +59,7 @@ class EndpointState:
     __slots__ = (
         "address", "port", "fqdn", "name", "active", "idle", "healthy", "failures", "ejected_until", "key",
         "hc_ok", "hc_fail", "ejections", "gateway_failures", "local_failures", "connections", "h2_pending",
+        "fast_idle",
     )
 
     def __init__(self, ep: ir.Endpoint):
@@ -79,6 +80,7 @@ class EndpointState:
         self.hc_fail = 0
         self.connections = 0
         self.h2_pending: asyncio.Future | None = None  # an h2c connection on its way (upstream_h2)
+        self.fast_idle: list[Any] = []  # idle connections of the HTTP/1.1 fast lane (_fastlane.Upstream)
 
     def available(self, now: float) -> bool:
         return self.healthy and self.ejected_until <= now
@@ -86,6 +88,8 @@ class EndpointState:
     def close_idle(self) -> None:
         while self.idle:
             self.idle.popleft().close()
+        while self.fast_idle:
+            self.fast_idle.pop().close()
 
 
 @dataclass
@@ -144,8 +148,7 @@ class Cluster:
         if self.pool.tls != pool.tls or self.pool.app_protocol != pool.app_protocol:
             # pooled connections were made for the old TLS settings or protocol: never reuse them
             for e in self.endpoints:
-                while e.idle:
-                    e.idle.pop().close()
+                e.close_idle()
         old = {e.key: e for e in self.endpoints}
         new: list[EndpointState] = []
         for ep in pool.ready_endpoints:

@@ -27,6 +27,8 @@ from homeplane.gateway.auth import Auth, compile_security
 from homeplane.gateway.cluster import Cluster, ClusterConfig, cluster_key, cluster_settings
 from homeplane.gateway.compression import TOKENS
 from homeplane.gateway.exchange import Exchange, RetryPolicy, RouteAction, WeightedCluster
+from homeplane.gateway.fastlane import Hooks, compile_table
+from homeplane.gateway.fastlane import enabled as fastlane_enabled
 from homeplane.gateway.filters import compile_header_ops
 from homeplane.gateway.headers import parse_cidrs
 from homeplane.gateway.health import run_checks
@@ -50,6 +52,7 @@ class Settings:
     max_connections: int = 10_000
     access_log: bool = True
     reuse_port: bool = False
+    fast_lane: bool = True  # simple HTTP/1.1 requests served by _fastlane.c when it is built
 
 
 @dataclass
@@ -290,6 +293,8 @@ class PortServer:
         self.passthrough: PassthroughTable | None = None  # TLS passthrough (TLSRoutes) on this port
         self.splices: set[Splice] = set()  # passed-through connections
         self.connection_limit: int | None = None
+        self.fast: tuple[Any, ...] | None = None  # the fast lane's routing table (gateway/fastlane.py)
+        self.hooks = Hooks(self) if dp.settings.fast_lane and fastlane_enabled() else None
         self._contexts: list[tuple[ListenerTable, list[tuple[ir.TLSCert, ssl.SSLContext]]]] = []
 
     @property
@@ -319,6 +324,7 @@ class PortServer:
                 self.ssl_ctx = make_context(c0, table.listeners[0].conf or ListenerConf(), self.dp.h2_enabled)
                 self.ssl_ctx.sni_callback = self._sni
         self.table = table
+        self.fast = compile_table(table, self.dp.clusters) if self.hooks is not None else None
 
     def _sni(self, sslobj: Any, server_name: str | None, ctx: ssl.SSLContext) -> None:
         name = (server_name or "").lower()
@@ -366,7 +372,7 @@ class PortServer:
             )
             return
         self.server = await loop.create_server(
-            lambda: Http1Connection(self),
+            self.hooks.protocol if self.hooks is not None else (lambda: Http1Connection(self)),
             self.host,
             self.port,
             ssl=self.ssl_ctx,
@@ -679,6 +685,8 @@ class DataPlane:
                 for ep in cl.endpoints:
                     while ep.idle and now - ep.idle[0].idle_since > 60:
                         ep.idle.popleft().close()
+                    while ep.fast_idle and now - ep.fast_idle[0].idle_since > 60:
+                        ep.fast_idle.pop(0).close()
             self.l4.expire_udp(now)
 
     # --- hooks used by connections and exchanges --------------------------------------
@@ -723,29 +731,42 @@ class DataPlane:
         self.stats["requests"] += 1
         if self.settings.access_log:
             a = ex.action
-            access_log.info(
-                json.dumps(
-                    {
-                        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                        "gateway": str(ex.table.gateway),
-                        "client": ex.client_ip,
-                        "method": ex.method.decode("latin-1"),
-                        "host": ex.host.decode("latin-1"),
-                        "path": ex.target.decode("latin-1"),  # as Envoy's %REQ(:PATH)%: with the query
-                        "protocol": ex.conn.protocol,
-                        "status": ex.status,
-                        "route": a.route_id if a else None,
-                        "backend": ex.endpoint.name if ex.endpoint else None,
-                        "duration_ms": round((time.monotonic() - ex.started) * 1000, 2),
-                        "bytes_in": ex.bytes_in,
-                        "bytes_out": ex.bytes_out,
-                        "request_id": ex.request_id.decode("latin-1") if ex.request_id else None,
-                        **({"error": ex.error} if ex.error else {}),
-                    },
-                    separators=(",", ":"),
-                )
+            self.access_line(
+                gateway=str(ex.table.gateway), client=ex.client_ip, method=ex.method.decode("latin-1"),
+                host=ex.host.decode("latin-1"), path=ex.target.decode("latin-1"), protocol=ex.conn.protocol,
+                status=ex.status, route=a.route_id if a else None, backend=ex.endpoint.name if ex.endpoint else None,
+                duration=time.monotonic() - ex.started, bytes_in=ex.bytes_in, bytes_out=ex.bytes_out,
+                request_id=ex.request_id.decode("latin-1") if ex.request_id else None, error=ex.error,
             )
 
+    def access_line(
+        self, *, gateway: str, client: str, method: str, host: str, path: str, protocol: str, status: int,
+        route: str | None, backend: str | None, duration: float, bytes_in: int, bytes_out: int,
+        request_id: str | None, error: str | None,
+    ) -> None:
+        """One structured line per request, whichever lane served it."""
+        access_log.info(
+            json.dumps(
+                {
+                    "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "gateway": gateway,
+                    "client": client,
+                    "method": method,
+                    "host": host,
+                    "path": path,  # as Envoy's %REQ(:PATH)%: with the query
+                    "protocol": protocol,
+                    "status": status,
+                    "route": route,
+                    "backend": backend,
+                    "duration_ms": round(duration * 1000, 2),
+                    "bytes_in": bytes_in,
+                    "bytes_out": bytes_out,
+                    "request_id": request_id,
+                    **({"error": error} if error else {}),
+                },
+                separators=(",", ":"),
+            )
+        )
 
     def stream_finished(self, splice: Splice, gateway: ir.Ref, protocol: str, route: ir.Ref | None, endpoint: Any, sni: str | None) -> None:
         """A TCP stream (TCPRoute, TLS terminated or passed through) ended: one access log line."""

@@ -1,0 +1,376 @@
+"""The HTTP/1.1 fast lane (gateway/_fastlane.c) against the Python path.
+
+The same requests go to two data planes on the same backend, one with the fast lane and one
+without; what the client receives and what the backend sees must be the same, whichever lane
+served them. The fast lane's own counter tells which requests it took.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+import threading
+import time
+from typing import Callable, Iterator
+
+import pytest
+
+from homeplane.gateway import fastlane
+from homeplane.gateway.server import Settings
+from tests.gateway.backends import Backend
+from tests.gateway.harness import Gateway
+from tests.gateway.manifests import gateway, route, service
+
+FILTERED = """
+    - matches: [{path: {type: PathPrefix, value: /filtered}}]
+      filters:
+        - type: RequestHeaderModifier
+          requestHeaderModifier: {add: [{name: x-added, value: yes}]}
+      backendRefs: [{name: a, port: 80}]
+    - matches: [{path: {type: Exact, value: /echo/exact}}]
+      backendRefs: [{name: a, port: 80}]
+    - matches: [{path: {type: PathPrefix, value: /echo}}]
+      backendRefs: [{name: a, port: 80}]
+    - matches: [{path: {type: PathPrefix, value: /}, headers: [{name: x-pick, value: "1"}]}]
+      backendRefs: [{name: a, port: 80}]
+    - matches: [{path: {type: PathPrefix, value: /}}]
+      backendRefs: [{name: a, port: 80}]
+"""
+
+
+def manifests(port: int, timeout: str = "") -> str:
+    rules = FILTERED
+    if timeout:
+        rules = rules.replace("      backendRefs: [{name: a, port: 80}]\n", f"      backendRefs: [{{name: a, port: 80}}]\n      timeouts: {{request: {timeout}}}\n")
+    return gateway() + service("a", port) + route(hostnames="[app.test, '*.wild.test']", rules=rules)
+
+
+def test_the_fast_lane_is_built() -> None:
+    # CI installs a compiler (scripts/install-test-deps.sh); without one homeplane still works,
+    # but this suite is meant to exercise both lanes
+    assert fastlane._fastlane is not None and fastlane.enabled()
+
+
+@pytest.fixture
+def pair(backend: Backend) -> Iterator[tuple[Gateway, Gateway]]:
+    fast = Gateway(manifests(backend.port))
+    slow = Gateway(manifests(backend.port), Settings(access_log=False, fast_lane=False))
+    yield fast, slow
+    fast.close()
+    slow.close()
+
+
+def exchange(port: int, raw: bytes, timeout: float = 5.0) -> bytes:
+    """Send raw bytes, read until the server closes (requests end with Connection: close)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(raw)
+        out = b""
+        while True:
+            try:
+                d = s.recv(65536)
+            except (ConnectionResetError, socket.timeout):
+                break
+            if not d:
+                break
+            out += d
+    return out
+
+
+def responses(raw: bytes) -> list[tuple[bytes, dict[bytes, bytes], bytes]]:
+    """Split a stream of HTTP/1.1 responses: (status line, headers, decoded body)."""
+    out = []
+    while raw:
+        head, _, raw = raw.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        headers = {}
+        for line in lines[1:]:
+            n, _, v = line.partition(b":")
+            headers[n.strip().lower()] = v.strip()
+        status = int(lines[0].split()[1])
+        body = b""
+        if headers.get(b"transfer-encoding") == b"chunked":
+            while True:
+                size_line, _, raw = raw.partition(b"\r\n")
+                size = int(size_line.split(b";")[0], 16)
+                if size == 0:
+                    _, _, raw = raw.partition(b"\r\n")
+                    break
+                body += raw[:size]
+                raw = raw[size + 2 :]
+        elif b"content-length" in headers and status not in (204, 304):
+            n = int(headers[b"content-length"])
+            body, raw = raw[:n], raw[n:]
+        elif b"content-length" not in headers and status not in (204, 304):
+            body, raw = raw, b""
+        out.append((lines[0], headers, body))
+    return out
+
+
+def normalized(raw: bytes) -> list[tuple[bytes, dict[bytes, bytes], object]]:
+    """Responses with what legitimately differs between two runs taken out: the request id,
+    the backend's connection counter."""
+    out = []
+    for status, headers, body in responses(raw):
+        headers = {k: v for k, v in headers.items() if k not in (b"date", b"server")}
+        try:
+            seen = json.loads(body)
+        except ValueError:
+            out.append((status, headers, body))
+            continue
+        rids = [v for n, v in seen["headers"] if n == "x-request-id"]
+        assert len(rids) == 1, "every proxied request carries one x-request-id"
+        rid = rids[0]
+        seen["headers"] = [[n, v] for n, v in seen["headers"] if n != "x-request-id"]
+        if rid != "given-id":
+            assert len(rid) == 36 and rid[14] == "4" and rid[19] in "89ab", rid  # UUID version 4 shape
+        seen.pop("connection", None)
+        headers.pop(b"content-length", None)
+        out.append((status, headers, seen))
+    return out
+
+
+REQUESTS = [
+    b"GET /echo HTTP/1.1\r\nHost: app.test\r\n\r\n",
+    b"GET /echo/exact?q=1&r=%20 HTTP/1.1\r\nHost: APP.test:8080\r\nAccept: */*\r\n\r\n",
+    b"GET /echox HTTP/1.1\r\nHost: app.test.\r\n\r\n",  # not under the /echo prefix (segments)
+    b"GET /echo HTTP/1.1\r\nHost: a.wild.test\r\nX-Forwarded-For: 10.0.0.1\r\nX-Request-Id: given-id\r\n\r\n",
+    b"GET /echo HTTP/1.1\r\nHost: app.test\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: evil\r\n\r\n",
+    b"GET /echo HTTP/1.1\r\nHost: app.test\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\nKeep-Alive: 5\r\nTE: trailers\r\nProxy-Connection: x\r\n\r\n",
+    b"POST /echo HTTP/1.1\r\nHost: app.test\r\nContent-Length: 0\r\n\r\n",
+    b"POST /echo HTTP/1.1\r\nHost: app.test\r\nContent-Length: 5\r\n\r\nhello",  # a body: Python's
+    b"PUT /echo HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    b"GET /filtered HTTP/1.1\r\nHost: app.test\r\n\r\n",  # a filter: Python's
+    b"GET /other HTTP/1.1\r\nHost: app.test\r\nX-Pick: 1\r\n\r\n",  # header match: Python's
+    b"GET /other HTTP/1.1\r\nHost: app.test\r\n\r\n",
+    b"GET /echo HTTP/1.1\r\nHost: nowhere.test\r\n\r\n",  # 404
+    b"GET /status/204 HTTP/1.1\r\nHost: app.test\r\n\r\n",
+    b"GET /status/503 HTTP/1.1\r\nHost: app.test\r\n\r\n",
+    b"GET /big?bytes=200000 HTTP/1.1\r\nHost: app.test\r\n\r\n",
+    b"GET /stream?n=3&ms=1 HTTP/1.1\r\nHost: app.test\r\n\r\n",
+    b"GET /garbage HTTP/1.1\r\nHost: app.test\r\n\r\n",
+    b"GET /reset HTTP/1.1\r\nHost: app.test\r\n\r\n",
+]
+
+
+@pytest.mark.parametrize("raw", REQUESTS, ids=lambda r: r.split(b"\r\n")[0].decode()[:40])
+def test_both_lanes_answer_the_same(pair: tuple[Gateway, Gateway], raw: bytes) -> None:
+    fast, slow = pair
+    # three in a row on one connection (pipelined), the last one closing it
+    last = raw.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1)
+    stream = raw * 2 + last
+    a = exchange(fast.port(80), stream)
+    b = exchange(slow.port(80), stream)
+    na, nb = normalized(a), normalized(b)
+    if b"/garbage" in raw or b"/reset" in raw:
+        # the first answer is a 502 in both; what the message says may differ
+        assert [s for s, _, _ in na][:1] == [s for s, _, _ in nb][:1] == [b"HTTP/1.1 502 Bad Gateway"]
+        return
+    assert na == nb
+    assert len(na) == 3
+
+
+def test_which_lane_serves_what(pair: tuple[Gateway, Gateway]) -> None:
+    fast, _ = pair
+    before = fastlane.served()
+    exchange(fast.port(80), b"GET /echo HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n")
+    assert fastlane.served() == before + 1
+    for python_only in (
+        b"GET /filtered HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n",
+        b"GET /x HTTP/1.1\r\nHost: app.test\r\nX-Pick: 1\r\nConnection: close\r\n\r\n",
+        b"POST /echo HTTP/1.1\r\nHost: app.test\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi",
+        b"GET /echo HTTP/1.0\r\nHost: app.test\r\n\r\n",
+    ):
+        assert b" 200 " in exchange(fast.port(80), python_only).split(b"\r\n")[0]
+    assert fastlane.served() == before + 1
+
+
+def test_a_connection_handed_over_keeps_its_requests_in_order(pair: tuple[Gateway, Gateway], backend: Backend) -> None:
+    fast, _ = pair
+    stream = (
+        b"GET /echo/1 HTTP/1.1\r\nHost: app.test\r\n\r\n"
+        b"POST /echo/2 HTTP/1.1\r\nHost: app.test\r\nContent-Length: 3\r\n\r\nabc"
+        b"GET /echo/3 HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n"
+    )
+    got = responses(exchange(fast.port(80), stream))
+    assert [json.loads(b)["target"] for _, _, b in got] == ["/echo/1", "/echo/2", "/echo/3"]
+    assert json.loads(got[1][2])["body_len"] == 3
+
+
+# --- a backend whose every answer is scripted -------------------------------------------------
+
+
+class Scripted:
+    """A raw HTTP/1.1 backend: ``answers[path](nth request on the connection) -> bytes | None``
+    (None: close without answering)."""
+
+    def __init__(self, answers: dict[str, Callable[[int], bytes | None]]):
+        self.answers = answers
+        self.connections = 0
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, c: socket.socket) -> None:
+        buf = b""
+        n = 0
+        with c:
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    try:
+                        d = c.recv(65536)
+                    except OSError:
+                        return
+                    if not d:
+                        return
+                    buf += d
+                head, _, buf = buf.partition(b"\r\n\r\n")
+                n += 1
+                path = head.split(b" ")[1].decode()
+                answer = self.answers[path](n)
+                if answer is None:
+                    return
+                c.sendall(answer)
+                if b"close-after" in answer:
+                    return
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def ok(body: bytes = b"ok") -> bytes:
+    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+
+
+@pytest.fixture
+def scripted() -> Iterator[tuple[Scripted, Gateway]]:
+    s = Scripted({
+        "/ok": lambda n: ok(),
+        "/chunked": lambda n: b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-A: 1\r\n\r\n"
+        b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n",
+        "/eof": lambda n: b"HTTP/1.0 200 OK\r\nX-Close-After: 1\r\n\r\nuntil the end close-after",
+        "/continue": lambda n: b"HTTP/1.1 100 Continue\r\n\r\n" + ok(b"after 100"),
+        "/clte": lambda n: b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        "/partial": lambda n: b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nX-Close-After: 1\r\n\r\nonly ten..close-after",
+        "/second-drop": lambda n: ok(b"first") if n == 1 else None,
+        "/hop": lambda n: b"HTTP/1.1 200 OK\r\nConnection: X-Private\r\nX-Private: 1\r\nKeep-Alive: timeout=5\r\nX-Public: 2\r\nContent-Length: 2\r\n\r\nok",
+        "/head-len": lambda n: b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n",
+        "/304": lambda n: b"HTTP/1.1 304 Not Modified\r\nETag: x\r\n\r\n",
+        "/obs": lambda n: b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Spaces: v  \r\n\r\nok",
+        "/hang": lambda n: b"",
+    })
+    g = Gateway(gateway() + service("a", s.port) + route(rules="""
+    - matches: [{path: {type: PathPrefix, value: /hang}}]
+      backendRefs: [{name: a, port: 80}]
+      timeouts: {request: 1s}
+    - backendRefs: [{name: a, port: 80}]
+"""))
+    yield s, g
+    g.close()
+    s.close()
+
+
+def get(port: int, path: str, method: str = "GET", keep: bool = False) -> bytes:
+    conn = b"" if keep else b"Connection: close\r\n"
+    return exchange(port, f"{method} {path} HTTP/1.1\r\nHost: app.test\r\n".encode() + conn + b"\r\n")
+
+
+def test_response_framings(scripted: tuple[Scripted, Gateway]) -> None:
+    s, g = scripted
+    port = g.port(80)
+    before = fastlane.served()
+    (status, headers, body), = responses(get(port, "/chunked"))
+    assert (status, body, headers[b"x-a"]) == (b"HTTP/1.1 200 OK", b"hello world", b"1")
+    assert b"x-trailer" not in headers
+    (status, headers, body), = responses(get(port, "/eof"))
+    assert body == b"until the end close-after" and headers[b"transfer-encoding"] == b"chunked"
+    (status, headers, body), = responses(get(port, "/continue"))
+    assert (status, body) == (b"HTTP/1.1 200 OK", b"after 100")
+    (status, headers, body), = responses(get(port, "/hop"))
+    assert b"x-private" not in headers and b"keep-alive" not in headers and headers[b"x-public"] == b"2"
+    (status, headers, body), = responses(get(port, "/304"))
+    assert status == b"HTTP/1.1 304 Not Modified" and headers[b"etag"] == b"x" and body == b""
+    raw = get(port, "/obs")
+    assert b"\r\nx-spaces: v\r\n" in raw and raw.endswith(b"\r\n\r\nok")  # trailing whitespace is not part of a value
+    raw = get(port, "/head-len", method="HEAD")
+    assert raw.endswith(b"\r\n\r\n") and b"content-length: 1234" in raw  # HEAD: the length, no body
+    assert fastlane.served() == before + 7
+
+
+def test_broken_backends(scripted: tuple[Scripted, Gateway]) -> None:
+    s, g = scripted
+    port = g.port(80)
+    assert responses(get(port, "/clte"))[0][0] == b"HTTP/1.1 502 Bad Gateway"  # smuggling-shaped answer
+    raw = get(port, "/partial")
+    assert raw.startswith(b"HTTP/1.1 200 OK") and raw.endswith(b"only ten..close-after")  # then reset, not padded
+    started = time.monotonic()
+    assert responses(get(port, "/hang"))[0][0] == b"HTTP/1.1 504 Gateway Timeout"
+    assert time.monotonic() - started < 5
+    # the next request still works
+    assert responses(get(port, "/ok"))[0][2] == b"ok"
+
+
+def test_a_pooled_connection_the_backend_dropped_is_retried_once(scripted: tuple[Scripted, Gateway]) -> None:
+    s, g = scripted
+    port = g.port(80)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as c:
+        for expected in (b"first", b"first"):
+            c.sendall(b"GET /second-drop HTTP/1.1\r\nHost: app.test\r\n\r\n")
+            got = b""
+            while not got.endswith(expected):
+                d = c.recv(4096)
+                assert d, got
+                got += d
+            assert got.startswith(b"HTTP/1.1 200 OK")
+    # the second request went out on the pooled connection, was dropped, then sent on a new one
+    assert s.connections == 2
+
+
+def test_a_client_that_leaves_mid_response_frees_the_endpoint(scripted: tuple[Scripted, Gateway]) -> None:
+    s, g = scripted
+    port = g.port(80)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as c:
+        c.sendall(b"GET /hang HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        time.sleep(0.2)
+        eps = [ep for cl in g.dp.clusters.values() for ep in cl.endpoints]
+        assert [ep.active for ep in eps] == [1]
+        # a reset, not a half-close (a half-closed client may still wait for its answer)
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    time.sleep(0.3)
+    eps = [ep for cl in g.dp.clusters.values() for ep in cl.endpoints]
+    assert eps and all(ep.active == 0 for ep in eps)
+
+
+def test_access_log_lines_are_the_same_from_both_lanes(backend: Backend, caplog: pytest.LogCaptureFixture) -> None:
+    lines = []
+    for fast_lane in (True, False):
+        g = Gateway(manifests(backend.port), Settings(access_log=True, fast_lane=fast_lane))
+        try:
+            caplog.clear()
+            with caplog.at_level("INFO", logger="homeplane.access"):
+                before = fastlane.served()
+                exchange(g.port(80), b"GET /echo?x=1 HTTP/1.1\r\nHost: App.test\r\nX-Request-Id: rid-1\r\nConnection: close\r\n\r\n")
+                assert fastlane.served() == before + (1 if fast_lane else 0)
+                deadline = time.monotonic() + 5
+                while not caplog.records and time.monotonic() < deadline:
+                    time.sleep(0.02)
+            line = json.loads(caplog.records[0].getMessage())
+            assert line.pop("duration_ms") >= 0 and line.pop("time")
+            assert line.pop("bytes_out") > 100
+            lines.append(line)
+        finally:
+            g.close()
+    assert lines[0] == lines[1]
+    assert lines[0]["status"] == 200 and lines[0]["path"] == "/echo?x=1" and lines[0]["request_id"] == "rid-1"
+    assert lines[0]["host"] == "app.test" and lines[0]["backend"] == f"127.0.0.1:{backend.port}"

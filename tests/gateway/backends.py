@@ -90,7 +90,7 @@ class Backend:
                     "backend": self.name,
                     "method": req.method.decode(),
                     "target": target,
-                    "headers": [[n.decode(), v.decode()] for n, v in req.headers],
+                    "headers": [[n.decode("latin-1"), v.decode("latin-1")] for n, v in req.headers],
                     "body_len": len(body),
                     "body_sha256": hashlib.sha256(body).hexdigest(),
                     "connection": conn_id,

@@ -397,3 +397,100 @@ spec:
     finally:
         g.close()
         a.close()
+
+
+PROXY_CTP = """
+---
+apiVersion: gateway.envoyproxy.io/v1alpha1
+kind: ClientTrafficPolicy
+metadata: {name: pp, namespace: network}
+spec:
+  targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: gw}]
+  proxyProtocol: {}
+"""
+
+
+def test_proxy_protocol_on_tcp_and_tls_listeners(caplog) -> None:
+    """A load balancer in front sends a PROXY header before the stream (and before TLS): it is
+    read and taken off, never relayed to the backend, and its client is the one logged."""
+    import base64
+    import json
+    import logging
+    import ssl
+
+    from homeplane.gateway.server import Settings
+    from tests.translate.helpers import tls_pair
+
+    a, mqtt = TCPEcho("a"), TCPEcho("mqtt")
+    crt, key = tls_pair("mqtt.home.test")
+    listeners = L4_LISTENERS + """
+    - {name: mqtts, protocol: TLS, port: 8883, tls: {mode: Terminate, certificateRefs: [{name: mqtt-tls}]}, allowedRoutes: {namespaces: {from: All}}}"""
+    extra = f"""
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: mqtt-tls, namespace: network}}
+type: kubernetes.io/tls
+data: {{tls.crt: {crt}, tls.key: {key}}}
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TCPRoute
+metadata: {{name: mqtt, namespace: apps}}
+spec:
+  parentRefs: [{{name: gw, namespace: network, sectionName: mqtts}}]
+  rules: [{{backendRefs: [{{name: broker, port: 80}}]}}]
+"""
+    base = gateway(listeners) + extra + two_endpoints("git", a.port, a.port) + two_endpoints("broker", mqtt.port, mqtt.port) + routes()
+    g = Gateway(base, Settings(access_log=True))
+    try:
+        header = b"PROXY TCP4 198.51.100.7 10.0.0.1 40000 22\r\n"
+        assert exchange(g.port(22), header + b"12345") == b"a:" + header + b"12345"  # no policy: bytes as they come
+        g.apply(base + PROXY_CTP)
+        with caplog.at_level(logging.INFO, logger="homeplane.access"):
+            assert exchange(g.port(22), header + b"12345") == b"a:12345"  # the header is not the backend's
+            deadline = time.monotonic() + 5
+            while not [r for r in caplog.records if r.name == "homeplane.access"] and time.monotonic() < deadline:
+                time.sleep(0.05)
+        line = json.loads(next(r for r in caplog.records if r.name == "homeplane.access").getMessage())
+        assert (line["client"], line["bytes_in"]) == ("198.51.100.7", 5)
+        assert exchange(g.port(22), b"12345") == b""  # required: a stream without the header is refused
+        # TLS after the header, in the same segment as the ClientHello
+        ctx = ssl.create_default_context(cadata=base64.b64decode(crt).decode())
+        with socket.create_connection(("127.0.0.1", g.port(8883)), timeout=5) as raw:
+            raw.sendall(header)
+            with ctx.wrap_socket(raw, server_hostname="mqtt.home.test") as s:
+                s.sendall(b"hello?\n")
+                assert s.recv(100) == b"mqtt here\n"
+    finally:
+        g.close()
+        a.close()
+        mqtt.close()
+
+
+def test_udp_sessions_are_access_logged_when_they_end(caplog) -> None:
+    import json
+    import logging
+
+    from homeplane.gateway.server import Settings
+
+    u = UDPEcho("u")
+    g = Gateway(gateway(L4_LISTENERS) + udp_service("resolver", u.port) + routes(udp_service="resolver"), Settings(access_log=True))
+    try:
+        with caplog.at_level(logging.INFO, logger="homeplane.access"), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:
+            c.settimeout(5)
+            for q in (b"query", b"again"):
+                c.sendto(q, ("127.0.0.1", g.port(53)))
+                assert c.recvfrom(100)[0] == b"u:" + q
+            assert not [r for r in caplog.records if r.name == "homeplane.access"]  # the session is still open
+            g.loop.call_soon_threadsafe(g.dp.l4.expire_udp, time.monotonic() + 3600)  # idle long enough
+            deadline = time.monotonic() + 5
+            while not [r for r in caplog.records if r.name == "homeplane.access"] and time.monotonic() < deadline:
+                time.sleep(0.05)
+        line = json.loads(next(r for r in caplog.records if r.name == "homeplane.access").getMessage())
+        assert (line["protocol"], line["route"], line["backend"]) == ("UDP", "UDPRoute/apps/dns", f"127.0.0.1:{u.port}")
+        assert (line["client"], line["bytes_in"], line["bytes_out"]) == ("127.0.0.1", 10, 14)
+        eps = [ep for cl in g.dp.clusters.values() for ep in cl.endpoints]
+        assert [ep.active for ep in eps] == [0]
+    finally:
+        g.close()
+        u.close()

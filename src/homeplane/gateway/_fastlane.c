@@ -284,6 +284,7 @@ enum { ST_IDLE, ST_CONNECTING, ST_WAITING, ST_STREAMING, ST_CLOSED, ST_HANDED };
 struct Conn {
     PyObject_HEAD
     PyObject *server, *hooks, *transport, *write, *client_ip, *sni, *scheme;
+    PyObject *override;  /* the client's (ip, port) from a PROXY protocol header, or None */
     Buf in;
     Buf out;
     int state, close_after, head_only, retried, write_paused, read_paused, started_response, access_log;
@@ -744,10 +745,11 @@ static PyTypeObject UpType = {
 /* ====================================================================================== */
 
 static PyObject *Conn_new(PyTypeObject *t, PyObject *args, PyObject *kw) {
-    PyObject *server, *hooks;
-    if (!PyArg_ParseTuple(args, "OO", &server, &hooks)) return NULL;
+    PyObject *server, *hooks, *override = Py_None;
+    if (!PyArg_ParseTuple(args, "OO|O", &server, &hooks, &override)) return NULL;
     Conn *c = (Conn *)t->tp_alloc(t, 0);
     if (!c) return NULL;
+    c->override = Py_NewRef(override);
     Py_INCREF(server);
     c->server = server;
     Py_INCREF(hooks);
@@ -778,6 +780,7 @@ static int Conn_traverse(Conn *c, visitproc visit, void *arg) {
     Py_VISIT(c->client_ip);
     Py_VISIT(c->sni);
     Py_VISIT(c->scheme);
+    Py_VISIT(c->override);
     Py_VISIT(c->route);
     Py_VISIT(c->cluster);
     Py_VISIT(c->endpoint);
@@ -796,6 +799,7 @@ static int Conn_clear(Conn *c) {
     Py_CLEAR(c->client_ip);
     Py_CLEAR(c->sni);
     Py_CLEAR(c->scheme);
+    Py_CLEAR(c->override);
     return 0;
 }
 
@@ -1440,6 +1444,7 @@ static PyMemberDef Conn_members[] = {
     {"server", T_OBJECT, offsetof(Conn, server), READONLY, NULL},
     {"transport", T_OBJECT, offsetof(Conn, transport), READONLY, NULL},
     {"client_ip", T_OBJECT, offsetof(Conn, client_ip), READONLY, NULL},
+    {"override", T_OBJECT, offsetof(Conn, override), READONLY, "The client from a PROXY protocol header."},
     {"method", T_OBJECT, offsetof(Conn, method), READONLY, NULL},
     {"target", T_OBJECT, offsetof(Conn, target), READONLY, NULL},
     {"host", T_OBJECT, offsetof(Conn, host), READONLY, NULL},

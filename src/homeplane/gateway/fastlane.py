@@ -113,8 +113,8 @@ class Hooks:
         self.headers_timeout = settings.request_headers_timeout
         self.idle_timeout = settings.idle_timeout
 
-    def protocol(self) -> Any:
-        return _fastlane.Http1Fast(self.server, self)
+    def protocol(self, client_override: tuple[str, int] | None = None) -> Any:
+        return _fastlane.Http1Fast(self.server, self, client_override)
 
     def opened(self, conn: Any, transport: asyncio.Transport) -> tuple[bytes, bytes | None, bytes] | None:
         """A new client connection: (client ip, SNI, scheme), or None when ALPN chose h2."""
@@ -122,7 +122,7 @@ class Hooks:
         if tls is not None and tls.selected_alpn_protocol() == "h2":
             return None
         set_nodelay(transport)
-        peer = transport.get_extra_info("peername") or ("", 0)
+        peer = conn.override or transport.get_extra_info("peername") or ("", 0)
         sni = self.server.sni_of(tls) if tls is not None else None
         self.dp.connection_opened(conn)
         return str(peer[0]).encode(), sni.encode() if sni else None, b"https" if tls is not None else b"http"
@@ -137,7 +137,7 @@ class Hooks:
         if transport is None or transport.is_closing():
             return
         self.dp.connection_closed(conn)
-        proto = Http1Connection(self.server)
+        proto = Http1Connection(self.server, client_override=conn.override)
         transport.set_protocol(proto)
         proto.connection_made(transport)
         if paused:

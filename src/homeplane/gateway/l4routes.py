@@ -6,7 +6,9 @@ for each connection (UDP: for each client address), then an endpoint of it by th
 usual balancer (LeastRequest: here, fewest open connections), skipping unhealthy and ejected
 ones; a refused connect tries the next endpoint. A backendRef that does not resolve takes its
 share of connections and closes them, as Envoy does for TCP. When a route changes, new
-connections follow it; open ones keep their backend.
+connections follow it; open ones keep their backend. A ClientTrafficPolicy's PROXY protocol
+applies to TCP and TLS listeners too: the header is read (before TLS) and taken off the stream,
+and its client address is the one logged.
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ import ssl
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
+from homeplane.gateway import proxyproto
 from homeplane.gateway.cluster import Cluster, ClusterConfig, EndpointState, cluster_key, cluster_settings
-from homeplane.l4.relay import Splice, UDPRelay
+from homeplane.gateway.late_tls import start_tls_after
+from homeplane.l4.relay import Splice, UDPRelay, UDPSession
 from homeplane.translate import snapshot as ir
 
 if TYPE_CHECKING:
@@ -42,6 +46,7 @@ class _Wanted:
     listener: str
     route: ir.L4Route
     certs: tuple[ir.TLSCert, ...] = ()  # a TLS listener that terminates here (TCPRoute behind it)
+    proxy: tuple[bool, bool] = (False, False)  # PROXY protocol (expected, optional), TCP and TLS only
 
 
 def choose(dp: DataPlane, route: ir.L4Route, exclude: tuple[EndpointState, ...] = ()) -> tuple[Cluster, EndpointState] | None:
@@ -135,25 +140,32 @@ class L4Listener:
         self.udp: UDPRelay | None = None
         self.splices: set[Splice] = set()
         self._contexts: list[tuple[ir.TLSCert, ssl.SSLContext]] = []
+        self.proxy = wanted.proxy[0] and key[2] == "TCP"  # as listening: a change means listening anew
+        self.tls_ctx: ssl.SSLContext | None = None
+
+    def new_splice(self) -> Splice:
+        w = self.wanted
+        return spliced(self.dp, self.splices, lambda: self.wanted.route, w.gateway, "TLS" if w.certs else "TCP")
 
     def accept(self) -> asyncio.Protocol:
-        w = self.wanted
-        return spliced(self.dp, self.splices, lambda: self.wanted.route, w.gateway, "TLS" if w.certs else "TCP").client
+        return _ProxyHeader(self) if self.proxy else self.new_splice().client
 
     # --- UDP --------------------------------------------------------------------------
 
     def pick_udp(self, addr: Any) -> tuple[str, int, Any] | None:
-        chosen = choose(self.dp, self.wanted.route)
+        route = self.wanted.route
+        chosen = choose(self.dp, route)
         if chosen is None:
             return None
         ep = chosen[1]
         ep.active += 1
-        return ep.address, ep.port, ep
+        return ep.address, ep.port, (ep, route.route)
 
-    @staticmethod
-    def udp_ended(ep: Any) -> None:
-        if isinstance(ep, EndpointState):
-            ep.active -= 1
+    def udp_ended(self, sess: UDPSession) -> None:
+        """A UDP session ended (idle, or the listener closed): one access log line, as for TCP."""
+        ep, route = sess.context
+        ep.active -= 1
+        self.dp.stream_finished(sess, self.wanted.gateway, "UDP", route, ep, None)
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -180,9 +192,12 @@ class L4Listener:
         loop = asyncio.get_running_loop()
         fam = socket.AF_INET6 if ":" in host else socket.AF_INET
         if proto == "TCP":
+            self.tls_ctx = self.ssl_context()
+            # with a PROXY header first, TLS starts after it (_ProxyHeader), not on accept
+            early_tls = None if self.proxy else self.tls_ctx
             self.server = await loop.create_server(
-                self.accept, host, port, family=fam, reuse_address=True, backlog=1024, ssl=self.ssl_context(),
-                ssl_handshake_timeout=10.0 if self.wanted.certs else None,
+                self.accept, host, port, family=fam, reuse_address=True, backlog=1024, ssl=early_tls,
+                ssl_handshake_timeout=10.0 if early_tls else None,
             )
         else:
             self.udp = UDPRelay(self.pick_udp, self.udp_ended)
@@ -194,6 +209,63 @@ class L4Listener:
             self.server.close()
         if self.udp is not None:
             self.udp.close()
+
+
+class _ProxyHeader(asyncio.Protocol):
+    """The first bytes of a connection to a TCP/TLS listener with PROXY protocol: the header,
+    then the stream (through TLS for a terminating listener) goes to a Splice."""
+
+    def __init__(self, listener: L4Listener):
+        self.listener = listener
+        self.buf = b""
+        self.transport: asyncio.Transport | None = None
+        self.done = False
+        self.timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        dp = self.listener.dp
+        self.timer = dp.loop.call_later(dp.settings.request_headers_timeout, self._expire)
+
+    def _expire(self) -> None:
+        if not self.done and self.transport is not None:
+            log.info("connection closed: no PROXY protocol header in time")
+            self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        if self.done or self.transport is None:
+            return
+        self.buf += data
+        info = None
+        try:
+            if not (self.listener.wanted.proxy[1] and not proxyproto.looks_like_proxy(self.buf)):
+                info = proxyproto.parse(self.buf)
+                if info is None:
+                    return  # more bytes needed
+        except proxyproto.ProxyProtocolError as e:
+            log.info("connection closed: %s", e)
+            self.transport.close()
+            return
+        self.done = True
+        if self.timer is not None:
+            self.timer.cancel()
+        rest = self.buf[info.length :] if info is not None else self.buf
+        splice = self.listener.new_splice()
+        if info is not None and info.client_ip:
+            splice.peer_override = (info.client_ip, info.client_port or 0)
+        t = self.transport
+        if self.listener.tls_ctx is not None:
+            start_tls_after(self.listener.dp.loop, t, splice.client, self.listener.tls_ctx, rest)
+            return
+        if rest:
+            splice.pending.append(rest)
+            splice.bytes_in += len(rest)
+        t.set_protocol(splice.client)
+        splice.client.connection_made(t)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
 
 
 class GatewayL4:
@@ -220,8 +292,8 @@ class GatewayL4:
     async def apply(self, wanted: dict[tuple[str, int, str], _Wanted]) -> None:
         for key, w in wanted.items():
             lst = self.listeners.get(key)
-            if lst is not None and lst.wanted.certs != w.certs:
-                lst.close()  # new certificates: listen anew (open connections carry on)
+            if lst is not None and (lst.wanted.certs != w.certs or lst.proxy != (w.proxy[0] and key[2] == "TCP")):
+                lst.close()  # new certificates or PROXY protocol: listen anew (open connections carry on)
                 del self.listeners[key]
                 lst = None
             if lst is not None:
@@ -266,7 +338,8 @@ def wanted_listeners(snapshot: ir.Snapshot, address_for: Any, port_for: Any) -> 
             if key in wanted:
                 log.error("Gateway %s listener %s: %s:%d/%s is already used by Gateway %s; not served", gw.ref, ls.name, *key, wanted[key].gateway)
                 continue
-            wanted[key] = _Wanted(gw.ref, ls.name, ls.l4_routes[0], ls.tls_certs if terminated else ())
+            proxy = proxyproto.wanted(ls.client_traffic.spec if ls.client_traffic else None)
+            wanted[key] = _Wanted(gw.ref, ls.name, ls.l4_routes[0], ls.tls_certs if terminated else (), proxy)
             bindings.append(
                 {
                     "gateway": f"{gw.ref.namespace}/{gw.ref.name}", "port": ls.port, "protocol": ls.protocol,

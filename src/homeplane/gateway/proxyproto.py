@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import struct
 from dataclasses import dataclass
+from typing import Any
 
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 V1_PREFIX = b"PROXY "
@@ -79,3 +80,12 @@ def looks_like_proxy(data: bytes) -> bool:
     """Could data be (the start of) a PROXY header? For ``optional: true``."""
     n = min(len(data), 12)
     return data[:n] == V2_SIGNATURE[:n] or data[: min(len(data), 6)] == V1_PREFIX[: min(len(data), 6)]
+
+
+def wanted(ct: Any) -> tuple[bool, bool]:
+    """(expected, optional) from a ClientTrafficPolicy spec: ``proxyProtocol`` (optional or not)
+    or the older ``enableProxyProtocol``."""
+    if ct is None or (ct.proxy_protocol is None and not ct.enable_proxy_protocol):
+        return False, False
+    return True, bool(ct.proxy_protocol and ct.proxy_protocol.optional)
+

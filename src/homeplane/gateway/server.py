@@ -34,10 +34,11 @@ from homeplane.gateway.headers import parse_cidrs
 from homeplane.gateway.health import run_checks
 from homeplane.gateway.http1 import Http1Connection
 from homeplane.gateway.http2 import DEFAULT_CONNECTION_WINDOW, DEFAULT_MAX_STREAMS, DEFAULT_STREAM_WINDOW
+from homeplane.gateway.late_tls import start_tls_after
 from homeplane.gateway.l4routes import GatewayL4, PassthroughTable, passthrough_listeners, spliced, wanted_listeners
 from homeplane.gateway.router import ListenerTable, PortTable, compile_gateway
 from homeplane.gateway.tlspeek import NEED_MORE, NotTLS, client_hello_sni
-from homeplane.l4.relay import Splice
+from homeplane.l4.relay import Splice, Stream
 from homeplane.translate import snapshot as ir
 
 log = logging.getLogger("homeplane.gateway")
@@ -87,9 +88,7 @@ def listener_conf(ls: ir.Listener) -> ListenerConf:
         conf.xff_trusted = parse_cidrs(xff.trusted_cidrs)
     if ct.timeout and ct.timeout.http and ct.timeout.http.idle_timeout:
         conf.idle_timeout = parse_duration(ct.timeout.http.idle_timeout) or None
-    if ct.proxy_protocol is not None or ct.enable_proxy_protocol:
-        conf.proxy_protocol = True
-        conf.proxy_protocol_optional = bool(ct.proxy_protocol and ct.proxy_protocol.optional)
+    conf.proxy_protocol, conf.proxy_protocol_optional = proxyproto.wanted(ct)
     if ct.http2 is not None:
         h = ct.http2
         try:
@@ -469,27 +468,15 @@ class ProxyPreamble(asyncio.Protocol):
     def _handoff(self, rest: bytes, client: tuple[str, int] | None) -> None:
         t = self.transport
         assert t is not None
-        proto = Http1Connection(self.server, client_override=client)
+        hooks = self.server.hooks
+        proto = hooks.protocol(client) if hooks is not None else Http1Connection(self.server, client_override=client)
         if self.server.ssl_ctx is None:
             t.set_protocol(proto)
             proto.connection_made(t)
             if rest:
                 proto.data_received(rest)
             return
-        # TLS after the header: loop.start_tls cannot take bytes already read (a ClientHello
-        # that came in the same segment as the header), so drive asyncio's SSL protocol directly
-        tls = asyncio.sslproto.SSLProtocol(
-            self.server.dp.loop, proto, self.server.ssl_ctx, None,
-            server_side=True, call_connection_made=True, ssl_handshake_timeout=10.0,
-        )
-        t.set_protocol(tls)
-        tls.connection_made(t)
-        while rest:
-            buf = tls.get_buffer(len(rest))
-            n = min(len(buf), len(rest))
-            buf[:n] = rest[:n]
-            tls.buffer_updated(n)
-            rest = rest[n:]
+        start_tls_after(self.server.dp.loop, t, proto, self.server.ssl_ctx, rest)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.timer is not None:
@@ -768,8 +755,9 @@ class DataPlane:
             )
         )
 
-    def stream_finished(self, splice: Splice, gateway: ir.Ref, protocol: str, route: ir.Ref | None, endpoint: Any, sni: str | None) -> None:
-        """A TCP stream (TCPRoute, TLS terminated or passed through) ended: one access log line."""
+    def stream_finished(self, splice: Stream, gateway: ir.Ref, protocol: str, route: ir.Ref | None, endpoint: Any, sni: str | None) -> None:
+        """A TCP stream (TCPRoute, TLS terminated or passed through) or a UDP session ended: one
+        access log line."""
         self.stats["streams"] += 1
         if self.settings.access_log:
             access_log.info(

@@ -11,10 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 UDP_IDLE = 60.0
 MAX_UDP_SESSIONS = 16384  # per listener
+
+
+class Stream(Protocol):
+    """What an access log line tells about a relayed stream (a TCP Splice, a UDP session)."""
+
+    peer: tuple[str, int]
+    started: float
+    bytes_in: int
+    bytes_out: int
 
 
 class Side(asyncio.Protocol):
@@ -64,13 +73,14 @@ class Splice:
         self.closed = False
         self.context: Any = None  # the owner's per-connection state (e.g. the endpoint in use)
         self.peer: tuple[str, int] = ("", 0)
+        self.peer_override: tuple[str, int] | None = None  # the client named by a PROXY protocol header
         self.started = time.monotonic()
         self.bytes_in = 0  # client -> backend
         self.bytes_out = 0  # backend -> client
         self.eof: set[str] = set()  # the sides that have finished sending
 
     def client_connected(self, transport: asyncio.BaseTransport) -> None:
-        peer = transport.get_extra_info("peername") or ("", 0)
+        peer = self.peer_override or transport.get_extra_info("peername") or ("", 0)
         self.peer = (str(peer[0]), int(peer[1]))
         transport.pause_reading()  # until the backend connection is up
         self.on_open(self, self.peer)
@@ -132,35 +142,46 @@ class Splice:
         self.on_close(self)
 
 
-class _UDPSession(asyncio.DatagramProtocol):
+class UDPSession(asyncio.DatagramProtocol):
+    """One client address's datagrams relayed to one backend (and the answers back)."""
+
     def __init__(self, client: Any, front: asyncio.DatagramTransport):
         self.client = client
         self.front = front
         self.transport: asyncio.DatagramTransport | None = None
-        self.last = time.monotonic()
+        self.started = self.last = time.monotonic()
         self.context: Any = None
+        self.peer: tuple[str, int] = (str(client[0]), int(client[1])) if isinstance(client, tuple) else (str(client), 0)
+        self.bytes_in = 0  # client -> backend
+        self.bytes_out = 0  # backend -> client
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
+    def send(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.bytes_in += len(data)
+            self.transport.sendto(data)
+
     def datagram_received(self, data: bytes, addr: Any) -> None:
         self.last = time.monotonic()
+        self.bytes_out += len(data)
         self.front.sendto(data, self.client)
 
 
 class UDPRelay(asyncio.DatagramProtocol):
     """The listening side of a UDP proxy. ``pick(client)`` gives the backend (host, port) for a
-    new client, or None (its datagrams are dropped); ``on_end(context)`` runs for each session
-    that ends, with what ``pick`` put in ``context`` (the second item it may return)."""
+    new client, or None (its datagrams are dropped); ``on_end(session)`` runs for each session
+    that ends; its ``context`` is what ``pick`` returned third."""
 
     def __init__(
-        self, pick: Callable[[Any], tuple[str, int, Any] | None], on_end: Callable[[Any], None] | None = None,
+        self, pick: Callable[[Any], tuple[str, int, Any] | None], on_end: Callable[[UDPSession], None] | None = None,
         max_sessions: int = MAX_UDP_SESSIONS,
     ):
         self.pick = pick
         self.on_end = on_end
         self.max_sessions = max_sessions
-        self.sessions: dict[Any, _UDPSession] = {}
+        self.sessions: dict[Any, UDPSession] = {}
         self.opening: dict[Any, list[bytes]] = {}  # clients whose session is being opened: their datagrams so far
         self.refused = 0  # datagrams dropped because the session table was full
         self.transport: asyncio.DatagramTransport | None = None
@@ -172,7 +193,7 @@ class UDPRelay(asyncio.DatagramProtocol):
         sess = self.sessions.get(addr)
         if sess is not None and sess.transport is not None:
             sess.last = time.monotonic()
-            sess.transport.sendto(data)
+            sess.send(data)
             return
         waiting = self.opening.get(addr)
         if waiting is not None:
@@ -190,7 +211,7 @@ class UDPRelay(asyncio.DatagramProtocol):
             self.opening.pop(addr, None)
             return
         host, port, context = chosen
-        sess = _UDPSession(addr, self.transport)
+        sess = UDPSession(addr, self.transport)
         sess.context = context
         try:
             await asyncio.get_running_loop().create_datagram_endpoint(lambda: sess, remote_addr=(host, port))
@@ -199,13 +220,12 @@ class UDPRelay(asyncio.DatagramProtocol):
             self._ended(sess)
             return
         self.sessions[addr] = sess
-        assert sess.transport is not None
         for data in self.opening.pop(addr, []):
-            sess.transport.sendto(data)
+            sess.send(data)
 
-    def _ended(self, sess: _UDPSession) -> None:
+    def _ended(self, sess: UDPSession) -> None:
         if self.on_end is not None:
-            self.on_end(sess.context)
+            self.on_end(sess)
 
     def expire(self, now: float, idle: float = UDP_IDLE) -> None:
         for addr, sess in list(self.sessions.items()):

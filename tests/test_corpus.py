@@ -23,6 +23,7 @@ EXPECTED_SERVED = {
     "ClientTrafficPolicy": 2,
     "ClusterIssuer": 1,
     "DNSEndpoint": 2,
+    "EnvoyExtensionPolicy": 1,
     "EnvoyProxy": 2,
     "Gateway": 4,
     "GatewayClass": 2,
@@ -79,3 +80,16 @@ def test_corpus_translates_without_crashing(corpus: Path) -> None:
     # the bjw-s gateway's ssh listener is TCP: reported, not served
     bjws = [g for g in tr.snapshot.gateways if any(ls.name == "ssh" for ls in g.listeners)]
     assert len(bjws) == 1
+
+
+def test_the_bjw_s_lua_bot_blocker_is_served(corpus: Path) -> None:
+    """bjw-s blocks AI crawlers with a Lua EnvoyExtensionPolicy on envoy-external, its script in a
+    kustomize-generated ConfigMap: it must be accepted and reach every rule of that Gateway."""
+    from homeplane.pipeline import Inputs, run_pipeline
+
+    res = run_pipeline(Inputs((corpus / "bjw-s-labs-home-ops" / "kubernetes",), {"SECRET_DOMAIN": "lab.test"}))
+    pol = next(p for p in res.report["policies"] if p["kind"] == "EnvoyExtensionPolicy")
+    assert (pol["name"], pol["accepted"]) == ("envoy-external", True)
+    ext = next(g for g in res.translation.snapshot.gateways if g.ref.name == "envoy-external")
+    rules = [r for ls in ext.listeners if ls.protocol == "HTTPS" for vh in ls.vhosts for r in vh.rules]
+    assert rules and all(r.extension is not None and "GPTBot" in r.extension.lua[0][1] for r in rules)

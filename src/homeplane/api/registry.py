@@ -39,6 +39,7 @@ SERVED_KINDS: tuple[KindInfo, ...] = (
     KindInfo(_EG, "SecurityPolicy", ("v1alpha1",), envoy.SecurityPolicy),
     KindInfo(_EG, "ClientTrafficPolicy", ("v1alpha1",), envoy.ClientTrafficPolicy),
     KindInfo(_EG, "BackendTrafficPolicy", ("v1alpha1",), envoy.BackendTrafficPolicy),
+    KindInfo(_EG, "EnvoyExtensionPolicy", ("v1alpha1",), envoy.EnvoyExtensionPolicy),
     KindInfo(_EG, "Backend", ("v1alpha1",), envoy.Backend),
     KindInfo("cilium.io", "CiliumLoadBalancerIPPool", ("v2alpha1", "v2"), cilium.CiliumLoadBalancerIPPool, namespaced=False),
     KindInfo("cilium.io", "CiliumL2AnnouncementPolicy", ("v2alpha1",), cilium.CiliumL2AnnouncementPolicy, namespaced=False),

@@ -108,6 +108,7 @@ class RouteAction:
     security: Any = None  # enforced by homeplane.gateway.auth
     compression: tuple[bytes, ...] = ()  # content-coding tokens, in the policy's order
     cluster_config: Any = None  # ClusterConfig for the backends' clusters
+    lua: tuple[Any, ...] = ()  # EnvoyExtensionPolicy Lua scripts (gateway.lua.LuaScript), in order
 
     def choose(self) -> WeightedCluster | None:
         b = self.backends
@@ -150,6 +151,7 @@ class Exchange:
         "attempts", "tried", "upgrade", "request_id", "client_ip", "info", "resp_ops", "head_only", "req_head",
         "upstream_paused", "_task", "error", "weighted", "chunked_upload", "listener_conf", "pending",
         "pending_bytes", "body_paused", "encoder", "accept_encoding", "cors_headers", "mirror_pending",
+        "lua_call",
     )
 
     def __init__(
@@ -214,6 +216,7 @@ class Exchange:
         self.body_paused = False
         self.encoder: Any = None
         self.accept_encoding: bytes | None = None
+        self.lua_call: Any = None  # the Lua scripts' view of this request (gateway.lua.Call)
 
     # --- start: route and decide ----------------------------------------------------
 
@@ -297,9 +300,11 @@ class Exchange:
             )
 
     def proceed(self) -> None:
-        """After auth: pick a backend and send the request upstream."""
+        """After auth: Lua extensions, then pick a backend and send the request upstream."""
         action = self.action
         assert action is not None
+        if action.lua and not self._run_lua_request(action):
+            return
         wc = action.choose()
         if wc is None or wc.cluster is None:
             self.respond_simple(500, b"")
@@ -327,6 +332,26 @@ class Exchange:
                 if self.body_done:
                     self._mirror_with_body()
         self._attempt()
+
+    def _run_lua_request(self, action: RouteAction) -> bool:
+        """envoy_on_request of each script (EG runs Lua after authentication); False when a
+        script answered the request itself."""
+        from homeplane.gateway.lua import Call
+
+        c = self.conn
+        call = Call(list(self.headers), info={
+            "protocol": c.protocol, "remote": f"{self.client_ip}:{c.client_port}", "local": f"{c.local_ip}:{c.local_port}",
+            "sni": c.sni, "tls": c.scheme == b"https" or None,
+        })
+        for script in action.lua:
+            script.request(call)
+            if call.reply is not None:
+                status, headers, body = call.reply
+                self.respond_simple(status, body, headers)
+                return False
+        self.headers = call.request
+        self.lua_call = call
+        return True
 
     def _mirror_with_body(self) -> None:
         """Mirrors of a request with a body go out once it is complete, from the replay buffer;
@@ -573,6 +598,12 @@ class Exchange:
             out = self.resp_ops.apply(out, self.info)
         if self.cors_headers is not None:
             out = _with_cors(out, self.cors_headers)
+        if self.lua_call is not None and a is not None:
+            self.lua_call.response = out
+            self.lua_call.info["status"] = status
+            for script in reversed(a.lua):  # response filters run in reverse order, as in Envoy
+                script.response(self.lua_call)
+            out = self.lua_call.response
         if status == 101 and self.upgrade is not None:
             out.append((b"connection", b"upgrade"))
             for n, v in headers:

@@ -44,13 +44,13 @@ def enabled() -> bool:
 
 def fast_route(action: RouteAction | None, clusters: dict[str, Cluster], conf: Any = None) -> tuple[Any, ...] | None:
     """The C side's view of a rule it may serve, or None when the rule needs the Python path:
-    any filter, policy, mirror, retry, hashing, several backends, an h2c or TLS backend."""
+    any filter, policy, Lua, mirror, retry, hashing, several backends, an h2c or TLS backend."""
     a = action
     if a is None or a.direct_status is not None or a.redirect is not None:
         return None
     if a.rewrite_host is not None or a.rewrite_path_type is not None or a.req_ops is not None or a.resp_ops is not None:
         return None
-    if a.security is not None or a.mirrors or a.compression or a.hash_on is not None or a.retry.num_retries:
+    if a.security is not None or a.mirrors or a.compression or a.hash_on is not None or a.retry.num_retries or a.lua:
         return None
     if len(a.backends) != 1:
         return None

@@ -35,6 +35,7 @@ from homeplane.gateway.health import run_checks
 from homeplane.gateway.http1 import Http1Connection
 from homeplane.gateway.http2 import DEFAULT_CONNECTION_WINDOW, DEFAULT_MAX_STREAMS, DEFAULT_STREAM_WINDOW
 from homeplane.gateway.late_tls import start_tls_after
+from homeplane.gateway.lua import script as lua_script
 from homeplane.gateway.l4routes import GatewayL4, PassthroughTable, passthrough_listeners, spliced, wanted_listeners
 from homeplane.gateway.router import ListenerTable, PortTable, compile_gateway
 from homeplane.gateway.tlspeek import NEED_MORE, NotTLS, client_hello_sni
@@ -182,6 +183,8 @@ def build_action(rule: ir.RouteRule, settings: Settings) -> RouteAction:
         a.compression = tuple(dict.fromkeys(TOKENS[c.type] for c in btp.compressors()))
     if rule.security is not None and rule.security.valid:
         a.security = compile_security(rule.security)
+    if rule.extension is not None and rule.extension.valid:
+        a.lua = tuple(lua_script(src, name, json.loads(ctx)) for name, src, ctx in rule.extension.lua)
     return a
 
 

@@ -1,4 +1,5 @@
-"""Envoy Gateway policy attachment: SecurityPolicy, ClientTrafficPolicy, BackendTrafficPolicy.
+"""Envoy Gateway policy attachment: SecurityPolicy, ClientTrafficPolicy, BackendTrafficPolicy,
+EnvoyExtensionPolicy.
 
 Policies target Gateways (optionally one listener via ``sectionName``) or
 HTTPRoutes (optionally one named rule) through ``targetRefs`` and
@@ -10,13 +11,15 @@ HTTPRoutes (optionally one named rule) through ``targetRefs`` and
   > gateway); the broader policy is told so with an ``Overridden`` condition;
 * a SecurityPolicy that is invalid (e.g. its extAuth Service is in another
   namespace without a ReferenceGrant) is not accepted, and the routes it
-  targets fail closed (HTTP 500) rather than being served unprotected.
+  targets fail closed (HTTP 500) rather than being served unprotected; so do
+  those of an EnvoyExtensionPolicy whose Lua script cannot load (EG: Lua has no
+  fail-open option) or that asks for Wasm, ext_proc or dynamic modules.
 """
 
 from __future__ import annotations
 
 import ipaddress
-
+import json
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -46,6 +49,7 @@ class PolicyState:
     ext_auth_pool: str | None = None
     htpasswd: bytes | None = None
     jwks: dict[str, str] = field(default_factory=dict)  # jwt provider -> key set from a ConfigMap
+    lua: list[tuple[str, str, str]] = field(default_factory=list)  # EnvoyExtensionPolicy: (name, source, filterContext)
 
     @property
     def ref(self) -> ir.Ref:
@@ -138,6 +142,35 @@ def _validate_security(ctx: Context, p: PolicyState) -> None:
         p.invalid = p.invalid or "apiKeyAuth is not supported by homeplane yet"
 
 
+def _validate_extension(ctx: Context, p: PolicyState) -> None:
+    """Lua scripts from the policy or a ConfigMap in its namespace (key ``lua``, else the first
+    one), loaded once to find syntax errors and missing hooks, as EG validates them."""
+    from homeplane.gateway.lua import check  # the same loader the data plane runs
+
+    spec = p.obj.model.spec  # type: ignore[union-attr]
+    ns = p.obj.namespace or ""
+    for what, items in (("wasm", spec.wasm), ("extProc", spec.ext_proc), ("dynamicModule", spec.dynamic_module)):
+        if items:
+            p.invalid = p.invalid or f"{what} is not supported by homeplane"
+    for i, lua in enumerate(spec.lua):
+        name = f"{ns}/{p.obj.name}/lua/{i}"
+        if lua.type == "Inline":
+            source = lua.inline or ""
+        else:
+            ref = lua.value_ref
+            assert ref is not None
+            cm = ctx.model("", "ConfigMap", ns, ref.name, ConfigMap) if ref.kind == "ConfigMap" and ref.group in ("", "v1") else None
+            if cm is None or not cm.data:
+                p.invalid = p.invalid or f"lua[{i}]: ConfigMap {ns}/{ref.name} not found or empty"
+                continue
+            source = cm.data.get("lua", next(iter(cm.data.values())))
+        problem = check(source)
+        if problem:
+            p.invalid = p.invalid or f"lua[{i}]: {problem}"
+            continue
+        p.lua.append((name, source, json.dumps(lua.filter_context or {}, sort_keys=True)))
+
+
 def _authorization_problem(spec: Any) -> str | None:
     """What makes authorization rules unusable (the policy then fails closed), as EG's CEL rules
     and translator would say it."""
@@ -179,6 +212,7 @@ class PolicyResult:
     client: Attachments
     backend: Attachments
     states: list[PolicyState]
+    extension: Attachments = field(default_factory=Attachments)
 
 
 def process_policies(ctx: Context, gateways: list[GatewayState]) -> PolicyResult:
@@ -191,9 +225,13 @@ def process_policies(ctx: Context, gateways: list[GatewayState]) -> PolicyResult
         _collect_targets(ctx, p, ("Gateway", "HTTPRoute", "TCPRoute", "UDPRoute", "TLSRoute"))
     for p in ctp:
         _collect_targets(ctx, p, ("Gateway",))
+    eep = [PolicyState(o) for o in ctx.kind(ENVOY_GROUP, "EnvoyExtensionPolicy")]
+    for p in eep:
+        _collect_targets(ctx, p, ("Gateway", "HTTPRoute"))
+        _validate_extension(ctx, p)
     for p in sec:
         _validate_security(ctx, p)
-    result = PolicyResult(_resolve(sec), _resolve(ctp), _resolve(btp), sec + ctp + btp)
+    result = PolicyResult(_resolve(sec), _resolve(ctp), _resolve(btp), sec + ctp + btp + eep, _resolve(eep))
     _apply_to_gateways(result, gateways)
     return result
 
@@ -245,6 +283,13 @@ def effective_rule(
     if bp is not None:
         _note_override(result.backend, bp, keys, rule)
         changes["backend_traffic"] = ir.BackendTrafficIR(bp.ref, bp.obj.model.spec)  # type: ignore[union-attr]
+    ep = result.extension.lookup(*keys)
+    if ep is not None:
+        _note_override(result.extension, ep, keys, rule)
+        changes["extension"] = ir.ExtensionIR(ep.ref, tuple(ep.lua), not ep.invalid, ep.invalid)
+        if ep.invalid and rule.direct_status is None and "direct_status" not in changes:
+            changes["direct_status"] = 500
+            changes["direct_reason"] = f"EnvoyExtensionPolicy {ep.obj.namespace}/{ep.obj.name} is invalid: {ep.invalid}"
     return replace(rule, **changes) if changes else rule
 
 

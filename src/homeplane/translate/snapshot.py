@@ -154,6 +154,16 @@ class SecurityIR:
 
 
 @dataclass(frozen=True, slots=True)
+class ExtensionIR:
+    """The EnvoyExtensionPolicy in effect for a route rule: its Lua scripts, in order."""
+
+    policy: Ref
+    lua: tuple[tuple[str, str, str], ...]  # (name, source, filterContext as JSON)
+    valid: bool = True
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class BackendTrafficIR:
     policy: Ref
     spec: BackendTrafficPolicySpec
@@ -178,6 +188,7 @@ class RouteRule:
     security: SecurityIR | None = None
     backend_traffic: BackendTrafficIR | None = None
     rule_name: str | None = None
+    extension: ExtensionIR | None = None
 
     @property
     def id(self) -> str:

@@ -1,7 +1,7 @@
 """Envoy Gateway kinds (gateway.envoyproxy.io/v1alpha1).
 
-EnvoyProxy, SecurityPolicy, ClientTrafficPolicy, BackendTrafficPolicy and
-Backend. Fields that homeplane acts on are typed; other documented fields are
+EnvoyProxy, SecurityPolicy, ClientTrafficPolicy, BackendTrafficPolicy,
+EnvoyExtensionPolicy and Backend. Fields that homeplane acts on are typed; other documented fields are
 accepted as plain values so that they are not reported as unknown (``check``
 lists the ones that are not acted on). Defaults are Envoy Gateway's.
 """
@@ -201,6 +201,41 @@ class SecurityPolicySpec(PolicySpec):
 
 class SecurityPolicy(Resource):
     spec: SecurityPolicySpec
+
+
+# --- EnvoyExtensionPolicy ---------------------------------------------------
+
+
+class LuaValueRef(Model):
+    group: str = ""
+    kind: str = "ConfigMap"
+    name: str
+
+
+class Lua(Model):
+    type: Literal["Inline", "ValueRef"] = "Inline"
+    inline: str | None = None
+    value_ref: LuaValueRef | None = None
+    filter_context: dict | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Lua:
+        if (self.type == "Inline") != (self.inline is not None) or (self.type == "ValueRef") != (self.value_ref is not None):
+            raise ValueError("exactly one of inline or valueRef must be set, matching type")
+        return self
+
+
+class EnvoyExtensionPolicySpec(PolicySpec):
+    lua: list[Lua] = Field(default_factory=list)
+    wasm: list[dict] = Field(default_factory=list)
+    ext_proc: list[dict] = Field(default_factory=list)
+    dynamic_module: list[dict] = Field(default_factory=list)
+    backends: list[dict] = Field(default_factory=list)
+    merge_type: str | None = None
+
+
+class EnvoyExtensionPolicy(Resource):
+    spec: EnvoyExtensionPolicySpec
 
 
 # --- ClientTrafficPolicy ----------------------------------------------------

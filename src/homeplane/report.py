@@ -267,6 +267,10 @@ def build_report(objects: list[Obj], load_diags: Diagnostics, translation: Trans
                         rules.setdefault(
                             "backendTrafficPolicy", f"{r.backend_traffic.policy.namespace}/{r.backend_traffic.policy.name}"
                         )
+                    if r.extension:
+                        rules.setdefault(
+                            "envoyExtensionPolicy", f"{r.extension.policy.namespace}/{r.extension.policy.name}"
+                        )
         gateways.append(
             {
                 "namespace": g.ref.namespace,

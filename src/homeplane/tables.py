@@ -81,7 +81,7 @@ def rows_for(kind: str, objs: list[Obj], result: Result, wide: bool) -> tuple[li
                 )
                 row += [f"{ready}/{total}", algorithm, svc.endpoint_source, sel]
             rows.append(row)
-        elif kind in ("SecurityPolicy", "ClientTrafficPolicy", "BackendTrafficPolicy"):
+        elif kind in ("SecurityPolicy", "ClientTrafficPolicy", "BackendTrafficPolicy", "EnvoyExtensionPolicy"):
             row = base + [_policy_accepted(s)]
             if wide:
                 refs = [f"{r.kind}/{r.name}{'#' + r.section_name if r.section_name else ''}" for r in spec.all_target_refs()]
@@ -104,7 +104,7 @@ def rows_for(kind: str, objs: list[Obj], result: Result, wide: bool) -> tuple[li
         headers += (["HOSTNAMES"] if kind == "TLSRoute" else []) + ["BACKENDS"] + (["PARENTS"] if wide else [])
     elif kind == "Service":
         headers += ["TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)"] + (["ENDPOINTS", "ALGORITHM", "SOURCE", "SELECTOR"] if wide else [])
-    elif kind in ("SecurityPolicy", "ClientTrafficPolicy", "BackendTrafficPolicy"):
+    elif kind in ("SecurityPolicy", "ClientTrafficPolicy", "BackendTrafficPolicy", "EnvoyExtensionPolicy"):
         headers += ["ACCEPTED"] + (["TARGETS"] if wide else [])
     elif kind == "BackendTLSPolicy":
         headers += ["ACCEPTED", "HOSTNAME"] + (["TARGETS"] if wide else [])

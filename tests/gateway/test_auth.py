@@ -320,3 +320,54 @@ def test_authorization_by_headers_sees_the_identity_ext_auth_set(backend: Backen
         assert [q["method"] for q in backend.requests] == ["GET"]
     finally:
         g.close()
+
+
+def test_api_key_auth(backend: Backend) -> None:
+    secrets = """
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: keys, namespace: apps}
+stringData: {ci-runner: key-one, grafana: key-two}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: more-keys, namespace: apps}
+stringData: {grafana: shadowed, phone: key-three}
+"""
+    policy = """
+---
+apiVersion: gateway.envoyproxy.io/v1alpha1
+kind: SecurityPolicy
+metadata: {name: keys, namespace: apps}
+spec:
+  targetRefs: [{group: gateway.networking.k8s.io, kind: HTTPRoute, name: r}]
+  apiKeyAuth:
+    credentialRefs: [{name: keys}, {name: more-keys}]
+    extractFrom:
+      - headers: [x-api-key]
+      - params: [api_key]
+      - cookies: [apikey]
+    forwardClientIDHeader: x-client-id
+    sanitize: true
+"""
+    g = Gateway(gateway() + service("a", backend.port) + route() + secrets + policy)
+    try:
+        r = get(g)
+        assert (r.status_code, r.text) == (401, "Client authentication failed.\n")
+        assert get(g, **{"x-api-key": "nope"}).status_code == 401
+        assert get(g, **{"x-api-key": "shadowed"}).status_code == 401  # grafana's key is the first Secret's
+        r = get(g, **{"x-api-key": "key-two", "x-client-id": "forged"})
+        seen = r.json()["headers"]
+        assert r.status_code == 200 and ["x-client-id", "grafana"] in seen and ["x-client-id", "forged"] not in seen
+        assert not [h for h in seen if h[0] == "x-api-key"]  # sanitized
+        r = get(g, "/echo?a=1&api_key=key-three&b=2")
+        assert r.status_code == 200 and r.json()["target"] == "/echo?a=1&b=2" and ["x-client-id", "phone"] in r.json()["headers"]
+        r = get(g, cookie="theme=dark; apikey=key-one")
+        seen = r.json()["headers"]
+        assert r.status_code == 200 and ["cookie", "theme=dark"] in seen and ["x-client-id", "ci-runner"] in seen
+        # a Secret that is not there: the policy is invalid and the route fails closed
+        g.apply(gateway() + service("a", backend.port) + route() + policy)
+        assert get(g, **{"x-api-key": "key-one"}).status_code == 500
+    finally:
+        g.close()

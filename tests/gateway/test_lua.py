@@ -136,3 +136,30 @@ def test_a_broken_script_fails_the_routes_closed_and_a_runtime_error_does_not(ba
         assert status == 200 and "x-drop-me" in dict(json.loads(body)["headers"])
     finally:
         g.close()
+
+
+def test_lua_runs_before_authorization(backend: Backend) -> None:
+    """Envoy Gateway's filter order: authentication, then Lua, then the RBAC rules - so a header
+    a script sets is what authorization sees."""
+    tagger = eep("tag", "HTTPRoute", "api", "    - type: Inline\n      inline: |\n"
+                 "        function envoy_on_request(h) h:headers():replace('x-zone', 'trusted') end", ns="apps")
+    authz = """
+---
+apiVersion: gateway.envoyproxy.io/v1alpha1
+kind: SecurityPolicy
+metadata: {name: zone, namespace: apps}
+spec:
+  targetRefs: [{group: gateway.networking.k8s.io, kind: HTTPRoute, name: api}]
+  authorization:
+    defaultAction: Deny
+    rules:
+      - action: Allow
+        principal: {headers: [{name: x-zone, values: [trusted]}]}
+"""
+    g = Gateway(manifests(backend.port, tagger + authz))
+    try:
+        assert get(g.port(80), "/echo", "api.test", x_zone="outside")[0] == 200
+        g.apply(manifests(backend.port, authz))  # without the script: denied
+        assert get(g.port(80), "/echo", "api.test", x_zone="outside")[0] == 403
+    finally:
+        g.close()

@@ -1,6 +1,11 @@
 """SecurityPolicy enforcement on the request path, in Envoy Gateway's filter order:
-cors (in the exchange, see gateway/cors.py), extAuth (HTTP), basicAuth, jwt (gateway/jwtauth.py),
-then authorization (gateway/authz.py).
+cors (in the exchange, see gateway/cors.py), extAuth (HTTP), apiKeyAuth, basicAuth, jwt
+(gateway/jwtauth.py), then EnvoyExtensionPolicy Lua (gateway/lua.py), then authorization
+(gateway/authz.py).
+
+apiKeyAuth takes the key from the first of ``extractFrom``'s headers, query parameters or
+cookies that the request has; a missing or unknown key is a 401. The client id (the key's name
+in the Secret) can be forwarded in a header, and ``sanitize`` removes the key from the request.
 
 extAuth follows Envoy's ext_authz HTTP semantics: the check request keeps the
 original method; its path is the policy's ``path`` prefix plus the original
@@ -27,6 +32,7 @@ import re
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote_to_bytes
 
 import bcrypt
 
@@ -36,6 +42,7 @@ from homeplane.gateway.cluster import cluster_key
 from homeplane.gateway.cors import CompiledCors, compile_cors
 from homeplane.gateway.headers import HOP_BY_HOP
 from homeplane.gateway.jwtauth import CompiledJWT, JWKSFetcher, JWTFailure, claim_value, compile_jwt, extract_token, verify
+from homeplane.gateway.router import parse_query
 from homeplane.gateway.upstream import UpstreamConnection, connect
 from homeplane.translate.snapshot import SecurityIR
 
@@ -72,6 +79,10 @@ class CompiledSecurity:
     authz: CompiledAuthorization | None = None
     cors: CompiledCors | None = None
     jwt: CompiledJWT | None = None
+    api_keys: tuple[tuple[bytes, bytes], ...] | None = None  # (key, client id)
+    key_sources: tuple[tuple[str, bytes], ...] = ()  # ("header" | "param" | "cookie", name), in order
+    forward_client_id: bytes | None = None
+    sanitize: bool = False
 
 
 def compile_security(sec: SecurityIR) -> CompiledSecurity:
@@ -88,6 +99,17 @@ def compile_security(sec: SecurityIR) -> CompiledSecurity:
         c.users = parse_htpasswd(bytes(sec.htpasswd))
         if spec.basic_auth.forward_username_header:
             c.forward_username = spec.basic_auth.forward_username_header.lower().encode()
+    if spec.api_key_auth is not None:
+        k = spec.api_key_auth
+        c.api_keys = tuple((bytes(key), client.encode()) for client, key in sec.api_keys)
+        c.key_sources = tuple(
+            source for src in k.extract_from for source in (
+                [("header", h.lower().encode()) for h in src.headers] + [("param", q.encode()) for q in src.params]
+                + [("cookie", ck.encode()) for ck in src.cookies]
+            )
+        )
+        c.forward_client_id = k.forward_client_id_header.lower().encode() if k.forward_client_id_header else None
+        c.sanitize = bool(k.sanitize)
     if spec.cors is not None:
         c.cors = compile_cors(spec.cors)
     if spec.jwt is not None:
@@ -141,6 +163,8 @@ class Auth:
         self._after_ext(ex, compiled, headers)
 
     def _after_ext(self, ex: Exchange, c: CompiledSecurity, headers: dict[bytes, bytes]) -> None:
+        if c.api_keys is not None and not self._api_key(ex, c, headers):
+            return
         if c.users is not None:
             user = self._basic(c, headers)
             if user is None:
@@ -156,13 +180,54 @@ class Auth:
         self._authorize(ex, c)
 
     def _authorize(self, ex: Exchange, c: CompiledSecurity, verified: tuple[str, dict[str, Any]] | None = None) -> None:
-        """The last step (Envoy's RBAC filter comes after authentication), then upstream.
+        """The last step (Envoy's RBAC filter comes after authentication and Lua), then upstream.
         ``verified``: the JWT provider that accepted the request's token, and its claims."""
+        if ex.action is not None and ex.action.lua and not ex.run_lua_request(ex.action):
+            return  # a script answered
         if c.authz is not None and not c.authz.allows(ex.client_ip, ex.method, ex.headers, verified):
             ex.error = "denied by authorization rules"
             ex.respond_simple(403, b"RBAC: access denied\n")
             return
         ex.proceed()
+
+    # --- api keys ---------------------------------------------------------------------------
+
+    def _api_key(self, ex: Exchange, c: CompiledSecurity, headers: dict[bytes, bytes]) -> bool:
+        """True when the request carries a known key (and is then prepared for upstream)."""
+        found: tuple[str, bytes, bytes] | None = None
+        query: dict[bytes, bytes] | None = None
+        for kind, name in c.key_sources:
+            if kind == "header":
+                value = headers.get(name)
+            elif kind == "param":
+                query = query if query is not None else parse_query(ex.query)
+                value = query.get(name)
+            else:
+                value = _cookies(headers.get(b"cookie", b"")).get(name)
+            if value:
+                found = (kind, name, value)
+                break
+        client = None
+        if found is not None:
+            for key, cid in c.api_keys or ():
+                if hmac.compare_digest(key, found[2]):  # no early exit on the first differing byte
+                    client = cid
+        if client is None:
+            ex.error = "api key auth failed"
+            ex.respond_simple(401, b"Client authentication failed.\n")
+            return False
+        assert found is not None
+        if c.sanitize:
+            kind, name, _ = found
+            if kind == "header":
+                ex.headers = [h for h in ex.headers if h[0] != name]
+            elif kind == "param":
+                ex.query = b"&".join(p for p in ex.query.split(b"&") if unquote_to_bytes(p.partition(b"=")[0]) != name)
+            else:
+                ex.headers = _without_cookie(ex.headers, name)
+        if c.forward_client_id is not None:
+            ex.headers = [h for h in ex.headers if h[0] != c.forward_client_id] + [(c.forward_client_id, client)]
+        return True
 
     # --- jwt ------------------------------------------------------------------------------
 
@@ -326,6 +391,27 @@ class Auth:
             return await call.done
         finally:
             ep.active -= 1
+
+
+def _cookies(header: bytes) -> dict[bytes, bytes]:
+    out: dict[bytes, bytes] = {}
+    for part in header.split(b";"):
+        k, _, v = part.strip().partition(b"=")
+        if k and k not in out:
+            out[k] = v
+    return out
+
+
+def _without_cookie(headers: list[tuple[bytes, bytes]], name: bytes) -> list[tuple[bytes, bytes]]:
+    out = []
+    for n, v in headers:
+        if n == b"cookie":
+            kept = [p.strip() for p in v.split(b";") if p.strip().partition(b"=")[0] != name]
+            if not kept:
+                continue
+            v = b"; ".join(kept)
+        out.append((n, v))
+    return out
 
 
 class _AuthError(Exception):

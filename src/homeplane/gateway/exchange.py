@@ -303,7 +303,7 @@ class Exchange:
         """After auth: Lua extensions, then pick a backend and send the request upstream."""
         action = self.action
         assert action is not None
-        if action.lua and not self._run_lua_request(action):
+        if action.lua and self.lua_call is None and not self.run_lua_request(action):
             return
         wc = action.choose()
         if wc is None or wc.cluster is None:
@@ -333,7 +333,7 @@ class Exchange:
                     self._mirror_with_body()
         self._attempt()
 
-    def _run_lua_request(self, action: RouteAction) -> bool:
+    def run_lua_request(self, action: RouteAction) -> bool:
         """envoy_on_request of each script (EG runs Lua after authentication); False when a
         script answered the request itself."""
         from homeplane.gateway.lua import Call

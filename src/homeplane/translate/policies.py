@@ -50,6 +50,7 @@ class PolicyState:
     htpasswd: bytes | None = None
     jwks: dict[str, str] = field(default_factory=dict)  # jwt provider -> key set from a ConfigMap
     lua: list[tuple[str, str, str]] = field(default_factory=list)  # EnvoyExtensionPolicy: (name, source, filterContext)
+    api_keys: dict[str, bytes] = field(default_factory=dict)  # apiKeyAuth: client id -> key
 
     @property
     def ref(self) -> ir.Ref:
@@ -139,7 +140,22 @@ def _validate_security(ctx: Context, p: PolicyState) -> None:
     if spec.oidc is not None:
         p.invalid = p.invalid or "oidc is not supported by homeplane yet"
     if spec.api_key_auth is not None:
-        p.invalid = p.invalid or "apiKeyAuth is not supported by homeplane yet"
+        for ref in spec.api_key_auth.credential_refs:
+            sns = ref.namespace or ns
+            if ref.kind != "Secret" or ref.group not in ("", "core"):
+                p.invalid = p.invalid or f"apiKeyAuth: credentialRefs: {ref.kind} is not supported; use a Secret"
+            elif not ctx.ref_granted(ENVOY_GROUP, "SecurityPolicy", ns, "", "Secret", sns, ref.name):
+                p.invalid = p.invalid or f"apiKeyAuth: Secret {sns}/{ref.name} not permitted by any ReferenceGrant"
+            elif (secret := ctx.model("", "Secret", sns, ref.name, Secret)) is None:
+                p.invalid = p.invalid or f"apiKeyAuth: Secret {sns}/{ref.name} not found"
+            else:
+                for client in [*secret.data, *secret.string_data]:
+                    value = secret.value(client)
+                    if value:
+                        p.api_keys.setdefault(client, value)  # a client id in two Secrets: the first one
+        for i, src in enumerate(spec.api_key_auth.extract_from):
+            if sum(bool(x) for x in (src.headers, src.params, src.cookies)) != 1:
+                p.invalid = p.invalid or f"apiKeyAuth: extractFrom[{i}]: exactly one of headers, params or cookies must be set"
 
 
 def _validate_extension(ctx: Context, p: PolicyState) -> None:
@@ -274,7 +290,7 @@ def effective_rule(
         valid = not sp.invalid
         changes["security"] = ir.SecurityIR(
             sp.ref, spec, valid, sp.invalid, sp.ext_auth_pool, ir.PrivateBytes(sp.htpasswd) if sp.htpasswd else None,
-            tuple(sorted(sp.jwks.items())),
+            tuple(sorted(sp.jwks.items())), tuple((c, ir.PrivateBytes(k)) for c, k in sp.api_keys.items()),
         )
         if not valid and rule.direct_status is None:
             changes["direct_status"] = 500

@@ -151,6 +151,7 @@ class SecurityIR:
     ext_auth_pool: str | None = None
     htpasswd: PrivateBytes | None = None  # basicAuth users, from the referenced Secret
     jwks: tuple[tuple[str, str], ...] = ()  # jwt provider -> key set, for localJWKS valueRef ConfigMaps
+    api_keys: tuple[tuple[str, PrivateBytes], ...] = ()  # apiKeyAuth: client id -> key, from the Secrets
 
 
 @dataclass(frozen=True, slots=True)

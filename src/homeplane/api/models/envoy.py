@@ -189,10 +189,23 @@ class CORS(Model):
     allow_credentials: bool | None = None
 
 
+class ExtractFrom(Model):
+    headers: list[str] = Field(default_factory=list)
+    params: list[str] = Field(default_factory=list)
+    cookies: list[str] = Field(default_factory=list)
+
+
+class APIKeyAuth(Model):
+    credential_refs: list[SecretObjectReference] = Field(min_length=1)
+    extract_from: list[ExtractFrom] = Field(min_length=1)
+    forward_client_id_header: str | None = Field(default=None, alias="forwardClientIDHeader")
+    sanitize: bool | None = None
+
+
 class SecurityPolicySpec(PolicySpec):
     cors: CORS | None = None
     basic_auth: BasicAuth | None = None
-    api_key_auth: dict | None = None
+    api_key_auth: APIKeyAuth | None = None
     jwt: JWT | None = None
     oidc: dict | None = None
     ext_auth: ExtAuth | None = None
@@ -522,6 +535,7 @@ __all__ = [
     "Backend",
     "BackendTrafficPolicy",
     "ClientTrafficPolicy",
+    "EnvoyExtensionPolicy",
     "EnvoyProxy",
     "SecurityPolicy",
 ]

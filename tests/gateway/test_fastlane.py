@@ -172,15 +172,16 @@ def test_which_lane_serves_what(pair: tuple[Gateway, Gateway]) -> None:
     fast, _ = pair
     before = fastlane.served()
     exchange(fast.port(80), b"GET /echo HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n")
-    assert fastlane.served() == before + 1
+    exchange(fast.port(80), b"POST /echo HTTP/1.1\r\nHost: app.test\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi")
+    assert fastlane.served() == before + 2
     for python_only in (
         b"GET /filtered HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n",
         b"GET /x HTTP/1.1\r\nHost: app.test\r\nX-Pick: 1\r\nConnection: close\r\n\r\n",
-        b"POST /echo HTTP/1.1\r\nHost: app.test\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi",
+        b"POST /echo HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
         b"GET /echo HTTP/1.0\r\nHost: app.test\r\n\r\n",
     ):
         assert b" 200 " in exchange(fast.port(80), python_only).split(b"\r\n")[0]
-    assert fastlane.served() == before + 1
+    assert fastlane.served() == before + 2
 
 
 def test_a_connection_handed_over_keeps_its_requests_in_order(pair: tuple[Gateway, Gateway], backend: Backend) -> None:
@@ -205,6 +206,7 @@ class Scripted:
     def __init__(self, answers: dict[str, Callable[[int], bytes | None]]):
         self.answers = answers
         self.connections = 0
+        self.bodies: list[tuple[int, bytes]] = []  # (nth request on its connection, body)
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(64)
@@ -236,6 +238,18 @@ class Scripted:
                 head, _, buf = buf.partition(b"\r\n\r\n")
                 n += 1
                 path = head.split(b" ")[1].decode()
+                length = next((int(line.split(b":")[1]) for line in head.lower().split(b"\r\n") if line.startswith(b"content-length:")), 0)
+                if path != "/early":
+                    while len(buf) < length:
+                        try:
+                            d = c.recv(65536)
+                        except OSError:
+                            return
+                        if not d:
+                            return
+                        buf += d
+                    body, buf = buf[:length], buf[length:]
+                    self.bodies.append((n, body))
                 answer = self.answers[path](n)
                 if answer is None:
                     return
@@ -267,6 +281,7 @@ def scripted() -> Iterator[tuple[Scripted, Gateway]]:
         "/304": lambda n: b"HTTP/1.1 304 Not Modified\r\nETag: x\r\n\r\n",
         "/obs": lambda n: b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Spaces: v  \r\n\r\nok",
         "/hang": lambda n: b"",
+        "/early": lambda n: b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 0\r\n\r\n",
     })
     g = Gateway(gateway() + service("a", s.port) + route(rules="""
     - matches: [{path: {type: PathPrefix, value: /hang}}]
@@ -358,7 +373,7 @@ def test_access_log_lines_are_the_same_from_both_lanes(backend: Backend, caplog:
             caplog.clear()
             with caplog.at_level("INFO", logger="homeplane.access"):
                 before = fastlane.served()
-                exchange(g.port(80), b"GET /echo?x=1 HTTP/1.1\r\nHost: App.test\r\nX-Request-Id: rid-1\r\nConnection: close\r\n\r\n")
+                exchange(g.port(80), b"POST /echo?x=1 HTTP/1.1\r\nHost: App.test\r\nX-Request-Id: rid-1\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello")
                 assert fastlane.served() == before + (1 if fast_lane else 0)
                 deadline = time.monotonic() + 5
                 while not caplog.records and time.monotonic() < deadline:
@@ -371,6 +386,7 @@ def test_access_log_lines_are_the_same_from_both_lanes(backend: Backend, caplog:
             g.close()
     assert lines[0] == lines[1]
     assert lines[0]["status"] == 200 and lines[0]["path"] == "/echo?x=1" and lines[0]["request_id"] == "rid-1"
+    assert lines[0]["bytes_in"] == 5 and lines[0]["method"] == "POST"
     assert lines[0]["host"] == "app.test" and lines[0]["backend"] == f"127.0.0.1:{backend.port}"
 
 
@@ -422,3 +438,46 @@ def test_fuzzed_requests_get_the_same_treatment_from_both_lanes(pair: tuple[Gate
     a = exchange(fast.port(80), raw + _CLOSER, timeout=1.0)
     b = exchange(slow.port(80), raw + _CLOSER, timeout=1.0)
     assert _statuses_and_seen(a) == _statuses_and_seen(b), raw
+
+
+def test_request_bodies_stream_through_the_fast_lane(pair: tuple[Gateway, Gateway]) -> None:
+    import hashlib
+
+    fast, _ = pair
+    payload = bytes(range(256)) * (20 * 4096)  # 20 MiB, sent as fast as the socket takes it
+    before = fastlane.served()
+    head = b"PUT /echo HTTP/1.1\r\nHost: app.test\r\nContent-Length: %d\r\n\r\n" % len(payload)
+    tail = b"GET /echo/after HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n"  # pipelined behind it
+    got = responses(exchange(fast.port(80), head + payload + tail, timeout=30))
+    seen = json.loads(got[0][2])
+    assert (seen["method"], seen["body_len"], seen["body_sha256"]) == ("PUT", len(payload), hashlib.sha256(payload).hexdigest())
+    assert ["content-length", str(len(payload))] in seen["headers"]
+    assert json.loads(got[1][2])["target"] == "/echo/after"
+    assert fastlane.served() == before + 2
+
+
+def test_a_small_body_is_sent_again_when_the_pooled_connection_was_dropped(scripted: tuple[Scripted, Gateway]) -> None:
+    s, g = scripted
+    with socket.create_connection(("127.0.0.1", g.port(80)), timeout=5) as c:
+        for body in (b"one", b"two"):
+            c.sendall(b"POST /second-drop HTTP/1.1\r\nHost: app.test\r\nContent-Length: 3\r\n\r\n" + body)
+            got = b""
+            while not got.endswith(b"first"):
+                d = c.recv(4096)
+                assert d, got
+                got += d
+    # "two" went out on the pooled connection (read, then dropped unanswered), then again on a new one
+    assert s.bodies == [(1, b"one"), (2, b"two"), (1, b"two")] and s.connections == 2
+
+
+def test_an_answer_before_the_body_ends_closes_the_connection(scripted: tuple[Scripted, Gateway]) -> None:
+    s, g = scripted
+    with socket.create_connection(("127.0.0.1", g.port(80)), timeout=5) as c:
+        c.sendall(b"POST /early HTTP/1.1\r\nHost: app.test\r\nContent-Length: 1000000\r\n\r\n" + b"x" * 1000)
+        got = b""
+        while True:
+            d = c.recv(4096)
+            if not d:
+                break  # closed: the rest of the body cannot be told from a next request
+            got += d
+    assert got.startswith(b"HTTP/1.1 413 ")

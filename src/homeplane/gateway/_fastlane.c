@@ -28,6 +28,7 @@
 #define MAX_RESPONSE_HEAD (80 * 1024)
 #define MAX_PIPELINED (1024 * 1024)
 #define MAX_FIELDS 256
+#define MAX_REPLAY (64 * 1024)  /* request bodies up to this size are kept for a retry */
 
 /* ---- small helpers ---------------------------------------------------------------------- */
 
@@ -288,6 +289,10 @@ struct Conn {
     Buf in;
     Buf out;
     int state, close_after, head_only, retried, write_paused, read_paused, started_response, access_log;
+    int upstream_full;                 /* the backend connection's write buffer is full */
+    long long body_total, body_left;   /* the request body (Content-Length), what has not arrived yet */
+    Buf body_pending;                  /* body bytes received before the backend connection was up */
+    Buf replay;                        /* the whole body when it is small: sent again on a retry */
     double deadline, started, ex_deadline, attempt_deadline;
     double headers_timeout, idle_timeout;  /* the data plane's settings, read once */
     /* the exchange in flight */
@@ -304,6 +309,8 @@ static void conn_process(Conn *c);
 static void conn_finish(Conn *c, int reusable, const char *error, int abort);
 static void conn_simple(Conn *c, int status, const char *body);
 static void conn_send(Conn *c, int fresh_only);
+static void conn_write_request(Conn *c, Up *u);
+static void conn_update_reading(Conn *c);
 
 /* Call a method, report (not raise) any exception: callbacks from the loop must not fail. */
 static void call_quiet(PyObject *obj, PyObject *name) {
@@ -704,8 +711,18 @@ static PyObject *Up_connection_lost(Up *u, PyObject *exc) {
     Py_RETURN_NONE;
 }
 
-static PyObject *Up_pause_writing(Up *u, PyObject *unused) { Py_RETURN_NONE; }   /* requests have no body */
-static PyObject *Up_resume_writing(Up *u, PyObject *unused) { Py_RETURN_NONE; }
+static void conn_update_reading(Conn *c);
+
+/* A request body faster than the backend takes it: stop reading the client for a while. */
+static PyObject *Up_pause_writing(Up *u, PyObject *unused) {
+    if (u->owner) { u->owner->upstream_full = 1; conn_update_reading(u->owner); }
+    Py_RETURN_NONE;
+}
+
+static PyObject *Up_resume_writing(Up *u, PyObject *unused) {
+    if (u->owner) { u->owner->upstream_full = 0; conn_update_reading(u->owner); }
+    Py_RETURN_NONE;
+}
 
 static PyMethodDef Up_methods[] = {
     {"connection_made", (PyCFunction)Up_connection_made, METH_O, NULL},
@@ -808,6 +825,8 @@ static void Conn_dealloc(Conn *c) {
     Conn_clear(c);
     buf_free(&c->in);
     buf_free(&c->out);
+    buf_free(&c->body_pending);
+    buf_free(&c->replay);
     Py_TYPE(c)->tp_free((PyObject *)c);
 }
 
@@ -999,7 +1018,8 @@ static int conn_start(Conn *c) {
     int nf = fields_start > e ? 0 : parse_fields(fields_start, e, f, MAX_HEADERS, 1);
     if (nf < 0) return -1;
     Py_ssize_t hbytes = 0;
-    int ihost = -1, ixff = -1, irid = -1, nconn = 0;
+    int ihost = -1, ixff = -1, irid = -1, icl = -1, nconn = 0;
+    long long cl = 0;
     Field conn[8];
     int close = 0;
     for (int i = 0; i < nf; i++) {
@@ -1008,7 +1028,13 @@ static int conn_start(Conn *c) {
         switch (lower((unsigned char)x->name[0])) {
         case 'c':
             if (ieq(x->name, x->nlen, "content-length")) {
-                if (x->vlen != 1 || x->value[0] != '0') return -1;  /* a body: Python streams it */
+                if (icl >= 0 || x->vlen > 15 || (x->vlen > 1 && x->value[0] == '0')) return -1;
+                cl = 0;
+                for (Py_ssize_t k = 0; k < x->vlen; k++) {
+                    if (x->value[k] < '0' || x->value[k] > '9') return -1;
+                    cl = cl * 10 + (x->value[k] - '0');
+                }
+                icl = i;
             } else if (ieq(x->name, x->nlen, "connection")) {
                 if (has_token(x->value, x->vlen, "upgrade") || nconn == 8) return -1;
                 if (has_token(x->value, x->vlen, "close")) close = 1;
@@ -1070,6 +1096,9 @@ static int conn_start(Conn *c) {
     c->status = 0;
     c->bytes_out = 0;
     c->started = now_mono();
+    c->body_total = c->body_left = cl;
+    c->body_pending.len = 0;
+    c->replay.len = 0;
     double timeout = PyFloat_AsDouble(PyTuple_GET_ITEM(route, 2));
     double btimeout = PyFloat_AsDouble(PyTuple_GET_ITEM(route, 3));
     c->ex_deadline = timeout > 0 ? c->started + timeout : 0;
@@ -1102,7 +1131,13 @@ static int conn_start(Conn *c) {
     if (irid >= 0 && f[irid].vlen) buf_add(&h, f[irid].value, f[irid].vlen);
     else add_request_id(&h);
     Py_ssize_t rid_len = h.len - rid_at;
-    if (buf_str(&h, "\r\n\r\n") < 0) { buf_free(&h); return -1; }
+    buf_str(&h, "\r\n");
+    if (cl > 0) {
+        buf_str(&h, "content-length: ");
+        buf_add(&h, f[icl].value, f[icl].vlen);
+        buf_str(&h, "\r\n");
+    }
+    if (buf_str(&h, "\r\n") < 0) { buf_free(&h); return -1; }
     c->req_head = PyBytes_FromStringAndSize(h.data, h.len);
     /* what the access log needs, only when it is on */
     if (c->access_log) {
@@ -1119,6 +1154,40 @@ static int conn_start(Conn *c) {
     if (!c->req_head) { PyErr_Clear(); conn_finish(c, 0, "out of memory", 1); return 1; }
     conn_send(c, 0);
     return 1;
+}
+
+/* The request head, and the body that arrived while there was no backend connection yet. */
+static void conn_write_request(Conn *c, Up *u) {
+    PyObject *r = PyObject_CallOneArg(u->write, c->req_head);
+    if (!r) PyErr_WriteUnraisable((PyObject *)u);
+    Py_XDECREF(r);
+    if (c->body_pending.len) {
+        write_bytes(u->write, c->body_pending.data, c->body_pending.len);
+        c->body_pending.len = 0;
+        conn_update_reading(c);  /* reading may have paused while the connection was being opened */
+    }
+}
+
+/* Request body bytes from the client: to the backend when it is connected, else kept. */
+static void conn_body(Conn *c, const char *p, Py_ssize_t n) {
+    if (c->body_total <= MAX_REPLAY) buf_add(&c->replay, p, n);
+    c->body_left -= n;
+    Up *u = c->up;
+    if (u && !u->closed && (c->state == ST_WAITING || c->state == ST_STREAMING)) write_bytes(u->write, p, n);
+    else buf_add(&c->body_pending, p, n);
+}
+
+/* Reading from the client pauses while too much waits here or the backend cannot take more. */
+static void conn_update_reading(Conn *c) {
+    if (c->state == ST_CLOSED || c->state == ST_HANDED || !c->transport) return;
+    int want = c->upstream_full || c->in.len + c->body_pending.len > MAX_PIPELINED;
+    if (want && !c->read_paused) {
+        c->read_paused = 1;
+        call_quiet(c->transport, s_pause_reading);
+    } else if (!want && c->read_paused) {
+        c->read_paused = 0;
+        call_quiet(c->transport, s_resume_reading);
+    }
 }
 
 /* Send the request on a pooled connection, or open one (fresh_only: skip the pool). */
@@ -1144,9 +1213,7 @@ static void conn_send(Conn *c, int fresh_only) {
         Py_XSETREF(u->owner, c);
         up_expect(u, c->head_only);
         c->state = ST_WAITING;
-        PyObject *r = PyObject_CallOneArg(u->write, c->req_head);
-        if (!r) PyErr_WriteUnraisable((PyObject *)u);
-        Py_XDECREF(r);
+        conn_write_request(c, u);
         return;
     }
     c->state = ST_CONNECTING;
@@ -1171,6 +1238,14 @@ static void passive_result(Conn *c, PyObject *status) {
 static void conn_finish(Conn *c, int reusable, const char *error, int abort) {
     Up *u = c->up;
     c->up = NULL;
+    if (c->body_left > 0) {
+        /* answered before the request body was all here: neither connection can be reused */
+        c->close_after = 1;
+        reusable = 0;
+    }
+    c->upstream_full = 0;
+    c->body_pending.len = 0;
+    c->replay.len = 0;
     if (c->endpoint) {
         if (add_to_long_attr(c->endpoint, s_active, -1) < 0) PyErr_WriteUnraisable(c->endpoint);
         if (!error && c->status) {
@@ -1190,8 +1265,8 @@ static void conn_finish(Conn *c, int reusable, const char *error, int abort) {
     served++;
     if (c->host) {
         PyObject *dur = PyFloat_FromDouble(now_mono() - c->started);
-        PyObject *r = PyObject_CallMethod(c->hooks, "finished", "OOOiLOs", (PyObject *)c, c->route, c->endpoint ? c->endpoint : Py_None,
-                                          c->status, c->bytes_out, dur ? dur : Py_None, error);
+        PyObject *r = PyObject_CallMethod(c->hooks, "finished", "OOOiLLOs", (PyObject *)c, c->route, c->endpoint ? c->endpoint : Py_None,
+                                          c->status, c->body_total - c->body_left, c->bytes_out, dur ? dur : Py_None, error);
         Py_XDECREF(dur);
         if (!r) PyErr_WriteUnraisable((PyObject *)c);
         Py_XDECREF(r);
@@ -1238,19 +1313,19 @@ static void conn_simple(Conn *c, int status, const char *body) {
 }
 
 static void conn_process(Conn *c) {
-    while (c->state == ST_IDLE && c->in.len > 0) {
+    for (;;) {
+        if (c->body_left > 0 && c->in.len > 0 && c->state >= ST_CONNECTING && c->state <= ST_STREAMING) {
+            Py_ssize_t take = c->in.len < c->body_left ? c->in.len : (Py_ssize_t)c->body_left;
+            conn_body(c, c->in.data, take);
+            buf_consume(&c->in, take);
+            continue;
+        }
+        if (c->state != ST_IDLE || c->in.len == 0) break;
         int r = conn_start(c);
         if (r == 0) break;
         if (r < 0) { conn_handoff(c); return; }
     }
-    if (c->state == ST_CLOSED || c->state == ST_HANDED || !c->transport) return;
-    if (c->in.len > MAX_PIPELINED && !c->read_paused) {
-        c->read_paused = 1;
-        call_quiet(c->transport, s_pause_reading);
-    } else if (c->in.len <= MAX_PIPELINED && c->read_paused) {
-        c->read_paused = 0;
-        call_quiet(c->transport, s_resume_reading);
-    }
+    conn_update_reading(c);
 }
 
 static PyObject *Conn_data_received(Conn *c, PyObject *data) {
@@ -1302,12 +1377,15 @@ static void conn_upstream_lost(Conn *c, Up *u) {
         return;
     }
     if (c->state == ST_WAITING && !u->got_bytes) {
-        if (u->reused && !c->retried) {
+        int replayable = c->body_total == 0 || (c->body_left == 0 && c->body_total <= MAX_REPLAY);
+        if (u->reused && !c->retried && replayable) {
             /* a pooled connection the backend had already closed: not a real attempt */
             c->retried = 1;
             c->up = NULL;
             Py_CLEAR(u->owner);
             Py_DECREF(u);
+            c->body_pending.len = 0;
+            buf_add(&c->body_pending, c->replay.data, c->replay.len);
             conn_send(c, 1);
             return;
         }
@@ -1342,9 +1420,7 @@ static PyObject *Conn_connected(Conn *c, PyObject *arg) {
     Py_XSETREF(u->owner, c);
     up_expect(u, c->head_only);
     c->state = ST_WAITING;
-    PyObject *r = PyObject_CallOneArg(u->write, c->req_head);
-    if (!r) PyErr_WriteUnraisable((PyObject *)u);
-    Py_XDECREF(r);
+    conn_write_request(c, u);
     Py_RETURN_NONE;
 }
 

@@ -1,7 +1,7 @@
 """The Python side of the HTTP/1.1 fast lane (``_fastlane.c``).
 
-The C protocol serves requests without a body to rules without filters or policies, start
-to finish; everything else it hands to :class:`~homeplane.gateway.http1.Http1Connection` on
+The C protocol serves requests (without a body or with a Content-Length one) to rules without
+filters or policies, start to finish; everything else it hands to :class:`~homeplane.gateway.http1.Http1Connection` on
 the same connection. This module decides which rules qualify (once per Snapshot, in
 :func:`compile_table`), and does the few things the C side asks of Python: open upstream
 connections, hand a connection over, write access log lines.
@@ -162,7 +162,9 @@ class Hooks:
         set_nodelay(transport)
         conn.connected(up)
 
-    def finished(self, conn: Any, route: tuple[Any, ...], ep: Any, status: int, bytes_out: int, duration: float, error: str | None) -> None:
+    def finished(
+        self, conn: Any, route: tuple[Any, ...], ep: Any, status: int, bytes_in: int, bytes_out: int, duration: float, error: str | None,
+    ) -> None:
         """One access log line, the same fields as the Python path's."""
         client = conn.client_ip.decode()
         conf = route[7]
@@ -174,7 +176,7 @@ class Hooks:
             gateway=str(table.gateway), client=client, method=conn.method.decode("latin-1"),
             host=conn.host.decode("latin-1"), path=conn.target.decode("latin-1"), protocol="HTTP/1.1",
             status=status, route=route[0], backend=ep.name if ep is not None else None,
-            duration=duration, bytes_in=0, bytes_out=bytes_out,
+            duration=duration, bytes_in=bytes_in, bytes_out=bytes_out,
             request_id=conn.request_id.decode("latin-1") if conn.request_id else None, error=error,
         )
 

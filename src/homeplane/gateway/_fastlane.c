@@ -250,8 +250,8 @@ static int add_request_id(Buf *b) {
 /* ---- interned names ------------------------------------------------------------------- */
 
 static PyObject *s_write, *s_close, *s_abort, *s_pause_reading, *s_resume_reading, *s_active, *s_endpoints,
-    *s_all_available, *s_pick, *s_fast_idle, *s_result, *s_fast, *s_handoff, *s_connect, *s_finished,
-    *s_access_log, *s_stats, *s_requests, *s_idle_timeout, *s_cancel, *s_append, *s_pop;
+    *s_all_available, *s_pick, *s_fast_idle, *s_result, *s_fast, *s_handoff, *s_connect, *s_access_log,
+    *s_idle_timeout, *s_headers_timeout, *s_cancel;
 static PyObject *REASONS;  /* tuple: status -> reason bytes, 0..599 */
 static unsigned long long served;
 
@@ -545,6 +545,7 @@ static Py_ssize_t up_head(Up *u, Conn *c, const char *p, Py_ssize_t n, const cha
         u->phase = PH_EOF;
         u->keep_alive = 0;
     }
+    if (c->body_left > 0) c->close_after = 1;  /* answered before the request body ended */
     if (c->close_after) buf_str(o, "connection: close\r\n");
     if (buf_add(o, "\r\n", 2) < 0) { *msg = "out of memory"; return -1; }
     c->started_response = 1;
@@ -711,8 +712,6 @@ static PyObject *Up_connection_lost(Up *u, PyObject *exc) {
     Py_RETURN_NONE;
 }
 
-static void conn_update_reading(Conn *c);
-
 /* A request body faster than the backend takes it: stop reading the client for a while. */
 static PyObject *Up_pause_writing(Up *u, PyObject *unused) {
     if (u->owner) { u->owner->upstream_full = 1; conn_update_reading(u->owner); }
@@ -838,8 +837,6 @@ static double hooks_float(Conn *c, PyObject *name, double dflt) {
     if (PyErr_Occurred()) { PyErr_Clear(); return dflt; }
     return d;
 }
-
-static PyObject *s_headers_timeout;
 
 static void conn_handoff(Conn *c) {
     /* Everything from the first unanswered byte on goes to the full implementation. */
@@ -985,8 +982,6 @@ static PyObject *make_bytes_lower(const char *p, Py_ssize_t n) {
     for (Py_ssize_t i = 0; i < n; i++) d[i] = (char)lower((unsigned char)p[i]);
     return b;
 }
-
-static PyObject *s_access;
 
 /* Try to start the request at the head of the input buffer.
  * 1: started (or answered), 0: need more bytes, -1: hand the connection over. */
@@ -1286,7 +1281,7 @@ static void conn_finish(Conn *c, int reusable, const char *error, int abort) {
     c->state = ST_IDLE;
     double t = c->in.len ? c->headers_timeout : c->idle_timeout;
     c->deadline = t > 0 ? now_mono() + t : 0;
-    if (c->in.len) conn_process(c);
+    conn_process(c);  /* pipelined requests; reading resumes if it was paused */
 }
 
 /* An answer made here (502/503/504), before any response byte went to the client. */
@@ -1298,6 +1293,7 @@ static void conn_simple(Conn *c, int status, const char *body) {
     o->len = 0;
     PyObject *reason = reason_of(status);
     Py_ssize_t blen = (Py_ssize_t)strlen(body) + 1;
+    if (c->body_left > 0) c->close_after = 1;  /* the rest of the body will not be read */
     buf_str(o, "HTTP/1.1 ");
     add_dec(o, status);
     buf_add(o, " ", 1);
@@ -1578,10 +1574,8 @@ PyMODINIT_FUNC PyInit__fastlane(void) {
     INTERN(s_pause_reading, "pause_reading"); INTERN(s_resume_reading, "resume_reading");
     INTERN(s_active, "active"); INTERN(s_endpoints, "endpoints"); INTERN(s_all_available, "all_available");
     INTERN(s_pick, "pick"); INTERN(s_fast_idle, "fast_idle"); INTERN(s_result, "result"); INTERN(s_fast, "fast");
-    INTERN(s_handoff, "handoff"); INTERN(s_connect, "connect"); INTERN(s_finished, "finished");
-    INTERN(s_access_log, "access_log"); INTERN(s_stats, "stats"); INTERN(s_requests, "requests");
+    INTERN(s_handoff, "handoff"); INTERN(s_connect, "connect"); INTERN(s_access_log, "access_log");
     INTERN(s_idle_timeout, "idle_timeout"); INTERN(s_headers_timeout, "headers_timeout"); INTERN(s_cancel, "cancel");
-    INTERN(s_append, "append"); INTERN(s_pop, "pop"); INTERN(s_access, "access");
     if (PyType_Ready(&UpType) < 0 || PyType_Ready(&ConnType) < 0) return NULL;
     PyObject *m = PyModule_Create(&moduledef);
     if (!m) return NULL;

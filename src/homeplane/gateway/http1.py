@@ -78,6 +78,7 @@ class Http1Connection(asyncio.Protocol):
         self.parsing = _Pending()  # the request the parser is in
         self.out: list[bytes] = []  # response bytes not yet written (coalesced into one write)
         self.out_bytes = 0
+        self.failed: bytes | None = None  # a malformed pipelined request: answered 400 in its turn
 
     # --- asyncio.Protocol ---------------------------------------------------------------
 
@@ -119,6 +120,8 @@ class Http1Connection(asyncio.Protocol):
         if not self.queue and self.current is None and data.startswith(b"PRI * HTTP/2.0\r\n"):
             self._switch_to_h2(data)
             return
+        if self.failed is not None:
+            return  # nothing after a malformed request can be trusted
         if self.upgraded:
             if self.tunnel is not None and self.tunnel.state == 4:  # tunnel open
                 self.tunnel.feed_body(data)
@@ -140,7 +143,7 @@ class Http1Connection(asyncio.Protocol):
                 self.dp.log.exception("request handling failed", exc_info=cause)
                 self._fail(500)
         except httptools.HttpParserError as e:
-            self._fail(400, f"bad request: {e}\n".encode())
+            self._bad_request(f"bad request: {e}\n".encode())
         if self.queued_body > MAX_QUEUED_BODY:
             self._pause_reading("queue")
 
@@ -321,6 +324,8 @@ class Http1Connection(asyncio.Protocol):
         self._resume_reading("queue")
         if self.queue and self.queue[0].ready:
             self._start(self.queue[0])
+        elif self.failed is not None:
+            self._fail(400, self.failed)
 
     def respond_abort(self) -> None:
         self.flush()
@@ -367,6 +372,24 @@ class Http1Connection(asyncio.Protocol):
             self.transport.close()
 
     # --- errors and timers ----------------------------------------------------------------
+
+    def _bad_request(self, body: bytes) -> None:
+        """The parser rejected bytes. A pipelined request after the one being answered is
+        answered in its turn (requests are served one at a time, as Envoy does); a fault in the
+        request being answered ends the connection now."""
+        cur = self.current
+        p = self.parsing
+        if p.complete and p.ready and not p.keep_alive:
+            # bytes after a "Connection: close" request are not requests: dropped unanswered
+            self._pause_reading("closing")
+            if cur is None and not self.queue and self.transport is not None:
+                self.transport.close()
+            return
+        if cur is not None and (p.exchange is not cur or p.complete):
+            self.failed = body
+            self._pause_reading("failed")
+            return
+        self._fail(400, body)
 
     def _fail(self, status: int, body: bytes = b"") -> None:
         """Answer a request the parser rejected, then close: the byte stream cannot be trusted."""

@@ -496,3 +496,103 @@ def test_a_malformed_pipelined_request_is_answered_in_its_turn(pair: tuple[Gatew
         got = responses(exchange(g.port(80), good + bad))
         assert [s for s, _, _ in got] == [b"HTTP/1.1 200 OK", b"HTTP/1.1 400 Bad Request"]
         assert json.loads(got[0][2])["target"] == "/echo/1"
+
+
+# --- the same, for what backends answer -------------------------------------------------------
+
+
+class OneShot:
+    """A backend that answers every request with ``self.answer`` and closes the connection."""
+
+    def __init__(self) -> None:
+        self.answer = b""
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            with c:
+                buf = b""
+                while b"\r\n\r\n" not in buf:
+                    d = c.recv(65536)
+                    if not d:
+                        break
+                    buf += d
+                if buf:
+                    c.sendall(self.answer)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+_framings = st.sampled_from(["length", "chunked", "close", "none"])
+_statuses = st.sampled_from([200, 200, 200, 201, 204, 304, 404, 500, 503, 299])
+_resp_headers = st.lists(st.sampled_from([
+    "Content-Type: text/plain", "X-A: 1", "X-B:   spaced   ", "Connection: keep-alive", "Connection: close, X-A",
+    "Keep-Alive: timeout=5", "X-Dup: 1", "X-Dup: 2", "Set-Cookie: a=1", "Set-Cookie: b=2", "Trailer: X-T", "x-empty:",
+    "Content-Length: 3", "Transfer-Encoding: chunked", "Bad Header: x", "X-Ctl: a\x01b",
+]), max_size=5)
+
+
+@st.composite
+def _responses(draw: st.DrawFn) -> bytes:
+    status = draw(_statuses)
+    version = draw(st.sampled_from(["HTTP/1.1"] * 4 + ["HTTP/1.0"]))
+    body = draw(st.sampled_from([b"", b"hello", b"x" * 70000, bytes(range(256))]))
+    framing = draw(_framings)
+    headers = draw(_resp_headers)
+    interim = draw(st.sampled_from([b"", b"", b"", b"HTTP/1.1 100 Continue\r\n\r\n"]))
+    head = f"{version} {status} Whatever\r\n" + "".join(h + "\r\n" for h in headers)
+    if framing == "length":
+        head += f"Content-Length: {len(body)}\r\n"
+        payload = body
+    elif framing == "chunked":
+        head += "Transfer-Encoding: chunked\r\n"
+        payload = b"".join(b"%x;ext=1\r\n%s\r\n" % (len(body[i : i + 4000]), body[i : i + 4000]) for i in range(0, len(body), 4000))
+        payload += b"0\r\nX-T: t\r\n\r\n"
+    elif framing == "close":
+        payload = body
+    else:
+        payload = b""
+    return interim + head.encode("latin-1") + b"\r\n" + payload
+
+
+def _client_view(raw: bytes) -> object:
+    try:
+        return [(s, {k: v for k, v in h.items() if k != b"date"}, b) for s, h, b in responses(raw)]
+    except (ValueError, IndexError):
+        return raw.split(b"\r\n", 1)[0]  # cut short: the status line is what can be compared
+
+
+@pytest.fixture
+def oneshot_pair() -> Iterator[tuple[OneShot, Gateway, Gateway]]:
+    b = OneShot()
+    fast = Gateway(manifests(b.port))
+    slow = Gateway(manifests(b.port), Settings(access_log=False, fast_lane=False))
+    yield b, fast, slow
+    fast.close()
+    slow.close()
+    b.close()
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(answer=_responses())
+def test_fuzzed_backend_answers_reach_the_client_the_same_from_both_lanes(
+    oneshot_pair: tuple[OneShot, Gateway, Gateway], answer: bytes
+) -> None:
+    backend, fast, slow = oneshot_pair
+    backend.answer = answer
+    request = b"GET /echo HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n"
+    a = _client_view(exchange(fast.port(80), request, timeout=3))
+    b = _client_view(exchange(slow.port(80), request, timeout=3))
+    if isinstance(a, list) and a and a[0][0] == b"HTTP/1.1 502 Bad Gateway":
+        assert isinstance(b, list) and b and b[0][0] == a[0][0], (answer, b)  # the message may differ
+        return
+    assert a == b, answer

@@ -298,6 +298,15 @@ spec:
             raw.sendall(b"GET / HTTP/1.1\r\nhost: git.home.test\r\n\r\n")
             assert raw.recv(100) == b""
         assert len(git.requests) == 1
+        # a PROXY protocol header before the ClientHello (the listener's ClientTrafficPolicy):
+        # read and taken off, the TLS stream reaches the backend untouched
+        g.apply(gateway(listeners) + two_endpoints("git", git.port, git.port) + tls_route + PROXY_CTP)
+        with socket.create_connection(("127.0.0.1", g.port(6443)), timeout=5) as raw:
+            raw.sendall(b"PROXY TCP4 198.51.100.7 10.0.0.1 40000 6443\r\n")
+            with ctx.wrap_socket(raw, server_hostname="git.home.test") as s:
+                s.sendall(b"GET /echo HTTP/1.1\r\nhost: git.home.test\r\nconnection: close\r\n\r\n")
+                assert s.recv(100).startswith(b"HTTP/1.1 200")
+        assert len(git.requests) == 2
     finally:
         g.close()
         git.close()

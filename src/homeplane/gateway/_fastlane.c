@@ -482,7 +482,7 @@ static Py_ssize_t up_head(Up *u, Conn *c, const char *p, Py_ssize_t n, const cha
                 if (ch < '0' || ch > '9') { *msg = "bad content-length"; return -1; }
                 v = v * 10 + (ch - '0');
             }
-            if (cl >= 0 && cl != v) { *msg = "conflicting content-length"; return -1; }
+            if (cl >= 0) { *msg = "duplicate content-length"; return -1; }  /* as llhttp: even equal ones */
             cl = v;
         } else if (ieq(f[i].name, f[i].nlen, "transfer-encoding")) {
             te = 1;
@@ -638,7 +638,7 @@ static void up_protocol_error(Up *u, Conn *c, const char *msg) {
     snprintf(body, sizeof body, "invalid response from backend: %s", msg);
     up_close(u);
     if (c->started_response) {
-        c->out.len = 0;
+        conn_flush(c);  /* what was relayed so far (as the Python lane does), then the reset */
         conn_finish(c, 0, body, 1);
     } else {
         c->out.len = 0;

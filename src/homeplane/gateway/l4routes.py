@@ -354,7 +354,8 @@ class PassthroughTable:
     wins over a wildcard, a longer wildcard over a shorter, ``*`` (any) comes last; between
     routes for the same name the oldest wins (``routes`` comes oldest first)."""
 
-    def __init__(self, routes: list[ir.L4Route]):
+    def __init__(self, routes: list[ir.L4Route], proxy: tuple[bool, bool] = (False, False)):
+        self.proxy = proxy  # PROXY protocol asked for by a passthrough listener's ClientTrafficPolicy
         self.exact: dict[str, ir.L4Route] = {}
         wild: dict[str, ir.L4Route] = {}
         self.any: ir.L4Route | None = None
@@ -381,11 +382,12 @@ class PassthroughTable:
 
 def passthrough_listeners(
     snapshot: ir.Snapshot, address_for: Any, port_for: Any
-) -> Iterator[tuple[tuple[str, int], ir.Ref, int, str, tuple[ir.L4Route, ...]]]:
+) -> Iterator[tuple[tuple[str, int], ir.Ref, int, str, tuple[ir.L4Route, ...], tuple[bool, bool]]]:
     """The ready TLS passthrough listeners with routes: (bound address and port, Gateway,
-    listener port, listener name, its TLSRoutes oldest first)."""
+    listener port, listener name, its TLSRoutes oldest first, PROXY protocol (expected, optional))."""
     for gw in snapshot.gateways:
         addr = address_for(gw)
         for ls in gw.listeners:
             if ls.protocol == "TLS" and ls.tls_mode == "Passthrough" and ls.ready and ls.l4_routes:
-                yield (addr, port_for(ls.port)), gw.ref, ls.port, ls.name, ls.l4_routes
+                proxy = proxyproto.wanted(ls.client_traffic.spec if ls.client_traffic else None)
+                yield (addr, port_for(ls.port)), gw.ref, ls.port, ls.name, ls.l4_routes, proxy

@@ -354,8 +354,10 @@ class PortServer:
     @property
     def proxy_protocol(self) -> tuple[bool, bool]:
         """(expected, optional) for this port: any listener on it asking for it turns it on."""
-        confs = [lt.conf for lt in self.table.listeners if lt.conf is not None and lt.conf.proxy_protocol]
-        return bool(confs), bool(confs) and all(c.proxy_protocol_optional for c in confs)
+        wanted = [(True, lt.conf.proxy_protocol_optional) for lt in self.table.listeners if lt.conf is not None and lt.conf.proxy_protocol]
+        if self.passthrough is not None and self.passthrough.proxy[0]:
+            wanted.append(self.passthrough.proxy)
+        return bool(wanted), bool(wanted) and all(optional for _, optional in wanted)
 
     @property
     def needs_preamble(self) -> bool:
@@ -561,7 +563,8 @@ class DataPlane:
         wanted_l4, l4_bindings = wanted_listeners(snapshot, self.bind.address_for, self.bind.port_for)
         # TLS passthrough listeners (TLSRoutes) share their port's server with HTTPS listeners
         passthrough: dict[tuple[str, int], list[ir.L4Route]] = {}
-        for key, gw_ref, port, name, routes in passthrough_listeners(snapshot, self.bind.address_for, self.bind.port_for):
+        passthrough_proxy: dict[tuple[str, int], list[tuple[bool, bool]]] = {}
+        for key, gw_ref, port, name, routes, proxy in passthrough_listeners(snapshot, self.bind.address_for, self.bind.port_for):
             if key in wanted and wanted[key].gateway != gw_ref:
                 log.error("Gateway %s listener %s: %s:%d is already used by Gateway %s; not served", gw_ref, name, *key, wanted[key].gateway)
                 continue
@@ -569,6 +572,7 @@ class DataPlane:
                 wanted[key] = PortTable(gw_ref, port, "TLS", ())
                 bindings.append({"gateway": f"{gw_ref.namespace}/{gw_ref.name}", "port": port, "protocol": "TLS", "address": key[0], "boundPort": key[1], "listeners": []})
             passthrough.setdefault(key, []).extend(routes)
+            passthrough_proxy.setdefault(key, []).append(proxy)
             next(b for b in bindings if (b["address"], b["boundPort"]) == key)["listeners"].append(name)
         for key, (pool, policy, cfg) in GatewayL4.clusters(snapshot).items():
             if pool in snapshot.pools:
@@ -599,9 +603,11 @@ class DataPlane:
                 del self.servers[key]
                 srv = None
             routes = passthrough.get(key)
+            proxies = [p for p in passthrough_proxy.get(key, []) if p[0]]
+            pt_proxy = (bool(proxies), bool(proxies) and all(p[1] for p in proxies))
             if srv is None:
                 srv = PortServer(self, key[0], key[1], table)
-                srv.passthrough = PassthroughTable(routes) if routes else None
+                srv.passthrough = PassthroughTable(routes, pt_proxy) if routes else None
                 try:
                     srv.update(table)
                     await srv.start()
@@ -617,7 +623,7 @@ class DataPlane:
             else:
                 try:
                     srv.update(table)
-                    srv.passthrough = PassthroughTable(routes) if routes else None
+                    srv.passthrough = PassthroughTable(routes, pt_proxy) if routes else None
                 except (OSError, RuntimeError, ssl.SSLError) as e:
                     log.error("cannot update %s:%d: %s; keeping the previous configuration", key[0], key[1], e)
                     continue

@@ -66,6 +66,7 @@ class UpstreamConnection(PooledConnection):
         "upgraded",
         "head_only",
         "connected",
+        "until_close",
     )
 
     def __init__(self, endpoint: EndpointState):
@@ -80,6 +81,7 @@ class UpstreamConnection(PooledConnection):
         self.upgraded = False
         self.head_only = False
         self.connected: asyncio.Future[None] | None = None
+        self.until_close = False  # the response being read has neither length nor chunks
 
     # --- asyncio.Protocol ---------------------------------------------------------
 
@@ -129,11 +131,10 @@ class UpstreamConnection(PooledConnection):
             if self.upgraded:
                 ex.upstream_tunnel_closed()
                 return
-            try:
-                # a close-delimited body ends with the connection
-                self.parser.feed_data(b"")
-            except httptools.HttpParserError:
-                pass
+            if self.until_close and ex.status:
+                # a close-delimited body ends with the connection (httptools has no way to be told)
+                ex.upstream_end(reusable=False)
+                return
             ex.upstream_lost(self)
 
     def pause_writing(self) -> None:
@@ -152,7 +153,8 @@ class UpstreamConnection(PooledConnection):
         self._status_reason = status
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name.lower(), value))
+        # llhttp keeps trailing whitespace; it is not part of a field value (RFC 9110 §5.5)
+        self.headers.append((name.lower(), value.rstrip(b" \t")))
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
@@ -161,6 +163,9 @@ class UpstreamConnection(PooledConnection):
         ex = self.exchange
         if status < 200 and status != 101:
             return  # 1xx interim responses (100 Continue) are not forwarded
+        self.until_close = not self.head_only and status not in (204, 304) and not any(
+            n == b"content-length" or (n == b"transfer-encoding" and b"chunked" in v.lower()) for n, v in headers
+        )
         if ex is not None:
             ex.upstream_head(status, headers, self.parser.should_keep_alive())
             if self.head_only and self.exchange is not None:

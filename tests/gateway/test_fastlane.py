@@ -206,8 +206,9 @@ class Scripted:
     """A raw HTTP/1.1 backend: ``answers[path](nth request on the connection) -> bytes | None``
     (None: close without answering)."""
 
-    def __init__(self, answers: dict[str, Callable[[int], bytes | None]]):
+    def __init__(self, answers: dict[str, Callable[[int], bytes | None]], close_each: bool = False):
         self.answers = answers
+        self.close_each = close_each  # close the connection after every answer
         self.connections = 0
         self.bodies: list[tuple[int, bytes]] = []  # (nth request on its connection, body)
         self.sock = socket.socket()
@@ -257,7 +258,7 @@ class Scripted:
                 if answer is None:
                     return
                 c.sendall(answer)
-                if b"close-after" in answer:
+                if b"close-after" in answer or self.close_each:
                     return
 
     def close(self) -> None:
@@ -501,35 +502,12 @@ def test_a_malformed_pipelined_request_is_answered_in_its_turn(pair: tuple[Gatew
 # --- the same, for what backends answer -------------------------------------------------------
 
 
-class OneShot:
+class OneShot(Scripted):
     """A backend that answers every request with ``self.answer`` and closes the connection."""
 
     def __init__(self) -> None:
         self.answer = b""
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            with c:
-                buf = b""
-                while b"\r\n\r\n" not in buf:
-                    d = c.recv(65536)
-                    if not d:
-                        break
-                    buf += d
-                if buf:
-                    c.sendall(self.answer)
-
-    def close(self) -> None:
-        self.sock.close()
+        super().__init__({"/echo": lambda n: self.answer}, close_each=True)
 
 
 _framings = st.sampled_from(["length", "chunked", "close", "none"])

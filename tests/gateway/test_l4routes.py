@@ -85,6 +85,28 @@ spec:
 """
 
 
+MQTTS_LISTENER = "- {name: mqtts, protocol: TLS, port: 8883, tls: {mode: Terminate, certificateRefs: [{name: mqtt-tls}]}, allowedRoutes: {namespaces: {from: All}}}"
+
+
+def mqtt_tls(crt: str, key: str) -> str:
+    """The certificate of the mqtts listener and a TCPRoute to the "broker" Service behind it."""
+    return f"""
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: mqtt-tls, namespace: network}}
+type: kubernetes.io/tls
+data: {{tls.crt: {crt}, tls.key: {key}}}
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TCPRoute
+metadata: {{name: mqtt, namespace: apps}}
+spec:
+  parentRefs: [{{name: gw, namespace: network, sectionName: mqtts}}]
+  rules: [{{backendRefs: [{{name: broker, port: 80}}]}}]
+"""
+
+
 def udp_service(name: str, port: int) -> str:
     return f"""
 ---
@@ -320,22 +342,8 @@ def test_tls_terminated_in_front_of_a_tcp_route(tmp_path) -> None:
 
     echo = TCPEcho("mqtt")
     crt, key = tls_pair("mqtt.home.test")
-    listeners = """- {name: mqtts, protocol: TLS, port: 8883, tls: {mode: Terminate, certificateRefs: [{name: mqtt-tls}]}, allowedRoutes: {namespaces: {from: All}}}"""
-    secret = f"""
----
-apiVersion: v1
-kind: Secret
-metadata: {{name: mqtt-tls, namespace: network}}
-type: kubernetes.io/tls
-data: {{tls.crt: {crt}, tls.key: {key}}}
----
-apiVersion: gateway.networking.k8s.io/v1alpha2
-kind: TCPRoute
-metadata: {{name: mqtt, namespace: apps}}
-spec:
-  parentRefs: [{{name: gw, namespace: network, sectionName: mqtts}}]
-  rules: [{{backendRefs: [{{name: broker, port: 80}}]}}]
-"""
+    listeners = MQTTS_LISTENER
+    secret = mqtt_tls(crt, key)
     g = Gateway(gateway(listeners) + secret + two_endpoints("broker", echo.port, echo.port))
     try:
         ctx = ssl.create_default_context(cadata=base64.b64decode(crt).decode())
@@ -432,23 +440,8 @@ def test_proxy_protocol_on_tcp_and_tls_listeners(caplog) -> None:
 
     a, mqtt = TCPEcho("a"), TCPEcho("mqtt")
     crt, key = tls_pair("mqtt.home.test")
-    listeners = L4_LISTENERS + """
-    - {name: mqtts, protocol: TLS, port: 8883, tls: {mode: Terminate, certificateRefs: [{name: mqtt-tls}]}, allowedRoutes: {namespaces: {from: All}}}"""
-    extra = f"""
----
-apiVersion: v1
-kind: Secret
-metadata: {{name: mqtt-tls, namespace: network}}
-type: kubernetes.io/tls
-data: {{tls.crt: {crt}, tls.key: {key}}}
----
-apiVersion: gateway.networking.k8s.io/v1alpha2
-kind: TCPRoute
-metadata: {{name: mqtt, namespace: apps}}
-spec:
-  parentRefs: [{{name: gw, namespace: network, sectionName: mqtts}}]
-  rules: [{{backendRefs: [{{name: broker, port: 80}}]}}]
-"""
+    listeners = L4_LISTENERS + "\n    " + MQTTS_LISTENER
+    extra = mqtt_tls(crt, key)
     base = gateway(listeners) + extra + two_endpoints("git", a.port, a.port) + two_endpoints("broker", mqtt.port, mqtt.port) + routes()
     g = Gateway(base, Settings(access_log=True))
     try:

@@ -236,12 +236,10 @@ class _ProxyHeader(asyncio.Protocol):
         if self.done or self.transport is None:
             return
         self.buf += data
-        info = None
         try:
-            if not (self.listener.wanted.proxy[1] and not proxyproto.looks_like_proxy(self.buf)):
-                info = proxyproto.parse(self.buf)
-                if info is None:
-                    return  # more bytes needed
+            complete, info = proxyproto.take(self.buf, optional=self.listener.wanted.proxy[1])
+            if not complete:
+                return
         except proxyproto.ProxyProtocolError as e:
             log.info("connection closed: %s", e)
             self.transport.close()

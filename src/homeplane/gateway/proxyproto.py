@@ -89,3 +89,13 @@ def wanted(ct: Any) -> tuple[bool, bool]:
         return False, False
     return True, bool(ct.proxy_protocol and ct.proxy_protocol.optional)
 
+
+
+def take(buf: bytes, optional: bool) -> tuple[bool, ProxyInfo | None]:
+    """The header at the start of a connection: (complete, info). ``complete`` is False while more
+    bytes are needed; ``info`` is None when an optional header is absent. Raises
+    ProxyProtocolError for a malformed (or, when required, missing) header."""
+    if optional and not looks_like_proxy(buf):
+        return True, None
+    info = parse(buf)
+    return info is not None, info

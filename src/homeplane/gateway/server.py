@@ -424,10 +424,10 @@ class ProxyPreamble(asyncio.Protocol):
             expected, optional = self.server.proxy_protocol
             info = None
             try:
-                if expected and not (optional and not proxyproto.looks_like_proxy(self.buf)):
-                    info = proxyproto.parse(self.buf)
-                    if info is None:
-                        return  # more bytes needed
+                if expected:
+                    complete, info = proxyproto.take(self.buf, optional)
+                    if not complete:
+                        return
             except proxyproto.ProxyProtocolError as e:
                 log.info("connection closed: %s", e)
                 self.transport.close()

@@ -574,3 +574,82 @@ def test_fuzzed_backend_answers_reach_the_client_the_same_from_both_lanes(
         assert isinstance(b, list) and b and b[0][0] == a[0][0], (answer, b)  # the message may differ
         return
     assert a == b, answer
+
+
+# --- compression and connection retries (a gateway-wide BackendTrafficPolicy, as in home-ops repos)
+
+GATEWAY_BTP = """
+---
+apiVersion: gateway.envoyproxy.io/v1alpha1
+kind: BackendTrafficPolicy
+metadata: {name: envoy, namespace: network}
+spec:
+  targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: gw}]
+  compressor: [{type: Zstd}, {type: Brotli}, {type: Gzip}]
+  retry:
+    numRetries: 2
+    retryOn: {triggers: [reset]}
+"""
+
+
+def _decoded(headers: dict[bytes, bytes], body: bytes) -> bytes:
+    import brotli
+    import zlib
+
+    import zstandard
+
+    coding = headers.get(b"content-encoding")
+    if coding == b"gzip":
+        return zlib.decompress(body, 16 + zlib.MAX_WBITS)
+    if coding == b"br":
+        return brotli.decompress(body)
+    if coding == b"zstd":
+        return zstandard.ZstdDecompressor().decompressobj().decompress(body)
+    return body
+
+
+@pytest.mark.parametrize("accept", ["gzip", "br", "zstd", "gzip, deflate, br, zstd", "gzip;q=0", "identity", "*", None])
+def test_compressed_answers_are_the_same_from_both_lanes(backend: Backend, accept: str | None) -> None:
+    fast = Gateway(manifests(backend.port) + GATEWAY_BTP)
+    slow = Gateway(manifests(backend.port) + GATEWAY_BTP, Settings(access_log=False, fast_lane=False))
+    try:
+        views = []
+        for g in (fast, slow):
+            before = fastlane.served()
+            ae = f"Accept-Encoding: {accept}\r\n" if accept is not None else ""
+            raw = exchange(g.port(80), f"GET /echo/x HTTP/1.1\r\nHost: app.test\r\n{ae}Connection: close\r\n\r\n".encode())
+            (status, headers, body), = responses(raw)
+            views.append((status, headers.get(b"content-encoding"), headers.get(b"vary"), normalized(
+                b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(_decoded(headers, body)), _decoded(headers, body))
+            )))
+            assert fastlane.served() - before == (1 if g is fast else 0)
+        assert views[0] == views[1]
+        assert views[0][1] == {"gzip": b"gzip", "br": b"br", "zstd": b"zstd", "gzip, deflate, br, zstd": b"zstd", "*": b"zstd"}.get(accept or "")
+    finally:
+        fast.close()
+        slow.close()
+
+
+def test_connection_retries_from_both_lanes() -> None:
+    answered = []
+
+    def flaky(n: int) -> bytes | None:
+        answered.append(n)
+        return ok(b"second try") if len(answered) % 2 == 0 else None  # every other attempt is dropped
+
+    s = Scripted({"/flaky": flaky})
+    try:
+        for fast_lane in (True, False):
+            g = Gateway(gateway() + service("a", s.port) + route() + GATEWAY_BTP, Settings(access_log=False, fast_lane=fast_lane))
+            try:
+                before, conns = fastlane.served(), s.connections
+                for body in (b"", b"payload"):
+                    raw = exchange(g.port(80), b"POST /flaky HTTP/1.1\r\nHost: app.test\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
+                    assert responses(raw)[0][2] == b"second try"
+                assert s.connections - conns >= 3  # each request: a dropped attempt, then a retry on a new connection
+                assert fastlane.served() - before == (2 if fast_lane else 0)
+                assert [b for _, b in s.bodies[-2:]] == [b"payload", b"payload"]  # the body went out again
+            finally:
+                g.close()
+    finally:
+        s.close()

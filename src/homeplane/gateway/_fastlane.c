@@ -298,12 +298,18 @@ struct Conn {
     /* the exchange in flight */
     PyObject *route, *cluster, *endpoint, *req_head, *task;
     PyObject *method, *target, *host, *request_id, *xff;
+    PyObject *accept_enc;              /* Accept-Encoding on a route with a compressor, else NULL */
+    PyObject *encoder;                 /* the response's compression.Encoder, when it is compressed */
+    PyObject *tried;                   /* endpoints that failed this request (retries go elsewhere) */
+    int attempts;
+    unsigned long seq;                 /* which request on this connection (a retry timer checks it) */
     Up *up;
     int status;
     long long bytes_out;
 };
 
 static PyTypeObject UpType, ConnType;
+static PyObject *make_bytes_lower(const char *p, Py_ssize_t n);
 
 static void conn_process(Conn *c);
 static void conn_finish(Conn *c, int reusable, const char *error, int abort);
@@ -426,7 +432,7 @@ static void up_release(Up *u) {
     Py_XDECREF(pool);
 }
 
-static int emit_client(Conn *c, Up *u, const char *p, Py_ssize_t n) {
+static int emit_raw(Conn *c, Up *u, const char *p, Py_ssize_t n) {
     if (n <= 0) return 0;
     c->bytes_out += n;
     if (u->client_chunked) {
@@ -435,6 +441,30 @@ static int emit_client(Conn *c, Up *u, const char *p, Py_ssize_t n) {
         return buf_add(&c->out, "\r\n", 2);
     }
     return buf_add(&c->out, p, n);
+}
+
+/* Body bytes for the client, compressed first when the response is (a Python Encoder). */
+static int emit_client(Conn *c, Up *u, const char *p, Py_ssize_t n) {
+    if (c->encoder == NULL) return emit_raw(c, u, p, n);
+    if (n <= 0) return 0;
+    PyObject *in = PyBytes_FromStringAndSize(p, n);
+    PyObject *out = in ? PyObject_CallMethod(c->encoder, "feed", "O", in) : NULL;
+    Py_XDECREF(in);
+    if (!out || !PyBytes_Check(out)) { Py_XDECREF(out); PyErr_WriteUnraisable(c->encoder); return -1; }
+    int r = emit_raw(c, u, PyBytes_AS_STRING(out), PyBytes_GET_SIZE(out));
+    Py_DECREF(out);
+    return r;
+}
+
+/* The end of a response body: what the encoder still holds, then the last chunk. */
+static void emit_end(Conn *c, Up *u) {
+    if (c->encoder != NULL) {
+        PyObject *tail = PyObject_CallMethod(c->encoder, "finish", NULL);
+        if (tail && PyBytes_Check(tail)) emit_raw(c, u, PyBytes_AS_STRING(tail), PyBytes_GET_SIZE(tail));
+        else PyErr_WriteUnraisable(c->encoder);
+        Py_XDECREF(tail);
+    }
+    if (u->client_chunked) buf_str(&c->out, "0\r\n\r\n");
 }
 
 static void conn_flush(Conn *c) {
@@ -505,6 +535,28 @@ static Py_ssize_t up_head(Up *u, Conn *c, const char *p, Py_ssize_t n, const cha
     u->status = status;
     c->status = status;
     int no_body = u->head_only || status == 204 || status == 304;
+    PyObject *compressed = NULL;  /* the client's header list when the body gets compressed */
+    if (c->accept_enc && !no_body) {
+        PyObject *lst = PyList_New(0);
+        for (int i = 0; lst && i < nf; i++) {
+            if (ieq(f[i].name, f[i].nlen, "content-length") || is_hop(&f[i], conn, nconn)) continue;
+            PyObject *name = make_bytes_lower(f[i].name, f[i].nlen);
+            PyObject *pair = name ? Py_BuildValue("(Ny#)", name, f[i].value, f[i].vlen) : NULL;
+            if (!pair || PyList_Append(lst, pair) < 0) Py_CLEAR(lst);
+            Py_XDECREF(pair);
+        }
+        PyObject *len = cl >= 0 ? PyLong_FromLongLong(cl) : Py_NewRef(Py_None);
+        PyObject *r = lst && len ? PyObject_CallMethod(c->hooks, "compression", "OOiOO", PyTuple_GET_ITEM(c->route, 8), c->accept_enc,
+                                                       status, lst, len) : NULL;
+        Py_XDECREF(lst);
+        Py_XDECREF(len);
+        if (!r) { PyErr_WriteUnraisable(c->hooks); }
+        else if (PyTuple_Check(r) && PyTuple_GET_SIZE(r) == 2) {
+            Py_XSETREF(c->encoder, Py_NewRef(PyTuple_GET_ITEM(r, 0)));
+            compressed = Py_NewRef(PyTuple_GET_ITEM(r, 1));
+        }
+        Py_XDECREF(r);
+    }
     /* client head */
     Buf *o = &c->out;
     PyObject *reason = reason_of(status);
@@ -514,12 +566,24 @@ static Py_ssize_t up_head(Up *u, Conn *c, const char *p, Py_ssize_t n, const cha
     if (reason) buf_add(o, PyBytes_AS_STRING(reason), PyBytes_GET_SIZE(reason));
     else buf_str(o, "Unknown");
     buf_add(o, "\r\n", 2);
-    for (int i = 0; i < nf; i++) {
-        if (ieq(f[i].name, f[i].nlen, "content-length") || is_hop(&f[i], conn, nconn)) continue;
-        add_lower(o, f[i].name, f[i].nlen);
-        buf_add(o, ": ", 2);
-        buf_add(o, f[i].value, f[i].vlen);
-        buf_add(o, "\r\n", 2);
+    if (compressed) {
+        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(compressed); i++) {
+            PyObject *pair = PyList_GET_ITEM(compressed, i);
+            PyObject *n = PyTuple_GET_ITEM(pair, 0), *v = PyTuple_GET_ITEM(pair, 1);
+            buf_add(o, PyBytes_AS_STRING(n), PyBytes_GET_SIZE(n));
+            buf_add(o, ": ", 2);
+            buf_add(o, PyBytes_AS_STRING(v), PyBytes_GET_SIZE(v));
+            buf_add(o, "\r\n", 2);
+        }
+        Py_DECREF(compressed);
+    } else {
+        for (int i = 0; i < nf; i++) {
+            if (ieq(f[i].name, f[i].nlen, "content-length") || is_hop(&f[i], conn, nconn)) continue;
+            add_lower(o, f[i].name, f[i].nlen);
+            buf_add(o, ": ", 2);
+            buf_add(o, f[i].value, f[i].vlen);
+            buf_add(o, "\r\n", 2);
+        }
     }
     u->client_chunked = 0;
     if (no_body) {
@@ -532,9 +596,14 @@ static Py_ssize_t up_head(Up *u, Conn *c, const char *p, Py_ssize_t n, const cha
         u->phase = PH_CHUNK_SIZE;
         u->keep_alive = !close;
     } else if (cl >= 0) {
-        buf_str(o, "content-length: ");
-        add_dec(o, cl);
-        buf_add(o, "\r\n", 2);
+        if (c->encoder) {
+            u->client_chunked = 1;  /* the compressed length is not known up front */
+            buf_str(o, "transfer-encoding: chunked\r\n");
+        } else {
+            buf_str(o, "content-length: ");
+            add_dec(o, cl);
+            buf_add(o, "\r\n", 2);
+        }
         u->remaining = cl;
         u->phase = cl ? PH_BODY_CL : PH_DONE;
         u->keep_alive = !close;
@@ -671,7 +740,7 @@ static PyObject *Up_data_received(Up *u, PyObject *data) {
         up_protocol_error(u, c, msg);
     } else {
         if (u->phase == PH_DONE && u->in.len) { u->keep_alive = 0; u->in.len = 0; }
-        if (u->phase == PH_DONE && u->client_chunked) buf_str(&c->out, "0\r\n\r\n");
+        if (u->phase == PH_DONE) emit_end(c, u);
         conn_flush(c);
         if (u->phase == PH_DONE && c->up == u) conn_finish(c, u->keep_alive, NULL, 0);
     }
@@ -785,6 +854,9 @@ static void conn_clear_exchange(Conn *c) {
     Py_CLEAR(c->host);
     Py_CLEAR(c->request_id);
     Py_CLEAR(c->xff);
+    Py_CLEAR(c->accept_enc);
+    Py_CLEAR(c->encoder);
+    Py_CLEAR(c->tried);
     Py_CLEAR(c->up);
 }
 
@@ -802,6 +874,8 @@ static int Conn_traverse(Conn *c, visitproc visit, void *arg) {
     Py_VISIT(c->endpoint);
     Py_VISIT(c->req_head);
     Py_VISIT(c->task);
+    Py_VISIT(c->encoder);
+    Py_VISIT(c->tried);
     Py_VISIT((PyObject *)c->up);
     return 0;
 }
@@ -1013,7 +1087,7 @@ static int conn_start(Conn *c) {
     int nf = fields_start > e ? 0 : parse_fields(fields_start, e, f, MAX_HEADERS, 1);
     if (nf < 0) return -1;
     Py_ssize_t hbytes = 0;
-    int ihost = -1, ixff = -1, irid = -1, icl = -1, nconn = 0;
+    int ihost = -1, ixff = -1, irid = -1, icl = -1, iae = -1, nconn = 0;
     long long cl = 0;
     Field conn[8];
     int close = 0;
@@ -1021,6 +1095,9 @@ static int conn_start(Conn *c) {
         const Field *x = &f[i];
         hbytes += x->nlen + x->vlen + 4;
         switch (lower((unsigned char)x->name[0])) {
+        case 'a':
+            if (ieq(x->name, x->nlen, "accept-encoding")) { if (iae >= 0) return -1; iae = i; }
+            break;
         case 'c':
             if (ieq(x->name, x->nlen, "content-length")) {
                 if (icl >= 0 || x->vlen > 15 || (x->vlen > 1 && x->value[0] == '0')) return -1;
@@ -1091,6 +1168,10 @@ static int conn_start(Conn *c) {
     c->status = 0;
     c->bytes_out = 0;
     c->started = now_mono();
+    c->attempts = 1;
+    c->seq++;
+    if (PyTuple_GET_SIZE(PyTuple_GET_ITEM(route, 8)) > 0 && iae >= 0)
+        c->accept_enc = PyBytes_FromStringAndSize(f[iae].value, f[iae].vlen);
     c->body_total = c->body_left = cl;
     c->body_pending.len = 0;
     c->replay.len = 0;
@@ -1363,11 +1444,68 @@ static PyObject *Conn_connection_lost(Conn *c, PyObject *exc) {
     Py_RETURN_NONE;
 }
 
+static PyObject *s_later;
+
+/* An attempt failed before any response (connect error, reset): retry on another endpoint after
+ * a backoff when the route's BackendTrafficPolicy allows it and the body can be sent again,
+ * else answer status (503 for connect errors, 502 for resets), as the Python lane does. */
+static void conn_failed_attempt(Conn *c, int status, const char *msg) {
+    passive_result(c, Py_None);
+    long retries = PyLong_AsLong(PyTuple_GET_ITEM(c->route, 9));
+    int replayable = c->body_total == 0 || (c->body_left == 0 && c->body_total <= MAX_REPLAY);
+    if (c->attempts <= retries && replayable && c->endpoint) {
+        Up *u = c->up;
+        if (u) { c->up = NULL; Py_CLEAR(u->owner); up_close(u); Py_DECREF(u); }
+        if (add_to_long_attr(c->endpoint, s_active, -1) < 0) PyErr_WriteUnraisable(c->endpoint);
+        if (!c->tried) c->tried = PyList_New(0);
+        if (c->tried) PyList_Append(c->tried, c->endpoint);
+        Py_CLEAR(c->endpoint);
+        c->state = ST_CONNECTING;  /* waiting for the backoff timer, then connecting again */
+        double base = PyFloat_AsDouble(PyTuple_GET_ITEM(c->route, 10));
+        double delay = base * (double)(1UL << (c->attempts - 1 < 16 ? c->attempts - 1 : 16)) * ((double)rand() / RAND_MAX);
+        PyObject *r = PyObject_CallMethod(c->hooks, "later", "Odk", (PyObject *)c, delay, c->seq);
+        if (r) { Py_DECREF(r); return; }
+        PyErr_WriteUnraisable(c->hooks);
+    }
+    conn_simple(c, status, msg);
+}
+
+/* The backoff is over: pick an endpoint again (not one that failed, while others are left). */
+static PyObject *Conn_retry(Conn *c, PyObject *arg) {
+    unsigned long seq = PyLong_AsUnsignedLong(arg);
+    if (PyErr_Occurred()) return NULL;
+    if (seq != c->seq || c->state != ST_CONNECTING || c->endpoint != NULL || c->route == NULL) Py_RETURN_NONE;
+    Py_INCREF(c);
+    PyObject *eps = PyObject_GetAttr(c->cluster, s_endpoints);
+    if (eps && c->tried && PyList_GET_SIZE(c->tried) >= PyObject_Size(eps)) PyList_SetSlice(c->tried, 0, PyList_GET_SIZE(c->tried), NULL);
+    Py_XDECREF(eps);
+    PyObject *ep = PyObject_CallMethod(c->cluster, "pick", "OO", Py_None, c->tried ? c->tried : Py_None);
+    PyErr_Clear();
+    if (ep == NULL || ep == Py_None) {
+        Py_XDECREF(ep);
+        conn_simple(c, 503, "no healthy upstream");
+    } else if (add_to_long_attr(ep, s_active, 1) < 0) {
+        PyErr_Clear();
+        Py_DECREF(ep);
+        conn_simple(c, 503, "no healthy upstream");
+    } else {
+        c->endpoint = ep;
+        c->attempts++;
+        double bt = PyFloat_AsDouble(PyTuple_GET_ITEM(c->route, 3));
+        c->attempt_deadline = bt > 0 ? now_mono() + bt : 0;
+        c->body_pending.len = 0;
+        buf_add(&c->body_pending, c->replay.data, c->replay.len);
+        conn_send(c, 0);
+    }
+    Py_DECREF(c);
+    Py_RETURN_NONE;
+}
+
 static void conn_upstream_lost(Conn *c, Up *u) {
     if (c->up != u) return;
     if (u->phase == PH_EOF) {
         /* a body delimited by the connection's end is complete */
-        buf_str(&c->out, "0\r\n\r\n");
+        emit_end(c, u);
         conn_flush(c);
         conn_finish(c, 0, NULL, 0);
         return;
@@ -1385,16 +1523,14 @@ static void conn_upstream_lost(Conn *c, Up *u) {
             conn_send(c, 1);
             return;
         }
-        passive_result(c, Py_None);
-        conn_simple(c, 502, "upstream connection reset before the response");
+        conn_failed_attempt(c, 502, "upstream connection reset before the response");
         return;
     }
     if (c->started_response) {
         c->out.len = 0;
         conn_finish(c, 0, "upstream reset during the response", 1);
     } else {
-        passive_result(c, Py_None);
-        conn_simple(c, 502, "upstream connection reset before the response");
+        conn_failed_attempt(c, 502, "upstream connection reset before the response");
     }
 }
 
@@ -1427,8 +1563,7 @@ static PyObject *Conn_connect_failed(Conn *c, PyObject *msg) {
     char body[512];
     snprintf(body, sizeof body, "upstream connect error: %s", m ? m : "?");
     PyErr_Clear();
-    passive_result(c, Py_None);
-    conn_simple(c, 503, body);
+    conn_failed_attempt(c, 503, body);
     Py_RETURN_NONE;
 }
 
@@ -1507,6 +1642,7 @@ static PyMethodDef Conn_methods[] = {
     {"resume_writing", (PyCFunction)Conn_resume_writing, METH_NOARGS, NULL},
     {"connected", (PyCFunction)Conn_connected, METH_O, "An upstream connection opened for this exchange."},
     {"connect_failed", (PyCFunction)Conn_connect_failed, METH_O, "Opening the upstream connection failed."},
+    {"retry", (PyCFunction)Conn_retry, METH_O, "A retry's backoff is over (the request's sequence number)."},
     {"check_deadline", (PyCFunction)Conn_check_deadline, METH_O, "Timeouts (the data plane's sweep)."},
     {"exchanges", (PyCFunction)Conn_exchanges, METH_NOARGS, "Python exchanges to sweep: none."},
     {NULL},
@@ -1570,12 +1706,13 @@ static struct PyModuleDef moduledef = {PyModuleDef_HEAD_INIT, "_fastlane", "HTTP
 PyMODINIT_FUNC PyInit__fastlane(void) {
     init_tchar();
     id_block();
+    srand((unsigned)id_n);  /* retry backoff jitter */
     INTERN(s_write, "write"); INTERN(s_close, "close"); INTERN(s_abort, "abort");
     INTERN(s_pause_reading, "pause_reading"); INTERN(s_resume_reading, "resume_reading");
     INTERN(s_active, "active"); INTERN(s_endpoints, "endpoints"); INTERN(s_all_available, "all_available");
     INTERN(s_pick, "pick"); INTERN(s_fast_idle, "fast_idle"); INTERN(s_result, "result"); INTERN(s_fast, "fast");
     INTERN(s_handoff, "handoff"); INTERN(s_connect, "connect"); INTERN(s_access_log, "access_log");
-    INTERN(s_idle_timeout, "idle_timeout"); INTERN(s_headers_timeout, "headers_timeout"); INTERN(s_cancel, "cancel");
+    INTERN(s_idle_timeout, "idle_timeout"); INTERN(s_headers_timeout, "headers_timeout"); INTERN(s_cancel, "cancel"); INTERN(s_later, "later");
     if (PyType_Ready(&UpType) < 0 || PyType_Ready(&ConnType) < 0) return NULL;
     PyObject *m = PyModule_Create(&moduledef);
     if (!m) return NULL;

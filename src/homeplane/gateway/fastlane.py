@@ -1,7 +1,7 @@
 """The Python side of the HTTP/1.1 fast lane (``_fastlane.c``).
 
 The C protocol serves requests (without a body or with a Content-Length one) to rules without
-filters or policies, start to finish; everything else it hands to :class:`~homeplane.gateway.http1.Http1Connection` on
+filters or policies other than compression and connection retries, start to finish; everything else it hands to :class:`~homeplane.gateway.http1.Http1Connection` on
 the same connection. This module decides which rules qualify (once per Snapshot, in
 :func:`compile_table`), and does the few things the C side asks of Python: open upstream
 connections, hand a connection over, write access log lines.
@@ -17,6 +17,7 @@ import os
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
+from homeplane.gateway.compression import Encoder, accepted, compressible
 from homeplane.gateway.exchange import RouteAction
 from homeplane.gateway.headers import detect_client_ip
 from homeplane.gateway.router import _EXACT, _PREFIX, PortTable, VHostTable
@@ -36,6 +37,7 @@ else:
     ))
 
 _OPAQUE = 2  # a rule the C side cannot evaluate (regex path, method/header/query matches)
+_CONNECTION_TRIGGERS = frozenset({"reset", "connect-failure", "refused-stream"})  # retries the C side makes
 
 
 def enabled() -> bool:
@@ -44,14 +46,17 @@ def enabled() -> bool:
 
 def fast_route(action: RouteAction | None, clusters: dict[str, Cluster], conf: Any = None) -> tuple[Any, ...] | None:
     """The C side's view of a rule it may serve, or None when the rule needs the Python path:
-    any filter, policy, Lua, mirror, retry, hashing, several backends, an h2c or TLS backend."""
+    any filter, SecurityPolicy, Lua, mirror, retries on statuses, hashing, several backends, an
+    h2c or TLS backend. Compression and retries after connect failures and resets are served."""
     a = action
     if a is None or a.direct_status is not None or a.redirect is not None:
         return None
     if a.rewrite_host is not None or a.rewrite_path_type is not None or a.req_ops is not None or a.resp_ops is not None:
         return None
-    if a.security is not None or a.mirrors or a.compression or a.hash_on is not None or a.retry.num_retries or a.lua:
+    if a.security is not None or a.mirrors or a.hash_on is not None or a.lua:
         return None
+    if a.retry.num_retries and (not a.retry.triggers <= _CONNECTION_TRIGGERS or a.retry.status_codes):
+        return None  # retries on response statuses: the Python lane
     if len(a.backends) != 1:
         return None
     wc = a.backends[0]
@@ -71,6 +76,9 @@ def fast_route(action: RouteAction | None, clusters: dict[str, Cluster], conf: A
         int(cluster.config.max_requests),
         cluster.config.passive is not None,
         conf,  # the listener's ClientTrafficPolicy settings (client IP detection, for the log)
+        a.compression,  # content-codings offered, in the policy's order (the encoder is Python's)
+        a.retry.num_retries,
+        float(a.retry.backoff_base),
     )
 
 
@@ -161,6 +169,21 @@ class Hooks:
             return
         set_nodelay(transport)
         conn.connected(up)
+
+    def compression(
+        self, tokens: tuple[bytes, ...], accept: bytes, status: int, headers: list[tuple[bytes, bytes]], length: int | None,
+    ) -> tuple[Encoder, list[tuple[bytes, bytes]]] | None:
+        """Whether a response gets compressed, decided as the Python lane decides it: an encoder
+        and the response's new header list, or None."""
+        token = accepted(accept, tokens)
+        if token is None or not compressible(status, headers, length):
+            return None
+        out = [h for h in headers if h[0] != b"etag"] + [(b"content-encoding", token), (b"vary", b"accept-encoding")]
+        return Encoder(token), out
+
+    def later(self, conn: Any, delay: float, seq: int) -> None:
+        """A retry after its backoff."""
+        self.dp.loop.call_later(delay, conn.retry, seq)
 
     def finished(
         self, conn: Any, route: tuple[Any, ...], ep: Any, status: int, bytes_in: int, bytes_out: int, duration: float, error: str | None,

@@ -12,7 +12,7 @@ processes) is read from /proc before and after. Reported: requests/s, p99,
 CPU µs per request, and homeplane/nginx ratios. Timings vary ±25 % run to run
 on a shared 2-core machine: compare within one run only.
 
-    python bench/gateway.py [--seconds 10] [--connections 50] [--workers 1]
+    python bench/gateway.py [--seconds 10] [--connections 50] [--workers 1] [--policy]
 """
 
 from __future__ import annotations
@@ -74,7 +74,21 @@ def nginx_conf(root: Path, listen: int, body: str | None = None, upstream: int |
     return conf
 
 
-def manifests(root: Path, backend_port: int) -> Path:
+# --policy: the gateway-wide BackendTrafficPolicy of the seed's home-ops layout (compression and
+# retries on reset), as most real gateways carry one; wrk sends no Accept-Encoding, so nothing
+# gets compressed: this measures what the policy costs on the request path.
+HOME_OPS_POLICY = """
+apiVersion: gateway.envoyproxy.io/v1alpha1
+kind: BackendTrafficPolicy
+metadata: {name: envoy, namespace: network}
+spec:
+  targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: bench}]
+  compressor: [{type: Brotli}, {type: Gzip}]
+  retry: {numRetries: 2, retryOn: {triggers: [reset]}}
+"""
+
+
+def manifests(root: Path, backend_port: int, policy: bool = False) -> Path:
     d = root / "manifests"
     d.mkdir()
     docs = [
@@ -120,6 +134,8 @@ def manifests(root: Path, backend_port: int) -> Path:
                 """
             )
         )
+    if policy:
+        docs.append(HOME_OPS_POLICY)
     (d / "all.yaml").write_text("\n---\n".join(docs))
     return d
 
@@ -129,6 +145,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--connections", type=int, default=50)
     ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--policy", action="store_true", help="load a home-ops style gateway-wide BackendTrafficPolicy")
     args = ap.parse_args()
     for tool in ("nginx", "wrk"):
         if shutil.which(tool) is None:
@@ -140,7 +157,7 @@ def main() -> None:
         procs.append(subprocess.Popen(["nginx", "-c", str(nginx_conf(root, backend, body="hello from the backend\\n"))]))
         wait_port("127.0.0.1", backend)
 
-        tree = manifests(root, backend)
+        tree = manifests(root, backend, args.policy)
 
         def homeplane(name: str, fast_lane: bool) -> tuple[subprocess.Popen, int]:
             port, admin = free_port(), free_port()
@@ -177,7 +194,8 @@ def main() -> None:
             "hp-python": measure(lambda: descendants(hpy.pid), f"http://127.0.0.1:{hpy_port}/api/items", args.seconds, args.connections, host),
             "py-floor": measure(lambda: descendants(fl.pid), f"http://127.0.0.1:{fl_port}/api/items", args.seconds, args.connections, host),
         }
-        print(f"HTTP/1.1 keep-alive, wrk -c{args.connections} -d{args.seconds}s, {ROUTES} HTTPRoutes, homeplane workers={args.workers}")
+        policy = ", gateway-wide BackendTrafficPolicy (compression, retries)" if args.policy else ""
+        print(f"HTTP/1.1 keep-alive, wrk -c{args.connections} -d{args.seconds}s, {ROUTES} HTTPRoutes{policy}, homeplane workers={args.workers}")
         print(f"{'proxy':<10} {'req/s':>10} {'p99 ms':>8} {'CPU µs/req':>11} {'errors':>7}")
         for name, r in results.items():
             errs = int(r["non2xx"] + r["socket_errors"])

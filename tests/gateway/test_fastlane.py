@@ -411,6 +411,8 @@ _odd = st.tuples(
     st.sampled_from([
         "app.test", "App.Test:80", "app.test.", "a.wild.test", "nowhere.test", "[::1]", "close", "keep-alive, x-a",
         "upgrade", "0", "1", "00", "chunked", "x\x01y", "trailing ", "10.0.0.1", "", "100-continue",
+        "+5", "-1", "1,1", "99999999999999999999", "app.test:", "app.test:abc", "APP.TEST", "app..test",
+        "gzip, chunked", "close, upgrade", "\tleading",
     ]),
 )
 _requests = st.builds(
@@ -435,7 +437,7 @@ def _statuses_and_seen(raw: bytes, head_first: bool) -> list[object]:
         return [raw.split(b"\r\n", 1)[0]]
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(raw=_requests)
 def test_fuzzed_requests_get_the_same_treatment_from_both_lanes(pair: tuple[Gateway, Gateway], raw: bytes) -> None:
     fast, slow = pair

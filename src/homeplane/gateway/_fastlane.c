@@ -1100,7 +1100,7 @@ static int conn_start(Conn *c) {
             break;
         case 'c':
             if (ieq(x->name, x->nlen, "content-length")) {
-                if (icl >= 0 || x->vlen > 15 || (x->vlen > 1 && x->value[0] == '0')) return -1;
+                if (icl >= 0 || x->vlen == 0 || x->vlen > 15 || (x->vlen > 1 && x->value[0] == '0')) return -1;
                 cl = 0;
                 for (Py_ssize_t k = 0; k < x->vlen; k++) {
                     if (x->value[k] < '0' || x->value[k] > '9') return -1;

@@ -77,12 +77,34 @@ def run_wrk(url: str, seconds: int, connections: int, threads: int = 1, host: st
     return parse_wrk(out)
 
 
-def measure(pids_fn, url: str, seconds: int, connections: int, host: str | None = None) -> dict[str, float]:
-    """wrk against url; CPU time of the proxy processes (µs per request) alongside."""
-    run_wrk(url, 2, connections, host=host)  # warm up: pools, caches
+def run_h2load(url: str, seconds: int, connections: int, host: str | None = None, streams: int = 10) -> dict[str, float]:
+    """HTTP/2 (h2c with prior knowledge for http:// URLs): h2load with ``streams`` concurrent
+    streams per connection. h2load reports no percentiles: p99_ms is the mean latency."""
+    cmd = ["h2load", "-D", str(seconds), "-c", str(connections), "-m", str(streams), url]
+    if host:
+        cmd[1:1] = ["-H", f":authority: {host}"]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored", out)
+    rps = float(re.search(r"finished in [\d.]+s, ([\d.]+) req/s", out).group(1))
+    mean = re.search(r"time for request:\s+\S+\s+\S+\s+([\d.]+)(us|ms|s)", out)
+    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+    codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
+    return {
+        "rps": rps,
+        "requests": int(done.group(1)) if done else 0,
+        "p99_ms": float(mean.group(1)) * scale[mean.group(2)] if mean else float("nan"),
+        "non2xx": sum(int(x) for x in codes.groups()[1:]) if codes else 0,
+        "socket_errors": int(done.group(3)) + int(done.group(4)) if done else 0,
+    }
+
+
+def measure(pids_fn, url: str, seconds: int, connections: int, host: str | None = None, h2: bool = False) -> dict[str, float]:
+    """wrk (or h2load) against url; CPU time of the proxy processes (µs per request) alongside."""
+    run = run_h2load if h2 else run_wrk
+    run(url, 2, connections, host=host)  # warm up: pools, caches
     pids = pids_fn()
     before = cpu_seconds(pids)
-    res = run_wrk(url, seconds, connections, host=host)
+    res = run(url, seconds, connections, host=host)
     used = cpu_seconds(pids) - before
     res["cpu_s"] = used
     res["cpu_us_per_req"] = used / res["requests"] * 1e6 if res["requests"] else float("nan")

@@ -12,7 +12,7 @@ processes) is read from /proc before and after. Reported: requests/s, p99,
 CPU µs per request, and homeplane/nginx ratios. Timings vary ±25 % run to run
 on a shared 2-core machine: compare within one run only.
 
-    python bench/gateway.py [--seconds 10] [--connections 50] [--workers 1] [--policy]
+    python bench/gateway.py [--seconds 10] [--connections 50] [--workers 1] [--policy] [--h2]
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from _common import descendants, free_port, measure, stop_all, wait_port  # noqa
 ROUTES = 12
 
 
-def nginx_conf(root: Path, listen: int, body: str | None = None, upstream: int | None = None) -> Path:
+def nginx_conf(root: Path, listen: int, body: str | None = None, upstream: int | None = None, h2: bool = False) -> Path:
     conf = root / f"nginx-{listen}.conf"
     if upstream is None:
         location = f'location / {{ return 200 "{body}"; }}'
@@ -64,7 +64,7 @@ def nginx_conf(root: Path, listen: int, body: str | None = None, upstream: int |
                 proxy_temp_path {root}/proxy-{listen};
                 {upstream_block}
                 server {{
-                    listen 127.0.0.1:{listen} reuseport;
+                    listen 127.0.0.1:{listen} reuseport{" http2" if h2 else ""};
                     {location}
                 }}
             }}
@@ -146,8 +146,9 @@ def main() -> None:
     ap.add_argument("--connections", type=int, default=50)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--policy", action="store_true", help="load a home-ops style gateway-wide BackendTrafficPolicy")
+    ap.add_argument("--h2", action="store_true", help="HTTP/2 clients (h2c, h2load -m 10) instead of HTTP/1.1")
     args = ap.parse_args()
-    for tool in ("nginx", "wrk"):
+    for tool in ("nginx", "h2load" if args.h2 else "wrk"):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} is needed (apt-get install nginx wrk)")
     root = Path(tempfile.mkdtemp(prefix="hp-bench-"))
@@ -178,7 +179,7 @@ def main() -> None:
         hpy, hpy_port = homeplane("homeplane-py", False)
 
         ng_port = free_port()
-        ng = subprocess.Popen(["nginx", "-c", str(nginx_conf(root, ng_port, upstream=backend))])
+        ng = subprocess.Popen(["nginx", "-c", str(nginx_conf(root, ng_port, upstream=backend, h2=args.h2))])
         procs.append(ng)
         wait_port("127.0.0.1", ng_port)
 
@@ -188,6 +189,19 @@ def main() -> None:
         wait_port("127.0.0.1", fl_port)
 
         host = f"app{ROUTES - 1}.bench.test"
+        if args.h2:
+            # HTTP/2 takes the Python lane in any case: homeplane against nginx only
+            results = {
+                "homeplane": measure(lambda: descendants(hp.pid), f"http://127.0.0.1:{hp_port}/api/items", args.seconds, args.connections, host, h2=True),
+                "nginx": measure(lambda: descendants(ng.pid), f"http://127.0.0.1:{ng_port}/api/items", args.seconds, args.connections, host, h2=True),
+            }
+            print(f"HTTP/2 (h2c), h2load -c{args.connections} -m10 -D{args.seconds}, {ROUTES} HTTPRoutes; latency column: mean, not p99")
+            print(f"{'proxy':<10} {'req/s':>10} {'mean ms':>8} {'CPU µs/req':>11} {'errors':>7}")
+            for name, r in results.items():
+                print(f"{name:<10} {r['rps']:>10.0f} {r['p99_ms']:>8.2f} {r['cpu_us_per_req']:>11.1f} {int(r['non2xx'] + r['socket_errors']):>7}")
+            h, n = results["homeplane"], results["nginx"]
+            print(f"ratio homeplane/nginx: req/s {h['rps'] / n['rps']:.2f}, CPU per request {h['cpu_us_per_req'] / n['cpu_us_per_req']:.2f}")
+            return
         results = {
             "homeplane": measure(lambda: descendants(hp.pid), f"http://127.0.0.1:{hp_port}/api/items", args.seconds, args.connections, host),
             "nginx": measure(lambda: descendants(ng.pid), f"http://127.0.0.1:{ng_port}/api/items", args.seconds, args.connections, host),

@@ -562,7 +562,7 @@ def oneshot_pair() -> Iterator[tuple[OneShot, Gateway, Gateway]]:
     b.close()
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(answer=_responses())
 def test_fuzzed_backend_answers_reach_the_client_the_same_from_both_lanes(
     oneshot_pair: tuple[OneShot, Gateway, Gateway], answer: bytes

@@ -587,8 +587,8 @@ class Exchange:
                 except ValueError:
                     length = None
             elif n in HOP_BY_HOP:
-                if n == b"connection":
-                    conn_tokens = tuple(t.strip().lower() for t in v.split(b","))
+                if n == b"connection":  # several Connection fields: their tokens add up
+                    conn_tokens += tuple(t.strip().lower() for t in v.split(b","))
             else:
                 out.append((n, v))
         if conn_tokens:

@@ -395,6 +395,8 @@ def test_access_log_lines_are_the_same_from_both_lanes(backend: Backend, caplog:
 
 
 # --- differential fuzzing: whatever the fast lane accepts, it must treat as the Python path does ---
+# (derandomized: the suite runs the same examples every time; explore with other seeds by hand,
+# e.g. a larger max_examples and derandomize=False, when either lane changes)
 
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
@@ -437,7 +439,7 @@ def _statuses_and_seen(raw: bytes, head_first: bool) -> list[object]:
         return [raw.split(b"\r\n", 1)[0]]
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(raw=_requests)
 def test_fuzzed_requests_get_the_same_treatment_from_both_lanes(pair: tuple[Gateway, Gateway], raw: bytes) -> None:
     fast, slow = pair
@@ -562,7 +564,7 @@ def oneshot_pair() -> Iterator[tuple[OneShot, Gateway, Gateway]]:
     b.close()
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=200, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(answer=_responses())
 def test_fuzzed_backend_answers_reach_the_client_the_same_from_both_lanes(
     oneshot_pair: tuple[OneShot, Gateway, Gateway], answer: bytes

@@ -201,7 +201,9 @@ def test_removing_a_backend_moves_only_its_flows(setup) -> None:
             moved += 1
         else:
             kept += x == y
-    assert moved > 0 and kept / (4000 - moved) > 0.99
+    # Maglev moves a few other flows too (bounded disruption, not none): over 60 random backend
+    # name sets the kept share was 0.985-1.0 (0.99 failed ~1 run in 40); a modulo hash keeps ~0.5
+    assert moved > 0 and kept / (4000 - moved) > 0.97
 
 
 def test_unhealthy_backend_is_skipped_and_drain(setup) -> None:

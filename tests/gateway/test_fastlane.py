@@ -226,32 +226,35 @@ class Scripted:
             self.connections += 1
             threading.Thread(target=self._serve, args=(c,), daemon=True).start()
 
+    @staticmethod
+    def _read_until(c: socket.socket, buf: bytes, enough) -> bytes | None:  # type: ignore[no-untyped-def]
+        """More bytes until ``enough(buf)``; None when the connection ends first."""
+        while not enough(buf):
+            try:
+                d = c.recv(65536)
+            except OSError:
+                return None
+            if not d:
+                return None
+            buf += d
+        return buf
+
     def _serve(self, c: socket.socket) -> None:
-        buf = b""
+        buf: bytes | None = b""
         n = 0
         with c:
             while True:
-                while b"\r\n\r\n" not in buf:
-                    try:
-                        d = c.recv(65536)
-                    except OSError:
-                        return
-                    if not d:
-                        return
-                    buf += d
+                buf = self._read_until(c, buf or b"", lambda b: b"\r\n\r\n" in b)
+                if buf is None:
+                    return
                 head, _, buf = buf.partition(b"\r\n\r\n")
                 n += 1
                 path = head.split(b" ")[1].decode()
                 length = next((int(line.split(b":")[1]) for line in head.lower().split(b"\r\n") if line.startswith(b"content-length:")), 0)
                 if path != "/early":
-                    while len(buf) < length:
-                        try:
-                            d = c.recv(65536)
-                        except OSError:
-                            return
-                        if not d:
-                            return
-                        buf += d
+                    buf = self._read_until(c, buf, lambda b: len(b) >= length)
+                    if buf is None:
+                        return
                     body, buf = buf[:length], buf[length:]
                     self.bodies.append((n, body))
                 answer = self.answers[path](n)

@@ -146,11 +146,9 @@ def get(
         if output == "json":
             typer.echo(json.dumps(payload, indent=2, default=str))
         else:
-            from ruamel.yaml import YAML
+            from homeplane.api.yamlio import dump
 
-            y = YAML()
-            y.default_flow_style = False
-            y.dump(payload, sys.stdout)
+            sys.stdout.write(dump(payload))
         return
     if output not in ("table", "wide"):
         _fail("--output must be table, wide, yaml or json")
@@ -195,6 +193,18 @@ def run(
     dns_gateway: list[str] = typer.Option([], "--dns-gateway", help="Gateways feeding the gateway zone (NAMESPACE/NAME; default all)."),
     dns_upstream: list[str] = typer.Option([], "--dns-upstream", help="Forward other names to HOST[:PORT] (default: /etc/resolv.conf)."),
     cluster_domain: Optional[str] = typer.Option(None, "--cluster-domain", help="Cluster DNS zone (default cluster.local)."),
+    dns_recursion: list[str] = typer.Option(
+        [], "--dns-allow-recursion", help="Clients (CIDR, repeatable) whose other names are forwarded; default loopback and "
+        "private ranges, so the server is not an open resolver (0.0.0.0/0 and ::/0 open it)."
+    ),
+    dns_rrl: Optional[float] = typer.Option(
+        None, "--dns-rrl", help="Response rate limit per client network and answer, per second (BIND's RRL; 0 off). "
+        "Default 10, for clients outside loopback and private ranges."
+    ),
+    max_memory: Optional[str] = typer.Option(
+        None, "--max-memory", help="Memory budget (e.g. 512Mi): near it idle connections are shed and new ones refused, "
+        "at 98%% new requests get 503. Default: 80%% of the cgroup's limit, if any."
+    ),
     l4: str = typer.Option(
         "off", "--l4", help="Service load balancing: off, userspace (TCP/UDP proxies), or nftables (kernel DNAT; root)."
     ),
@@ -227,6 +237,8 @@ def run(
     except ValueError as e:
         _fail(f"--service-cidr: {e}")
     inputs = dataclasses.replace(inputs, service_cidr=service_cidr)
+    import ipaddress
+
     if l4 not in ("off", "userspace", "nftables"):
         _fail("--l4 must be off, userspace or nftables")
     if l4 == "nftables" and os.geteuid() != 0:
@@ -260,9 +272,22 @@ def run(
     except ImportError:
         pass
 
+    try:
+        from homeplane.api.units import parse_quantity
+        from homeplane.gateway.server import cgroup_memory_limit
+
+        limit = cgroup_memory_limit()
+        budget = parse_quantity(max_memory) if max_memory else (int(limit * 0.8) if limit else None)
+        recursion = [ipaddress.ip_network(c, strict=False) for c in dns_recursion]
+    except ValueError as e:
+        _fail(f"{e}")
+        return
+    if dns_rrl is not None and dns_rrl < 0:
+        _fail("--dns-rrl must be 0 (off) or more")
+
     async def main_async() -> None:
         rt = Runtime(inputs, store, admin_host=host, admin_port=int(port))
-        settings = Settings(access_log=access_log, reuse_port=workers > 1)
+        settings = Settings(access_log=access_log, reuse_port=workers > 1, max_memory=budget)
         dp = DataPlane(settings, BindPlan(pmap, gw_addrs, bind_address, loopback_allocator(store)))
         rt.subscribe(dp.apply)
         rt.on_start.append(dp.start)
@@ -302,7 +327,7 @@ def run(
                 listen = [parse_host_port(d, "--dns", pmap) for d in dns]
             except ValueError as e:
                 _fail(str(e))
-            svc = DNSService(listen, dns_domain, dns_gateway, dns_upstream, cluster_domain, dp)
+            svc = DNSService(listen, dns_domain, dns_gateway, dns_upstream, cluster_domain, dp, tuple(recursion), dns_rrl)
             rt.subscribe(svc.apply)
             rt.on_start.append(svc.start)
             rt.on_stop.append(svc.close)

@@ -146,10 +146,12 @@ def _load_chunk(chunk: Chunk, filename: str, options: LoadOptions, result: LoadR
     try:
         doc = parse_chunk(chunk)
     except YamlSyntaxError as e:
-        diags.error(str(e), line=e.line, code="YAMLSyntax", **where)
+        diags.error(str(e), line=e.line, code=e.code, **where)
         return
     if doc is None:
         return
+    for line, message in doc.warnings:
+        diags.warning(message, line=line, code="DuplicateKey", **where)
     data = doc.data
     if not isinstance(data, dict):
         diags.error(

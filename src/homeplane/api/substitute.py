@@ -75,25 +75,32 @@ class _Parser:
         out: list[Node] = []
         buf: list[str] = []
         s = self.s
-        while self.i < len(s):
-            c = s[self.i]
-            if c == "$":
-                nxt = self.peek(1)
-                if nxt == "$":  # escape: "$$" is a literal "$"
-                    buf.append("$")
-                    self.i += 2
-                    continue
-                if nxt == "{":
-                    if buf:
-                        out.append(Text("".join(buf)))
-                        buf = []
-                    self.i += 2
-                    out.append(self.parse_expr(self.i - 2))
-                    continue
-            buf.append(c)
+        n = len(s)
+        while self.i < n:
+            j = s.find("$", self.i)
+            if j < 0:
+                buf.append(s[self.i :])
+                self.i = n
+                break
+            buf.append(s[self.i : j])
+            self.i = j
+            nxt = self.peek(1)
+            if nxt == "$":  # escape: "$$" is a literal "$"
+                buf.append("$")
+                self.i += 2
+                continue
+            if nxt == "{":
+                if buf:
+                    out.append(Text("".join(buf)))
+                    buf = []
+                self.i += 2
+                out.append(self.parse_expr(self.i - 2))
+                continue
+            buf.append("$")
             self.i += 1
-        if buf:
-            out.append(Text("".join(buf)))
+        text = "".join(buf)
+        if text:
+            out.append(Text(text))
         return tuple(out)
 
     def _name(self, start: int) -> str:

@@ -20,10 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ruamel.yaml import YAML
-
 from homeplane.api.diagnostics import Diagnostics
 from homeplane.api.substitute import SUBSTITUTE_ANNOTATION, SubstitutionError, substitute
+from homeplane.api.yamlio import YamlSyntaxError, dump, load
 from homeplane.importer.docs import Doc, is_flux_kustomization
 from homeplane.importer.kustomize import Builder
 
@@ -33,21 +32,6 @@ class FluxResult:
     objects: list[Doc] = field(default_factory=list)
     kustomizations: dict[tuple[str, str], Doc] = field(default_factory=dict)
     order: list[tuple[str, str]] = field(default_factory=list)
-
-
-def _dump(data: Any) -> str:
-    import io
-
-    y = YAML(typ="safe", pure=True)
-    y.width = 1 << 30
-    y.default_flow_style = False
-    buf = io.StringIO()
-    y.dump(data, buf)
-    return buf.getvalue()
-
-
-def _load(text: str) -> Any:
-    return YAML(typ="safe", pure=True).load(text)
 
 
 def _disabled(d: Doc) -> bool:
@@ -62,7 +46,7 @@ def substitute_doc(d: Doc, variables: dict[str, str], diags: Diagnostics, owner:
     """Flux post-build substitution on one object: serialise, substitute, parse back."""
     if _disabled(d):
         return
-    text = _dump(d.data)
+    text = dump(d.data)
     if "${" not in text:
         return
     try:
@@ -76,8 +60,8 @@ def substitute_doc(d: Doc, variables: dict[str, str], diags: Diagnostics, owner:
     for var in exp.missing:
         missing.setdefault(var, f"{d.file}:{d.line}")
     try:
-        data = _load(exp.text)
-    except Exception as e:  # a value that breaks YAML after substitution
+        data = load(exp.text)
+    except YamlSyntaxError as e:  # a value that breaks YAML after substitution
         diags.error(
             f"Kustomization {owner}: {d.kind}/{d.name} is not valid YAML after substitution: {e}",
             file=d.file, line=d.line, document=d.document, code="SubstitutionFailed",

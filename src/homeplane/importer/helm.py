@@ -9,7 +9,7 @@ import copy
 import re
 from typing import Any
 
-from ruamel.yaml import YAML
+from homeplane.api.yamlio import load
 
 _TEMPLATE = re.compile(r"\{\{-?\s*(.*?)\s*-?\}\}")
 
@@ -32,7 +32,7 @@ def merge_values(base: Any, override: Any) -> Any:
 
 
 def parse_values(text: str) -> Any:
-    return YAML(typ="safe", pure=True).load(text)
+    return load(text)
 
 
 def render_tpl(value: Any, release: str, namespace: str, values: dict[str, Any], chart: str = "app-template") -> Any:

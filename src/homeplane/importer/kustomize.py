@@ -26,7 +26,7 @@ from typing import Any
 from homeplane.api import registry
 from homeplane.api.diagnostics import Diagnostics
 from homeplane.api.variables import VariablesError, parse_dotenv
-from homeplane.api.yamlio import YamlSyntaxError, parse_chunk, split_documents
+from homeplane.api.yamlio import YamlSyntaxError, load_all, parse_chunk, split_documents
 from homeplane.importer.docs import Doc, is_kustomize_file
 from homeplane.importer.patches import PatchError, json6902, strategic_merge, target_matches
 
@@ -89,10 +89,12 @@ class Builder:
             try:
                 doc = parse_chunk(chunk)
             except YamlSyntaxError as e:
-                self.diags.error(str(e), file=name, line=e.line, document=chunk.index, code="YAMLSyntax")
+                self.diags.error(str(e), file=name, line=e.line, document=chunk.index, code=e.code)
                 continue
             if doc is None:
                 continue
+            for line, message in doc.warnings:
+                self.diags.warning(message, file=name, line=line, document=chunk.index, code="DuplicateKey")
             if not isinstance(doc.data, dict):
                 self.diags.error("document is not a Kubernetes object", file=name, line=doc.line, document=chunk.index, code="NotAnObject")
                 continue
@@ -312,16 +314,13 @@ def apply_patches(spec: dict[str, Any], d: Path | None, docs: list[Doc], builder
 def _parse_patch(body: Any) -> list[Any]:
     if isinstance(body, (dict, list)):
         return [body]
-    from ruamel.yaml import YAML
-
-    y = YAML(typ="safe", pure=True)
-    return [x for x in y.load_all(str(body)) if x is not None]
+    return [x for x in load_all(str(body)) if x is not None]
 
 
 def _apply_one(body: Any, target: dict[str, Any] | None, docs: list[Doc], diags: Diagnostics | None, owner: Doc) -> list[Doc]:
     try:
         parsed = _parse_patch(body)
-    except Exception as e:  # ruamel raises several error types
+    except YamlSyntaxError as e:
         if diags:
             diags.error(f"patch is not valid YAML: {e}", file=owner.file, code="InvalidPatch")
         return docs

@@ -99,6 +99,39 @@ static void init_tchar(void) {
     for (const char *p = extra; *p; p++) TCHAR[(unsigned char)*p] = 1;
 }
 
+/* Bytes a path may hold as they are, and bytes of a valid Host value: the same sets as
+ * gateway/paths.py (_PATH_SAFE) and router.valid_host; exported as PATH_SAFE and HOST_SAFE and
+ * compared with the Python side by the tests. */
+static const char PATH_SAFE_CHARS[] =
+    "!$%&'()*+,-./0123456789:;=?@ABCDEFGHIJKLMNOPQRSTUVWXYZ[]_abcdefghijklmnopqrstuvwxyz~";
+static const char HOST_SAFE_CHARS[] =
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~!$&'()*+,;=%:";
+static unsigned char PATH_SAFE[256], HOST_SAFE[256];
+
+static void init_sets(void) {
+    for (const char *p = PATH_SAFE_CHARS; *p; p++) PATH_SAFE[(unsigned char)*p] = 1;
+    for (const char *p = HOST_SAFE_CHARS; *p; p++) HOST_SAFE[(unsigned char)*p] = 1;
+}
+
+/* gateway/paths.is_canonical: a path normalisation would leave as it is under any settings
+ * (no escapes, backslashes, empty or dot segments, only safe bytes). Others go to Python. */
+static int path_is_canonical(const char *p, Py_ssize_t n) {
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)p[i];
+        if (!PATH_SAFE[c] || c == '%') return 0;
+        if (c == '/' && i + 1 < n) {
+            if (p[i + 1] == '/') return 0;
+            if (p[i + 1] == '.') {
+                Py_ssize_t j = i + 2;
+                if (j == n || p[j] == '/' || p[j] == ';' ||
+                    (p[j] == '.' && (j + 1 == n || p[j + 1] == '/' || p[j + 1] == ';')))
+                    return 0;
+            }
+        }
+    }
+    return 1;
+}
+
 static const char *find_crlfcrlf(const char *p, Py_ssize_t n) {
     if (n < 4) return NULL;
     const char *end = p + n - 3;
@@ -1068,6 +1101,7 @@ static int conn_start(Conn *c) {
         for (Py_ssize_t i = 0; i < n; i++) {
             unsigned char ch = (unsigned char)p[i];
             if ((ch < 0x20 && ch != '\r' && ch != '\n' && ch != '\t') || ch >= 0x7f) return -1;  /* not a plain head */
+            if (ch == '\n' && (i == 0 || p[i - 1] != '\r')) return -1;  /* bare LF: llhttp answers it at once */
         }
         return 0;
     }
@@ -1136,11 +1170,14 @@ static int conn_start(Conn *c) {
     const char *hv = f[ihost].value;
     Py_ssize_t hn = f[ihost].vlen;
     if (hn == 0 || hv[0] == '[') return -1;
+    for (Py_ssize_t i = 0; i < hn; i++)
+        if (!HOST_SAFE[(unsigned char)hv[i]]) return -1;  /* Python answers 400 */
     for (Py_ssize_t i = hn - 1; i >= 0; i--) {
         if (hv[i] == ':') {
             int digits = i < hn - 1;
             for (Py_ssize_t j = i + 1; j < hn; j++) if (hv[j] < '0' || hv[j] > '9') digits = 0;
             if (digits) hn = i;
+            else if (i < hn - 1) return -1;  /* a port that is not a number: Python answers 400 */
             break;
         }
     }
@@ -1150,6 +1187,7 @@ static int conn_start(Conn *c) {
     if (!host) { PyErr_Clear(); return -1; }
     const char *q = memchr(t, '?', te - t);
     Py_ssize_t plen = q ? q - t : te - t;
+    if (!path_is_canonical(t, plen)) { Py_DECREF(host); return -1; }  /* normalised in Python */
     PyObject *route = lookup(c, host, t, plen);
     if (!route) { Py_DECREF(host); return -1; }
     PyObject *cluster = PyTuple_GET_ITEM(route, 1);
@@ -1633,7 +1671,12 @@ static PyObject *Conn_get_state(Conn *c, void *unused) {
     return PyUnicode_FromString(names[c->state]);
 }
 
+static PyObject *Conn_idle(Conn *c, PyObject *unused) {
+    return PyBool_FromLong(c->state == ST_IDLE && c->in.len == 0);
+}
+
 static PyMethodDef Conn_methods[] = {
+    {"idle", (PyCFunction)Conn_idle, METH_NOARGS, "A keep-alive connection between requests (overload sheds these)."},
     {"connection_made", (PyCFunction)Conn_connection_made, METH_O, NULL},
     {"data_received", (PyCFunction)Conn_data_received, METH_O, NULL},
     {"eof_received", (PyCFunction)Conn_eof_received, METH_NOARGS, NULL},
@@ -1701,10 +1744,19 @@ static PyMethodDef module_methods[] = {
 
 static struct PyModuleDef moduledef = {PyModuleDef_HEAD_INIT, "_fastlane", "HTTP/1.1 fast lane (see _fastlane.c).", -1, module_methods};
 
+static int add_bytes(PyObject *m, const char *name, const char *value) {
+    PyObject *b = PyBytes_FromString(value);
+    if (!b) return -1;
+    int r = PyModule_AddObjectRef(m, name, b);
+    Py_DECREF(b);
+    return r;
+}
+
 #define INTERN(var, s) if (!(var = PyUnicode_InternFromString(s))) return NULL
 
 PyMODINIT_FUNC PyInit__fastlane(void) {
     init_tchar();
+    init_sets();
     id_block();
     srand((unsigned)id_n);  /* retry backoff jitter */
     INTERN(s_write, "write"); INTERN(s_close, "close"); INTERN(s_abort, "abort");
@@ -1718,7 +1770,8 @@ PyMODINIT_FUNC PyInit__fastlane(void) {
     if (!m) return NULL;
     Py_INCREF(&UpType);
     Py_INCREF(&ConnType);
-    if (PyModule_AddObject(m, "Upstream", (PyObject *)&UpType) < 0 || PyModule_AddObject(m, "Http1Fast", (PyObject *)&ConnType) < 0) {
+    if (PyModule_AddObject(m, "Upstream", (PyObject *)&UpType) < 0 || PyModule_AddObject(m, "Http1Fast", (PyObject *)&ConnType) < 0 ||
+        add_bytes(m, "PATH_SAFE", PATH_SAFE_CHARS) < 0 || add_bytes(m, "HOST_SAFE", HOST_SAFE_CHARS) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -27,7 +27,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 from homeplane.gateway.compression import Encoder, accepted, compressible
 from homeplane.gateway.filters import CompiledHeaderOps, redirect_location, replace_path
 from homeplane.gateway.headers import HOP_BY_HOP, RequestInfo, detect_client_ip, request_id
-from homeplane.gateway.router import normalize_host
+from homeplane.gateway.paths import DEFAULT as DEFAULT_PATH
+from homeplane.gateway.paths import Verdict, is_canonical, normalize
+from homeplane.gateway.router import normalize_host, valid_host
 from homeplane.gateway.upstream import UpstreamConnection, connect
 from homeplane.translate import snapshot as ir
 
@@ -221,37 +223,69 @@ class Exchange:
     # --- start: route and decide ----------------------------------------------------
 
     def start(self) -> None:
+        if self.dp.overload.refuse_requests:
+            self.error = "overload: memory"
+            self.respond_simple(503, b"envoy overloaded\n")  # Envoy's stop_accepting_requests answer
+            return
         target = self.target
         q = target.find(b"?")
         if q >= 0:
             self.path, self.query = target[:q], target[q + 1 :]
         else:
             self.path = target
-        host_raw = b""
         hmap: dict[bytes, bytes] = {}
+        hosts = 0
         for n, v in self.headers:
             if n in hmap:
                 hmap[n] = hmap[n] + b"," + v
             else:
                 hmap[n] = v
+            if n == b"host":
+                hosts += 1
+        if hosts > 1:
+            self.respond_simple(400, b"more than one Host header\n")  # RFC 9112 §3.2
+            return
         host_raw = hmap.get(b"host", b"")
         if self.path[:1] != b"/":
             if self.path == b"*" and self.method == b"OPTIONS":
                 self.path = b"*"
             elif b"://" in self.path:
-                # absolute-form request target: the authority in it wins over Host
-                rest = self.path.split(b"://", 1)[1]
+                # absolute-form: the target's authority wins over Host and is what the backend
+                # sees (RFC 9112 §3.2.2)
+                scheme, _, rest = self.path.partition(b"://")
                 slash = rest.find(b"/")
                 host_raw = rest if slash < 0 else rest[:slash]
                 self.path = b"/" if slash < 0 else rest[slash:]
+                if scheme.lower() not in (b"http", b"https") or not host_raw:
+                    self.respond_simple(400, b"invalid request target\n")
+                    return
+                self.headers = [h for h in self.headers if h[0] != b"host"] + [(b"host", host_raw)]
+                hmap[b"host"] = host_raw
+                self.target = self.path + (b"?" + self.query if q >= 0 else b"")
             else:
                 self.respond_simple(400, b"invalid request target\n")
                 return
         if not host_raw:
             self.respond_simple(400, b"missing Host header\n")
             return
+        if not valid_host(host_raw):
+            self.respond_simple(400, b"invalid Host header\n")
+            return
         self.host = normalize_host(host_raw)
-        lt, m = self.table.route(self.host, self.method, self.path, hmap, self.query, self.listener)
+        lt = self.listener or self.table.listener_for(self.host)
+        if self.path[:1] == b"/" and not is_canonical(self.path):
+            conf = lt.conf if lt is not None else None
+            path, verdict = normalize(self.path, conf.path if conf is not None else DEFAULT_PATH)
+            if verdict == Verdict.REJECT:
+                self.respond_simple(400, b"invalid request path\n")
+                return
+            self.path = path
+            self.target = path + (b"?" + self.query if q >= 0 else b"")
+            if verdict == Verdict.REDIRECT:
+                # Envoy's UNESCAPE_AND_REDIRECT: the client asks again for the decoded path
+                self.respond_simple(307, b"", [(b"location", self.target)])
+                return
+        lt, m = self.table.route(self.host, self.method, self.path, hmap, self.query, lt)
         if lt is not None:
             self.listener_conf = lt.conf
             self._detect_client(hmap)

@@ -145,7 +145,7 @@ class Hooks:
         if transport is None or transport.is_closing():
             return
         self.dp.connection_closed(conn)
-        proto = Http1Connection(self.server, client_override=conn.override)
+        proto = Http1Connection(self.server, client_override=conn.override, fresh=False)
         transport.set_protocol(proto)
         proto.connection_made(transport)
         if paused:

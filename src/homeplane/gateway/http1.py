@@ -27,6 +27,10 @@ MAX_URL = 16 * 1024
 MAX_HEADER_BYTES = 60 * 1024  # Envoy's default max_request_headers_kb
 MAX_HEADERS = 100  # Envoy's default max_headers_count
 MAX_QUEUED_BODY = 1024 * 1024  # pipelined requests waiting their turn
+# Bytes the parser may take in without handing anything over (a header line, a chunk-size line,
+# trailers still being read): llhttp keeps no limit of its own and httptools buffers a partial
+# header in full, so an endless line is cut off here, as the bytes arrive.
+MAX_UNPARSED = MAX_HEADER_BYTES + 8 * 1024
 
 
 class _TooLarge(Exception):
@@ -53,8 +57,9 @@ class _Pending:
 
 
 class Http1Connection(asyncio.Protocol):
-    def __init__(self, server: PortServer, client_override: tuple[str, int] | None = None):
+    def __init__(self, server: PortServer, client_override: tuple[str, int] | None = None, fresh: bool = True):
         self.server = server
+        self.fresh = fresh  # a new connection (False: handed over by the fast lane, already admitted)
         self.client_override = client_override  # the client's address from a PROXY protocol header
         self.dp = server.dp
         self.transport: asyncio.Transport | None = None
@@ -79,6 +84,8 @@ class Http1Connection(asyncio.Protocol):
         self.out: list[bytes] = []  # response bytes not yet written (coalesced into one write)
         self.out_bytes = 0
         self.failed: bytes | None = None  # a malformed pipelined request: answered 400 in its turn
+        self.progress = False  # the parser handed something over during the current feed
+        self.unparsed = 0  # bytes fed since it last did
 
     # --- asyncio.Protocol ---------------------------------------------------------------
 
@@ -98,7 +105,8 @@ class Http1Connection(asyncio.Protocol):
         if tls is not None and tls.selected_alpn_protocol() == "h2":
             self._switch_to_h2(b"")
             return
-        self.dp.connection_opened(self)
+        self.dp.connection_opened(self, self.fresh)
+        self.fresh = False
         self.deadline = time.monotonic() + self.dp.settings.request_headers_timeout
 
     def _switch_to_h2(self, data: bytes) -> None:
@@ -108,7 +116,7 @@ class Http1Connection(asyncio.Protocol):
         self.upgraded = True
         self.closed = True
         self.dp.connection_closed(self)
-        h2c = H2Connection(self.server, self.info)
+        h2c = H2Connection(self.server, self.info, fresh=self.fresh)
         t = self.transport
         assert t is not None
         t.set_protocol(h2c)
@@ -128,8 +136,16 @@ class Http1Connection(asyncio.Protocol):
             else:
                 self.tunnel_buffer.append(data)
             return
+        self.progress = False
         try:
             self.parser.feed_data(data)
+            if self.progress:
+                self.unparsed = 0
+            else:
+                self.unparsed += len(data)
+                if self.unparsed > MAX_UNPARSED:
+                    self._fail(431 if not self.parsing.ready else 400)
+                    return
         except httptools.HttpParserUpgrade as e:
             offset = e.args[0] if e.args and isinstance(e.args[0], int) else len(data)
             self.upgraded = True
@@ -182,12 +198,14 @@ class Http1Connection(asyncio.Protocol):
 
     def on_url(self, url: bytes) -> None:
         p = self.parsing
+        self.progress = True
         p.url += url
         if len(p.url) > MAX_URL:
             raise _TooLarge(414)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         p = self.parsing
+        self.progress = True
         self.header_bytes += len(name) + len(value) + 4
         if self.header_bytes > MAX_HEADER_BYTES or len(p.headers) >= MAX_HEADERS:
             raise _TooLarge(431)
@@ -195,6 +213,7 @@ class Http1Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         p = self.parsing
+        self.progress = True
         p.ready = True
         parser = self.parser
         p.method = parser.get_method()
@@ -212,6 +231,7 @@ class Http1Connection(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         p = self.parsing
+        self.progress = True
         ex = p.exchange
         if ex is not None:
             if ex is self.current or ex is self.tunnel:
@@ -223,6 +243,7 @@ class Http1Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         p = self.parsing
+        self.progress = True
         p.complete = True
         ex = p.exchange
         if ex is not None and ex is self.current:
@@ -412,6 +433,10 @@ class Http1Connection(asyncio.Protocol):
         self.dp.count_protocol_error(status)
         t.close()
         self.closed = True
+
+    def idle(self) -> bool:
+        """Between requests on a keep-alive connection (what overload sheds first)."""
+        return self.current is None and self.tunnel is None and not self.queue and not self.upgraded
 
     def check_deadline(self, now: float) -> None:
         if self.deadline and now >= self.deadline and self.current is None and self.tunnel is None:

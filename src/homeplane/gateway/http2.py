@@ -31,9 +31,10 @@ _FORBIDDEN = {b"connection", b"keep-alive", b"proxy-connection", b"transfer-enco
 class H2Stream:
     """Sink for one stream's exchange."""
 
-    __slots__ = ("conn", "stream_id", "exchange", "pending", "pending_bytes", "end_pending", "closed", "paused")
+    __slots__ = ("conn", "stream_id", "exchange", "pending", "pending_bytes", "end_pending", "closed", "paused", "opened")
 
-    def __init__(self, conn: H2Connection, stream_id: int):
+    def __init__(self, conn: H2Connection, stream_id: int, opened: float = 0.0):
+        self.opened = opened
         self.conn = conn
         self.stream_id = stream_id
         self.exchange: Exchange | None = None
@@ -149,10 +150,18 @@ DEFAULT_MAX_STREAMS = 100
 DEFAULT_STREAM_WINDOW = 1024 * 1024
 DEFAULT_CONNECTION_WINDOW = 16 * 1024 * 1024
 
+# Rapid reset (CVE-2023-44487), counted as Envoy counts it: a stream the client resets within
+# a second of opening it, before any response, is premature. Once 500 streams have ended, half
+# of them premature ends the connection; before that, 250 premature resets do.
+PREMATURE_LIFETIME = 1.0
+PREMATURE_MIN_STREAMS = 500
+PREMATURE_ABSOLUTE = PREMATURE_MIN_STREAMS // 2
+
 
 class H2Connection(asyncio.Protocol):
-    def __init__(self, server: PortServer, info: ConnInfo | None = None):
+    def __init__(self, server: PortServer, info: ConnInfo | None = None, fresh: bool = True):
         self.server = server
+        self.fresh = fresh
         self.dp = server.dp
         self.transport: asyncio.Transport | None = None
         self.h2 = h2.connection.H2Connection(
@@ -165,6 +174,8 @@ class H2Connection(asyncio.Protocol):
         self.current = None  # the sweep checks exchanges through exchanges()
         self.closed = False
         self._head_streams: set[int] = set()
+        self.streams_ended = 0
+        self.premature_resets = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -197,7 +208,7 @@ class H2Connection(asyncio.Protocol):
         self.h2.initiate_connection()
         if conn_window > 65535:  # the protocol's initial connection window
             self.h2.increment_flow_control_window(conn_window - 65535)
-        self.dp.connection_opened(self)
+        self.dp.connection_opened(self, self.fresh)
         self.deadline = time.monotonic() + self.dp.settings.idle_timeout
         self.flush()
 
@@ -234,8 +245,13 @@ class H2Connection(asyncio.Protocol):
                 s = self.streams.pop(ev.stream_id, None)
                 if s is not None:
                     s.closed = True
+                    self.streams_ended += 1
                     if s.exchange is not None:
+                        if not s.exchange.status and time.monotonic() - s.opened <= PREMATURE_LIFETIME:
+                            self.premature_resets += 1
                         s.exchange.client_gone()
+                    if self._too_many_resets():
+                        return
             elif isinstance(ev, h2.events.WindowUpdated):
                 targets = self.streams.values() if ev.stream_id == 0 else [self.streams.get(ev.stream_id)]
                 for s in list(targets):
@@ -266,7 +282,7 @@ class H2Connection(asyncio.Protocol):
                 headers.append((n, v))
         if authority and not any(h[0] == b"host" for h in headers):
             headers.insert(0, (b"host", authority))
-        stream = H2Stream(self, ev.stream_id)
+        stream = H2Stream(self, ev.stream_id, time.monotonic())
         self.streams[ev.stream_id] = stream
         if method == b"HEAD":
             self._head_streams.add(ev.stream_id)
@@ -282,8 +298,27 @@ class H2Connection(asyncio.Protocol):
         if ended and ex.state != 5:
             ex.end_body()
 
+    def _too_many_resets(self) -> bool:
+        """Rapid reset: GOAWAY with ENHANCE_YOUR_CALM and close (as nghttp2 and Go do)."""
+        n, bad = self.streams_ended, self.premature_resets
+        if bad < PREMATURE_ABSOLUTE and not (n >= PREMATURE_MIN_STREAMS and bad * 2 >= n):
+            return False
+        self.dp.log.warning("HTTP/2 client %s reset %d of %d streams prematurely: connection closed",
+                            self.info.client_ip if self.info else "?", bad, n)
+        self.h2.close_connection(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM, additional_data=b"too_many_premature_resets")
+        for s in list(self.streams.values()):
+            if s.exchange is not None:
+                s.exchange.client_gone()
+        self.streams.clear()
+        self.flush()
+        if self.transport is not None:
+            self.transport.close()
+        self.closed = True
+        return True
+
     def stream_done(self, stream: H2Stream) -> None:
-        self.streams.pop(stream.stream_id, None)
+        if self.streams.pop(stream.stream_id, None) is not None:
+            self.streams_ended += 1
         self._head_streams.discard(stream.stream_id)
 
     def flush(self) -> None:
@@ -308,6 +343,9 @@ class H2Connection(asyncio.Protocol):
         for s in self.streams.values():
             if s.exchange is not None and not s.paused:
                 s.exchange.downstream_resumed()
+
+    def idle(self) -> bool:
+        return not self.streams
 
     def check_deadline(self, now: float) -> None:
         if self.streams:

@@ -212,6 +212,15 @@ def parse_query(qs: bytes) -> dict[bytes, bytes]:
     return out
 
 
+# RFC 9110 §7.2: Host = uri-host [ ":" port ]; a reg-name, an IPv4 address or a bracketed IPv6 one
+_VALID_HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]+)(?::[0-9]*)?")
+
+
+def valid_host(raw: bytes) -> bool:
+    """A Host value a proxy may route on: no spaces, userinfo ("@") or other stray bytes."""
+    return _VALID_HOST.fullmatch(raw.strip(b" \t")) is not None
+
+
 def normalize_host(raw: bytes) -> bytes:
     """Host header -> lower-case name without port (IPv6 literals keep their brackets)."""
     h = raw.strip().lower()

@@ -35,6 +35,8 @@ from homeplane.gateway.health import run_checks
 from homeplane.gateway.http1 import Http1Connection
 from homeplane.gateway.http2 import DEFAULT_CONNECTION_WINDOW, DEFAULT_MAX_STREAMS, DEFAULT_STREAM_WINDOW
 from homeplane.gateway.late_tls import start_tls_after
+from homeplane.gateway.paths import DEFAULT as DEFAULT_PATH_SETTINGS
+from homeplane.gateway.paths import PathSettings
 from homeplane.gateway.lua import script as lua_script
 from homeplane.gateway.l4routes import GatewayL4, PassthroughTable, passthrough_listeners, spliced, wanted_listeners
 from homeplane.gateway.router import ListenerTable, PortTable, compile_gateway
@@ -51,7 +53,8 @@ class Settings:
     request_headers_timeout: float = 30.0  # a client must send its request head within this time
     idle_timeout: float = 3600.0  # Envoy's default HTTP idle timeout
     default_request_timeout: float | None = 15.0  # Envoy's default route timeout
-    max_connections: int = 10_000
+    max_connections: int = 10_000  # above it new connections are closed at once (overload)
+    max_memory: int | None = None  # bytes of RSS; see Overload
     access_log: bool = True
     reuse_port: bool = False
     fast_lane: bool = True  # simple HTTP/1.1 requests served by _fastlane.c when it is built
@@ -75,6 +78,7 @@ class ListenerConf:
     h2_connection_window: int = DEFAULT_CONNECTION_WINDOW
     connection_limit: int | None = None  # clientTrafficPolicy connection.connectionLimit.value
     buffer_limit: int | None = None  # connection.bufferLimit: request body kept for retries/mirrors
+    path: PathSettings = DEFAULT_PATH_SETTINGS  # path.escapedSlashesAction / disableMergeSlashes
 
 
 def listener_conf(ls: ir.Listener) -> ListenerConf:
@@ -90,6 +94,11 @@ def listener_conf(ls: ir.Listener) -> ListenerConf:
     if ct.timeout and ct.timeout.http and ct.timeout.http.idle_timeout:
         conf.idle_timeout = parse_duration(ct.timeout.http.idle_timeout) or None
     conf.proxy_protocol, conf.proxy_protocol_optional = proxyproto.wanted(ct)
+    if ct.path is not None:
+        conf.path = PathSettings(
+            ct.path.escaped_slashes_action or DEFAULT_PATH_SETTINGS.escaped_slashes,
+            not ct.path.disable_merge_slashes,
+        )
     if ct.http2 is not None:
         h = ct.http2
         try:
@@ -326,7 +335,7 @@ class PortServer:
                 self.ssl_ctx = make_context(c0, table.listeners[0].conf or ListenerConf(), self.dp.h2_enabled)
                 self.ssl_ctx.sni_callback = self._sni
         self.table = table
-        self.fast = compile_table(table, self.dp.clusters) if self.hooks is not None else None
+        self.fast = compile_table(table, self.dp.clusters) if self.hooks is not None and not self.dp.overload.refuse_requests else None
 
     def _sni(self, sslobj: Any, server_name: str | None, ctx: ssl.SSLContext) -> None:
         name = (server_name or "").lower()
@@ -500,6 +509,50 @@ def shadow_host(request: bytes) -> bytes:
     return request[:start] + name + b"-shadow" + sep + port + request[end:]
 
 
+def _rss() -> int:
+    """This process's resident memory in bytes (Linux; 0 elsewhere)."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def cgroup_memory_limit() -> int | None:
+    """The memory limit of this process's cgroup (v2), if there is one."""
+    try:
+        with open("/sys/fs/cgroup/memory.max") as f:
+            v = f.read().strip()
+    except OSError:
+        return None
+    return int(v) if v.isdigit() else None
+
+
+class Overload:
+    """Envoy's overload manager, reduced to what a home gateway needs. Above 95 % of the memory
+    budget idle keep-alive connections are shed and new connections refused; above 98 % new
+    requests are answered 503 (Envoy's ``stop_accepting_requests``, which Envoy Gateway turns
+    on at 0.98 of its heap budget) until memory is back under the first threshold. The
+    connection count has its own cap (``Settings.max_connections``)."""
+
+    SHED, STOP_REQUESTS = 0.95, 0.98
+
+    def __init__(self, budget: int | None):
+        self.budget = budget
+        self.pressure = 0.0
+        self.refuse_connections = False
+        self.refuse_requests = False
+
+    def update(self, rss: int) -> bool:
+        """New pressure from a reading; True when idle connections should be shed now."""
+        if not self.budget:
+            return False
+        self.pressure = rss / self.budget
+        self.refuse_connections = self.pressure >= self.SHED
+        self.refuse_requests = self.pressure >= self.STOP_REQUESTS
+        return self.refuse_connections
+
+
 class DataPlane:
     def __init__(self, settings: Settings | None = None, bind: BindPlan | None = None):
         self.settings = settings or Settings()
@@ -517,6 +570,8 @@ class DataPlane:
         self._health: dict[str, asyncio.Task[None]] = {}
         self.stats = {"requests": 0, "protocol_errors": 0, "streams": 0}
         self.l4 = GatewayL4(self)  # TCP and UDP listeners (TCPRoute, UDPRoute)
+        self.overload = Overload(self.settings.max_memory)
+        self.rss: Callable[[], int] = _rss  # the overload check's memory reading
 
     # --- snapshots ----------------------------------------------------------------------
 
@@ -684,14 +739,32 @@ class DataPlane:
                     while ep.fast_idle and now - ep.fast_idle[0].idle_since > 60:
                         ep.fast_idle.pop(0).close()
             self.l4.expire_udp(now)
+            self._check_overload()
+
+    def _check_overload(self) -> None:
+        was = self.overload.refuse_requests
+        if self.overload.update(self.rss()):
+            for c in list(self.connections):
+                if c.idle():
+                    c.transport.close()
+        if self.overload.refuse_requests != was:
+            # the fast lane reads its table per request: without one every request comes to
+            # the Python lane, which answers 503 while the pressure lasts
+            for srv in self.servers.values():
+                srv.fast = None if self.overload.refuse_requests else compile_table(srv.table, self.clusters) if srv.hooks else None
+            log.warning("memory overload %s (%.0f%% of %d bytes)", "on" if self.overload.refuse_requests else "over",
+                        self.overload.pressure * 100, self.overload.budget or 0)
 
     # --- hooks used by connections and exchanges --------------------------------------
 
-    def connection_opened(self, conn: Any) -> None:
+    def connection_opened(self, conn: Any, fresh: bool = True) -> None:
+        """A client connection starts (``fresh``) or moves to another protocol object."""
         self.connections.add(conn)
         srv = conn.server
         srv.conns.add(conn)
-        if len(self.connections) > self.settings.max_connections or (
+        if not fresh:
+            return
+        if self.overload.refuse_connections or len(self.connections) > self.settings.max_connections or (
             srv.connection_limit is not None and len(srv.conns) > srv.connection_limit
         ):
             conn.transport.close()

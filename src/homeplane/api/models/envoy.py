@@ -307,6 +307,11 @@ class ClientConnection(Model):
     socket_buffer_limit: LooseStr | None = None
 
 
+class PathSettings(Model):
+    escaped_slashes_action: Literal["KeepUnchanged", "RejectRequest", "UnescapeAndRedirect", "UnescapeAndForward"] | None = None
+    disable_merge_slashes: bool | None = None
+
+
 class ProxyProtocolSettings(Model):
     optional: bool | None = None
 
@@ -317,7 +322,7 @@ class ClientTrafficPolicySpec(PolicySpec):
     proxy_protocol: ProxyProtocolSettings | None = None
     client_ip_detection: ClientIPDetection | None = Field(default=None, alias="clientIPDetection")
     tls: ClientTLSSettings | None = None
-    path: dict | None = None
+    path: PathSettings | None = None
     headers: dict | None = None
     timeout: ClientTimeout | None = None
     connection: ClientConnection | None = None

@@ -57,6 +57,12 @@ def sockaddr(raw: bytes | memoryview) -> tuple[Any, ...]:
     return (socket.inet_ntop(socket.AF_INET, bytes(raw[4:8])), port)
 
 
+def packed(ip: str) -> bytes:
+    """An address's 4 or 16 bytes (the key MMsgBatch.client_key gives)."""
+    ip = ip.split("%", 1)[0]
+    return socket.inet_pton(socket.AF_INET6 if ":" in ip else socket.AF_INET, ip)
+
+
 class MMsgBatch:
     """One socket's receive and send arenas for recvmmsg/sendmmsg.
 
@@ -87,6 +93,7 @@ class MMsgBatch:
         riov64 = memoryview(riov).cast("B").cast("Q")
         # every sender on this socket has an address of the socket's family: one length for all
         namelen = 28 if sock.family == socket.AF_INET6 else 16
+        self._ipv6 = sock.family == socket.AF_INET6
         for i in range(batch):
             name = ctypes.addressof(names) + i * _NAME
             # receive slot i: its own name, one iovec onto its own SLOT of the arena
@@ -122,6 +129,13 @@ class MMsgBatch:
 
     def address(self, i: int) -> tuple[Any, ...]:
         return sockaddr(self._names[i * _NAME : (i + 1) * _NAME])
+
+    def client_key(self, i: int) -> bytes:
+        """The sender's address bytes without its port: a cheap key for per-client state."""
+        at = i * _NAME
+        if self._ipv6:
+            return bytes(self._names[at + 8 : at + 24])
+        return bytes(self._names[at + 4 : at + 8])
 
     def queue(self, i: int, data: bytes) -> None:
         """Answer datagram i (sent by the next flush)."""
@@ -177,6 +191,9 @@ class SimpleBatch:
 
     def address(self, i: int) -> tuple[Any, ...]:
         return self._got[i][1]
+
+    def client_key(self, i: int) -> bytes:
+        return packed(self._got[i][1][0])
 
     def queue(self, i: int, data: bytes) -> None:
         self.send_to(data, self._got[i][1])

@@ -17,6 +17,8 @@ from typing import Any
 
 from homeplane.api.units import parse_duration
 from homeplane.dns import wire
+from homeplane.dns.acl import PRIVATE_NETS, AclError, Network, Rule, parse_rule
+from homeplane.dns.rrl import RRLConfig
 
 
 @dataclass
@@ -97,6 +99,12 @@ class DNSConfig:
     cache: CacheConfig = field(default_factory=CacheConfig)
     templates: list[TemplateRule] = field(default_factory=list)
     ignored_plugins: list[str] = field(default_factory=list)
+    acl: list[Rule] = field(default_factory=list)  # CoreDNS acl plugin blocks, in order
+    recursion: tuple[Network, ...] = PRIVATE_NETS  # who may have names forwarded
+    # response rate limiting: by default only for clients outside loopback and private ranges
+    rrl: RRLConfig = field(default_factory=lambda: RRLConfig(responses_per_second=10.0))
+    rrl_exempt_private: bool = True
+    problems: list[str] = field(default_factory=list)  # plugin settings that could not be read
 
 
 def resolv_conf_upstreams(path: str = "/etc/resolv.conf") -> list[str]:
@@ -195,6 +203,19 @@ def from_coredns_values(values: dict[str, Any], base: DNSConfig | None = None) -
                 elif line[0] == "authority" and len(line) > 1:
                     rule.authority = line[1]
             cfg.templates.append(rule)
+        elif name == "acl":
+            try:
+                cfg.acl.append(parse_rule(params, block))
+            except AclError as e:
+                # fail closed: an acl that cannot be read blocks its zones rather than opening them
+                cfg.problems.append(f"{e}; every query in its zones is blocked")
+                cfg.acl.append(parse_rule(params, [["block"]]))
+        elif name == "rrl":
+            try:
+                cfg.rrl = _rrl(block)
+                cfg.rrl_exempt_private = False
+            except ValueError as e:
+                cfg.problems.append(f"rrl: {e}")
         elif name in ("k8s_gateway", "k8s-gateway"):
             cfg.gateway_domains = [p.rstrip(".") for p in params]
             for line in block:
@@ -203,3 +224,33 @@ def from_coredns_values(values: dict[str, Any], base: DNSConfig | None = None) -
         elif name not in _UNSUPPORTED_OK:
             cfg.ignored_plugins.append(str(name))
     return cfg
+
+
+def _rrl(block: list[list[str]]) -> RRLConfig:
+    """CoreDNS's rrl plugin block (the names BIND uses)."""
+    c = RRLConfig()
+    for line in block:
+        if len(line) < 2:
+            raise ValueError(f"{line[0]} needs a value")
+        k, v = line[0], line[1]
+        if k == "responses-per-second":
+            c.responses_per_second = float(v)
+        elif k == "window":
+            c.window = float(v)
+        elif k == "slip-ratio":
+            c.slip = int(v)
+        elif k == "ipv4-prefix-length":
+            c.ipv4_prefix = int(v)
+        elif k == "ipv6-prefix-length":
+            c.ipv6_prefix = int(v)
+        elif k == "nxdomains-per-second":
+            c.nxdomains_per_second = float(v)
+        elif k == "errors-per-second":
+            c.errors_per_second = float(v)
+        elif k == "max-table-size":
+            c.max_table_size = int(v)
+        elif k not in ("nodata-per-second", "referrals-per-second", "requests-per-second", "report-only"):
+            raise ValueError(f"unknown setting {k!r}")
+    if not 0 <= c.ipv4_prefix <= 32 or not 0 <= c.ipv6_prefix <= 128 or c.slip < 0 or c.window <= 0:
+        raise ValueError("out-of-range setting")
+    return c

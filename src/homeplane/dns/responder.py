@@ -102,6 +102,10 @@ class Responder:
         if q.opcode != 0:
             self.stats.rcode(b"", wire.NOTIMP)
             return wire.error_response(data, wire.NOTIMP)
+        if q.edns_version > 0:
+            # RFC 6891 §6.1.3: a version we do not implement is answered BADVERS, version 0
+            self.stats.rcode(b"", wire.BADVERS)
+            return wire.reply(data, q, wire.BADVERS)
         d = self.data
         if self.template_any or q.qtype in self.template_types:
             for rule, ans in d.templates:

@@ -12,11 +12,14 @@ from typing import Any, Iterable, Mapping
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from homeplane.dns import wire
-from homeplane.dns.batchudp import MMsgBatch, SimpleBatch, open_batch
+from homeplane.dns.acl import ALLOW, BLOCK, DROP, FILTER, Acl, Client
+from homeplane.dns.batchudp import MMsgBatch, SimpleBatch, open_batch, packed
 from homeplane.dns.cache import Cache
 from homeplane.dns.config import DNSConfig
 from homeplane.dns.forward import Forwarder
 from homeplane.dns.responder import FORWARD, MEMO_LIMIT, Responder
+from homeplane.dns.rrl import DROP as RRL_DROP
+from homeplane.dns.rrl import SLIP, RateLimiter
 from homeplane.dns.zones import ZoneData, compile_zones
 from homeplane.translate.snapshot import Snapshot
 
@@ -31,6 +34,7 @@ class DNSServer:
         self.cache = Cache(cfg.cache)
         self.cache_memo: dict[bytes, tuple[bytes, float, Any, Any, int, str]] = {}  # see from_cache
         self.forwarder = Forwarder(cfg.forward)
+        self._policy(cfg)
         self.loop = asyncio.get_event_loop()
         self._udp: list[MMsgBatch | SimpleBatch] = []
         self._servers: list[asyncio.base_events.Server] = []
@@ -53,6 +57,25 @@ class DNSServer:
         self.cache = Cache(cfg.cache)
         self.cache_memo.clear()
         self.forwarder = Forwarder(cfg.forward)
+        self._policy(cfg)
+
+    def _policy(self, cfg: DNSConfig) -> None:
+        """Who may ask what (acl, recursion) and how fast (RRL), per client address."""
+        self.acl = Acl(list(cfg.acl), cfg.recursion)
+        self.rrl = RateLimiter(cfg.rrl)
+        self.clients: dict[bytes, Client] = {}  # address bytes -> what that client may do
+
+    def client(self, key: bytes, ip: str) -> Client:
+        c = self.clients.get(key)
+        if c is None:
+            if len(self.clients) >= 65536:
+                self.clients.clear()
+            c = self.clients[key] = self.acl.client(ip)
+        return c
+
+    def limited(self, client: Client) -> bool:
+        """Are this client's UDP answers rate limited?"""
+        return self.rrl.cfg.enabled and not (client.private and self.cfg.rrl_exempt_private)
 
     async def start(self) -> None:
         for host, port in self.listen:
@@ -83,14 +106,75 @@ class DNSServer:
 
     # --- the query path -------------------------------------------------------------------
 
-    def answer_now(self, data: bytes, proto: str) -> bytes | object | None:
-        if proto == "udp" and self.cache_memo:
+    def answer_now(self, data: bytes, proto: str, client: Client | None = None) -> bytes | object | None:
+        """An answer now, FORWARD (not ours, and this client may have it forwarded), or None
+        (drop). ``client`` None: a local caller (``dig -f``), allowed everything."""
+        if client is not None and self.acl.active:
+            refusal = self._acl(data, client)
+            if refusal is not False:
+                return refusal
+        recursion = client is None or client.recursion
+        if proto == "udp" and self.cache_memo and recursion:
             hit = self.cache_memo.get(data[2:])
             if hit is not None:
                 resp = self._memo_hit(hit, data)
                 if resp is not None:
                     return resp
-        return self.responder.respond(data, proto)
+        resp = self.responder.respond(data, proto)
+        if resp is FORWARD and not recursion:
+            q = self.responder.last
+            assert q is not None
+            self.responder.stats.rcode(b"", wire.REFUSED)
+            return wire.reply(data, q, wire.REFUSED, ede=wire.EDE_PROHIBITED, ra=False)
+        return resp
+
+    def _acl(self, data: bytes, client: Client) -> bytes | None | bool:
+        """False: the acl lets the query through; else the refusal (None: drop it)."""
+        try:
+            q = wire.parse_query(data)
+        except wire.FormatError:
+            return False  # the responder answers FORMERR
+        verdict = client.verdict(q.key, q.qtype)
+        if verdict == ALLOW:
+            return False
+        if verdict == DROP:
+            return None
+        q.edns = True  # CoreDNS adds the OPT record carrying the extended error in any case
+        if verdict == BLOCK:
+            self.responder.stats.rcode(b"", wire.REFUSED)
+            return wire.reply(data, q, wire.REFUSED, ede=wire.EDE_BLOCKED, ra=False)
+        assert verdict == FILTER
+        self.responder.stats.rcode(b"", wire.NOERROR)
+        return wire.reply(data, q, wire.NOERROR, ede=wire.EDE_FILTERED, ra=False)
+
+    def rate_limit(self, data: bytes, resp: bytes, client_key: bytes, now: float) -> bytes | None:
+        """RRL on one UDP answer: the answer, a truncated one (slip), or None (dropped)."""
+        rl = self.rrl
+        prefix = rl.prefix_of_key(client_key)
+        rcode = resp[3] & 0xF if len(resp) > 3 else wire.SERVFAIL
+        if rcode == wire.NOERROR and len(resp) > 7 and (resp[6] or resp[7]):
+            kind, what = "answer", data[4:]  # the same question (and options) gets the same answer
+        elif rcode in (wire.NOERROR, wire.NXDOMAIN):
+            try:
+                q = wire.parse_query(data)
+            except wire.FormatError:
+                kind, what = "error", b""
+            else:
+                zone = self.responder.data.zone_for(q.key)
+                base = zone.apex if zone is not None else b".".join(q.key.split(b".")[-2:])
+                kind, what = ("nxdomain", b"nx:" + base) if rcode == wire.NXDOMAIN else ("answer", b"nodata:" + q.key)
+        else:
+            kind, what = "error", b""
+        verdict = rl.check(prefix, what, kind, now)
+        if verdict == RRL_DROP:
+            return None
+        if verdict == SLIP:
+            try:
+                q = wire.parse_query(data)
+            except wire.FormatError:
+                return None
+            return wire.reply(data, q, rcode, tc=True, aa=bool(resp[2] & 0x04))
+        return resp
 
     def _memo_hit(self, hit: tuple[bytes, float, Any, Any, int, str], data: bytes) -> bytes | None:
         """A cached answer rendered moments ago for the same query bytes, while its TTLs still read
@@ -179,10 +263,14 @@ class DNSServer:
 
     @staticmethod
     def _fit(resp: bytes, q: wire.Query, proto: str) -> bytes:
-        """Truncate an upstream answer that is too big for this client over UDP."""
+        """A forwarded answer: RA set, and truncated when too big for this client over UDP."""
         if proto != "udp":
+            if len(resp) > 3 and not resp[3] & 0x80:
+                resp = resp[:3] + bytes((resp[3] | 0x80,)) + resp[4:]
             return resp
         limit = q.payload if q.edns else 512
+        if not resp[3] & 0x80 and len(resp) > 3:
+            resp = resp[:3] + bytes((resp[3] | 0x80,)) + resp[4:]  # recursion is available: RA
         if len(resp) <= limit:
             return resp
         flags = struct.unpack_from("!H", resp, 2)[0] | 0x0200
@@ -195,52 +283,71 @@ class DNSServer:
         answer_now = self.answer_now
         memo = self.responder.memo  # the Responder's memo, inlined: the path nearly every query takes
         hits = self.responder.stats.memo_hits
+        clients = self.clients
+        acl = self.acl.active
         for _ in range(16):
             try:
                 datagrams = io.recv()
             except OSError as e:
                 log.warning("DNS UDP receive: %s", e)
                 return
+            now = time.monotonic()
             for i, data in enumerate(datagrams):
                 if data is None:
                     continue  # bigger than any query: dropped
-                hit = memo.get(data[2:])
-                if hit is not None:
-                    hits[hit[1]] = hits.get(hit[1], 0) + 1
-                    io.queue(i, data[:2] + hit[0])
-                    continue
+                key = io.client_key(i)
+                client = clients.get(key)
+                if client is None:
+                    client = self.client(key, io.address(i)[0])
+                limited = self.limited(client)
+                if not acl and not limited:
+                    hit = memo.get(data[2:])
+                    if hit is not None:
+                        hits[hit[1]] = hits.get(hit[1], 0) + 1
+                        io.queue(i, data[:2] + hit[0])
+                        continue
                 try:
-                    resp = answer_now(data, "udp")
+                    resp = answer_now(data, "udp", client)
+                    if resp is FORWARD:
+                        resp = self.from_cache(data)
+                        if resp is None:
+                            asyncio.ensure_future(self._forward_udp(io, data, io.address(i), key if limited else None))
+                            continue
                     if type(resp) is bytes:
+                        if limited:
+                            resp = self.rate_limit(data, resp, key, now)
+                            if resp is None:
+                                continue
                         io.queue(i, resp)
-                    elif resp is FORWARD:
-                        cached = self.from_cache(data)
-                        if cached is not None:
-                            io.queue(i, cached)
-                        else:
-                            asyncio.ensure_future(self._forward_udp(io, data, io.address(i)))
                 except Exception:  # one query must never take the server down
                     log.exception("DNS query failed")
             io.flush()
             if len(datagrams) < io.batch:
                 return
 
-    async def _forward_udp(self, io: MMsgBatch | SimpleBatch, data: bytes, addr: Any) -> None:
+    async def _forward_udp(self, io: MMsgBatch | SimpleBatch, data: bytes, addr: Any, limit_key: bytes | None = None) -> None:
         try:
             resp = await self.forward(data, "udp")
         except Exception:  # one query must never take the server down
             log.exception("forwarding failed")
             resp = wire.error_response(data, wire.SERVFAIL)
+        if resp and limit_key is not None:
+            resp = self.rate_limit(data, resp, limit_key, time.monotonic())
         if resp and io in self._udp:
             io.send_to(resp, addr)
 
     async def _tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername") or ("", 0)
+        try:
+            client = self.client(packed(str(peer[0])), str(peer[0]))
+        except OSError:
+            client = self.acl.client(str(peer[0]))
         try:
             while True:
                 head = await asyncio.wait_for(reader.readexactly(2), timeout=10)
-                (n,) = struct.unpack("!H", head)
+                (n,) = struct.unpack("!H", head)  # a frame is at most 64 KiB: bounded by the protocol
                 data = await asyncio.wait_for(reader.readexactly(n), timeout=10)
-                resp = self.answer_now(data, "tcp")
+                resp = self.answer_now(data, "tcp", client)
                 if resp is FORWARD:
                     resp = await self.forward(data, "tcp")
                 if isinstance(resp, bytes) and resp:

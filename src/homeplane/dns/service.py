@@ -28,8 +28,12 @@ class DNSService:
         upstreams: list[str],
         cluster_domain: str | None,
         dataplane: Any = None,
+        recursion: tuple[Any, ...] = (),
+        rrl: float | None = None,
     ):
         self.flags = (domains, gateways, upstreams, cluster_domain)
+        self.recursion = recursion  # --dns-allow-recursion: replaces the private ranges
+        self.rrl = rrl  # --dns-rrl: responses per second, for every client
         self.dataplane = dataplane
         self.server = DNSServer(self.config(None), listen)
         self._coredns: Any = None
@@ -47,8 +51,15 @@ class DNSService:
             cfg.forward.upstreams = [u if ":" in u and not u.startswith("[") else f"{u}:53" for u in upstreams]
         elif not cfg.forward.upstreams:
             cfg.forward.upstreams = resolv_conf_upstreams()
+        if self.recursion:
+            cfg.recursion = tuple(self.recursion)
+        if self.rrl is not None:
+            cfg.rrl.responses_per_second = self.rrl
+            cfg.rrl_exempt_private = False
         if cfg.ignored_plugins:
             log.info("CoreDNS plugins not served by homeplane: %s", ", ".join(cfg.ignored_plugins))
+        for p in cfg.problems:
+            log.error("CoreDNS values: %s", p)
         return cfg
 
     async def apply(self, snap: Snapshot) -> None:

@@ -16,7 +16,10 @@ QTYPE = {"A": 1, "NS": 2, "CNAME": 5, "SOA": 6, "PTR": 12, "HINFO": 13, "MX": 15
 TYPE_NAME = {v: k for k, v in QTYPE.items()}
 CLASS_IN, CLASS_ANY = 1, 255
 NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 2, 3, 4, 5
-RCODE_NAME = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED"}
+BADVERS = 16  # RFC 6891: 12 bits, the high 8 in the OPT record
+RCODE_NAME = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED", 16: "BADVERS"}
+# RFC 8914 extended DNS errors
+EDE_BLOCKED, EDE_FILTERED, EDE_PROHIBITED = 15, 17, 18
 POINTER_TO_QNAME = b"\xc0\x0c"
 OUR_UDP_PAYLOAD = 1232  # RFC 9715 / DNS flag day 2020
 
@@ -40,6 +43,7 @@ class Query:
     edns: bool = False
     payload: int = 512
     do: bool = False
+    edns_version: int = 0
 
     @property
     def opcode(self) -> int:
@@ -87,6 +91,7 @@ def parse_query(data: bytes) -> Query:
 
 
 def _parse_opt(data: bytes, pos: int, count: int, q: Query) -> None:
+    opts = 0
     for _ in range(count):
         # owner name (root for OPT; skip anything else)
         while True:
@@ -106,9 +111,13 @@ def _parse_opt(data: bytes, pos: int, count: int, q: Query) -> None:
         if pos > len(data):
             raise FormatError("truncated rdata")
         if rtype == 41:
+            opts += 1
+            if opts > 1:
+                raise FormatError("more than one OPT record")  # RFC 6891 §6.1.1
             q.edns = True
             q.payload = max(512, rclass)
             q.do = bool(ttl & 0x8000)
+            q.edns_version = (ttl >> 16) & 0xFF
 
 
 def encode_name(name: str) -> bytes:
@@ -155,8 +164,24 @@ def soa_rdata(mname: str, rname: str, serial: int, refresh: int, retry: int, exp
     return encode_name(mname) + encode_name(rname) + struct.pack("!IIIII", serial, refresh, retry, expire, minimum)
 
 
-def opt_rr(payload: int = OUR_UDP_PAYLOAD) -> bytes:
-    return b"\x00" + _RR_FIXED.pack(41, payload, 0, 0)
+def opt_rr(payload: int = OUR_UDP_PAYLOAD, ext_rcode: int = 0, ede: int | None = None) -> bytes:
+    """Our OPT record: version 0, the high bits of an extended rcode, an RFC 8914 error."""
+    options = struct.pack("!HHH", 15, 2, ede) if ede is not None else b""
+    return b"\x00" + _RR_FIXED.pack(41, payload, (ext_rcode >> 4) << 24, len(options)) + options
+
+
+def reply(data: bytes, q: Query, rcode: int, *, ede: int | None = None, tc: bool = False, aa: bool = False, ra: bool = True) -> bytes:
+    """An answer with no records to a parsed query: its question, and an OPT record when the
+    query had one (an extended rcode's high bits and an extended error go there)."""
+    flags = 0x8000 | (q.flags & 0x7900) | (rcode & 0xF)
+    if ra:
+        flags |= 0x0080
+    if aa:
+        flags |= 0x0400
+    if tc:
+        flags |= 0x0200
+    tail = opt_rr(ext_rcode=rcode, ede=ede) if q.edns else b""
+    return header(q.id, flags, 1, 0, 0, 1 if q.edns else 0) + data[12 : q.question_end] + tail
 
 
 def header(qid: int, flags: int, qd: int, an: int, ns: int, ar: int) -> bytes:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import textwrap
 from pathlib import Path
 
@@ -9,7 +10,8 @@ from homeplane.api.loader import LoadOptions, LoadResult, load_text
 from homeplane.translate import Translation, translate
 
 REPO = Path(__file__).resolve().parent.parent
-CORPUS = REPO.parent / "shared" / "corpus"
+# real home-ops repos beside the project (read-only); HOMEPLANE_CORPUS points elsewhere
+CORPUS = Path(os.environ.get("HOMEPLANE_CORPUS") or REPO.parent / "shared" / "corpus")
 EXAMPLE = REPO / "examples" / "home"
 
 
@@ -25,7 +27,14 @@ def translate_text(text: str, **kw) -> tuple[LoadResult, Translation]:
     return loaded, translate(loaded.objects)
 
 
+def corpus_or_skip() -> Path:
+    """The corpus folder; a clone outside the workplace layout skips these tests with the reason
+    (CI cannot skip them: .ci/run stops first when the corpus is missing)."""
+    if not CORPUS.is_dir():
+        pytest.skip(f"the shared corpus of real home-ops repos is not at {CORPUS} (set HOMEPLANE_CORPUS)")
+    return CORPUS
+
+
 @pytest.fixture
 def corpus() -> Path:
-    assert CORPUS.is_dir(), f"the shared corpus is expected at {CORPUS}"
-    return CORPUS
+    return corpus_or_skip()

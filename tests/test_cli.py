@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import EXAMPLE
+from tests.conftest import EXAMPLE, REPO
 
 VARS = ["--vars", str(EXAMPLE / "cluster-secrets.env")]
 
@@ -167,3 +167,55 @@ def test_check_and_get_show_tcp_and_tls_routes(tmp_path: Path) -> None:
     table = hp("get", "tlsroutes", "-o", "wide", "-f", str(tmp_path)).stdout.splitlines()
     assert table[0].split() == ["NAMESPACE", "NAME", "HOSTNAMES", "BACKENDS", "PARENTS"]
     assert table[1].split() == ["dev", "git", "git.home.test,git.other.test", "forgejo:443", "network/gw/pt=Accepted"]
+
+
+def test_an_internal_error_is_one_line_naming_the_file(tmp_path: Path) -> None:
+    code = (
+        "import sys\n"
+        "from homeplane.importer import repo\n"
+        "def boom(*a, **k):\n"
+        "    raise KeyError('unexpected')\n"
+        "repo.RENDERERS['app-template'] = boom\n"
+        "from homeplane.cli import main\n"
+        "sys.argv = ['homeplane', 'check', sys.argv[1]] + sys.argv[2:]\n"
+        "main()\n"
+    )
+    fixture = str(REPO / "tests" / "fixtures" / "fluxrepo" / "kubernetes")
+    r = subprocess.run([sys.executable, "-c", code, fixture], capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith("homeplane: internal error while processing kubernetes/apps/media/jellyfin/app/helmrelease.yaml")
+    assert "KeyError" in line
+    r = subprocess.run([sys.executable, "-c", code, fixture, "--log-level", "debug"], capture_output=True, text=True)
+    assert "Traceback" in r.stderr and r.returncode == 2
+
+
+def test_a_repo_plus_extra_files_stays_a_flux_repo(tmp_path: Path) -> None:
+    extra = tmp_path / "extra-secret.yaml"
+    extra.write_text("apiVersion: v1\nkind: Secret\nmetadata: {name: extra-tls, namespace: network}\nstringData: {a: b}\n")
+    fixture = REPO / "tests" / "fixtures" / "fluxrepo" / "kubernetes"
+    alone = json.loads(hp("check", str(fixture), "--set", "SECRET_DOMAIN=x.test", "-o", "json").stdout)
+    both = json.loads(hp("check", str(fixture), str(extra), "--set", "SECRET_DOMAIN=x.test", "-o", "json").stdout)
+    assert [(g["namespace"], g["name"]) for g in both["gateways"]] == [(g["namespace"], g["name"]) for g in alone["gateways"]]
+    assert both["summary"]["objects"] == alone["summary"]["objects"] + 1
+    mode = [d["message"] for d in both["diagnostics"] if d["code"] == "LoadMode"]
+    assert mode and "as a Flux repository" in mode[0] and "extra-secret.yaml" in mode[0]
+
+
+def test_loaded_but_not_enforced_kinds_and_notes_in_text_output() -> None:
+    out = hp("check", str(EXAMPLE), *VARS).stdout
+    first = out.splitlines()[0]
+    assert "loaded, not enforced (Certificate 1, ClusterIssuer 1)" in first
+    assert "read as plain manifests" in out  # an info diagnostic, shown in text too
+
+
+def test_a_yaml_error_in_a_file_a_kustomization_builds_is_reported(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    shutil.copytree(REPO / "tests" / "fixtures" / "fluxrepo", repo)
+    app_dir = repo / "kubernetes" / "apps" / "media" / "jellyfin" / "app"
+    (app_dir / "broken.yaml").write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: broken\n")
+    k = app_dir / "kustomization.yaml"
+    k.write_text(k.read_text().replace("resources:", "resources:\n  - broken.yaml", 1))
+    out = json.loads(hp("check", str(repo / "kubernetes"), "--set", "SECRET_DOMAIN=x.test", "-o", "json").stdout)
+    errs = [d for d in out["diagnostics"] if d["severity"] == "error" and d["file"].endswith("broken.yaml")]
+    assert len(errs) == 1 and errs[0]["code"] == "YAMLSyntax" and errs[0]["line"] == 4

@@ -22,6 +22,7 @@ from homeplane.render import render_check, table
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
+    pretty_exceptions_enable=False,
     help="homeplane: serve a home-ops cluster's networking from its own Kubernetes manifests.",
 )
 
@@ -35,6 +36,15 @@ EndpointsOpt = typer.Option(
     None, "--endpoints", help="Where Services' pods run: YAML of NAMESPACE/SERVICE[:PORT] -> [host:port, ...]."
 )
 ModeOpt = typer.Option("auto", "--mode", help="auto (Flux repo if it has Flux Kustomizations), flux, or plain.")
+LogLevelOpt = typer.Option("warning", "--log-level", help="debug shows tracebacks of internal errors too.")
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
 
 
 def _fail(msg: str, code: int = 2) -> None:
@@ -66,8 +76,8 @@ def _inputs(
         _fail(f"--endpoints: no such file: {endpoints}")
     if mode not in ("auto", "flux", "plain"):
         _fail("--mode must be auto, flux or plain")
-    if mode == "flux" and (len(paths) != 1 or not Path(paths[0]).is_dir()):
-        _fail("--mode flux takes one folder")
+    if mode == "flux" and not Path(paths[0]).is_dir():
+        _fail("--mode flux takes the repository's folder first (more paths add their objects to it)")
     return Inputs(
         paths=tuple(Path(p) for p in paths),
         variables=None if no_subst else variables,
@@ -89,11 +99,13 @@ def check(
     strict: bool = StrictOpt,
     endpoints: Optional[Path] = EndpointsOpt,
     mode: str = ModeOpt,
+    log_level: str = LogLevelOpt,
 ) -> None:
     """Load manifests, resolve references and print what would be served, with every problem found.
 
     Exit code 0 when there are no errors, 1 when there are.
     """
+    _logging(log_level)
     if output not in ("text", "json"):
         _fail("--output must be text or json")
     result = run_pipeline(_inputs(paths, set_, vars_, namespace, no_substitute, strict, endpoints, mode))
@@ -117,8 +129,10 @@ def get(
     no_substitute: bool = NoSubstOpt,
     endpoints: Optional[Path] = EndpointsOpt,
     mode: str = ModeOpt,
+    log_level: str = LogLevelOpt,
 ) -> None:
     """Show objects like `kubectl get`, with the status conditions homeplane computed."""
+    _logging(log_level)
     info = registry.resolve_kind_name(kind)
     if info is None:
         known = ", ".join(sorted(k.kind for k in registry.SERVED_KINDS))
@@ -224,11 +238,7 @@ def run(
     from homeplane.runtime import Runtime
     from homeplane.store import SQLiteStore, StoreError
 
-    logging.basicConfig(
-        level=getattr(logging, log_level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    _logging(log_level)
     inputs = _inputs(paths, set_, vars_, namespace, no_substitute, False, endpoints, mode)
     try:
         import ipaddress
@@ -422,7 +432,36 @@ def version() -> None:
 
 
 def main() -> None:
-    app()
+    """Run a command. Anything unexpected inside one is reported in one line naming the file
+    being processed (exit 2); the traceback only with ``--log-level debug``."""
+    from homeplane.api.diagnostics import current_file
+
+    try:
+        app()  # usage errors and exits are handled inside, as click does
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as e:
+        if _debug_requested(sys.argv):
+            import traceback
+
+            traceback.print_exc()
+        where = getattr(e, "failed_file", None) or current_file.get()
+        place = f" while processing {where}" if where else ""
+        typer.echo(
+            f"homeplane: internal error{place}: {type(e).__name__}: {e} "
+            "(a bug: please report it; --log-level debug shows the traceback)",
+            err=True,
+        )
+        sys.exit(2)
+
+
+def _debug_requested(argv: list[str]) -> bool:
+    for i, a in enumerate(argv):
+        if a == "--log-level" and i + 1 < len(argv) and argv[i + 1].lower() == "debug":
+            return True
+        if a.lower() == "--log-level=debug":
+            return True
+    return False
 
 
 __all__ = ["app", "main", "Result"]

@@ -109,10 +109,26 @@ def allocate_lb_ips(objects: list, previous: Mapping[tuple[str, str], list[str]]
 
 
 def _load(inputs: Inputs) -> LoadResult:
-    base = inputs.paths[0] if len(inputs.paths) == 1 and inputs.paths[0].is_dir() else None
-    if inputs.mode == "flux" or (inputs.mode == "auto" and base is not None and is_flux_repo(base)):
-        assert base is not None, "a Flux repository is one folder"
-        return load_repo(base, dict(inputs.variables or {}), inputs.endpoints, inputs.default_namespace)
+    """A Flux repository (the first path, when it is one) with any further paths' objects added
+    to its tree, or plain manifests; the mode chosen is said in an info diagnostic."""
+    first = inputs.paths[0] if inputs.paths and inputs.paths[0].is_dir() else None
+    if inputs.mode == "flux" or (inputs.mode == "auto" and first is not None and is_flux_repo(first)):
+        assert first is not None, "a Flux repository is a folder"
+        load = load_repo(first, dict(inputs.variables or {}), inputs.endpoints, inputs.default_namespace)
+        extra = inputs.paths[1:]
+        if extra:
+            more = load_paths(extra, LoadOptions(
+                variables=inputs.variables, strict=inputs.strict, default_namespace=inputs.default_namespace,
+            ))
+            load.objects += more.objects
+            load.diagnostics.extend(more.diagnostics)
+            load.files += more.files
+            load.diagnostics.info(
+                f"read {first} as a Flux repository, with the objects of {', '.join(map(str, extra))} added to it",
+                code="LoadMode",
+            )
+        return load
+    base = first if len(inputs.paths) == 1 else None
     load = load_paths(
         inputs.paths,
         LoadOptions(
@@ -121,6 +137,10 @@ def _load(inputs: Inputs) -> LoadResult:
             default_namespace=inputs.default_namespace,
             relative_to=base,
         ),
+    )
+    load.diagnostics.info(
+        "read as plain manifests" + (" (--mode plain)" if inputs.mode == "plain" else " (no Flux Kustomization found)"),
+        code="LoadMode",
     )
     if inputs.endpoints is not None:
         _add_endpoints(load, inputs.endpoints)

@@ -29,8 +29,10 @@ def render_check(report: dict[str, Any]) -> str:
     s = report["summary"]
     served = sum(s["served"].values())
     not_served = ", ".join(f"{k} {v}" for k, v in s["notServed"].items())
+    loaded = s.get("loadedNotEnforced") or {}
     out.append(
         f"Loaded {s['files']} files, {s['objects']} objects: {served} served"
+        + (f", {sum(loaded.values())} loaded, not enforced ({', '.join(f'{k} {v}' for k, v in loaded.items())})" if loaded else "")
         + (f", {sum(s['notServed'].values())} not served ({not_served})" if s["notServed"] else "")
     )
     out.append("")
@@ -125,16 +127,17 @@ def _backend_text(b: dict[str, Any]) -> str:
 def render_diagnostics(diags: Iterable[dict[str, Any]]) -> list[str]:
     """Problems grouped by file, so a person can fix one file at a time."""
     diags = list(diags)
-    shown = [d for d in diags if d["severity"] != "info"]
+    shown = diags
     errors = sum(1 for d in diags if d["severity"] == "error")
     warnings = sum(1 for d in diags if d["severity"] == "warning")
-    out = [f"Problems: {errors} errors, {warnings} warnings"]
+    notes = sum(1 for d in diags if d["severity"] == "info")
+    out = [f"Problems: {errors} errors, {warnings} warnings" + (f" ({notes} notes)" if notes else "")]
     by_file: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for d in shown:
         by_file[d.get("file") or "(no file)"].append(d)
     for f in sorted(by_file):
         out.append(f"  {f}")
-        for d in sorted(by_file[f], key=lambda d: (d.get("line") or 0)):
+        for d in sorted(by_file[f], key=lambda d: (d["severity"] == "info", d.get("line") or 0)):
             ident = ""
             if d.get("kind"):
                 ident = f"{d['kind']}/{(d['namespace'] + '/') if d.get('namespace') else ''}{d.get('name') or ''} "

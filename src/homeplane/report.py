@@ -12,6 +12,7 @@ from collections import Counter
 from typing import Any, Iterator
 
 from homeplane import __version__
+from homeplane.api import registry
 from homeplane.api.diagnostics import Diagnostic, Diagnostics, Severity
 from homeplane.api.objects import Obj, ObjectKey
 from homeplane.translate import Translation
@@ -381,7 +382,8 @@ def build_report(objects: list[Obj], load_diags: Diagnostics, translation: Trans
     for r in routes:
         r["internetFacing"] = bool(set(r["servedBy"]) & facing_names)
 
-    served = Counter(o.kind for o in objects if o.served)
+    served = Counter(o.kind for o in objects if o.served and registry.enforced(o.group, o.kind))
+    not_enforced = Counter(o.kind for o in objects if o.served and not registry.enforced(o.group, o.kind))
     not_served = Counter(o.kind for o in objects if not o.served)
     errors = len(diags.errors)
     return {
@@ -393,6 +395,7 @@ def build_report(objects: list[Obj], load_diags: Diagnostics, translation: Trans
             "files": files,
             "objects": len(objects),
             "served": dict(sorted(served.items())),
+            "loadedNotEnforced": dict(sorted(not_enforced.items())),
             "notServed": dict(sorted(not_served.items())),
             "errors": errors,
             "warnings": len(diags.warnings),

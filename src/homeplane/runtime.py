@@ -176,15 +176,15 @@ class Runtime:
                 for e in self.store.list(_LB_PREFIX)
             }
             result = await asyncio.to_thread(run_pipeline, self.inputs, self.version + 1, previous, previous_lb)
-            load_errors = result.load.diagnostics.errors
-            if self.current is not None and load_errors:
+            new_errors = self._new_load_errors(result)
+            if self.current is not None and new_errors:
                 self.rejected = {
                     "time": _now_rfc3339(),
                     "reason": reason,
-                    "diagnostics": [d.to_json() for d in load_errors],
+                    "diagnostics": [d.to_json() for d in new_errors],
                 }
                 self.m_reloads.labels("rejected").inc()
-                for d in load_errors:
+                for d in new_errors:
                     log.error("reload rejected, still serving version %d: %s", self.version, d)
                 return False
             if self.current is not None and result.translation.snapshot.digest == self.current.translation.snapshot.digest:
@@ -198,6 +198,16 @@ class Runtime:
             for d in result.load.diagnostics.errors:
                 log.error("%s", d)
             return True
+
+    def _new_load_errors(self, result: Result) -> list[Any]:
+        """Load errors the configuration being served did not have: only these refuse a reload
+        (a problem that was already there when it was applied is part of that configuration;
+        lines may move, so a problem is known by file, code and message)."""
+        errors = result.load.diagnostics.errors
+        if self.current is None:
+            return errors
+        known = {(d.file, d.code, d.message) for d in self.current.load.diagnostics.errors}
+        return [d for d in errors if (d.file, d.code, d.message) not in known]
 
     async def watch(self) -> None:
         from watchfiles import awatch

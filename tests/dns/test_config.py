@@ -8,11 +8,8 @@ from homeplane.dns.config import from_coredns_values
 from homeplane.importer.repo import load_repo
 from homeplane.translate import translate
 
-CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "corpus"
-
-
-def test_coredns_values_from_the_onedr0p_repo() -> None:
-    r = load_repo(CORPUS / "onedr0p-home-ops" / "kubernetes", {"CLOUDFLARE_TUNNEL_ID": "x"})
+def test_coredns_values_from_the_onedr0p_repo(corpus: Path) -> None:
+    r = load_repo(corpus / "onedr0p-home-ops" / "kubernetes", {"CLOUDFLARE_TUNNEL_ID": "x"})
     snap = translate(r.objects).snapshot
     cfg = from_coredns_values(snap.extras["coredns"])
     assert cfg.cluster_domain == "cluster.local"

@@ -14,6 +14,7 @@ import dns.rdatatype
 import pytest
 
 from homeplane.dns.config import CacheConfig, DNSConfig, ForwardConfig, TemplateRule
+from homeplane.dns.responder import FORWARD
 from tests.dns.harness import DNS, Unbound
 
 APPS = """
@@ -391,3 +392,14 @@ def test_cached_forwarded_answers_age_and_count_through_the_memo(tmp_path: Path)
     finally:
         s.close()
         ub.stop()
+
+
+def test_default_config_answers_ptr_for_cluster_ips_and_falls_through() -> None:
+    # CoreDNS's default Corefile: cluster.local in-addr.arpa ip6.arpa, fallthrough for the rest
+    s = DNS(APPS, DNSConfig())
+    try:
+        m = s.query("50.0.43.10.in-addr.arpa", "PTR")
+        assert rr(m) == ["50.0.43.10.in-addr.arpa. PTR web.apps.svc.cluster.local."]
+        assert s.server.answer_now(dns.message.make_query("1.1.168.192.in-addr.arpa", "PTR").to_wire(), "udp") is FORWARD
+    finally:
+        s.close()

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import corpus_or_skip
+
 from homeplane.importer.repo import load_repo
 from homeplane.translate import translate
 
@@ -29,9 +31,7 @@ def bjws(corpus_dir: Path):
 
 @pytest.fixture(scope="module")
 def corpus_dir() -> Path:
-    d = Path(__file__).resolve().parents[2].parent / "shared" / "corpus"
-    assert d.is_dir()
-    return d
+    return corpus_or_skip()
 
 
 def test_onedr0p_routes(onedr0p) -> None:

@@ -271,3 +271,26 @@ def test_allocated_lb_ips_survive_a_restart_and_a_new_neighbour(repo: Path, tmp_
         assert len(ips["aaa-first"]) == 1 and ips["aaa-first"] != first
     finally:
         b.stop()
+
+
+def test_old_problems_do_not_block_reloads_new_ones_do(repo: Path, tmp_path: Path) -> None:
+    # the configuration starts with a load error already in it (a file that does not parse)
+    (repo / "downloads" / "old-broken.yaml").write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: [x\n")
+    hp = Homeplane(repo, tmp_path / "state.db")
+    try:
+        assert hp.status()["summary"]["errors"] == 1
+        # a valid change is applied despite the old problem
+        (repo / "downloads" / "radarr.yaml").write_text(RADARR)
+        wait_for(lambda: "radarr" in route_names(hp.status()), what="radarr applied")
+        # a new problem refuses the reload, naming only the new problem
+        (repo / "selfhosted" / "new-broken.yaml").write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: [y\n")
+        s = wait_for(lambda: (s := hp.status())["runtime"]["rejected"] and s, what="rejection")
+        assert [d["file"] for d in s["runtime"]["rejected"]["diagnostics"]] == ["selfhosted/new-broken.yaml"]
+        # restoring the file brings reloads back
+        (repo / "selfhosted" / "new-broken.yaml").unlink()
+        (repo / "downloads" / "radarr.yaml").unlink()
+        s = wait_for(lambda: (s := hp.status()) and "radarr" not in route_names(s) and s, what="reload after restore")
+        assert s["runtime"]["rejected"] is None
+    finally:
+        out = hp.stop()
+    assert "new-broken.yaml" in out and out.count("reload rejected") == 1

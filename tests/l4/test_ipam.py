@@ -154,3 +154,18 @@ spec: {type: LoadBalancer, ports: [{port: 80}]}
     assert conds == {"cilium.io/IPAMRequestSatisfied": ("True", "satisfied"), "io.cilium/lb-ipam-request-satisfied": ("True", "satisfied")}
     pinned = {c["type"]: c["status"] for c in tr.status[("", "Service", "apps", "pinned")]["conditions"]}
     assert set(pinned.values()) == {"False"} and len(pinned) == 2  # no pool has 198.51.100.1
+
+
+def test_new_services_that_sort_first_never_take_an_existing_address() -> None:
+    # a tiny CIDR makes hash collisions certain: the existing Service must keep its address
+    # however many new ones arrive with names that sort before it (they are placed after it)
+    cidr = "10.9.0.0/28"
+    first = allocate_cluster_ips([ServiceRequest(("apps", "zz-existing"))], cidr)
+    kept = first.addresses[("apps", "zz-existing")]
+    newcomers = [ServiceRequest(("apps", f"a{i:02d}")) for i in range(12)]
+    again = allocate_cluster_ips(newcomers + [ServiceRequest(("apps", "zz-existing"))], cidr, first.addresses)
+    assert again.addresses[("apps", "zz-existing")] == kept
+    assert len(set(again.addresses.values())) == len(again.addresses)
+    # a fixed request for an address a Service already has is refused, not moved
+    taken = allocate_cluster_ips([ServiceRequest(("apps", "b"), kept), ServiceRequest(("apps", "zz-existing"))], cidr, first.addresses)
+    assert taken.addresses[("apps", "zz-existing")] == kept and "already the address" in taken.problems[("apps", "b")]

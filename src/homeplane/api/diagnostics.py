@@ -8,9 +8,32 @@ the field path, so that a person can go straight to the problem.
 
 from __future__ import annotations
 
+import contextlib
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Iterable, Iterator
+
+# The file being read or built right now: an unexpected error anywhere below names it.
+current_file: ContextVar[str | None] = ContextVar("current_file", default=None)
+
+
+@contextlib.contextmanager
+def processing(file: str) -> Iterator[None]:
+    """Mark the file being processed; an unexpected exception leaving the block carries its
+    name (``failed_file``), innermost first, for the one-line report at the top."""
+    token = current_file.set(file)
+    try:
+        yield
+    except Exception as e:
+        if getattr(e, "failed_file", None) is None:
+            try:
+                e.failed_file = file  # type: ignore[attr-defined]
+            except AttributeError:
+                pass
+        raise
+    finally:
+        current_file.reset(token)
 
 
 class Severity(str, Enum):

@@ -16,7 +16,7 @@ from typing import Any, Iterable, Mapping
 from pydantic import BaseModel, ValidationError
 
 from homeplane.api import registry
-from homeplane.api.diagnostics import Diagnostic, Diagnostics, Severity, SourceRef
+from homeplane.api.diagnostics import Diagnostic, Diagnostics, Severity, SourceRef, processing
 from homeplane.api.objects import Obj
 from homeplane.api.substitute import SUBSTITUTE_ANNOTATION, SubstitutionError, offset_to_line, substitute
 from homeplane.api.yamlio import Chunk, Document, YamlSyntaxError, parse_chunk, split_documents
@@ -78,6 +78,11 @@ def _display(path: Path, base: Path) -> str:
 
 def load_file(path: Path, options: LoadOptions, result: LoadResult, display: str | None = None) -> None:
     name = display or str(path)
+    with processing(name):
+        _load_file(path, name, options, result)
+
+
+def _load_file(path: Path, name: str, options: LoadOptions, result: LoadResult) -> None:
     result.files.append(name)
     try:
         raw = path.read_bytes()

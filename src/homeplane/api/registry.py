@@ -15,6 +15,8 @@ class KindInfo:
     versions: tuple[str, ...]
     model: type[Resource]
     namespaced: bool = True
+    # False: typed and checked, but nothing acts on it yet ("loaded, not enforced" in check)
+    enforced: bool = True
 
 
 _GW = gateway.GATEWAY_GROUP
@@ -42,14 +44,14 @@ SERVED_KINDS: tuple[KindInfo, ...] = (
     KindInfo(_EG, "EnvoyExtensionPolicy", ("v1alpha1",), envoy.EnvoyExtensionPolicy),
     KindInfo(_EG, "Backend", ("v1alpha1",), envoy.Backend),
     KindInfo("cilium.io", "CiliumLoadBalancerIPPool", ("v2alpha1", "v2"), cilium.CiliumLoadBalancerIPPool, namespaced=False),
-    KindInfo("cilium.io", "CiliumL2AnnouncementPolicy", ("v2alpha1",), cilium.CiliumL2AnnouncementPolicy, namespaced=False),
-    KindInfo("cilium.io", "CiliumNetworkPolicy", ("v2",), cilium.CiliumNetworkPolicy),
-    KindInfo("cilium.io", "CiliumClusterwideNetworkPolicy", ("v2",), cilium.CiliumClusterwideNetworkPolicy, namespaced=False),
-    KindInfo("networking.k8s.io", "NetworkPolicy", ("v1",), networking.NetworkPolicy),
-    KindInfo("cert-manager.io", "Certificate", ("v1",), certmanager.Certificate),
-    KindInfo("cert-manager.io", "Issuer", ("v1",), certmanager.Issuer),
-    KindInfo("cert-manager.io", "ClusterIssuer", ("v1",), certmanager.ClusterIssuer, namespaced=False),
-    KindInfo("externaldns.k8s.io", "DNSEndpoint", ("v1alpha1",), externaldns.DNSEndpoint),
+    KindInfo("cilium.io", "CiliumL2AnnouncementPolicy", ("v2alpha1",), cilium.CiliumL2AnnouncementPolicy, namespaced=False, enforced=False),
+    KindInfo("cilium.io", "CiliumNetworkPolicy", ("v2",), cilium.CiliumNetworkPolicy, enforced=False),
+    KindInfo("cilium.io", "CiliumClusterwideNetworkPolicy", ("v2",), cilium.CiliumClusterwideNetworkPolicy, namespaced=False, enforced=False),
+    KindInfo("networking.k8s.io", "NetworkPolicy", ("v1",), networking.NetworkPolicy, enforced=False),
+    KindInfo("cert-manager.io", "Certificate", ("v1",), certmanager.Certificate, enforced=False),
+    KindInfo("cert-manager.io", "Issuer", ("v1",), certmanager.Issuer, enforced=False),
+    KindInfo("cert-manager.io", "ClusterIssuer", ("v1",), certmanager.ClusterIssuer, namespaced=False, enforced=False),
+    KindInfo("externaldns.k8s.io", "DNSEndpoint", ("v1alpha1",), externaldns.DNSEndpoint, enforced=False),
 )
 
 _BY_GROUP_KIND = {(k.group, k.kind): k for k in SERVED_KINDS}
@@ -86,6 +88,11 @@ def split_api_version(api_version: str) -> tuple[str, str]:
 
 def lookup(group: str, kind: str) -> KindInfo | None:
     return _BY_GROUP_KIND.get((group, kind))
+
+
+def enforced(group: str, kind: str) -> bool:
+    info = _BY_GROUP_KIND.get((group, kind))
+    return info is not None and info.enforced
 
 
 def namespaced(group: str, kind: str) -> bool:

@@ -90,7 +90,9 @@ class DNSConfig:
     cluster_domain: str = "cluster.local"
     ttl: int = 5
     pods: str = "disabled"  # disabled | insecure | verified
-    reverse_zones: list[str] = field(default_factory=list)
+    # CoreDNS's default Corefile: `kubernetes cluster.local in-addr.arpa ip6.arpa` with
+    # `fallthrough in-addr.arpa ip6.arpa`: PTR for ClusterIPs, everything else forwarded
+    reverse_zones: list[str] = field(default_factory=lambda: ["in-addr.arpa", "ip6.arpa"])
     reverse_fallthrough: bool = True
     gateway_domains: list[str] = field(default_factory=list)
     gateways: list[str] = field(default_factory=list)  # ns/name or name; empty: all

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from homeplane.api import registry
-from homeplane.api.diagnostics import Diagnostics
+from homeplane.api.diagnostics import Diagnostics, processing
 from homeplane.api.variables import VariablesError, parse_dotenv
 from homeplane.api.yamlio import YamlSyntaxError, load_all, parse_chunk, split_documents
 from homeplane.importer.docs import Doc, is_kustomize_file
@@ -60,7 +60,9 @@ class Builder:
         # Folders that are some Flux Kustomization's spec.path: a plain (generated)
         # build of a parent folder does not reach into them - they have an owner.
         self.owned: set[Path] = set()
-        self._cache: dict[Path, list[Doc]] = {}
+        self._cache: dict[Path, tuple[list[Doc], list[Any]]] = {}
+        self._reported: set[Path] = set()  # files whose problems have been reported
+        self.quiet: Diagnostics | None = None  # the sink of a scan that reports nothing
 
     def rel(self, p: Path) -> str:
         try:
@@ -71,11 +73,34 @@ class Builder:
     # --- reading ---------------------------------------------------------------------
 
     def read_file(self, path: Path) -> list[Doc]:
-        """Parsed documents of a file (parsed once; callers get their own copies)."""
+        """Parsed documents of a file (parsed once; callers get their own copies). The file's
+        problems are reported the first time a build reads it, whoever parsed it first (the
+        repository scan parses every file with its problems held back)."""
         key = path.resolve()
         if key not in self._cache:
-            self._cache[key] = self._read(path)
-        return [d.copy() for d in self._cache[key]]
+            held = Diagnostics()
+            real, self.diags = self.diags, held
+            with processing(self.rel(path)):
+                try:
+                    docs = self._read(path)
+                finally:
+                    self.diags = real
+            self._cache[key] = (docs, list(held))
+        docs, problems = self._cache[key]
+        if problems and self.diags is not self.quiet and key not in self._reported:
+            self._reported.add(key)
+            for d in problems:
+                self.diags.add(d)
+        return [d.copy() for d in docs]
+
+    def report_problems(self, path: Path) -> None:
+        """Report a file's parse problems now (once), whoever reads it later."""
+        key = path.resolve()
+        entry = self._cache.get(key)
+        if entry is not None and entry[1] and key not in self._reported:
+            self._reported.add(key)
+            for d in entry[1]:
+                self.diags.add(d)
 
     def _read(self, path: Path) -> list[Doc]:
         name = self.rel(path)

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from homeplane.api.diagnostics import Diagnostics
+from homeplane.api.diagnostics import Diagnostics, processing
 from homeplane.api.loader import LoadOptions, LoadResult, add_object, find_manifest_files
 from homeplane.importer import apptemplate, kubeprometheus
 from homeplane.importer.docs import Doc, is_flux_kustomization
@@ -63,10 +63,17 @@ def load_repo(path: Path, variables: dict[str, str], endpoints: Path | None = No
     builder = Builder(root, diags)
     scanned: list[Doc] = []
     quiet = Diagnostics()  # problems in files no Kustomization uses are not reported
-    builder.diags = quiet
+    builder.diags = builder.quiet = quiet
     for f in files:
         scanned += builder.read_file(f)
     builder.diags = diags
+    for f in files:
+        # a Flux Kustomization that does not parse would drop its app without a word
+        try:
+            if FLUX_MARKER in f.read_text(encoding="utf-8", errors="replace"):
+                builder.report_problems(f)
+        except OSError:
+            builder.report_problems(f)
     flux_docs = [d for d in scanned if is_flux_kustomization(d)]
     paths = {(root / str((d.data.get("spec") or {}).get("path", ""))).resolve() for d in flux_docs}
     builder.owned = {p for p in paths if p != root.resolve()}
@@ -167,7 +174,9 @@ def _render_helm_releases(objects: list[Doc], diags: Diagnostics) -> list[Doc]:
             values = merge_values(values, parsed or {})
         values = merge_values(values, spec.get("values") or {})
         warned: list[str] = []
-        for obj in renderer(str(release), target_ns, values, warned.append):
+        with processing(hr.file):
+            rendered = renderer(str(release), target_ns, values, warned.append)
+        for obj in rendered:
             obj["metadata"].setdefault("annotations", {})[RENDERED_FROM] = f"HelmRelease/{ns}/{hr.name}"
             out.append(Doc(obj, hr.file, hr.document, hr.positions.get(("spec", "values"), hr.line)))
         for w in warned:

@@ -1,9 +1,11 @@
 """ClusterIP allocation from the service CIDR (Kubernetes' default 10.43.0.0/16 in k3s layouts).
 
 Pure: previous allocations and the Services in, new allocations and problems out.
-A fixed ``spec.clusterIP`` is honoured (two Services asking for the same one is a
-conflict, reported on both; the alphabetically first keeps it). Other Services
-keep what they had; new ones get an address derived from a hash of their name,
+Every address handed out before is kept first, whatever the names sort as (a
+ClusterIP never moves under a running cluster). A fixed ``spec.clusterIP`` is then
+honoured (asking for an address another Service has is a conflict, reported, as
+the API server refuses it; between two new ones the alphabetically first keeps
+it). New Services get an address derived from a hash of their name,
 probing upward for a free one - so even without a state store the same
 manifests give the same addresses. The network address, the first host address
 (the ``kubernetes`` Service's in a cluster) and the broadcast address are never
@@ -45,39 +47,56 @@ def allocate_cluster_ips(
     out = Allocation()
     used: dict[ipaddress._BaseAddress, ServiceKey] = {}
     reqs = sorted(requests, key=lambda r: r.key)
-    dynamic: list[ServiceRequest] = []
-    for r in reqs:
+
+    def fixed_ip(r: ServiceRequest) -> ipaddress._BaseAddress | None | str:
+        """The requested address, None for none, or the problem with it."""
         if r.fixed in (None, ""):
-            dynamic.append(r)
-            continue
+            return None
+        try:
+            ip = ipaddress.ip_address(str(r.fixed))
+        except ValueError:
+            return f"spec.clusterIP {r.fixed!r} is not an IP address"
+        if ip not in net:
+            return f"spec.clusterIP {ip} is outside the service CIDR {net}"
+        return ip
+
+    # 1. every address already handed out stays where it is (a ClusterIP is fixed for the
+    #    Service's life): before anything new is placed, so a new Service - whatever its
+    #    name sorts as - can never take an existing one's address
+    for r in reqs:
         if r.fixed == "None":
             continue  # headless
-        try:
-            ip = ipaddress.ip_address(r.fixed)
-        except ValueError:
-            out.problems[r.key] = f"spec.clusterIP {r.fixed!r} is not an IP address"
-            continue
-        if ip not in net:
-            out.problems[r.key] = f"spec.clusterIP {ip} is outside the service CIDR {net}"
-            continue
-        if ip in used:
-            other = used[ip]
-            out.problems[r.key] = f"spec.clusterIP {ip} is already the address of Service {other[0]}/{other[1]}"
-            continue
-        used[ip] = r.key
-        out.addresses[r.key] = str(ip)
-    size = net.num_addresses
-    for r in dynamic:
         prev = previous.get(r.key)
-        if prev is not None:
-            try:
-                ip = ipaddress.ip_address(prev)
-            except ValueError:
-                ip = None
-            if ip is not None and ip in net and ip not in used and ip not in reserved:
-                used[ip] = r.key
-                out.addresses[r.key] = str(ip)
-                continue
+        want = fixed_ip(r)
+        if prev is None or isinstance(want, str):
+            continue
+        try:
+            ip = ipaddress.ip_address(prev)
+        except ValueError:
+            continue
+        if ip in net and ip not in used and ip not in reserved and (want is None or want == ip):
+            used[ip] = r.key
+            out.addresses[r.key] = str(ip)
+    # 2. fixed spec.clusterIP requests; an address in use is a conflict (as the API refuses it)
+    for r in reqs:
+        if r.key in out.addresses or r.fixed in (None, "", "None"):
+            continue
+        want = fixed_ip(r)
+        if isinstance(want, str):
+            out.problems[r.key] = want
+            continue
+        assert want is not None
+        if want in used:
+            other = used[want]
+            out.problems[r.key] = f"spec.clusterIP {want} is already the address of Service {other[0]}/{other[1]}"
+            continue
+        used[want] = r.key
+        out.addresses[r.key] = str(want)
+    # 3. new Services: an address from a hash of the name, probing upward for a free one
+    size = net.num_addresses
+    for r in reqs:
+        if r.key in out.addresses or r.key in out.problems or r.fixed not in (None, ""):
+            continue
         start = int.from_bytes(hashlib.sha256(f"{r.key[0]}/{r.key[1]}".encode()).digest()[:8], "big") % size
         for i in range(size):
             ip = net.network_address + (start + i) % size

@@ -37,7 +37,8 @@ def corpus_dir() -> Path:
 def test_onedr0p_routes(onedr0p) -> None:
     rs = routes(onedr0p)
     rendered = {k for k, o in rs.items() if "homeplane.dev/rendered-from" in o.annotations}
-    assert len(rs) == 12 and len(rendered) == 10  # 8 app-template routes, 2 from kube-prometheus-stack
+    # 8 app-template routes, 2 from kube-prometheus-stack, echo's httpRoute, rook-ceph-cluster's dashboard
+    assert len(rs) == 14 and len(rendered) == 12
     assert rs[("default", "sonarr")].model.spec.hostnames == ["sonarr.turbo.ac"]  # {{ .Release.Name }}.turbo.ac
     assert rs[("default", "home-assistant")].model.spec.hostnames == ["home-assistant.turbo.ac", "hass.turbo.ac"]
     by_gateway: dict[str, set[str]] = {}
@@ -46,11 +47,28 @@ def test_onedr0p_routes(onedr0p) -> None:
             by_gateway.setdefault(p.name, set()).add(f"{ns}/{name}")
     assert by_gateway["envoy-external"] == {
         "default/home-assistant", "default/plex", "default/seerr", "flux-system/github-webhook", "network/https-redirect",
+        "network/echo",
     }
     assert by_gateway["envoy-internal"] == {
         "default/go2rtc", "default/home-assistant-mcp", "default/qbittorrent", "default/radarr", "default/sonarr", "network/https-redirect",
-        "default/kube-prometheus-stack-alertmanager", "default/kube-prometheus-stack-prometheus",
+        "default/kube-prometheus-stack-alertmanager", "default/kube-prometheus-stack-prometheus", "default/default-dashboard",
     }
+    # every chart route: name, hostnames, backend
+    chart_routes = {
+        ("default", "kube-prometheus-stack-prometheus"): (["prometheus.turbo.ac"], [("kube-prometheus-stack-prometheus", 9090)]),
+        ("default", "kube-prometheus-stack-alertmanager"): (["alertmanager.turbo.ac"], [("kube-prometheus-stack-alertmanager", 9093)]),
+        ("network", "echo"): (["echo.turbo.ac"], [("echo", 80)]),  # {{ .Release.Name }}.turbo.ac
+        # rook-ceph-cluster: <clusterName or namespace>-dashboard, the mgr dashboard without ssl on 7000
+        ("default", "default-dashboard"): (["rook.turbo.ac"], [("rook-ceph-mgr-dashboard", 7000)]),
+    }
+    for key, (hosts, backends) in chart_routes.items():
+        spec = rs[key].model.spec
+        assert spec.hostnames == hosts and [(b.name, b.port) for r in spec.rules for b in r.backend_refs] == backends, key
+    services = {(o.namespace, o.name): o for o in onedr0p.objects if o.kind == "Service"}
+    assert [p.port for p in services[("network", "echo")].model.spec.ports] == [80, 8081]
+    assert [p.port for p in services[("default", "rook-ceph-mgr-dashboard")].model.spec.ports] == [7000]
+    echo = rs[("network", "echo")]
+    assert echo.annotations["gatus.home-operations.com/endpoint"] == 'conditions: ["[STATUS] == 200"]'
     prom = rs[("default", "kube-prometheus-stack-prometheus")].model.spec
     assert prom.hostnames == ["prometheus.turbo.ac"]
     assert [(b.name, b.port) for b in prom.rules[0].backend_refs] == [("kube-prometheus-stack-prometheus", 9090)]
@@ -138,3 +156,9 @@ def test_get_backend_tls_policies_on_a_real_repo(corpus_dir: Path) -> None:
     lines = [line.split() for line in r.stdout.splitlines()]
     assert lines[0] == ["NAMESPACE", "NAME", "ACCEPTED", "HOSTNAME", "TARGETS"]
     assert lines[1] == ["security", "kanidm-upstream", "True", "idm.bjw-s.dev", "Service/kanidm"]
+
+
+def test_route_values_of_charts_not_rendered_are_reported(bjws) -> None:
+    # bjw-s's forgejo chart has tcpRoute values homeplane does not render: said, not dropped silently
+    notes = [d for d in bjws.diagnostics if d.code == "ChartRouteNotRendered"]
+    assert [(d.name, d.severity.value) for d in notes] == [("forgejo", "warning")] and "tcpRoute" in notes[0].message

@@ -110,7 +110,8 @@ def test_kube_prometheus_stack_routes_follow_the_chart() -> None:
     assert redirect == {"filters": [{"type": "RequestRedirect", "requestRedirect": {"scheme": "https", "statusCode": 301}}]}
     assert by[("Service", "monitoring-kube-prometheus-prometheus")]["spec"]["ports"][0]["port"] == 9091
     grafana = by[("HTTPRoute", "monitoring-grafana")]["spec"]["rules"][0]
-    assert grafana["backendRefs"] == [{"name": "monitoring-grafana", "port": 80}] and grafana["matches"][0]["path"]["value"] == "/"
+    assert [(b["name"], b["port"]) for b in grafana["backendRefs"]] == [("monitoring-grafana", 80)]
+    assert grafana["matches"][0]["path"]["value"] == "/"
     assert warnings == ["prometheus: route grpc: kind GRPCRoute is not rendered"]
     assert kubeprometheus.fullname("kube-prometheus-stack", {}) == "kube-prometheus-stack"
     assert kubeprometheus.fullname("x", {"fullnameOverride": "kps"}) == "kps"

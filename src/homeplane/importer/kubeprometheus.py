@@ -6,7 +6,7 @@ rather than standalone HTTPRoutes. Rendered as the chart does it:
 * the chart's full name is the release name when it contains ``kube-prometheus-stack`` (else
   ``<release>-kube-prometheus-stack``), ``fullnameOverride`` wins; both cut to 26 characters;
 * each component's Service is ``<fullname>-alertmanager`` (port 9093) or ``<fullname>-prometheus``
-  (9090), ``<component>.service.port`` overriding; Grafana's is ``<release>-grafana`` (port 80);
+  (9090), ``<component>.service.port`` overriding; Grafana is the grafana subchart (charts/grafana.py);
 * ``<component>.route.<key>`` with ``enabled: true`` becomes an HTTPRoute named like the
   Service, plus ``-<key>`` for keys other than ``main``: its ``hostnames``, ``parentRefs``,
   ``matches`` and ``filters`` on one rule to the Service, then ``additionalRules``;
@@ -86,10 +86,9 @@ def render(release: str, namespace: str, values: dict[str, Any], warn: Callable[
         svc = f"{full}-{suffix}"
         out.append(_service(svc, namespace, port, {"app.kubernetes.io/name": comp_name, f"{comp_name}": svc}))
         out += _routes(comp, svc, port, namespace, lambda m, c=comp_name: warn(f"{c}: {m}"))
-    grafana = values.get("grafana") or {}
-    if isinstance(grafana, dict) and grafana.get("enabled", True) is not False:
-        name = str(grafana.get("fullnameOverride") or (release if "grafana" in release else f"{release}-grafana"))[:63]
-        port = int((grafana.get("service") or {}).get("port") or 80)
-        out.append(_service(name, namespace, port, {"app.kubernetes.io/name": "grafana", "app.kubernetes.io/instance": release}))
-        out += _routes(grafana, name, port, namespace, lambda m: warn(f"grafana: {m}"))
+    sub = values.get("grafana") or {}
+    if isinstance(sub, dict) and sub.get("enabled", True) is not False:
+        from homeplane.importer.charts import grafana
+
+        out += grafana.render(release, namespace, sub, lambda m: warn(f"grafana: {m}"))
     return out

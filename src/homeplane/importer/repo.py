@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 from homeplane.api.diagnostics import Diagnostics, processing
 from homeplane.api.loader import LoadOptions, LoadResult, add_object, find_manifest_files
-from homeplane.importer import apptemplate, kubeprometheus
+from homeplane.importer.charts import RENDERERS, route_like_values
 from homeplane.importer.docs import Doc, is_flux_kustomization
 from homeplane.importer.endpoints import endpoint_slices
 from homeplane.importer.flux import FluxProcessor
@@ -123,13 +123,6 @@ def _chart_of(hr: Doc, by_kind: dict[str, dict[tuple[str | None, str], Doc]]) ->
     return str(chart) if chart else None
 
 
-# charts whose networking objects homeplane renders from values (the rest are reported)
-RENDERERS: dict[str, Callable[[str, str, dict[str, Any], Callable[[str], None]], list[dict[str, Any]]]] = {
-    "app-template": apptemplate.render,
-    "kube-prometheus-stack": kubeprometheus.render,
-}
-
-
 def _render_helm_releases(objects: list[Doc], diags: Diagnostics) -> list[Doc]:
     by_kind: dict[str, dict[tuple[str | None, str], Doc]] = {}
     for d in objects:
@@ -149,6 +142,13 @@ def _render_helm_releases(objects: list[Doc], diags: Diagnostics) -> list[Doc]:
                 f"HelmRelease {ns}/{hr.name} (chart {chart or 'unknown'}) not rendered: only {', '.join(RENDERERS)} charts are",
                 file=hr.file, line=hr.line, kind="HelmRelease", namespace=ns, name=hr.name, code="HelmNotRendered",
             )
+            for where in route_like_values(spec.get("values") or {}):
+                diags.warning(
+                    f"HelmRelease {ns}/{hr.name}: values at {where} look like a route, but homeplane does not render "
+                    f"chart {chart or 'unknown'}: that route is not served (write it as an HTTPRoute)",
+                    file=hr.file, line=hr.positions.get(("spec", "values", *where.split(".")), hr.line),
+                    kind="HelmRelease", namespace=ns, name=hr.name, code="ChartRouteNotRendered",
+                )
             continue
         values: Any = {}
         for vf in spec.get("valuesFrom") or []:

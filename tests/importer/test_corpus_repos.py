@@ -100,7 +100,10 @@ def test_onedr0p_load_balancers(onedr0p) -> None:
 def test_bjws_routes(bjws) -> None:
     rs = routes(bjws)
     rendered = {k for k, o in rs.items() if "homeplane.dev/rendered-from" in o.annotations}
-    assert len(rs) == 15 and len(rendered) == 10
+    # frigate's chart source (an OCIRepository) is not in the corpus; its values are app-template's
+    assert len(rs) == 17 and len(rendered) == 12
+    fr = rs[("default", "frigate-go2rtc")].model.spec
+    assert fr.hostnames == ["frigate-go2rtc.bjw-s.dev"] and [(b.name, b.port) for b in fr.rules[0].backend_refs] == [("frigate", 1984)]
     assert set(rs) >= {("downloads", "sonarr"), ("media", "jellyfin"), ("selfhosted", "searxng"), ("security", "kanidm"), ("dev", "forgejo")}
     assert rs[("selfhosted", "searxng")].model.spec.hostnames == ["search.bjw-s.dev"]
     q = rs[("downloads", "qbittorrent")].model.spec.rules[0].backend_refs[0]
@@ -115,7 +118,8 @@ def test_bjws_load_balancers_and_policies(bjws) -> None:
         for o in bjws.objects
         if o.kind == "Service" and o.model and o.model.spec.type == "LoadBalancer"
     }
-    assert lbs == {("kube-system", "kube-api"): "10.1.6.50", ("downloads", "qbittorrent-bittorrent"): "10.1.6.61", ("media", "jellyfin"): "10.1.6.62"}
+    assert lbs == {("kube-system", "kube-api"): "10.1.6.50", ("downloads", "qbittorrent-bittorrent"): "10.1.6.61",
+                   ("media", "jellyfin"): "10.1.6.62", ("default", "frigate"): "10.1.6.64"}
     tr = translate(bjws.objects)
     # home-assistant's BackendTrafficPolicy (active HTTP health check) attaches to its route
     ha = [r for g in tr.snapshot.gateways for ls in g.listeners for vh in ls.vhosts for r in vh.rules if r.route.name == "home-assistant"]

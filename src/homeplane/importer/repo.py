@@ -123,6 +123,20 @@ def _chart_of(hr: Doc, by_kind: dict[str, dict[tuple[str | None, str], Doc]]) ->
     return str(chart) if chart else None
 
 
+def _looks_like_app_template(values: Any) -> bool:
+    controllers = values.get("controllers") if isinstance(values, dict) else None
+    return isinstance(controllers, dict) and bool(controllers) and all(
+        isinstance(c, dict) and isinstance(c.get("containers"), dict) for c in controllers.values()
+    )
+
+
+def _source_missing(hr: Doc, by_kind: dict[str, dict[tuple[str | None, str], Doc]]) -> bool:
+    ref = (hr.data.get("spec") or {}).get("chartRef")
+    if not isinstance(ref, dict):
+        return False
+    return by_kind.get(ref.get("kind", ""), {}).get((ref.get("namespace") or hr.namespace, ref.get("name"))) is None
+
+
 def _render_helm_releases(objects: list[Doc], diags: Diagnostics) -> list[Doc]:
     by_kind: dict[str, dict[tuple[str | None, str], Doc]] = {}
     for d in objects:
@@ -136,6 +150,13 @@ def _render_helm_releases(objects: list[Doc], diags: Diagnostics) -> list[Doc]:
         release = spec.get("releaseName") or hr.name
         target_ns = spec.get("targetNamespace") or ns
         chart = _chart_of(hr, by_kind)
+        if chart not in RENDERERS and _looks_like_app_template(spec.get("values")) and _source_missing(hr, by_kind):
+            diags.info(
+                f"HelmRelease {ns}/{hr.name}: its chart source is not in the repository and its values are "
+                "app-template's (controllers with containers): rendered as app-template",
+                file=hr.file, line=hr.line, kind="HelmRelease", namespace=ns, name=hr.name, code="ChartGuessed",
+            )
+            chart = "app-template"
         renderer = RENDERERS.get(chart or "")
         if renderer is None:
             diags.info(

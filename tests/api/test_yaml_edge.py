@@ -132,3 +132,20 @@ def test_yaml_1_2_core_schema(text: str, value: object) -> None:
 def test_dump_and_load_round_trip_the_values_flux_substitutes() -> None:
     data = {"a": "yes", "b": "${VAR}", "c": [1, {"d": None, "e": "12"}], "f": "x: y", "g": "multi\nline"}
     assert yaml_load(dump(data)) == data
+
+
+def test_aliases_of_large_text_and_complex_keys() -> None:
+    big = "x" * 1_000_000
+    r = load(f"apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: a}}\ndata:\n  s: &S {big}\n  l: [{', '.join(['*S'] * 40)}]\n")
+    assert [d.code for d in r.diagnostics.errors] == ["YAMLTooLarge"] and "bytes of text" in r.diagnostics.errors[0].message
+    r = load("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\ndata:\n  ? [a, b]\n  : v\n")
+    assert [d.code for d in r.diagnostics.errors] == ["YAMLSyntax"] and "cannot be a key" in r.diagnostics.errors[0].message
+
+
+def test_substitution_cannot_blow_a_document_up() -> None:
+    nested = "${D//e/" * 28 + "x" + "}" * 28
+    r = load(f"apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: a}}\ndata: {{k: '{nested}'}}\n", D="example.com")
+    assert [d.code for d in r.diagnostics.errors] == ["SubstitutionFailed"] and "larger than" in r.diagnostics.errors[0].message
+    many = "${V}" * 20_000
+    r = load(f"apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: a}}\ndata: {{k: '{many}'}}\n", V="v" * 1000)
+    assert [d.code for d in r.diagnostics.errors] == ["SubstitutionFailed"]

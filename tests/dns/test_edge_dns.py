@@ -14,6 +14,7 @@ import dns.flags
 import dns.message
 import dns.query
 import dns.rcode
+import dns.rrset
 import pytest
 
 from homeplane.dns import wire
@@ -214,5 +215,56 @@ def test_edns_version_above_zero_is_badvers() -> None:
             c.settimeout(3)
             c.sendto(twice, ("127.0.0.1", s.port))
             assert c.recv(512)[3] & 0xF == wire.FORMERR
+    finally:
+        s.close()
+
+
+def test_rate_limit_accounts_fold_letter_case_and_options() -> None:
+    cfg = DNSConfig(rrl=RRLConfig(responses_per_second=5, window=15, slip=0), rrl_exempt_private=False)
+    s = DNS(APPS, cfg)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.2", 0))
+    sock.settimeout(0.5)
+    try:
+        for i in range(60):
+            # DNS 0x20: random letter case, and EDNS on and off: still the same answer
+            name = "".join(c.upper() if (i >> (k % 6)) & 1 else c for k, c in enumerate(WEB))
+            q = dns.message.make_query(name, "A", use_edns=0 if i % 2 else None)
+            q.id = i
+            sock.sendto(q.to_wire(), ("127.0.0.1", s.port))
+        got = 0
+        while True:
+            try:
+                sock.recv(4096)
+            except socket.timeout:
+                break
+            got += 1
+        assert 5 <= got <= 7  # slip 0: held-back answers are all dropped
+    finally:
+        sock.close()
+        s.close()
+
+
+def test_ipv4_mapped_clients_are_their_own_network_and_floods_do_not_reset_accounts() -> None:
+    rl = RateLimiter(RRLConfig(responses_per_second=1, max_table_size=20))
+    mapped = bytes(10) + b"\xff\xff" + bytes([192, 0, 2, 9])
+    assert rl.prefix_of_key(mapped) == bytes([192, 0, 2, 0]) != rl.prefix_of_key(bytes(10) + b"\xff\xff" + bytes([198, 51, 100, 1]))
+    victim = rl.prefix_of_key(bytes([203, 0, 113, 5]))
+    for _ in range(3):
+        rl.check(victim, b"q", "answer", 0.0)
+    assert rl.accounts[(victim, b"q")].balance < 0
+    for i in range(200):  # a flood of new accounts fills the table...
+        rl.check(rl.prefix_of_key(bytes([10, 0, i // 256, i % 256])), b"x%d" % i, "answer", 0.5)
+        rl.check(victim, b"q", "answer", 0.5)  # ...while the victim's account stays in use
+    assert (victim, b"q") in rl.accounts and rl.accounts[(victim, b"q")].balance < 0
+
+
+def test_edns_version_is_read_past_other_records() -> None:
+    s = DNS(APPS, DNSConfig())
+    try:
+        q = dns.message.make_query(WEB, "A", use_edns=1)
+        q.authority.append(dns.rrset.from_text("x.test.", 60, "IN", "A", "192.0.2.1"))
+        m = dns.query.udp(q, "127.0.0.1", port=s.port, timeout=3)
+        assert m.rcode() == dns.rcode.BADVERS
     finally:
         s.close()

@@ -24,10 +24,14 @@ from tests.gateway.test_fastlane import exchange, responses
 PUBLIC_AND_INTERNAL = """
     - matches: [{path: {type: PathPrefix, value: /echo}}]
       backendRefs: [{name: a, port: 80}]"""
+HANG = """
+    - matches: [{path: {type: PathPrefix, value: /hang}}]
+      backendRefs: [{name: a, port: 80}]
+      timeouts: {request: 60s}"""
 
 
 def manifests(port: int) -> str:
-    return gateway() + service("a", port) + route("public", "[public.test]", PUBLIC_AND_INTERNAL) + route(
+    return gateway() + service("a", port) + route("public", "[public.test]", PUBLIC_AND_INTERNAL + HANG) + route(
         "internal", "[internal.test]", PUBLIC_AND_INTERNAL.replace("/echo", "/echo/priv")
     )
 
@@ -72,6 +76,9 @@ def test_absolute_form_target_authority_wins(g: Gateway, backend: Backend) -> No
     b"Host: a b@internal.test\r\n",
     b"Host: user@internal.test\r\n",
     b"Host: public.test:x\r\n",
+    b"Host: public.test:99999\r\n",
+    b"Host: a,public.test\r\n",
+    b"Host: public.test;x\r\n",
     b"Host: \r\n",
     b"",
 ])
@@ -261,5 +268,124 @@ def test_overload_sheds_idle_connections_and_answers_503(backend: Backend, fast:
         assert status_of(raw) == 200
         idle.close()
         busy.close()
+    finally:
+        gw.close()
+
+
+def test_pipelined_requests_behind_a_hanging_one_are_bounded(g: Gateway) -> None:
+    before = _rss()
+    s = socket.create_connection(("127.0.0.1", g.port(80)), timeout=5)
+    # the first request hangs at the backend ("//hang" is normalised: the Python lane on both
+    # lanes), then heads pile up behind it
+    s.sendall(b"GET //hang HTTP/1.1\r\nHost: public.test\r\n\r\n")
+    head = b"GET /echo HTTP/1.1\r\nHost: public.test\r\nX-Pad: " + b"p" * 50_000 + b"\r\n\r\n"
+    s.settimeout(3)
+    sent = 0
+    try:
+        while sent < 100 << 20:
+            s.sendall(head * 20)
+            sent += len(head) * 20
+    except (socket.timeout, BrokenPipeError, ConnectionResetError):
+        pass  # the gateway stopped reading: the kernel buffers fill and the sender blocks
+    assert sent < 100 << 20, "the gateway kept reading pipelined requests without bound"
+    assert _rss() - before < 40 << 20
+    s.close()
+
+
+class Sink:
+    """A backend that accepts connections and never reads from them."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.held: list[socket.socket] = []
+        import threading
+
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            self.held.append(c)
+
+    def close(self) -> None:
+        self.sock.close()
+        for c in self.held:
+            c.close()
+
+
+def test_h2_request_bodies_respect_flow_control_when_the_backend_does_not_read() -> None:
+    sink = Sink()
+    gw = Gateway(manifests(sink.port))
+    try:
+        before = _rss()
+        s, c = _h2_client(gw.port(80))
+        c.send_headers(1, [(":method", "POST"), (":path", "/echo"), (":scheme", "http"), (":authority", "public.test")])
+        s.sendall(c.data_to_send())
+        s.settimeout(0.5)
+        sent = 0
+        chunk = b"x" * 16384
+        while sent < 64 << 20:
+            window = c.local_flow_control_window(1)
+            if window < len(chunk):
+                try:
+                    data = s.recv(65536)  # WINDOW_UPDATEs come only as the backend takes data
+                except socket.timeout:
+                    break
+                if not data:
+                    break
+                c.receive_data(data)
+                continue
+            c.send_data(1, chunk)
+            s.sendall(c.data_to_send())
+            sent += len(chunk)
+        # the client could send its stream window and the gateway's socket buffers, no more
+        assert sent < 8 << 20
+        assert _rss() - before < 30 << 20
+        s.close()
+    finally:
+        gw.close()
+        sink.close()
+
+
+def test_h2_ping_flood_from_a_client_that_does_not_read(backend: Backend) -> None:
+    gw = Gateway(manifests(backend.port))
+    try:
+        before = _rss()
+        s, c = _h2_client(gw.port(80))
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        ping = bytes.fromhex("000008060000000000") + b"12345678"  # PING, stream 0
+        s.settimeout(2)
+        sent = 0
+        try:
+            while sent < 200 << 20:
+                s.sendall(ping * 4096)
+                sent += len(ping) * 4096
+        except (socket.timeout, BrokenPipeError, ConnectionResetError):
+            pass
+        assert sent < 200 << 20, "the gateway kept reading PINGs from a client that reads none of the answers"
+        assert _rss() - before < 40 << 20
+        s.close()
+    finally:
+        gw.close()
+
+
+def test_h2_path_bytes_are_checked_like_http1(backend: Backend) -> None:
+    gw = Gateway(manifests(backend.port))
+    try:
+        s, c = _h2_client(gw.port(80))
+        c.send_headers(1, [(":method", "GET"), (":path", "/echo?a b"), (":scheme", "http"), (":authority", "public.test")], end_stream=True)
+        s.sendall(c.data_to_send())
+        got: list = []
+        while not any(isinstance(e, (h2.events.StreamEnded, h2.events.StreamReset)) for e in got):
+            got += c.receive_data(s.recv(65536))
+        status = [e for e in got if isinstance(e, h2.events.ResponseReceived)][0].headers[0]
+        assert status == (":status", "400") and not backend.requests
+        s.close()
     finally:
         gw.close()

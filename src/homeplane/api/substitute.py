@@ -36,6 +36,10 @@ from typing import Callable, Mapping
 # Flux rejects substitute keys that are not shell identifiers.
 VAR_NAME_RE = re.compile(r"^[_A-Za-z][_A-Za-z0-9]*$")
 
+# No substitution may make a document larger than this (a manifest document is at most 3 MiB,
+# api/yamlio.py): nested replacements grow exponentially, so the bound is checked as they run.
+MAX_EXPANSION = 4 * 1024 * 1024
+
 # Resources carrying this annotation or label with value "disabled" are left alone.
 SUBSTITUTE_ANNOTATION = "kustomize.toolkit.fluxcd.io/substitute"
 
@@ -303,6 +307,8 @@ def _apply(op: str, value: str, args: list[str]) -> str:
     if op in ("%", "%%"):
         return _strip_suffix(value, args[0], longest=op == "%%")
     pattern, repl = args[0], args[1] if len(args) > 1 else ""
+    if op == "//" and pattern and value.count(pattern) * max(len(repl) - len(pattern), 0) > MAX_EXPANSION:
+        raise _TooLarge()
     if op == "/":
         return value.replace(pattern, repl, 1)
     if op == "//":
@@ -314,13 +320,29 @@ def _apply(op: str, value: str, args: list[str]) -> str:
     raise SubstitutionError(f"unknown operator {op!r}", 0)
 
 
+class _TooLarge(Exception):
+    pass
+
+
 def expand(nodes: tuple[Node, ...], lookup: Lookup, *, strict: bool = False, missing: list[str] | None = None) -> str:
+    try:
+        return _expand(nodes, lookup, strict, missing)
+    except _TooLarge:
+        offset = next((n.offset for n in nodes if isinstance(n, Expr)), 0)
+        raise SubstitutionError(f"substitution would make the document larger than {MAX_EXPANSION:,} bytes", offset) from None
+
+
+def _expand(nodes: tuple[Node, ...], lookup: Lookup, strict: bool, missing: list[str] | None) -> str:
     out: list[str] = []
+    size = 0
     for node in nodes:
         if isinstance(node, Text):
             out.append(node.value)
+            size += len(node.value)
+            if size > MAX_EXPANSION:
+                raise _TooLarge()
             continue
-        args = [expand(a, lookup, strict=strict, missing=missing) for a in node.args]
+        args = [_expand(a, lookup, strict, missing) for a in node.args]
         value = lookup(node.name)
         if value is None:
             if node.op not in _DEFAULT_OPS:
@@ -329,7 +351,11 @@ def expand(nodes: tuple[Node, ...], lookup: Lookup, *, strict: bool = False, mis
                 if missing is not None:
                     missing.append(node.name)
             value = ""
-        out.append(_apply(node.op, value, args))
+        piece = _apply(node.op, value, args)
+        size += len(piece)
+        if size > MAX_EXPANSION:
+            raise _TooLarge()
+        out.append(piece)
     return "".join(out)
 
 

@@ -120,6 +120,8 @@ MAX_DEPTH = 200
 # on the share that comes through aliases must shrink (99 % allowed up to 400k, 10 % from 4M).
 _ALIAS_RATIO_RANGE = (400_000, 4_000_000)
 MAX_NODES = 4_000_000
+# ...and the text aliases repeat: a few aliases of a megabyte string are few nodes but much text
+MAX_ALIASED_BYTES = 16 * 1024 * 1024
 
 
 def _allowed_alias_ratio(decoded: int) -> float:
@@ -196,16 +198,18 @@ _MERGE = "<<"
 class _Composer:
     """Events of one document -> plain data, key lines, warnings; aliases are bounded."""
 
-    __slots__ = ("events", "base", "positions", "warnings", "anchors", "decoded", "aliased")
+    __slots__ = ("events", "base", "positions", "warnings", "anchors", "decoded", "aliased", "aliased_bytes", "text")
 
     def __init__(self, events: Any, base: int):
         self.events = events
         self.base = base  # file line of the chunk's first line, minus one
         self.positions: dict[Path, int] = {}
         self.warnings: list[tuple[int, str]] = []
-        self.anchors: dict[str, tuple[Any, int]] = {}  # name -> (value, expanded node count)
+        self.anchors: dict[str, tuple[Any, int, int]] = {}  # name -> (value, expanded nodes, text bytes)
         self.decoded = 0
         self.aliased = 0
+        self.aliased_bytes = 0
+        self.text = 0  # scalar bytes composed so far, aliases included
 
     def line(self, e: Any) -> int:
         return self.base + e.start_mark.line + 1
@@ -213,6 +217,7 @@ class _Composer:
     def node(self, e: Any, path: Path, depth: int) -> tuple[Any, int]:
         """One node starting with event ``e``: (value, expanded size in nodes)."""
         t = type(e)
+        text_before = self.text
         if t is ev.ScalarEvent:
             v = e.value
             if e.tag is not None and e.tag != "!":
@@ -222,13 +227,16 @@ class _Composer:
             else:
                 value = v
             size = 1
+            self.text += len(v)
         elif t is ev.AliasEvent:
             got = self.anchors.get(e.anchor)
             if got is None:
                 raise YamlSyntaxError(f"YAML syntax error: found undefined alias {e.anchor!r}", self.line(e))
-            value, size = got
+            value, size, nbytes = got
             self.aliased += size
             self.decoded += size
+            self.aliased_bytes += nbytes
+            self.text += nbytes
             self._check()
             if isinstance(value, (dict, list)):
                 value = copy.deepcopy(value)  # each use is its own object, as if written out
@@ -241,11 +249,19 @@ class _Composer:
             raise YamlSyntaxError(f"YAML syntax error: unexpected {t.__name__}", self.line(e))
         self.decoded += 1
         if e.anchor is not None:
-            self.anchors[e.anchor] = (value, size)  # a reused name refers to the latest node (YAML 1.2)
+            # a reused name refers to the latest node (YAML 1.2)
+            self.anchors[e.anchor] = (value, size, self.text - text_before)
         return value, size
 
     def _check(self) -> None:
         d = self.decoded
+        if self.aliased_bytes > MAX_ALIASED_BYTES:
+            raise YamlSyntaxError(
+                f"YAML document contains excessive aliasing: its aliases repeat more than {MAX_ALIASED_BYTES:,} "
+                "bytes of text; document skipped",
+                None,
+                "YAMLTooLarge",
+            )
         if d > MAX_NODES or (d > _ALIAS_RATIO_RANGE[0] and self.aliased / d > _allowed_alias_ratio(d)):
             raise YamlSyntaxError(
                 "YAML document contains excessive aliasing: its aliases expand it to more than "
@@ -271,7 +287,8 @@ class _Composer:
                 break
             key, ksize = self.node(ke, path, depth)
             if isinstance(key, (dict, list)):
-                key = _pyyaml.dump(key, Dumper=_Dumper, default_flow_style=True).strip()  # complex keys: their text
+                # a Kubernetes object is JSON: its keys are strings
+                raise YamlSyntaxError("YAML error: a mapping or sequence cannot be a key in a Kubernetes object", self.line(ke))
             elif isinstance(key, float) or key is None:
                 key = "null" if key is None else repr(key)
             ve = next(events)

@@ -72,6 +72,8 @@ class RateLimiter:
         """The network of an address given as its packed bytes (4 or 16) or its text."""
         got = self._prefixes.get(key)  # type: ignore[call-overload]
         if got is None:
+            if len(key) == 16 and key[:12] == b"\x00" * 10 + b"\xff\xff":
+                key = key[12:]  # an IPv4 client on a dual-stack socket: its own /24, not a /56 of all of IPv4
             if len(key) in (4, 16):
                 bits = self.cfg.ipv4_prefix if len(key) == 4 else self.cfg.ipv6_prefix
                 n = int.from_bytes(key, "big") >> (len(key) * 8 - bits) << (len(key) * 8 - bits)
@@ -119,9 +121,13 @@ class RateLimiter:
         return DROP
 
     def _expire(self, now: float) -> None:
-        """Accounts back at full credit hold nothing worth keeping; if none are, start over."""
+        """Make room: accounts back at full credit hold nothing worth keeping; if that is not
+        enough, the least recently used tenth goes (an account under attack is in use, so a
+        flood of new accounts cannot reset it)."""
         full = [k for k, a in self.accounts.items() if a.balance + (now - a.time) * self.rate("answer") >= self.rate("answer")]
         for k in full:
             del self.accounts[k]
         if len(self.accounts) >= self.cfg.max_table_size:
-            self.accounts.clear()
+            oldest = sorted(self.accounts.items(), key=lambda kv: kv[1].time)[: max(1, len(self.accounts) // 10)]
+            for k, _ in oldest:
+                del self.accounts[k]

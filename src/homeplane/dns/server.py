@@ -152,26 +152,27 @@ class DNSServer:
         rl = self.rrl
         prefix = rl.prefix_of_key(client_key)
         rcode = resp[3] & 0xF if len(resp) > 3 else wire.SERVFAIL
-        if rcode == wire.NOERROR and len(resp) > 7 and (resp[6] or resp[7]):
-            kind, what = "answer", data[4:]  # the same question (and options) gets the same answer
-        elif rcode in (wire.NOERROR, wire.NXDOMAIN):
-            try:
-                q = wire.parse_query(data)
-            except wire.FormatError:
-                kind, what = "error", b""
-            else:
-                zone = self.responder.data.zone_for(q.key)
-                base = zone.apex if zone is not None else b".".join(q.key.split(b".")[-2:])
-                kind, what = ("nxdomain", b"nx:" + base) if rcode == wire.NXDOMAIN else ("answer", b"nodata:" + q.key)
-        else:
+        try:
+            q = wire.parse_query(data)
+        except wire.FormatError:
+            q = None
+        # accounts by what the answer is (BIND's classes): the name (case folded, so 0x20
+        # letter case does not open new accounts) and type for answers, the name for NODATA, the
+        # zone for NXDOMAIN, one per network for errors
+        if q is None or rcode not in (wire.NOERROR, wire.NXDOMAIN):
             kind, what = "error", b""
+        elif rcode == wire.NXDOMAIN:
+            zone = self.responder.data.zone_for(q.key)
+            kind, what = "nxdomain", b"nx:" + (zone.apex if zone is not None else b".".join(q.key.split(b".")[-2:]))
+        elif len(resp) > 7 and (resp[6] or resp[7]):
+            kind, what = "answer", b"%s/%d" % (q.key, q.qtype)
+        else:
+            kind, what = "answer", b"nodata:" + q.key
         verdict = rl.check(prefix, what, kind, now)
         if verdict == RRL_DROP:
             return None
         if verdict == SLIP:
-            try:
-                q = wire.parse_query(data)
-            except wire.FormatError:
+            if q is None:
                 return None
             return wire.reply(data, q, rcode, tc=True, aa=bool(resp[2] & 0x04))
         return resp

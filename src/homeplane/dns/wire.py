@@ -85,8 +85,14 @@ def parse_query(data: bytes) -> Query:
     qtype, qclass = struct.unpack_from("!HH", data, pos)
     qend = pos + 4
     q = Query(qid, flags, data[12:pos], b".".join(labels).lower(), qtype, qclass, qend)
-    if ar and not an and not ns:
-        _parse_opt(data, qend, ar, q)
+    if ar:
+        pos = qend
+        for _ in range(an + ns):  # a query has none; skipped so the OPT record is always read
+            pos = skip_name(data, pos)
+            if pos + 10 > len(data):
+                raise FormatError("truncated record")
+            pos += 10 + struct.unpack_from("!H", data, pos + 8)[0]
+        _parse_opt(data, pos, ar, q)
     return q
 
 

@@ -105,7 +105,7 @@ static void init_tchar(void) {
 static const char PATH_SAFE_CHARS[] =
     "!$%&'()*+,-./0123456789:;=?@ABCDEFGHIJKLMNOPQRSTUVWXYZ[]_abcdefghijklmnopqrstuvwxyz~";
 static const char HOST_SAFE_CHARS[] =
-    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~!$&'()*+,;=%:";
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~%:";
 static unsigned char PATH_SAFE[256], HOST_SAFE[256];
 
 static void init_sets(void) {
@@ -114,11 +114,12 @@ static void init_sets(void) {
 }
 
 /* gateway/paths.is_canonical: a path normalisation would leave as it is under any settings
- * (no escapes, backslashes, empty or dot segments, only safe bytes). Others go to Python. */
+ * (no escapes, backslashes, empty or dot segments, path parameters, only safe bytes). Others go
+ * to Python. */
 static int path_is_canonical(const char *p, Py_ssize_t n) {
     for (Py_ssize_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)p[i];
-        if (!PATH_SAFE[c] || c == '%') return 0;
+        if (!PATH_SAFE[c] || c == '%' || c == ';') return 0;
         if (c == '/' && i + 1 < n) {
             if (p[i + 1] == '/') return 0;
             if (p[i + 1] == '.') {
@@ -1174,8 +1175,13 @@ static int conn_start(Conn *c) {
         if (!HOST_SAFE[(unsigned char)hv[i]]) return -1;  /* Python answers 400 */
     for (Py_ssize_t i = hn - 1; i >= 0; i--) {
         if (hv[i] == ':') {
-            int digits = i < hn - 1;
-            for (Py_ssize_t j = i + 1; j < hn; j++) if (hv[j] < '0' || hv[j] > '9') digits = 0;
+            int digits = i < hn - 1 && hn - 1 - i <= 5;
+            long port = 0;
+            for (Py_ssize_t j = i + 1; j < hn; j++) {
+                if (hv[j] < '0' || hv[j] > '9') digits = 0;
+                else port = port * 10 + (hv[j] - '0');
+            }
+            if (port > 65535) digits = 0;
             if (digits) hn = i;
             else if (i < hn - 1) return -1;  /* a port that is not a number: Python answers 400 */
             break;

@@ -28,7 +28,7 @@ from homeplane.gateway.compression import Encoder, accepted, compressible
 from homeplane.gateway.filters import CompiledHeaderOps, redirect_location, replace_path
 from homeplane.gateway.headers import HOP_BY_HOP, RequestInfo, detect_client_ip, request_id
 from homeplane.gateway.paths import DEFAULT as DEFAULT_PATH
-from homeplane.gateway.paths import Verdict, is_canonical, normalize
+from homeplane.gateway.paths import Verdict, is_canonical, match_path, normalize, valid_target_bytes
 from homeplane.gateway.router import normalize_host, valid_host
 from homeplane.gateway.upstream import UpstreamConnection, connect
 from homeplane.translate import snapshot as ir
@@ -273,6 +273,10 @@ class Exchange:
             return
         self.host = normalize_host(host_raw)
         lt = self.listener or self.table.listener_for(self.host)
+        if not valid_target_bytes(self.target):
+            self.respond_simple(400, b"invalid request target\n")  # HTTP/2 and /3 paths reach here unchecked
+            return
+        matched = self.path
         if self.path[:1] == b"/" and not is_canonical(self.path):
             conf = lt.conf if lt is not None else None
             path, verdict = normalize(self.path, conf.path if conf is not None else DEFAULT_PATH)
@@ -283,9 +287,11 @@ class Exchange:
             self.target = path + (b"?" + self.query if q >= 0 else b"")
             if verdict == Verdict.REDIRECT:
                 # Envoy's UNESCAPE_AND_REDIRECT: the client asks again for the decoded path
-                self.respond_simple(307, b"", [(b"location", self.target)])
+                # (never "//host/...": that would be a redirect to another site)
+                self.respond_simple(307, b"", [(b"location", b"/" + self.target.lstrip(b"/"))])
                 return
-        lt, m = self.table.route(self.host, self.method, self.path, hmap, self.query, lt)
+            matched = match_path(path)
+        lt, m = self.table.route(self.host, self.method, matched, hmap, self.query, lt)
         if lt is not None:
             self.listener_conf = lt.conf
             self._detect_client(hmap)
@@ -830,7 +836,7 @@ class Exchange:
         self.upstream = None
         if conn is not None:
             conn.exchange = None
-            conn.close()
+            conn.abort()  # what was not sent yet is dropped, not kept for a peer that may never read
         if self._task is not None:
             self._task.cancel()
         if self.endpoint is not None and self.state in (_CONNECTING, _WAITING, _STREAMING, _TUNNEL):

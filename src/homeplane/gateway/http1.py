@@ -27,6 +27,7 @@ MAX_URL = 16 * 1024
 MAX_HEADER_BYTES = 60 * 1024  # Envoy's default max_request_headers_kb
 MAX_HEADERS = 100  # Envoy's default max_headers_count
 MAX_QUEUED_BODY = 1024 * 1024  # pipelined requests waiting their turn
+MAX_PIPELINED = 32  # requests parsed ahead of the one being answered, before reading stops
 # Bytes the parser may take in without handing anything over (a header line, a chunk-size line,
 # trailers still being read): llhttp keeps no limit of its own and httptools buffers a partial
 # header in full, so an endless line is cut off here, as the bytes arrive.
@@ -160,7 +161,7 @@ class Http1Connection(asyncio.Protocol):
                 self._fail(500)
         except httptools.HttpParserError as e:
             self._bad_request(f"bad request: {e}\n".encode())
-        if self.queued_body > MAX_QUEUED_BODY:
+        if self.queued_body > MAX_QUEUED_BODY or len(self.queue) > MAX_PIPELINED:
             self._pause_reading("queue")
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -179,12 +180,15 @@ class Http1Connection(asyncio.Protocol):
         return True if self.current is not None else None
 
     def pause_writing(self) -> None:
+        # a client that does not read its answers gets no more requests read either
         self.write_paused = True
+        self._pause_reading("write")
         if self.current is not None:
             self.current.downstream_paused()
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        self._resume_reading("write")
         if self.current is not None:
             self.current.downstream_resumed()
 
@@ -342,7 +346,8 @@ class Http1Connection(asyncio.Protocol):
             t.close()
             return
         self.deadline = time.monotonic() + self.dp.settings.idle_timeout
-        self._resume_reading("queue")
+        if len(self.queue) <= MAX_PIPELINED and self.queued_body <= MAX_QUEUED_BODY:
+            self._resume_reading("queue")
         if self.queue and self.queue[0].ready:
             self._start(self.queue[0])
         elif self.failed is not None:

@@ -31,10 +31,15 @@ _FORBIDDEN = {b"connection", b"keep-alive", b"proxy-connection", b"transfer-enco
 class H2Stream:
     """Sink for one stream's exchange."""
 
-    __slots__ = ("conn", "stream_id", "exchange", "pending", "pending_bytes", "end_pending", "closed", "paused", "opened")
+    __slots__ = (
+        "conn", "stream_id", "exchange", "pending", "pending_bytes", "end_pending", "closed", "paused", "opened",
+        "body_paused", "unacked",
+    )
 
     def __init__(self, conn: H2Connection, stream_id: int, opened: float = 0.0):
         self.opened = opened
+        self.body_paused = False  # the upstream cannot take more of the request body now
+        self.unacked = 0  # request body bytes received but not yet acknowledged (window held back)
         self.conn = conn
         self.stream_id = stream_id
         self.exchange: Exchange | None = None
@@ -130,10 +135,19 @@ class H2Stream:
         self.conn.flush()
 
     def pause_request_body(self) -> None:
-        pass  # HTTP/2 flow control: we simply stop acknowledging the stream's data
+        # HTTP/2 flow control: the stream's data stops being acknowledged, so the client can send
+        # no more than its window until the upstream takes what it has
+        self.body_paused = True
 
     def resume_request_body(self) -> None:
-        pass
+        self.body_paused = False
+        if self.unacked and not self.closed:
+            n, self.unacked = self.unacked, 0
+            try:
+                self.conn.h2.acknowledge_received_data(n, self.stream_id)
+            except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+                return
+            self.conn.flush()
 
     def start_tunnel(self, exchange: Exchange) -> None:
         self.respond_abort()  # Upgrade does not exist in HTTP/2
@@ -233,6 +247,9 @@ class H2Connection(asyncio.Protocol):
                 s = self.streams.get(ev.stream_id)
                 if s is not None and s.exchange is not None:
                     s.exchange.feed_body(ev.data)
+                    if s.body_paused:  # acknowledged when the upstream takes more
+                        s.unacked += ev.flow_controlled_length
+                        continue
                 try:
                     self.h2.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
                 except h2.exceptions.StreamClosedError:
@@ -335,11 +352,17 @@ class H2Connection(asyncio.Protocol):
         self.streams.clear()
 
     def pause_writing(self) -> None:
+        # a client that does not read: stop reading it too, or frames it makes us answer
+        # (PING, SETTINGS, WINDOW_UPDATE acknowledgements) would pile up without bound
+        if self.transport is not None and not self.closed:
+            self.transport.pause_reading()
         for s in self.streams.values():
             if s.exchange is not None:
                 s.exchange.downstream_paused()
 
     def resume_writing(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
         for s in self.streams.values():
             if s.exchange is not None and not s.paused:
                 s.exchange.downstream_resumed()

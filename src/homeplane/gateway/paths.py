@@ -54,8 +54,8 @@ DEFAULT = PathSettings()
 
 def is_canonical(path: bytes) -> bool:
     """True when :func:`normalize` would return ``path`` unchanged under any settings: no
-    escapes, backslashes, empty segments or dot segments, only safe bytes."""
-    if b"%" in path or b"//" in path:
+    escapes, backslashes, empty segments, dot segments or path parameters, only safe bytes."""
+    if b"%" in path or b"//" in path or b";" in path:
         return False
     if b"/." in path:
         n = len(path)
@@ -92,6 +92,12 @@ def _decode_escapes(path: bytes, slashes: bool) -> tuple[bytes, bool]:
             else:
                 out += path[i : i + 3]
             i += 3
+            continue
+        if c == 0x25:
+            # a "%" that starts no escape is escaped itself (as Chromium's canonicaliser does):
+            # else "%2%65" would decode to a fresh "%2e" that the backend decodes once more
+            out += b"%25"
+            i += 1
             continue
         out.append(c)
         i += 1
@@ -164,3 +170,21 @@ def normalize(path: bytes, settings: PathSettings = DEFAULT) -> tuple[bytes, Ver
     if settings.merge_slashes:
         path = _merge_slashes(path)
     return path, verdict
+
+
+def match_path(path: bytes) -> bytes:
+    """The path routing matches on: without path parameters (``/a;jsessionid=1/b`` is ``/a/b``),
+    as Java servlet containers resolve it, so a rule on ``/a`` also covers ``/a;x/...``. The
+    request is forwarded with its parameters."""
+    if b";" not in path:
+        return path
+    return b"/".join(seg.split(b";", 1)[0] for seg in path.split(b"/"))
+
+
+def valid_target_bytes(target: bytes) -> bool:
+    """No control bytes, spaces, DEL or non-ASCII anywhere in a request target (llhttp refuses
+    them in HTTP/1.1; an HTTP/2 :path must be held to the same before it is forwarded)."""
+    return not target.translate(None, _TARGET_OK)
+
+
+_TARGET_OK = bytes(range(0x21, 0x7F))

@@ -212,13 +212,17 @@ def parse_query(qs: bytes) -> dict[bytes, bytes]:
     return out
 
 
-# RFC 9110 §7.2: Host = uri-host [ ":" port ]; a reg-name, an IPv4 address or a bracketed IPv6 one
-_VALID_HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]+)(?::[0-9]*)?")
+# RFC 9110 §7.2: Host = uri-host [ ":" port ]: a name (letters, digits, "-._~", escapes), an IPv4
+# address or a bracketed IPv6 one. The sub-delims RFC 3986 also allows in a reg-name ("," ";" ...)
+# never appear in a DNS name and only serve tricks ("a,internal.test"): refused.
+_VALID_HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~%]+)(?::([0-9]{0,5}))?")
 
 
 def valid_host(raw: bytes) -> bool:
-    """A Host value a proxy may route on: no spaces, userinfo ("@") or other stray bytes."""
-    return _VALID_HOST.fullmatch(raw.strip(b" \t")) is not None
+    """A Host value a proxy may route on: no spaces, userinfo ("@"), other stray bytes or a port
+    beyond 65535."""
+    m = _VALID_HOST.fullmatch(raw.strip(b" \t"))
+    return m is not None and (not m.group(1) or int(m.group(1)) <= 65535)
 
 
 def normalize_host(raw: bytes) -> bytes:

@@ -51,6 +51,13 @@ class PooledConnection(asyncio.Protocol):
             if self.transport is not None:
                 self.transport.close()
 
+    def abort(self) -> None:
+        """Close without flushing what is still buffered for the backend."""
+        if not self.closed:
+            self.closed = True
+            if self.transport is not None:
+                self.transport.abort()
+
 
 class UpstreamConnection(PooledConnection):
     __slots__ = (

@@ -406,6 +406,10 @@ class H2Stream(PooledConnection):
         self.closed = True
         session.forget(self)
 
+    def abort(self) -> None:
+        """A stream is given up by resetting it: the session and its other streams go on."""
+        self.close()
+
     def close(self) -> None:
         """Reset this stream (CANCEL); an unclaimed handle lets its session go when idle."""
         if self.closed:

@@ -21,6 +21,7 @@ defaults, which a ClientTrafficPolicy ``spec.path`` can change per listener:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -33,6 +34,11 @@ _HEX = frozenset(b"0123456789abcdefABCDEF")
 # (which Envoy uses) escapes, and the backslash, read as a slash. _fastlane.c has the same set.
 PATH_SAFE = bytes(c for c in range(0x21, 0x7F) if c not in b'"#<>\\^`{|}')
 _PATH_SAFE = frozenset(PATH_SAFE)
+# what is_canonical refuses, found in one C-speed scan: an unsafe byte, "%", ";", "//", or a
+# dot segment ("/." or "/.." before "/", ";" or the end)
+_NOT_CANONICAL = re.compile(
+    rb"[^" + re.escape(bytes(c for c in PATH_SAFE if c not in b"%;")) + rb"]|//|/\.\.?(?:[/;]|$)"
+)
 
 
 class Verdict(IntEnum):
@@ -55,17 +61,7 @@ DEFAULT = PathSettings()
 def is_canonical(path: bytes) -> bool:
     """True when :func:`normalize` would return ``path`` unchanged under any settings: no
     escapes, backslashes, empty segments, dot segments or path parameters, only safe bytes."""
-    if b"%" in path or b"//" in path or b";" in path:
-        return False
-    if b"/." in path:
-        n = len(path)
-        i = path.find(b"/.")
-        while i >= 0:
-            j = i + 2
-            if j == n or path[j] in b"/;" or (path[j] == 0x2E and (j + 1 == n or path[j + 1] in b"/;")):
-                return False
-            i = path.find(b"/.", j)
-    return all(b in _PATH_SAFE for b in path)
+    return _NOT_CANONICAL.search(path) is None
 
 
 class _Nul(ValueError):
@@ -106,7 +102,7 @@ def _decode_escapes(path: bytes, slashes: bool) -> tuple[bytes, bool]:
 
 def _escape_unsafe(path: bytes) -> bytes:
     """Escape bytes that may not stand in a path (controls, spaces, quotes, non-ASCII ...)."""
-    if all(b in _PATH_SAFE for b in path):
+    if not path.translate(None, PATH_SAFE):
         return path
     return b"".join(bytes((b,)) if b in _PATH_SAFE else b"%%%02X" % b for b in path)
 

@@ -233,7 +233,6 @@ def run(
     ),
 ) -> None:
     """Serve the manifests: load, translate, publish, and re-apply on every change."""
-    from homeplane.gateway.addresses import loopback_allocator
     from homeplane.gateway.server import BindPlan, DataPlane, Settings, default_port_map
     from homeplane.runtime import Runtime
     from homeplane.store import SQLiteStore, StoreError
@@ -275,6 +274,9 @@ def run(
     except ValueError as e:
         _fail(str(e))
         return
+    from homeplane.ipam.binding import BindingOptions
+
+    inputs = dataclasses.replace(inputs, bindings=BindingOptions(explicit=gw_addrs, default_address=bind_address))
     try:
         import uvloop
 
@@ -298,7 +300,7 @@ def run(
     async def main_async() -> None:
         rt = Runtime(inputs, store, admin_host=host, admin_port=int(port))
         settings = Settings(access_log=access_log, reuse_port=workers > 1, max_memory=budget)
-        dp = DataPlane(settings, BindPlan(pmap, gw_addrs, bind_address, loopback_allocator(store)))
+        dp = DataPlane(settings, BindPlan(pmap))
         rt.subscribe(dp.apply)
         rt.on_start.append(dp.start)
         rt.on_stop.append(dp.close)
@@ -308,8 +310,7 @@ def run(
             pool = WorkerPool(workers - 1, settings, pmap)
 
             async def fan_out(snapshot) -> None:
-                addresses = {f"{g.ref.namespace}/{g.ref.name}": dp.bind.address_for(g) for g in snapshot.gateways}
-                pool.apply(snapshot, addresses)
+                pool.apply(snapshot)
 
             async def stop_workers() -> None:
                 pool.close()
@@ -337,7 +338,7 @@ def run(
                 listen = [parse_host_port(d, "--dns", pmap) for d in dns]
             except ValueError as e:
                 _fail(str(e))
-            svc = DNSService(listen, dns_domain, dns_gateway, dns_upstream, cluster_domain, dp, tuple(recursion), dns_rrl)
+            svc = DNSService(listen, dns_domain, dns_gateway, dns_upstream, cluster_domain, tuple(recursion), dns_rrl)
             rt.subscribe(svc.apply)
             rt.on_start.append(svc.start)
             rt.on_stop.append(svc.close)

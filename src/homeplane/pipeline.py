@@ -7,16 +7,21 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from homeplane.api.loader import LoadOptions, LoadResult, load_paths
-from homeplane.importer.endpoints import endpoint_slices
-from homeplane.api.models.core import Service
-from homeplane.importer.repo import is_flux_repo, load_repo
 from homeplane.api.models.cilium import CiliumLoadBalancerIPPool
-from homeplane.l4.gatewayservice import gateway_services
-from homeplane.l4.ipam import DEFAULT_SERVICE_CIDR, ServiceRequest, allocate_cluster_ips
-from homeplane.l4.lbipam import LBResult, PoolInput, ServiceInput
-from homeplane.l4.lbipam import allocate as allocate_lb
+from homeplane.api.models.core import Service
+from homeplane.api.models.envoy import gateway_service_key
+from homeplane.api.models.gateway import Gateway
+from homeplane.importer.endpoints import endpoint_slices
+from homeplane.importer.repo import is_flux_repo, load_repo
+from homeplane.ipam.binding import BindingOptions, Bindings
+from homeplane.ipam.binding import plan as plan_bindings
+from homeplane.ipam.clusterip import DEFAULT_SERVICE_CIDR, ServiceRequest, allocate_cluster_ips
+from homeplane.ipam.gatewayservice import gateway_services
+from homeplane.ipam.lbipam import LBResult, PoolInput, ServiceInput
+from homeplane.ipam.lbipam import allocate as allocate_lb
 from homeplane.report import build_report
 from homeplane.translate import TranslateOptions, Translation, translate
+from homeplane.translate.gateways import requested_addresses
 
 
 @dataclass(frozen=True)
@@ -31,6 +36,8 @@ class Inputs:
     mode: str = "auto"
     endpoints: Path | None = None
     service_cidr: str = DEFAULT_SERVICE_CIDR
+    # where Gateways listen on this machine: decided only when serving (None for check/get)
+    bindings: BindingOptions | None = None
 
 
 @dataclass
@@ -40,6 +47,7 @@ class Result:
     _report: dict[str, Any] | None = None
     cluster_ips: dict[tuple[str, str], str] = field(default_factory=dict)
     lb_ips: dict[tuple[str, str], list[str]] = field(default_factory=dict)
+    bindings: Bindings = field(default_factory=Bindings)
 
     @property
     def report(self) -> dict[str, Any]:
@@ -59,8 +67,10 @@ def run_pipeline(
     version: int = 1,
     previous_cluster_ips: Mapping[tuple[str, str], str] | None = None,
     previous_lb_ips: Mapping[tuple[str, str], list[str]] | None = None,
+    previous_bindings: Mapping[str, str] | None = None,
 ) -> Result:
-    """Load, allocate ClusterIPs (from ``previous_cluster_ips`` when given), translate."""
+    """Load, run the address controllers (ClusterIPs, LB IPAM, where Gateways listen; each
+    keeping what it handed out before), translate."""
     load = _load(inputs)
     requests = [
         ServiceRequest((o.namespace or "", o.name), o.model.spec.cluster_ip)
@@ -69,8 +79,26 @@ def run_pipeline(
     ]
     alloc = allocate_cluster_ips(requests, inputs.service_cidr, previous_cluster_ips)
     lb = allocate_lb_ips(load.objects, previous_lb_ips)
-    options = replace(inputs.translate, cluster_ips=alloc.addresses, cluster_ip_problems=alloc.problems, lb=lb)
-    return Result(load, translate(load.objects, options, version=version), cluster_ips=alloc.addresses, lb_ips=lb.addresses)
+    bindings = Bindings()
+    if inputs.bindings is not None:
+        opts = replace(inputs.bindings, previous=previous_bindings or inputs.bindings.previous)
+        bindings = plan_bindings(gateway_addresses(load.objects, lb), opts)
+    options = replace(
+        inputs.translate, cluster_ips=alloc.addresses, cluster_ip_problems=alloc.problems, lb=lb, bindings=bindings.addresses,
+    )
+    return Result(
+        load, translate(load.objects, options, version=version), cluster_ips=alloc.addresses, lb_ips=lb.addresses, bindings=bindings,
+    )
+
+
+def gateway_addresses(objects: list, lb: LBResult) -> list[tuple[str, list[str]]]:
+    """Every Gateway's addresses: what LB IPAM gave its Service, else what it asks for."""
+    out = []
+    for o in objects:
+        if isinstance(o.model, Gateway):
+            got = lb.services.get(gateway_service_key(o.namespace or "", o.name))
+            out.append((f"{o.namespace}/{o.name}", list(got.addresses) if got and got.addresses else requested_addresses(o.model)))
+    return out
 
 
 def allocate_lb_ips(objects: list, previous: Mapping[tuple[str, str], list[str]] | None) -> LBResult:

@@ -35,6 +35,7 @@ Subscriber = Callable[[Snapshot], "Awaitable[None] | None"]
 _VERSION_KEY = "runtime/snapshot-version"
 _CLUSTER_IP_PREFIX = "ipam/cluster-ip/"
 _LB_PREFIX = "ipam/lb/"
+_BINDING_PREFIX = "gateway-address/"  # loopback addresses Gateways were given (ipam/binding.py)
 _TRANSITIONS_KEY = "runtime/condition-transitions"
 
 
@@ -123,7 +124,8 @@ class Runtime:
         self.store.put(_TRANSITIONS_KEY, json.dumps(seen).encode())
 
     def _persist_cluster_ips(self, result: Result) -> None:
-        """The IPAM controller's state: keep every ClusterIP so restarts and reorders never move one."""
+        """The address controllers' state: every ClusterIP, LB IP and loopback binding is kept, so
+        restarts and reorders never move one."""
         from homeplane.store import Txn
 
         current = {e.key: e.value for e in self.store.list(_CLUSTER_IP_PREFIX)}
@@ -132,6 +134,9 @@ class Runtime:
         wanted.update({f"{_LB_PREFIX}{ns}/{name}": ",".join(ips).encode() for (ns, name), ips in result.lb_ips.items()})
         puts = [(k, v) for k, v in wanted.items() if current.get(k) != v]
         deletes = [k for k in current if k not in wanted]
+        # loopback bindings are kept even when a Gateway goes away for a while (never reused)
+        bound = {e.key: e.value for e in self.store.list(_BINDING_PREFIX)}
+        puts += [(_BINDING_PREFIX + k, v.encode()) for k, v in result.bindings.loopback.items() if bound.get(_BINDING_PREFIX + k) != v.encode()]
         if puts or deletes:
             self.store.commit(Txn(puts=puts, deletes=deletes))
 
@@ -175,7 +180,8 @@ class Runtime:
                 tuple(e.key[len(_LB_PREFIX):].split("/", 1)): e.value.decode().split(",")  # type: ignore[misc]
                 for e in self.store.list(_LB_PREFIX)
             }
-            result = await asyncio.to_thread(run_pipeline, self.inputs, self.version + 1, previous, previous_lb)
+            previous_bindings = {e.key[len(_BINDING_PREFIX):]: e.value.decode() for e in self.store.list(_BINDING_PREFIX)}
+            result = await asyncio.to_thread(run_pipeline, self.inputs, self.version + 1, previous, previous_lb, previous_bindings)
             new_errors = self._new_load_errors(result)
             if self.current is not None and new_errors:
                 self.rejected = {

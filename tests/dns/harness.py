@@ -17,7 +17,7 @@ import uvloop
 from homeplane.api.loader import LoadOptions, LoadResult, load_text
 from homeplane.dns.config import DNSConfig
 from homeplane.dns.server import DNSServer
-from homeplane.l4.ipam import ServiceRequest, allocate_cluster_ips
+from homeplane.ipam.clusterip import ServiceRequest, allocate_cluster_ips
 from homeplane.translate import TranslateOptions, translate
 from tests.gateway.harness import free_port
 

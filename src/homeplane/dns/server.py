@@ -39,13 +39,12 @@ class DNSServer:
         self._udp: list[MMsgBatch | SimpleBatch] = []
         self._servers: list[asyncio.base_events.Server] = []
         self.bound: list[tuple[str, int]] = []
-        self.gateway_addresses: Mapping[str, list[str]] = {}
 
     # --- configuration ------------------------------------------------------------------
 
     def apply(self, snap: Snapshot) -> None:
         """Swap in the zones of a new Snapshot (one reference assignment: atomic)."""
-        data = compile_zones(snap, self.cfg, self.gateway_addresses)
+        data = compile_zones(snap, self.cfg)
         stats = self.responder.stats
         self.responder = Responder(data)
         self.responder.stats = stats

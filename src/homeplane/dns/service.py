@@ -27,14 +27,12 @@ class DNSService:
         gateways: list[str],
         upstreams: list[str],
         cluster_domain: str | None,
-        dataplane: Any = None,
         recursion: tuple[Any, ...] = (),
         rrl: float | None = None,
     ):
         self.flags = (domains, gateways, upstreams, cluster_domain)
         self.recursion = recursion  # --dns-allow-recursion: replaces the private ranges
         self.rrl = rrl  # --dns-rrl: responses per second, for every client
-        self.dataplane = dataplane
         self.server = DNSServer(self.config(None), listen)
         self._coredns: Any = None
 
@@ -68,15 +66,6 @@ class DNSService:
             self._coredns = coredns
             cfg = self.config(coredns)
             self.server.reconfigure(cfg)
-        if self.dataplane is not None:
-            # a Gateway without an address of its own answers with where it listens on this machine
-            # (the data plane has already applied this Snapshot: it subscribed first)
-            addrs: dict[str, list[str]] = {}
-            for b in getattr(self.dataplane, "bindings", []):
-                addrs.setdefault(b["gateway"], [])
-                if b["address"] not in addrs[b["gateway"]]:
-                    addrs[b["gateway"]].append(b["address"])
-            self.server.gateway_addresses = addrs
         self.server.apply(snap)
 
     async def start(self) -> None:

@@ -109,7 +109,6 @@ def _soa(apex: str, ttl: int, mname: str, rname: str) -> bytes:
 def compile_zones(
     snap: ir.Snapshot,
     cfg: DNSConfig,
-    gateway_addresses: Mapping[str, list[str]] | None = None,
 ) -> ZoneData:
     """Everything the responder answers for this Snapshot."""
     data = ZoneData(config=cfg)
@@ -133,7 +132,7 @@ def compile_zones(
         data.zones.append(gz)
         b.add(d, 6, cfg.gateway_ttl, wire.soa_rdata(f"ns1.{d}", f"hostmaster.{d}", 1, 7200, 1800, 86400, cfg.gateway_ttl), gz)
         b.add(d, 2, cfg.gateway_ttl, wire.encode_name(f"ns1.{d}"), gz)
-        _gateway_records(snap, cfg, b, gz, gateway_addresses or {}, data)
+        _gateway_records(snap, cfg, b, gz, data)
     data.zones.extend(reverse)
     data.zones.sort(key=lambda z: -len(z.apex))
     b.finish()
@@ -215,9 +214,7 @@ def _cluster_records(snap: ir.Snapshot, cfg: DNSConfig, b: _Builder, zone: Zone,
             b.add(base, 33, ttl, wire.srv_rdata(0, 100, p.port, base), zone, [glue])
 
 
-def _gateway_records(
-    snap: ir.Snapshot, cfg: DNSConfig, b: _Builder, zone: Zone, addresses: Mapping[str, list[str]], data: ZoneData
-) -> None:
+def _gateway_records(snap: ir.Snapshot, cfg: DNSConfig, b: _Builder, zone: Zone, data: ZoneData) -> None:
     ttl = cfg.gateway_ttl
     dom = zone.apex.decode()
     claimed: set[str] = set()
@@ -225,7 +222,7 @@ def _gateway_records(
         key = f"{gw.ref.namespace}/{gw.ref.name}"
         if cfg.gateways and key not in cfg.gateways and gw.ref.name not in cfg.gateways:
             continue
-        addrs = list(gw.addresses) or list(addresses.get(key, []))
+        addrs = list(gw.reachable_addresses)  # a Gateway without an address answers with where it listens
         if not addrs:
             continue
         for ls in gw.listeners:
@@ -253,7 +250,7 @@ def _gateway_records(
         names: list[str] = []
         for a in HOSTNAME_ANNOTATIONS:
             names += [n.strip().lower().rstrip(".") for n in svc.annotations.get(a, "").split(",") if n.strip()]
-        ips = list(svc.requested_lb_ips) or list(addresses.get(f"service:{svc.ref.namespace}/{svc.ref.name}", []))
+        ips = list(svc.requested_lb_ips) or list(svc.lb_ips)
         for n in names:
             if n in claimed or not (n == dom or n.endswith("." + dom)):
                 continue  # an HTTPRoute already answers for it (routes come first)

@@ -376,7 +376,7 @@ class Exchange:
     def run_lua_request(self, action: RouteAction) -> bool:
         """envoy_on_request of each script (EG runs Lua after authentication); False when a
         script answered the request itself."""
-        from homeplane.gateway.lua import Call
+        from homeplane.lua import Call
 
         c = self.conn
         call = Call(list(self.headers), info={

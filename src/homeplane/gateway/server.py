@@ -37,7 +37,7 @@ from homeplane.gateway.http2 import DEFAULT_CONNECTION_WINDOW, DEFAULT_MAX_STREA
 from homeplane.gateway.late_tls import start_tls_after
 from homeplane.gateway.paths import DEFAULT as DEFAULT_PATH_SETTINGS
 from homeplane.gateway.paths import PathSettings
-from homeplane.gateway.lua import script as lua_script
+from homeplane.lua import script as lua_script
 from homeplane.gateway.l4routes import GatewayL4, PassthroughTable, passthrough_listeners, spliced, wanted_listeners
 from homeplane.gateway.router import ListenerTable, PortTable, compile_gateway
 from homeplane.gateway.tlspeek import NEED_MORE, NotTLS, client_hello_sni
@@ -202,48 +202,25 @@ def build_action(rule: ir.RouteRule, settings: Settings) -> RouteAction:
 
 @dataclass
 class BindPlan:
-    """Where each Gateway listens on this machine.
-
-    Address: ``gateway_addresses["ns/name"]`` if given; else the Gateway's own
-    address if this machine has it; else ``default_address`` if set; else a
-    loopback address of its own from ``allocate`` (127.0.1.x, kept in the state
-    store so it never moves). Port: ``port_map`` if the listener port is in it.
-    """
+    """Where listeners go on this machine. The address is the Gateway's ``bind_address``, which
+    the binding controller decided before translation (homeplane.ipam.binding); without one (a
+    Snapshot made for a test or a tool) ``gateway_addresses["ns/name"]``, the Gateway's own
+    address, ``default_address`` or 127.0.0.1. The port is ``port_map``'s, if the listener port
+    is in it."""
 
     port_map: dict[int, int] = field(default_factory=dict)
     gateway_addresses: dict[str, str] = field(default_factory=dict)
     default_address: str | None = None
-    allocate: Callable[[str], str] | None = None
 
     def address_for(self, gw: ir.Gateway) -> str:
-        key = f"{gw.ref.namespace}/{gw.ref.name}"
-        if key in self.gateway_addresses:
-            return self.gateway_addresses[key]
-        for addr in gw.addresses:
-            if _is_local(addr):
-                return addr
-        if self.default_address:
-            return self.default_address
-        if self.allocate is not None:
-            return self.allocate(key)
-        return "127.0.0.1"
+        if gw.bind_address:
+            return gw.bind_address
+        if gw.key in self.gateway_addresses:
+            return self.gateway_addresses[gw.key]
+        return self.default_address or (gw.addresses[0] if gw.addresses else "127.0.0.1")
 
     def port_for(self, port: int) -> int:
         return self.port_map.get(port, port)
-
-
-def _is_local(addr: str) -> bool:
-    try:
-        ip = ipaddress.ip_address(addr)
-    except ValueError:
-        return False
-    fam = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
-    with socket.socket(fam, socket.SOCK_STREAM) as s:
-        try:
-            s.bind((addr, 0))
-            return True
-        except OSError:
-            return False
 
 
 def default_port_map() -> dict[int, int]:

@@ -4,8 +4,8 @@ The main process keeps the control plane (loading, translation, watching, the
 admin endpoint, the state store) and one data plane. Each extra worker is a
 separate Python process running only a data plane; all of them bind the same
 sockets with SO_REUSEPORT, and the kernel spreads connections over them. A new
-Snapshot reaches the workers pickled over their stdin, with the bind addresses
-the main process chose, so every process serves the same configuration.
+Snapshot reaches the workers pickled over their stdin (with the bind addresses
+the main process decided in it), so every process serves the same configuration.
 """
 
 from __future__ import annotations
@@ -41,8 +41,8 @@ class WorkerPool:
             self.procs.append(p)
         log.info("started %d extra data-plane workers: pids %s", count, [p.pid for p in self.procs])
 
-    def apply(self, snapshot: ir.Snapshot, addresses: dict[str, str]) -> None:
-        data = pickle.dumps((snapshot, addresses))
+    def apply(self, snapshot: ir.Snapshot) -> None:
+        data = pickle.dumps(snapshot)
         frame = _HEADER.pack(len(data)) + data
         for p in self.procs:
             if p.poll() is None and p.stdin is not None:
@@ -89,8 +89,7 @@ async def _worker_main(index: int) -> None:
     async def feed() -> None:
         try:
             while True:
-                snapshot, addresses = await _read_frame(reader)
-                dp.bind.gateway_addresses = addresses
+                snapshot = await _read_frame(reader)
                 await dp.apply(snapshot)
         except (asyncio.IncompleteReadError, ConnectionError):
             stop.set()  # the main process is gone

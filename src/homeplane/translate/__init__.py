@@ -89,6 +89,7 @@ def translate(objects: list[Obj], options: TranslateOptions | None = None, versi
                 annotations=gw.obj.annotations,
                 infrastructure_annotations=dict(infra.annotations) if infra else {},
                 programmed=any(ls.ready for ls in listeners),
+                bind_address=ctx.options.bindings.get(f"{gw.ref.namespace}/{gw.ref.name}"),
             )
         )
     finish_policies(ctx, policies)

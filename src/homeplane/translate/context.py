@@ -13,6 +13,7 @@ from typing import Any, Iterable, Mapping, TypeVar
 from homeplane.api.models.base import Resource
 from homeplane.api.models.gateway import ReferenceGrant
 from homeplane.api.objects import Obj, ObjectKey
+from homeplane.ipam.lbipam import LBResult
 from homeplane.translate.status import DEFAULT_CONTROLLERS
 
 M = TypeVar("M", bound=Resource)
@@ -26,8 +27,10 @@ class TranslateOptions:
     # and why a Service got none.
     cluster_ips: Mapping[tuple[str, str], str] = field(default_factory=dict)
     cluster_ip_problems: Mapping[tuple[str, str], str] = field(default_factory=dict)
-    # LB IPAM's result (homeplane.l4.lbipam.LBResult), when the IPAM controller ran.
-    lb: Any = None
+    # LB IPAM's result, when the IPAM controller ran
+    lb: LBResult | None = None
+    # where each Gateway listens on this machine ("ns/name" -> address), when decided
+    bindings: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass

@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 
 from homeplane.api.diagnostics import Diagnostics
 from homeplane.api.models.core import Secret
+from homeplane.api.models.cilium import LBIPAM_IPS
+from homeplane.api.models.envoy import gateway_service_key
 from homeplane.api.models.gateway import GATEWAY_GROUP, Gateway, GatewayClass, Listener
 from homeplane.api.objects import Obj
-from homeplane.l4.gatewayservice import gateway_service_key
 from homeplane.translate import snapshot as ir
 from homeplane.translate import status as st
 from homeplane.translate.context import Context, generation
@@ -175,7 +176,7 @@ def process_gateways(ctx: Context, classes: dict[str, bool], diags: Diagnostics)
             continue  # another controller's class
         state = GatewayState(o, gw, cls)
         state.listeners = [ListenerState(state, spec, i) for i, spec in enumerate(gw.spec.listeners)]
-        state.addresses = _requested_addresses(o, gw)
+        state.addresses = requested_addresses(gw)
         lb = ctx.options.lb
         if lb is not None:
             # the address LB IPAM gave the Gateway's generated LoadBalancer Service
@@ -193,11 +194,12 @@ def process_gateways(ctx: Context, classes: dict[str, bool], diags: Diagnostics)
     return states
 
 
-def _requested_addresses(o: Obj, gw: Gateway) -> list[str]:
+def requested_addresses(gw: Gateway) -> list[str]:
+    """What a Gateway asks for: ``spec.addresses`` and ``lbipam.cilium.io/ips``."""
     out = [a.value for a in gw.spec.addresses if a.type in ("IPAddress", "")]
     infra = gw.spec.infrastructure
     ann = dict(infra.annotations) if infra else {}
-    for ip in ann.get("lbipam.cilium.io/ips", "").split(","):
+    for ip in ann.get(LBIPAM_IPS, "").split(","):
         if ip.strip():
             out.append(ip.strip())
     return list(dict.fromkeys(out))

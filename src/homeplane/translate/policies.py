@@ -161,7 +161,7 @@ def _validate_security(ctx: Context, p: PolicyState) -> None:
 def _validate_extension(ctx: Context, p: PolicyState) -> None:
     """Lua scripts from the policy or a ConfigMap in its namespace (key ``lua``, else the first
     one), loaded once to find syntax errors and missing hooks, as EG validates them."""
-    from homeplane.gateway.lua import check  # the same loader the data plane runs
+    from homeplane.lua import check  # the same loader the data plane runs
 
     spec = p.obj.model.spec  # type: ignore[union-attr]
     ns = p.obj.namespace or ""

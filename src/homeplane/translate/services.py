@@ -13,7 +13,7 @@ from homeplane.api.diagnostics import Diagnostics
 from homeplane.api.models.core import EndpointSlice, Endpoints, Service
 from homeplane.api.models.envoy import Backend
 from homeplane.api.objects import Obj
-from homeplane.l4 import lbipam
+from homeplane.api.models.cilium import LBIPAM_IPS, LBIPAM_LEGACY_SATISFIED, LBIPAM_SATISFIED
 from homeplane.translate import snapshot as ir
 from homeplane.translate.context import Context
 
@@ -83,12 +83,12 @@ def build_services(ctx: Context, diags: Diagnostics) -> tuple[list[ir.Service], 
                 "loadBalancer": {"ingress": [{"ip": a} for a in lb.addresses]},
                 "conditions": [
                     {"type": t, "status": "True" if lb.satisfied else "False", "reason": lb.reason, "message": lb.message}
-                    for t in (lbipam.SATISFIED, lbipam.LEGACY_SATISFIED)
+                    for t in (LBIPAM_SATISFIED, LBIPAM_LEGACY_SATISFIED)
                 ],
             }
             ctx.set_status(o, status)
         requested = tuple(
-            x.strip() for x in ann.get("lbipam.cilium.io/ips", "").split(",") if x.strip()
+            x.strip() for x in ann.get(LBIPAM_IPS, "").split(",") if x.strip()
         ) or ((svc.spec.load_balancer_ip,) if svc.spec.load_balancer_ip else ())
         cluster_ip = ctx.options.cluster_ips.get(key)
         if cluster_ip is None and svc.spec.cluster_ip not in (None, "", "None") and not ctx.options.cluster_ips:

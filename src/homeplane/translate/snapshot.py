@@ -249,10 +249,22 @@ class Gateway:
     ref: Ref
     class_name: str
     listeners: tuple[Listener, ...]
-    addresses: tuple[str, ...]  # requested (spec.addresses or lbipam.cilium.io/ips)
+    addresses: tuple[str, ...]  # requested (spec.addresses or lbipam.cilium.io/ips) or given by LB IPAM
     annotations: Mapping[str, str] = field(default_factory=dict)
     infrastructure_annotations: Mapping[str, str] = field(default_factory=dict)
     programmed: bool = True
+    # where it listens on this machine (homeplane.ipam.binding); None when nothing decided it
+    # (check, get: no machine involved)
+    bind_address: str | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.ref.namespace}/{self.ref.name}"
+
+    @property
+    def reachable_addresses(self) -> tuple[str, ...]:
+        """What clients use: its own addresses, else where it listens here."""
+        return self.addresses or ((self.bind_address,) if self.bind_address else ())
 
 
 # --- services -------------------------------------------------------------------

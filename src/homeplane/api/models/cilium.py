@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+# Cilium LB IPAM's annotations and Service condition types (shared by the IPAM controller, translate and tools)
+LBIPAM_IPS = "lbipam.cilium.io/ips"
+LBIPAM_SHARING_KEY = "lbipam.cilium.io/sharing-key"
+LBIPAM_SHARING_CROSS_NS = "lbipam.cilium.io/sharing-cross-namespace"
+LBIPAM_SATISFIED = "cilium.io/IPAMRequestSatisfied"  # the condition type in Cilium's source since 1.17
+LBIPAM_LEGACY_SATISFIED = "io.cilium/lb-ipam-request-satisfied"  # older releases, and Cilium's documentation
+
 from typing import Literal
 
 from pydantic import Field, model_validator

@@ -8,6 +8,7 @@ lists the ones that are not acted on). Defaults are Envoy Gateway's.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -17,6 +18,17 @@ from homeplane.api.models.gateway import BackendObjectReference, SecretObjectRef
 from homeplane.api.units import Duration, LooseStr
 
 ENVOY_GROUP = "gateway.envoyproxy.io"
+
+
+def gateway_service_name(namespace: str, name: str) -> str:
+    """The LoadBalancer Service Envoy Gateway generates for a Gateway (its addresses are that
+    Service's, from LB IPAM)."""
+    digest = hashlib.sha256(f"{namespace}/{name}".encode()).hexdigest()[:8]
+    return f"envoy-{namespace}-{name}-{digest}"[:63].rstrip("-")
+
+
+def gateway_service_key(namespace: str, name: str) -> tuple[str, str]:
+    return (namespace, gateway_service_name(namespace, name))
 
 
 class LocalPolicyTargetReference(Model):

@@ -21,7 +21,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-log = logging.getLogger("homeplane.gateway.lua")
+log = logging.getLogger("homeplane.lua")
 
 try:
     from lupa import luajit21 as _lupa

@@ -26,13 +26,12 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from homeplane.api.models.base import LabelSelector
+from homeplane.api.models.cilium import LBIPAM_IPS, LBIPAM_SHARING_CROSS_NS, LBIPAM_SHARING_KEY
 
 SERVED_CLASSES = ("io.cilium/bgp-control-plane", "io.cilium/l2-announcer")
-IPS_ANNOTATION = "lbipam.cilium.io/ips"
-SHARING_KEY = "lbipam.cilium.io/sharing-key"
-SHARING_CROSS_NS = "lbipam.cilium.io/sharing-cross-namespace"
-SATISFIED = "cilium.io/IPAMRequestSatisfied"  # the condition type in Cilium's source since 1.17
-LEGACY_SATISFIED = "io.cilium/lb-ipam-request-satisfied"  # older releases, and Cilium's documentation
+IPS_ANNOTATION = LBIPAM_IPS
+SHARING_KEY = LBIPAM_SHARING_KEY
+SHARING_CROSS_NS = LBIPAM_SHARING_CROSS_NS
 
 ServiceKey = tuple[str, str]
 IP = ipaddress.IPv4Address | ipaddress.IPv6Address

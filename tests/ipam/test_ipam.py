@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from homeplane.api.models.base import LabelSelector
-from homeplane.l4.ipam import ServiceRequest, allocate_cluster_ips
-from homeplane.l4.lbipam import PoolInput, ServiceInput, allocate
+from homeplane.ipam.clusterip import ServiceRequest, allocate_cluster_ips
+from homeplane.ipam.lbipam import PoolInput, ServiceInput, allocate
 
 
 def test_cluster_ips_fixed_conflicts_and_stability() -> None:

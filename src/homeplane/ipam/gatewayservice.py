@@ -9,21 +9,11 @@ same, so the Gateway's ``status.addresses`` shows what LB IPAM allocated.
 
 from __future__ import annotations
 
-import hashlib
-
-from homeplane.api.models.envoy import EnvoyProxy
+from homeplane.api.models.cilium import LBIPAM_IPS
+from homeplane.api.models.envoy import EnvoyProxy, gateway_service_key
 from homeplane.api.models.gateway import Gateway
 from homeplane.api.objects import Obj
-from homeplane.l4.lbipam import ServiceInput
-
-
-def gateway_service_name(namespace: str, name: str) -> str:
-    digest = hashlib.sha256(f"{namespace}/{name}".encode()).hexdigest()[:8]
-    return f"envoy-{namespace}-{name}-{digest}"[:63].rstrip("-")
-
-
-def gateway_service_key(namespace: str, name: str) -> tuple[str, str]:
-    return (namespace, gateway_service_name(namespace, name))
+from homeplane.ipam.lbipam import ServiceInput
 
 
 def gateway_services(objects: list[Obj]) -> list[ServiceInput]:
@@ -42,8 +32,8 @@ def gateway_services(objects: list[Obj]) -> list[ServiceInput]:
             svc = ((ep.spec.provider or {}).get("kubernetes") or {}).get("envoyService") or {} if ep else {}
             if svc.get("externalTrafficPolicy"):
                 etp = svc["externalTrafficPolicy"]
-        if gw.spec.addresses and "lbipam.cilium.io/ips" not in ann:
-            ann["lbipam.cilium.io/ips"] = ",".join(a.value for a in gw.spec.addresses)
+        if gw.spec.addresses and LBIPAM_IPS not in ann:
+            ann[LBIPAM_IPS] = ",".join(a.value for a in gw.spec.addresses)
         ports = sorted({(ls.port, "UDP" if ls.protocol == "UDP" else "TCP") for ls in gw.spec.listeners})
         out.append(
             ServiceInput(

@@ -1,4 +1,4 @@
-"""The one compiled part: the HTTP/1.1 fast lane (src/homeplane/gateway/_fastlane.c).
+"""The one compiled part: the HTTP/1.1 fast lane (src/homeplane/gateway/frontends/_fastlane.c).
 
 Optional: without a C compiler and Python headers the build goes on without it and every
 request takes the pure-Python path (gateway/fastlane.py says why it exists).
@@ -9,8 +9,8 @@ from setuptools import Extension, setup
 setup(
     ext_modules=[
         Extension(
-            "homeplane.gateway._fastlane",
-            ["src/homeplane/gateway/_fastlane.c"],
+            "homeplane.gateway.frontends._fastlane",
+            ["src/homeplane/gateway/frontends/_fastlane.c"],
             extra_compile_args=["-O2", "-Wall", "-Wno-unused-parameter", "-Wno-missing-field-initializers"],
             optional=True,
         )

@@ -15,8 +15,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from homeplane.gateway import _fastlane, paths
-from homeplane.gateway.paths import PathSettings, Verdict, is_canonical, normalize, remove_dot_segments
+from homeplane.gateway.frontends import _fastlane
+from homeplane.gateway.routing import paths
+from homeplane.gateway.routing.paths import PathSettings, Verdict, is_canonical, normalize, remove_dot_segments
 from homeplane.gateway.server import Settings
 from tests.gateway.backends import Backend
 from tests.gateway.harness import Gateway
@@ -172,7 +173,7 @@ def test_remove_dot_segments(path: bytes, want: bytes) -> None:
 
 def test_the_c_lane_keeps_the_same_byte_sets() -> None:
     assert _fastlane.PATH_SAFE == paths.PATH_SAFE
-    from homeplane.gateway.router import valid_host
+    from homeplane.gateway.routing.router import valid_host
 
     for b in range(256):
         if b != ord(":"):  # the port separator: checked apart

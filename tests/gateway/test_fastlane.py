@@ -16,7 +16,7 @@ from typing import Callable, Iterator
 
 import pytest
 
-from homeplane.gateway import fastlane
+from homeplane.gateway.frontends import fastlane
 from homeplane.gateway.server import Settings
 from tests.gateway.backends import Backend
 from tests.gateway.harness import Gateway

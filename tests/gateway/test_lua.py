@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import socket
 
-from homeplane.gateway import fastlane
+from homeplane.gateway.frontends import fastlane
 from tests.gateway.backends import Backend
 from tests.gateway.harness import Gateway
 from tests.gateway.manifests import gateway, route, service

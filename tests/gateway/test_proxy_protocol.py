@@ -9,7 +9,7 @@ import struct
 
 import pytest
 
-from homeplane.gateway import proxyproto
+from homeplane.gateway.frontends import proxyproto
 from tests.gateway.backends import Backend
 from tests.gateway.harness import Gateway
 from tests.gateway.manifests import gateway, route, service

@@ -24,18 +24,18 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Protocol
 
-from homeplane.gateway.compression import Encoder, accepted, compressible
-from homeplane.gateway.filters import CompiledHeaderOps, redirect_location, replace_path
-from homeplane.gateway.headers import HOP_BY_HOP, RequestInfo, detect_client_ip, request_id
-from homeplane.gateway.paths import DEFAULT as DEFAULT_PATH
-from homeplane.gateway.paths import Verdict, is_canonical, match_path, normalize, valid_target_bytes
-from homeplane.gateway.router import normalize_host, valid_host
-from homeplane.gateway.upstream import UpstreamConnection, connect
+from homeplane.gateway.policies.compression import Encoder, accepted, compressible
+from homeplane.gateway.routing.filters import CompiledHeaderOps, redirect_location, replace_path
+from homeplane.gateway.routing.headers import HOP_BY_HOP, RequestInfo, detect_client_ip, request_id
+from homeplane.gateway.routing.paths import DEFAULT as DEFAULT_PATH
+from homeplane.gateway.routing.paths import Verdict, is_canonical, match_path, normalize, valid_target_bytes
+from homeplane.gateway.routing.router import normalize_host, valid_host
+from homeplane.gateway.upstreams.http1 import UpstreamConnection, connect
 from homeplane.translate import snapshot as ir
 
 if TYPE_CHECKING:
-    from homeplane.gateway.cluster import Cluster, EndpointState
-    from homeplane.gateway.router import ListenerTable, PortTable
+    from homeplane.gateway.upstreams.cluster import Cluster, EndpointState
+    from homeplane.gateway.routing.router import ListenerTable, PortTable
     from homeplane.gateway.server import DataPlane
 
 
@@ -107,7 +107,7 @@ class RouteAction:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     hash_on: tuple[str, bytes] | None = None  # ("SourceIP", b"") / ("Header", name) / ("Cookie", name)
     mirrors: list[tuple[str, float]] = field(default_factory=list)
-    security: Any = None  # enforced by homeplane.gateway.auth
+    security: Any = None  # enforced by homeplane.gateway.policies.auth
     compression: tuple[bytes, ...] = ()  # content-coding tokens, in the policy's order
     cluster_config: Any = None  # ClusterConfig for the backends' clusters
     lua: tuple[Any, ...] = ()  # EnvoyExtensionPolicy Lua scripts (gateway.lua.LuaScript), in order

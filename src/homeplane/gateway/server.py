@@ -22,25 +22,25 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from homeplane.api.units import parse_duration, parse_quantity
-from homeplane.gateway import proxyproto
-from homeplane.gateway.auth import Auth, compile_security
-from homeplane.gateway.cluster import Cluster, ClusterConfig, cluster_key, cluster_settings
-from homeplane.gateway.compression import TOKENS
+from homeplane.gateway.frontends import proxyproto
+from homeplane.gateway.policies.auth import Auth, compile_security
+from homeplane.gateway.upstreams.cluster import Cluster, ClusterConfig, cluster_key, cluster_settings
+from homeplane.gateway.policies.compression import TOKENS
 from homeplane.gateway.exchange import Exchange, RetryPolicy, RouteAction, WeightedCluster
-from homeplane.gateway.fastlane import Hooks, compile_table
-from homeplane.gateway.fastlane import enabled as fastlane_enabled
-from homeplane.gateway.filters import compile_header_ops
-from homeplane.gateway.headers import parse_cidrs
-from homeplane.gateway.health import run_checks
-from homeplane.gateway.http1 import Http1Connection
-from homeplane.gateway.http2 import DEFAULT_CONNECTION_WINDOW, DEFAULT_MAX_STREAMS, DEFAULT_STREAM_WINDOW
-from homeplane.gateway.late_tls import start_tls_after
-from homeplane.gateway.paths import DEFAULT as DEFAULT_PATH_SETTINGS
-from homeplane.gateway.paths import PathSettings
+from homeplane.gateway.frontends.fastlane import Hooks, compile_table
+from homeplane.gateway.frontends.fastlane import enabled as fastlane_enabled
+from homeplane.gateway.routing.filters import compile_header_ops
+from homeplane.gateway.routing.headers import parse_cidrs
+from homeplane.gateway.upstreams.health import run_checks
+from homeplane.gateway.frontends.http1 import Http1Connection
+from homeplane.gateway.frontends.http2 import DEFAULT_CONNECTION_WINDOW, DEFAULT_MAX_STREAMS, DEFAULT_STREAM_WINDOW
+from homeplane.gateway.frontends.late_tls import start_tls_after
+from homeplane.gateway.routing.paths import DEFAULT as DEFAULT_PATH_SETTINGS
+from homeplane.gateway.routing.paths import PathSettings
 from homeplane.lua import script as lua_script
-from homeplane.gateway.l4routes import GatewayL4, PassthroughTable, passthrough_listeners, spliced, wanted_listeners
-from homeplane.gateway.router import ListenerTable, PortTable, compile_gateway
-from homeplane.gateway.tlspeek import NEED_MORE, NotTLS, client_hello_sni
+from homeplane.gateway.frontends.streams import GatewayL4, PassthroughTable, passthrough_listeners, spliced, wanted_listeners
+from homeplane.gateway.routing.router import ListenerTable, PortTable, compile_gateway
+from homeplane.gateway.frontends.tlspeek import NEED_MORE, NotTLS, client_hello_sni
 from homeplane.l4.relay import Splice, Stream
 from homeplane.translate import snapshot as ir
 

@@ -1,7 +1,7 @@
 """The Python side of the HTTP/1.1 fast lane (``_fastlane.c``).
 
 The C protocol serves requests (without a body or with a Content-Length one) to rules without
-filters or policies other than compression and connection retries, start to finish; everything else it hands to :class:`~homeplane.gateway.http1.Http1Connection` on
+filters or policies other than compression and connection retries, start to finish; everything else it hands to :class:`~homeplane.gateway.frontends.http1.Http1Connection` on
 the same connection. This module decides which rules qualify (once per Snapshot, in
 :func:`compile_table`), and does the few things the C side asks of Python: open upstream
 connections, hand a connection over, write access log lines.
@@ -17,18 +17,18 @@ import os
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
-from homeplane.gateway.compression import Encoder, accepted, compressible
+from homeplane.gateway.policies.compression import Encoder, accepted, compressible
 from homeplane.gateway.exchange import RouteAction
-from homeplane.gateway.headers import detect_client_ip
-from homeplane.gateway.router import _EXACT, _PREFIX, PortTable, VHostTable
-from homeplane.gateway.upstream import set_nodelay
+from homeplane.gateway.routing.headers import detect_client_ip
+from homeplane.gateway.routing.router import _EXACT, _PREFIX, PortTable, VHostTable
+from homeplane.gateway.upstreams.http1 import set_nodelay
 
 if TYPE_CHECKING:
-    from homeplane.gateway.cluster import Cluster, EndpointState
+    from homeplane.gateway.upstreams.cluster import Cluster, EndpointState
     from homeplane.gateway.server import DataPlane, PortServer
 
 try:
-    from homeplane.gateway import _fastlane
+    from homeplane.gateway.frontends import _fastlane
 except ImportError:  # built without a C compiler
     _fastlane = None  # type: ignore[assignment]
 else:
@@ -140,7 +140,7 @@ class Hooks:
 
     def handoff(self, conn: Any, transport: asyncio.Transport | None, data: bytes, paused: bool) -> None:
         """The connection continues in Python from the first byte the fast lane did not answer."""
-        from homeplane.gateway.http1 import Http1Connection
+        from homeplane.gateway.frontends.http1 import Http1Connection
 
         if transport is None or transport.is_closing():
             return

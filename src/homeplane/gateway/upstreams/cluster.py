@@ -12,12 +12,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
 from homeplane.api.models.envoy import ActiveHealthCheck, PassiveHealthCheck
-from homeplane.gateway.balancer import Balancer
-from homeplane.gateway.upstream_h2 import H2C_PROTOCOLS
+from homeplane.gateway.upstreams.balancer import Balancer
+from homeplane.gateway.upstreams.http2 import H2C_PROTOCOLS
 from homeplane.translate import snapshot as ir
 
 if TYPE_CHECKING:
-    from homeplane.gateway.upstream import UpstreamConnection
+    from homeplane.gateway.upstreams.http1 import UpstreamConnection
 
 
 def cluster_key(pool: str, policy: str, settings_id: str = "") -> str:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import httptools
 
 if TYPE_CHECKING:
-    from homeplane.gateway.cluster import EndpointState, UpstreamTLSContext
+    from homeplane.gateway.upstreams.cluster import EndpointState, UpstreamTLSContext
     from homeplane.gateway.exchange import Exchange
 
 
@@ -221,7 +221,7 @@ async def connect(
     """A new connection to the endpoint: HTTP/1.1, HTTP/2 cleartext when the port says h2c, over
     TLS when a BackendTLSPolicy says so."""
     if h2c and tls is None:
-        from homeplane.gateway.upstream_h2 import open_stream
+        from homeplane.gateway.upstreams.http2 import open_stream
 
         return await open_stream(endpoint, timeout, lambda session: _open(loop, endpoint, lambda: session, None))  # type: ignore[return-value]
     conn = UpstreamConnection(endpoint)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from homeplane.gateway.headers import Part, RequestInfo, compile_value, render
+from homeplane.gateway.routing.headers import Part, RequestInfo, compile_value, render
 from homeplane.translate import snapshot as ir
 
 

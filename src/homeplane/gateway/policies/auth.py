@@ -37,13 +37,13 @@ from urllib.parse import unquote_to_bytes
 import bcrypt
 
 from homeplane.api.units import parse_duration
-from homeplane.gateway.authz import CompiledAuthorization, compile_authorization
-from homeplane.gateway.cluster import cluster_key
-from homeplane.gateway.cors import CompiledCors, compile_cors
-from homeplane.gateway.headers import HOP_BY_HOP
-from homeplane.gateway.jwtauth import CompiledJWT, JWKSFetcher, JWTFailure, claim_value, compile_jwt, extract_token, verify
-from homeplane.gateway.router import parse_query
-from homeplane.gateway.upstream import UpstreamConnection, connect
+from homeplane.gateway.policies.authz import CompiledAuthorization, compile_authorization
+from homeplane.gateway.upstreams.cluster import cluster_key
+from homeplane.gateway.policies.cors import CompiledCors, compile_cors
+from homeplane.gateway.routing.headers import HOP_BY_HOP
+from homeplane.gateway.policies.jwtauth import CompiledJWT, JWKSFetcher, JWTFailure, claim_value, compile_jwt, extract_token, verify
+from homeplane.gateway.routing.router import parse_query
+from homeplane.gateway.upstreams.http1 import UpstreamConnection, connect
 from homeplane.translate.snapshot import SecurityIR
 
 if TYPE_CHECKING:

@@ -29,11 +29,11 @@ import h2.exceptions
 import h2.settings
 import httptools
 
-from homeplane.gateway.headers import HOP_BY_HOP
-from homeplane.gateway.upstream import PooledConnection, set_nodelay
+from homeplane.gateway.routing.headers import HOP_BY_HOP
+from homeplane.gateway.upstreams.http1 import PooledConnection, set_nodelay
 
 if TYPE_CHECKING:
-    from homeplane.gateway.cluster import EndpointState
+    from homeplane.gateway.upstreams.cluster import EndpointState
     from homeplane.gateway.exchange import Exchange
 
 H2C_PROTOCOLS = frozenset({"kubernetes.io/h2c", "h2c", "gateway.envoyproxy.io/h2c"})

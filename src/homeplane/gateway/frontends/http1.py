@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import httptools
 
 from homeplane.gateway.exchange import ConnInfo, Exchange, reason
-from homeplane.gateway.upstream import set_nodelay
+from homeplane.gateway.upstreams.http1 import set_nodelay
 
 if TYPE_CHECKING:
     from homeplane.gateway.server import PortServer
@@ -112,7 +112,7 @@ class Http1Connection(asyncio.Protocol):
 
     def _switch_to_h2(self, data: bytes) -> None:
         """ALPN chose h2, or a cleartext client opened with the HTTP/2 preface (prior knowledge)."""
-        from homeplane.gateway.http2 import H2Connection
+        from homeplane.gateway.frontends.http2 import H2Connection
 
         self.upgraded = True
         self.closed = True

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from homeplane.api.models.envoy import Authorization
-from homeplane.gateway.headers import Network, parse_cidrs
+from homeplane.gateway.routing.headers import Network, parse_cidrs
 
 
 @dataclass(frozen=True)

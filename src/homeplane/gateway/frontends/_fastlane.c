@@ -847,7 +847,7 @@ static PyMemberDef Up_members[] = {
 
 static PyTypeObject UpType = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "homeplane.gateway._fastlane.Upstream",
+    .tp_name = "homeplane.gateway.frontends._fastlane.Upstream",
     .tp_doc = "An HTTP/1.1 connection to a backend, pooled per endpoint (EndpointState.fast_idle).",
     .tp_basicsize = sizeof(Up),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
@@ -1718,7 +1718,7 @@ static PyGetSetDef Conn_getset[] = {
 
 static PyTypeObject ConnType = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "homeplane.gateway._fastlane.Http1Fast",
+    .tp_name = "homeplane.gateway.frontends._fastlane.Http1Fast",
     .tp_doc = "Client-side HTTP/1.1 protocol for simple requests; hands anything else to Http1Connection.",
     .tp_basicsize = sizeof(Conn),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,

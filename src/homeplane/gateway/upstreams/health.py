@@ -17,7 +17,7 @@ import h2.events
 import h2.exceptions
 
 from homeplane.api.units import parse_duration
-from homeplane.gateway.cluster import Cluster, EndpointState
+from homeplane.gateway.upstreams.cluster import Cluster, EndpointState
 
 log = logging.getLogger("homeplane.health")
 

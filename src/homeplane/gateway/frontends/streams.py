@@ -21,9 +21,9 @@ import ssl
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from homeplane.gateway import proxyproto
-from homeplane.gateway.cluster import Cluster, ClusterConfig, EndpointState, cluster_key, cluster_settings
-from homeplane.gateway.late_tls import start_tls_after
+from homeplane.gateway.frontends import proxyproto
+from homeplane.gateway.upstreams.cluster import Cluster, ClusterConfig, EndpointState, cluster_key, cluster_settings
+from homeplane.gateway.frontends.late_tls import start_tls_after
 from homeplane.l4.relay import Splice, UDPRelay, UDPSession
 from homeplane.translate import snapshot as ir
 

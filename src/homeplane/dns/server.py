@@ -7,7 +7,7 @@ import logging
 import socket
 import struct
 import time
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 

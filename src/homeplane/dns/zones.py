@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping
+from typing import Iterable
 
 from homeplane.dns import wire
 from homeplane.dns.config import DNSConfig, TemplateRule

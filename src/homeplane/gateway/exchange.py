@@ -24,19 +24,20 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Protocol
 
+from homeplane.gateway.base import ConnInfo, DataPlaneHooks, ExchangeState
 from homeplane.gateway.policies.compression import Encoder, accepted, compressible
 from homeplane.gateway.routing.filters import CompiledHeaderOps, redirect_location, replace_path
 from homeplane.gateway.routing.headers import HOP_BY_HOP, RequestInfo, detect_client_ip, request_id
 from homeplane.gateway.routing.paths import DEFAULT as DEFAULT_PATH
 from homeplane.gateway.routing.paths import Verdict, is_canonical, match_path, normalize, valid_target_bytes
 from homeplane.gateway.routing.router import normalize_host, valid_host
-from homeplane.gateway.upstreams.http1 import UpstreamConnection, connect
+from homeplane.gateway.upstreams.connect import connect
+from homeplane.gateway.upstreams.pool import PooledConnection
 from homeplane.translate import snapshot as ir
 
 if TYPE_CHECKING:
     from homeplane.gateway.upstreams.cluster import Cluster, EndpointState
     from homeplane.gateway.routing.router import ListenerTable, PortTable
-    from homeplane.gateway.server import DataPlane
 
 
 class Sink(Protocol):
@@ -52,19 +53,6 @@ class Sink(Protocol):
     def start_tunnel(self, exchange: "Exchange") -> None: ...
     def tunnel_write(self, data: bytes) -> None: ...
     def tunnel_close(self) -> None: ...
-
-
-@dataclass(slots=True)
-class ConnInfo:
-    """Per client connection facts the exchange needs."""
-
-    client_ip: str
-    client_port: int
-    local_ip: str
-    local_port: int
-    scheme: bytes  # b"http" / b"https"
-    sni: str | None = None
-    protocol: str = "HTTP/1.1"
 
 
 @dataclass(slots=True)
@@ -131,8 +119,7 @@ _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 # ClientTrafficPolicy connection.bufferLimit sets it per listener
 _RETRY_BODY_LIMIT = 64 * 1024
 
-# Exchange states
-_ROUTING, _CONNECTING, _WAITING, _STREAMING, _TUNNEL, _DONE = range(6)
+_ROUTING, _CONNECTING, _WAITING, _STREAMING, _TUNNEL, _DONE = tuple(ExchangeState)
 
 
 def reason(status: int) -> bytes:
@@ -158,7 +145,7 @@ class Exchange:
 
     def __init__(
         self,
-        dp: DataPlane,
+        dp: DataPlaneHooks,
         sink: Sink,
         conn: ConnInfo,
         table: PortTable,
@@ -191,7 +178,7 @@ class Exchange:
         self.body_done = not has_body
         self.attempts = 0
         self.tried: list[EndpointState] = []
-        self.upstream: UpstreamConnection | None = None
+        self.upstream: PooledConnection | None = None
         self.endpoint: EndpointState | None = None
         self.cluster: Cluster | None = None
         self.action: RouteAction | None = None
@@ -534,7 +521,7 @@ class Exchange:
             return
         self._send_on(conn, replay)
 
-    def _send_on(self, conn: UpstreamConnection, replay: bool) -> None:
+    def _send_on(self, conn: PooledConnection, replay: bool) -> None:
         self.upstream = conn
         conn.exchange = self
         conn.head_only = self.head_only
@@ -702,7 +689,7 @@ class Exchange:
             self.sink.respond_end()
             self.dp.finished(self)
 
-    def upstream_lost(self, conn: UpstreamConnection) -> None:
+    def upstream_lost(self, conn: PooledConnection) -> None:
         """The upstream connection closed before the response was complete."""
         if self.upstream is conn:
             self.upstream = None
@@ -743,6 +730,9 @@ class Exchange:
             self.error = message
             self.sink.respond_abort()
             self.dp.finished(self)
+
+    def upstream_flush(self) -> None:
+        self.sink.flush()
 
     def upstream_write_paused(self) -> None:
         self.sink.pause_request_body()

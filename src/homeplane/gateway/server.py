@@ -10,18 +10,16 @@ their pooled connections) survive swaps when their endpoints do.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 import logging
 import os
-import socket
 import ssl
-import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from homeplane.api.units import parse_duration, parse_quantity
+from homeplane.gateway.base import ListenerConf, Settings  # noqa: F401 (re-exported: homeplane.gateway.server.Settings)
 from homeplane.gateway.frontends import proxyproto
 from homeplane.gateway.policies.auth import Auth, compile_security
 from homeplane.gateway.upstreams.cluster import Cluster, ClusterConfig, cluster_key, cluster_settings
@@ -33,52 +31,19 @@ from homeplane.gateway.routing.filters import compile_header_ops
 from homeplane.gateway.routing.headers import parse_cidrs
 from homeplane.gateway.upstreams.health import run_checks
 from homeplane.gateway.frontends.http1 import Http1Connection
-from homeplane.gateway.frontends.http2 import DEFAULT_CONNECTION_WINDOW, DEFAULT_MAX_STREAMS, DEFAULT_STREAM_WINDOW
 from homeplane.gateway.frontends.late_tls import start_tls_after
 from homeplane.gateway.routing.paths import DEFAULT as DEFAULT_PATH_SETTINGS
 from homeplane.gateway.routing.paths import PathSettings
 from homeplane.lua import script as lua_script
 from homeplane.gateway.frontends.streams import GatewayL4, PassthroughTable, passthrough_listeners, spliced, wanted_listeners
 from homeplane.gateway.routing.router import ListenerTable, PortTable, compile_gateway
+from homeplane.gateway.tls import cert_matches, make_context
 from homeplane.gateway.frontends.tlspeek import NEED_MORE, NotTLS, client_hello_sni
 from homeplane.l4.relay import Splice, Stream
 from homeplane.translate import snapshot as ir
 
 log = logging.getLogger("homeplane.gateway")
 access_log = logging.getLogger("homeplane.access")
-
-
-@dataclass
-class Settings:
-    request_headers_timeout: float = 30.0  # a client must send its request head within this time
-    idle_timeout: float = 3600.0  # Envoy's default HTTP idle timeout
-    default_request_timeout: float | None = 15.0  # Envoy's default route timeout
-    max_connections: int = 10_000  # above it new connections are closed at once (overload)
-    max_memory: int | None = None  # bytes of RSS; see Overload
-    access_log: bool = True
-    reuse_port: bool = False
-    fast_lane: bool = True  # simple HTTP/1.1 requests served by _fastlane.c when it is built
-
-
-@dataclass
-class ListenerConf:
-    """Per-listener settings from its ClientTrafficPolicy."""
-
-    xff_enabled: bool = False
-    xff_hops: int | None = None
-    xff_trusted: tuple[Any, ...] = ()
-    idle_timeout: float | None = None
-    alpn: tuple[str, ...] = ("h2", "http/1.1")  # Envoy Gateway default
-    min_tls: str = "1.2"
-    max_tls: str | None = None
-    proxy_protocol: bool = False
-    proxy_protocol_optional: bool = False
-    h2_max_streams: int = DEFAULT_MAX_STREAMS
-    h2_stream_window: int = DEFAULT_STREAM_WINDOW
-    h2_connection_window: int = DEFAULT_CONNECTION_WINDOW
-    connection_limit: int | None = None  # clientTrafficPolicy connection.connectionLimit.value
-    buffer_limit: int | None = None  # connection.bufferLimit: request body kept for retries/mirrors
-    path: PathSettings = DEFAULT_PATH_SETTINGS  # path.escapedSlashesAction / disableMergeSlashes
 
 
 def listener_conf(ls: ir.Listener) -> ListenerConf:
@@ -231,39 +196,6 @@ def default_port_map() -> dict[int, int]:
 
 
 # --- TLS ---------------------------------------------------------------------------------
-
-
-_TLS_VERSIONS = {"1.0": ssl.TLSVersion.TLSv1, "1.1": ssl.TLSVersion.TLSv1_1, "1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
-
-
-def make_context(cert: ir.TLSCert, conf: ListenerConf, h2: bool, http: bool = True) -> ssl.SSLContext:
-    """A server context for one certificate; ``http=False`` (TLS-terminated TCP) offers no ALPN."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = _TLS_VERSIONS.get(conf.min_tls, ssl.TLSVersion.TLSv1_2)
-    if conf.max_tls:
-        ctx.maximum_version = _TLS_VERSIONS.get(conf.max_tls, ssl.TLSVersion.TLSv1_3)
-    if http:
-        alpn = [p for p in conf.alpn if p != "h2" or h2]
-        ctx.set_alpn_protocols(alpn or ["http/1.1"])
-    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
-    # ssl loads key material from files only: write them to a private file, load, remove.
-    with tempfile.TemporaryDirectory(prefix="homeplane-tls-") as d:
-        os.chmod(d, 0o700)
-        crt, key = os.path.join(d, "tls.crt"), os.path.join(d, "tls.key")
-        with open(crt, "wb") as f:
-            f.write(cert.cert_pem)
-        fd = os.open(key, os.O_WRONLY | os.O_CREAT, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(bytes(cert.key_pem))
-        ctx.load_cert_chain(crt, key)
-    return ctx
-
-
-def cert_matches(cert: ir.TLSCert, name: str) -> bool:
-    for n in cert.dns_names:
-        if n == name or (n.startswith("*.") and name.endswith(n[1:]) and name.count(".") == n.count(".")):
-            return True
-    return False
 
 
 class PortServer:

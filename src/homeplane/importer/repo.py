@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from homeplane.api.diagnostics import Diagnostics, processing
 from homeplane.api.loader import LoadOptions, LoadResult, add_object, find_manifest_files

@@ -17,15 +17,15 @@ import os
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
+from homeplane.gateway.base import DataPlaneHooks, PortHooks
 from homeplane.gateway.policies.compression import Encoder, accepted, compressible
 from homeplane.gateway.exchange import RouteAction
 from homeplane.gateway.routing.headers import detect_client_ip
 from homeplane.gateway.routing.router import _EXACT, _PREFIX, PortTable, VHostTable
-from homeplane.gateway.upstreams.http1 import set_nodelay
+from homeplane.gateway.upstreams.pool import set_nodelay
 
 if TYPE_CHECKING:
     from homeplane.gateway.upstreams.cluster import Cluster, EndpointState
-    from homeplane.gateway.server import DataPlane, PortServer
 
 try:
     from homeplane.gateway.frontends import _fastlane
@@ -111,11 +111,11 @@ def compile_table(table: PortTable, clusters: dict[str, Cluster]) -> tuple[Any, 
 
 
 class Hooks:
-    """What the C protocol asks of Python; one per PortServer."""
+    """What the C protocol asks of Python; one per PortHooks."""
 
-    def __init__(self, server: PortServer):
+    def __init__(self, server: PortHooks):
         self.server = server
-        self.dp: DataPlane = server.dp
+        self.dp: DataPlaneHooks = server.dp
         settings = self.dp.settings
         self.access_log = settings.access_log
         self.headers_timeout = settings.request_headers_timeout

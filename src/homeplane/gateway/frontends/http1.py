@@ -13,15 +13,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from typing import TYPE_CHECKING
 
 import httptools
 
-from homeplane.gateway.exchange import ConnInfo, Exchange, reason
-from homeplane.gateway.upstreams.http1 import set_nodelay
+from homeplane.gateway.base import ConnInfo, ExchangeState, PortHooks
+from homeplane.gateway.exchange import Exchange, reason
+from homeplane.gateway.upstreams.pool import set_nodelay
 
-if TYPE_CHECKING:
-    from homeplane.gateway.server import PortServer
 
 MAX_URL = 16 * 1024
 MAX_HEADER_BYTES = 60 * 1024  # Envoy's default max_request_headers_kb
@@ -58,7 +56,7 @@ class _Pending:
 
 
 class Http1Connection(asyncio.Protocol):
-    def __init__(self, server: PortServer, client_override: tuple[str, int] | None = None, fresh: bool = True):
+    def __init__(self, server: PortHooks, client_override: tuple[str, int] | None = None, fresh: bool = True):
         self.server = server
         self.fresh = fresh  # a new connection (False: handed over by the fast lane, already admitted)
         self.client_override = client_override  # the client's address from a PROXY protocol header
@@ -132,7 +130,7 @@ class Http1Connection(asyncio.Protocol):
         if self.failed is not None:
             return  # nothing after a malformed request can be trusted
         if self.upgraded:
-            if self.tunnel is not None and self.tunnel.state == 4:  # tunnel open
+            if self.tunnel is not None and self.tunnel.state == ExchangeState.TUNNEL:
                 self.tunnel.feed_body(data)
             else:
                 self.tunnel_buffer.append(data)
@@ -279,7 +277,7 @@ class Http1Connection(asyncio.Protocol):
             # Answer the client ourselves, as Envoy does; the backend never sees Expect.
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # type: ignore[union-attr]
         ex.start()
-        if self.current is ex and ex.state != 5:
+        if self.current is ex and ex.state != ExchangeState.DONE:
             for chunk in p.body:
                 self.queued_body -= len(chunk)
                 ex.feed_body(chunk)

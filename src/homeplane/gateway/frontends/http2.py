@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING
 
 import h2.config
 import h2.connection
@@ -19,16 +18,22 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
-from homeplane.gateway.exchange import ConnInfo, Exchange
+from homeplane.gateway.base import (
+    DEFAULT_CONNECTION_WINDOW,
+    DEFAULT_MAX_STREAMS,
+    DEFAULT_STREAM_WINDOW,
+    ConnInfo,
+    ExchangeState,
+    PortHooks,
+)
+from homeplane.gateway.exchange import Exchange
 
-if TYPE_CHECKING:
-    from homeplane.gateway.server import PortServer
 
 _HIGH_WATER = 256 * 1024
 _FORBIDDEN = {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
 
 
-class H2Stream:
+class ClientStream:
     """Sink for one stream's exchange."""
 
     __slots__ = (
@@ -159,10 +164,6 @@ class H2Stream:
         pass
 
 
-# Defaults where no ClientTrafficPolicy says otherwise (Envoy Gateway's are of this order)
-DEFAULT_MAX_STREAMS = 100
-DEFAULT_STREAM_WINDOW = 1024 * 1024
-DEFAULT_CONNECTION_WINDOW = 16 * 1024 * 1024
 
 # Rapid reset (CVE-2023-44487), counted as Envoy counts it: a stream the client resets within
 # a second of opening it, before any response, is premature. Once 500 streams have ended, half
@@ -173,7 +174,7 @@ PREMATURE_ABSOLUTE = PREMATURE_MIN_STREAMS // 2
 
 
 class H2Connection(asyncio.Protocol):
-    def __init__(self, server: PortServer, info: ConnInfo | None = None, fresh: bool = True):
+    def __init__(self, server: PortHooks, info: ConnInfo | None = None, fresh: bool = True):
         self.server = server
         self.fresh = fresh
         self.dp = server.dp
@@ -181,7 +182,7 @@ class H2Connection(asyncio.Protocol):
         self.h2 = h2.connection.H2Connection(
             config=h2.config.H2Configuration(client_side=False, header_encoding=None, validate_inbound_headers=True)
         )
-        self.streams: dict[int, H2Stream] = {}
+        self.streams: dict[int, ClientStream] = {}
         self.info = info
         self.listener = None
         self.deadline = 0.0
@@ -229,7 +230,7 @@ class H2Connection(asyncio.Protocol):
     def exchanges(self) -> list[Exchange]:
         return [s.exchange for s in self.streams.values() if s.exchange is not None]
 
-    def is_head(self, stream: H2Stream) -> bool:
+    def is_head(self, stream: ClientStream) -> bool:
         return stream.stream_id in self._head_streams
 
     def data_received(self, data: bytes) -> None:
@@ -299,7 +300,7 @@ class H2Connection(asyncio.Protocol):
                 headers.append((n, v))
         if authority and not any(h[0] == b"host" for h in headers):
             headers.insert(0, (b"host", authority))
-        stream = H2Stream(self, ev.stream_id, time.monotonic())
+        stream = ClientStream(self, ev.stream_id, time.monotonic())
         self.streams[ev.stream_id] = stream
         if method == b"HEAD":
             self._head_streams.add(ev.stream_id)
@@ -312,7 +313,7 @@ class H2Connection(asyncio.Protocol):
             # the upstream request needs framing: an HTTP/2 body has no length of its own
             pass
         ex.start()
-        if ended and ex.state != 5:
+        if ended and ex.state != ExchangeState.DONE:
             ex.end_body()
 
     def _too_many_resets(self) -> bool:
@@ -333,7 +334,7 @@ class H2Connection(asyncio.Protocol):
         self.closed = True
         return True
 
-    def stream_done(self, stream: H2Stream) -> None:
+    def stream_done(self, stream: ClientStream) -> None:
         if self.streams.pop(stream.stream_id, None) is not None:
             self.streams_ended += 1
         self._head_streams.discard(stream.stream_id)

@@ -19,16 +19,16 @@ import random
 import socket
 import ssl
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import Any, Callable, Iterator
 
+from homeplane.gateway.base import DataPlaneHooks, ListenerConf
 from homeplane.gateway.frontends import proxyproto
 from homeplane.gateway.upstreams.cluster import Cluster, ClusterConfig, EndpointState, cluster_key, cluster_settings
 from homeplane.gateway.frontends.late_tls import start_tls_after
+from homeplane.gateway.tls import cert_matches, make_context
 from homeplane.l4.relay import Splice, UDPRelay, UDPSession
 from homeplane.translate import snapshot as ir
 
-if TYPE_CHECKING:
-    from homeplane.gateway.server import DataPlane
 
 log = logging.getLogger("homeplane.gateway")
 CONNECT_TIMEOUT = 10.0
@@ -49,7 +49,7 @@ class _Wanted:
     proxy: tuple[bool, bool] = (False, False)  # PROXY protocol (expected, optional), TCP and TLS only
 
 
-def choose(dp: DataPlane, route: ir.L4Route, exclude: tuple[EndpointState, ...] = ()) -> tuple[Cluster, EndpointState] | None:
+def choose(dp: DataPlaneHooks, route: ir.L4Route, exclude: tuple[EndpointState, ...] = ()) -> tuple[Cluster, EndpointState] | None:
     """A backendRef of the route by weight, then an endpoint of it; None refuses the stream."""
     backends = [b for b in route.backends if b.weight > 0]
     if not backends:
@@ -64,7 +64,7 @@ def choose(dp: DataPlane, route: ir.L4Route, exclude: tuple[EndpointState, ...] 
     return (cluster, ep) if ep is not None else None
 
 
-def relay(dp: DataPlane, splice: Splice, route: ir.L4Route, peer: tuple[str, int]) -> None:
+def relay(dp: DataPlaneHooks, splice: Splice, route: ir.L4Route, peer: tuple[str, int]) -> None:
     """Open the route's backend for an accepted connection and splice the two (or close it)."""
     chosen = choose(dp, route)
     if chosen is None:
@@ -103,7 +103,7 @@ async def _connect(splice: Splice, cluster: Cluster, ep: EndpointState) -> None:
 
 
 def spliced(
-    dp: DataPlane, splices: set[Splice], route_for: Callable[[], ir.L4Route | None], gateway: ir.Ref, protocol: str, sni: str | None = None
+    dp: DataPlaneHooks, splices: set[Splice], route_for: Callable[[], ir.L4Route | None], gateway: ir.Ref, protocol: str, sni: str | None = None
 ) -> Splice:
     """A Splice whose backend is chosen from ``route_for()`` when the client connects, counted
     in ``splices`` while open (and on its endpoint, for LeastRequest), with an access log line
@@ -132,7 +132,7 @@ def spliced(
 
 
 class L4Listener:
-    def __init__(self, dp: DataPlane, key: tuple[str, int, str], wanted: _Wanted):
+    def __init__(self, dp: DataPlaneHooks, key: tuple[str, int, str], wanted: _Wanted):
         self.dp = dp
         self.key = key
         self.wanted = wanted
@@ -173,7 +173,6 @@ class L4Listener:
         """For a TLS listener that terminates: the certificate by SNI (the first one without)."""
         if not self.wanted.certs:
             return None
-        from homeplane.gateway.server import ListenerConf, cert_matches, make_context
 
         self._contexts = [(c, make_context(c, ListenerConf(), h2=False, http=False)) for c in self.wanted.certs]
 
@@ -269,7 +268,7 @@ class _ProxyHeader(asyncio.Protocol):
 class GatewayL4:
     """The TCP/UDP listeners of every Gateway, kept in step with the Snapshot."""
 
-    def __init__(self, dp: DataPlane):
+    def __init__(self, dp: DataPlaneHooks):
         self.dp = dp
         self.listeners: dict[tuple[str, int, str], L4Listener] = {}
 

@@ -31,24 +31,23 @@ import logging
 import re
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from urllib.parse import unquote_to_bytes
 
 import bcrypt
 
 from homeplane.api.units import parse_duration
+from homeplane.gateway.base import DataPlaneHooks, ExchangeState
 from homeplane.gateway.policies.authz import CompiledAuthorization, compile_authorization
 from homeplane.gateway.upstreams.cluster import cluster_key
 from homeplane.gateway.policies.cors import CompiledCors, compile_cors
 from homeplane.gateway.routing.headers import HOP_BY_HOP
 from homeplane.gateway.policies.jwtauth import CompiledJWT, JWKSFetcher, JWTFailure, claim_value, compile_jwt, extract_token, verify
 from homeplane.gateway.routing.router import parse_query
-from homeplane.gateway.upstreams.http1 import UpstreamConnection, connect
+from homeplane.gateway.upstreams.connect import connect
+from homeplane.gateway.upstreams.pool import PooledConnection
 from homeplane.translate.snapshot import SecurityIR
 
-if TYPE_CHECKING:
-    from homeplane.gateway.exchange import Exchange
-    from homeplane.gateway.server import DataPlane
 
 log = logging.getLogger("homeplane.auth")
 
@@ -150,19 +149,19 @@ def check_password(hashed: bytes, password: bytes) -> bool:
 
 
 class Auth:
-    def __init__(self, dp: DataPlane):
+    def __init__(self, dp: DataPlaneHooks):
         self.dp = dp
         self._verified: dict[tuple[bytes, bytes], float] = {}  # bcrypt is slow: cache good logins briefly
         self.jwks = JWKSFetcher()
 
-    def check(self, ex: Exchange, compiled: CompiledSecurity, headers: dict[bytes, bytes]) -> None:
+    def check(self, ex: AuthSubject, compiled: CompiledSecurity, headers: dict[bytes, bytes]) -> None:
         """Decide, then either ``ex.proceed()`` or answer the client. May finish later (extAuth)."""
         if compiled.ext_cluster is not None:
             asyncio.ensure_future(self._ext_auth(ex, compiled, headers))
             return
         self._after_ext(ex, compiled, headers)
 
-    def _after_ext(self, ex: Exchange, c: CompiledSecurity, headers: dict[bytes, bytes]) -> None:
+    def _after_ext(self, ex: AuthSubject, c: CompiledSecurity, headers: dict[bytes, bytes]) -> None:
         if c.api_keys is not None and not self._api_key(ex, c, headers):
             return
         if c.users is not None:
@@ -179,7 +178,7 @@ class Auth:
             return
         self._authorize(ex, c)
 
-    def _authorize(self, ex: Exchange, c: CompiledSecurity, verified: tuple[str, dict[str, Any]] | None = None) -> None:
+    def _authorize(self, ex: AuthSubject, c: CompiledSecurity, verified: tuple[str, dict[str, Any]] | None = None) -> None:
         """The last step (Envoy's RBAC filter comes after authentication and Lua), then upstream.
         ``verified``: the JWT provider that accepted the request's token, and its claims."""
         if ex.action is not None and ex.action.lua and not ex.run_lua_request(ex.action):
@@ -192,7 +191,7 @@ class Auth:
 
     # --- api keys ---------------------------------------------------------------------------
 
-    def _api_key(self, ex: Exchange, c: CompiledSecurity, headers: dict[bytes, bytes]) -> bool:
+    def _api_key(self, ex: AuthSubject, c: CompiledSecurity, headers: dict[bytes, bytes]) -> bool:
         """True when the request carries a known key (and is then prepared for upstream)."""
         found: tuple[str, bytes, bytes] | None = None
         query: dict[bytes, bytes] | None = None
@@ -231,7 +230,7 @@ class Auth:
 
     # --- jwt ------------------------------------------------------------------------------
 
-    def _jwt(self, ex: Exchange, c: CompiledSecurity, headers: dict[bytes, bytes]) -> None:
+    def _jwt(self, ex: AuthSubject, c: CompiledSecurity, headers: dict[bytes, bytes]) -> None:
         assert c.jwt is not None
         missing = [p for p in c.jwt.providers if p.local_keys is None and p.remote_uri and self.jwks.cached(p.remote_uri) is None]
         if missing:
@@ -239,17 +238,17 @@ class Auth:
             return
         self._jwt_decide(ex, c, headers)
 
-    async def _jwt_fetch_then_decide(self, ex: Exchange, c: CompiledSecurity, headers: dict[bytes, bytes], providers: list[Any]) -> None:
+    async def _jwt_fetch_then_decide(self, ex: AuthSubject, c: CompiledSecurity, headers: dict[bytes, bytes], providers: list[Any]) -> None:
         for p in providers:
             try:
                 await self.jwks.get(p.remote_uri, p.cache_for)
             except Exception as e:  # unreachable, not 200, not a key set: the request still gets an answer
                 log.warning("fetching JWKS %s for provider %s failed: %r", p.remote_uri, p.name, e)
-        if ex.state == 5:  # the client went away meanwhile
+        if ex.state == ExchangeState.DONE:  # the client went away meanwhile
             return
         self._jwt_decide(ex, c, headers)
 
-    def _jwt_decide(self, ex: Exchange, c: CompiledSecurity, headers: dict[bytes, bytes]) -> None:
+    def _jwt_decide(self, ex: AuthSubject, c: CompiledSecurity, headers: dict[bytes, bytes]) -> None:
         j = c.jwt
         assert j is not None
         failure: JWTFailure | None = None
@@ -314,7 +313,7 @@ class Auth:
 
     # --- extAuth over HTTP ------------------------------------------------------------------
 
-    def _check_request(self, ex: Exchange, c: CompiledSecurity, headers: dict[bytes, bytes]) -> bytes:
+    def _check_request(self, ex: AuthSubject, c: CompiledSecurity, headers: dict[bytes, bytes]) -> bytes:
         target = ex.path + (b"?" + ex.query if ex.query else b"")
         path = c.ext_path + target if c.ext_path else target
         lines = [ex.method, b" ", path, b" HTTP/1.1\r\nhost: ", headers.get(b"host", ex.host), b"\r\n"]
@@ -334,13 +333,13 @@ class Auth:
         ]
         return b"".join(lines)
 
-    async def _ext_auth(self, ex: Exchange, c: CompiledSecurity, headers: dict[bytes, bytes]) -> None:
+    async def _ext_auth(self, ex: AuthSubject, c: CompiledSecurity, headers: dict[bytes, bytes]) -> None:
         try:
             status, resp_headers, body = await asyncio.wait_for(self._call(ex, c, headers), c.ext_timeout)
         except (OSError, asyncio.TimeoutError, _AuthError) as e:
             self._ext_error(ex, c, headers, f"ext auth error: {e or type(e).__name__}")
             return
-        if ex.state == 5:  # the client went away meanwhile
+        if ex.state == ExchangeState.DONE:  # the client went away meanwhile
             return
         if status >= 500:
             self._ext_error(ex, c, headers, f"ext auth server answered {status}")
@@ -356,8 +355,8 @@ class Auth:
             ex.headers = kept
         self._after_ext(ex, c, headers)
 
-    def _ext_error(self, ex: Exchange, c: CompiledSecurity, headers: dict[bytes, bytes], message: str) -> None:
-        if ex.state == 5:
+    def _ext_error(self, ex: AuthSubject, c: CompiledSecurity, headers: dict[bytes, bytes], message: str) -> None:
+        if ex.state == ExchangeState.DONE:
             return
         log.warning("%s for %s (%s)", message, ex.action.route_id if ex.action else "?", ex.host.decode("latin-1"))
         if c.ext_fail_open:
@@ -366,7 +365,7 @@ class Auth:
         ex.error = message
         ex.respond_simple(403, b"")
 
-    async def _call(self, ex: Exchange, c: CompiledSecurity, headers: dict[bytes, bytes]) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    async def _call(self, ex: AuthSubject, c: CompiledSecurity, headers: dict[bytes, bytes]) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         cluster = self.dp.clusters.get(c.ext_cluster or "")
         if cluster is None:
             raise _AuthError("no such cluster")
@@ -414,6 +413,27 @@ def _without_cookie(headers: list[tuple[bytes, bytes]], name: bytes) -> list[tup
     return out
 
 
+class AuthSubject(Protocol):
+    """What the enforcement reads of a request and how it lets it go on or answers it (the
+    exchange; a Protocol, so that policies do not import the exchange that uses them)."""
+
+    state: ExchangeState
+    action: Any  # exchange.RouteAction
+    conn: Any  # base.ConnInfo
+    method: bytes
+    host: bytes
+    path: bytes
+    query: bytes
+    headers: list[tuple[bytes, bytes]]
+    client_ip: str
+    request_id: bytes
+    error: str
+
+    def proceed(self) -> None: ...
+    def respond_simple(self, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> None: ...
+    def run_lua_request(self, action: Any) -> bool: ...
+
+
 class _AuthError(Exception):
     pass
 
@@ -426,15 +446,12 @@ class _NullSink:
 class _AuthCall:
     """Collects one response from an upstream connection (the exchange callbacks it needs)."""
 
-    sink = _NullSink()
-    state = 0
-
     def __init__(self, loop: asyncio.AbstractEventLoop):
         self.done: asyncio.Future[tuple[int, list[tuple[bytes, bytes]], bytes]] = loop.create_future()
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
         self.body = bytearray()
-        self.conn: UpstreamConnection | None = None
+        self.conn: PooledConnection | None = None
 
     def upstream_head(self, status: int, headers: list[tuple[bytes, bytes]], keep_alive: bool) -> None:
         self.status, self.headers = status, headers
@@ -453,7 +470,7 @@ class _AuthCall:
         if not self.done.done():
             self.done.set_result((self.status, self.headers, bytes(self.body)))
 
-    def upstream_lost(self, conn: UpstreamConnection) -> None:
+    def upstream_lost(self, conn: PooledConnection) -> None:
         if not self.done.done():
             self.done.set_exception(_AuthError("connection closed by the ext auth server"))
 
@@ -462,6 +479,9 @@ class _AuthCall:
             self.done.set_exception(_AuthError(message))
 
     def upstream_write_paused(self) -> None:
+        pass
+
+    def upstream_flush(self) -> None:
         pass
 
     def upstream_write_resumed(self) -> None:

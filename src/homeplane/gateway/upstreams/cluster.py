@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from homeplane.api.models.envoy import ActiveHealthCheck, PassiveHealthCheck
 from homeplane.gateway.upstreams.balancer import Balancer
-from homeplane.gateway.upstreams.http2 import H2C_PROTOCOLS
+from homeplane.gateway.upstreams.pool import H2C_PROTOCOLS
 from homeplane.translate import snapshot as ir
 
 if TYPE_CHECKING:
-    from homeplane.gateway.upstreams.http1 import UpstreamConnection
+    from homeplane.gateway.upstreams.pool import PooledConnection
 
 
 def cluster_key(pool: str, policy: str, settings_id: str = "") -> str:
@@ -69,7 +69,7 @@ class EndpointState:
         self.name = f"{ep.address}:{ep.port}"
         self.key = (ep.address, ep.port)
         self.active = 0  # in-flight requests
-        self.idle: deque[UpstreamConnection] = deque()
+        self.idle: deque[PooledConnection] = deque()
         self.healthy = True  # active health checks
         self.failures = 0  # consecutive 5xx (passive outlier detection)
         self.gateway_failures = 0  # consecutive 502/503/504

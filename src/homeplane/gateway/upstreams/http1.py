@@ -8,55 +8,16 @@ list. The exchange receives ``upstream_*`` callbacks; it never touches sockets.
 from __future__ import annotations
 
 import asyncio
-import socket
 import ssl
 import time
 from typing import TYPE_CHECKING
 
 import httptools
 
+from homeplane.gateway.upstreams.pool import PooledConnection, ResponseHandler, set_nodelay
+
 if TYPE_CHECKING:
-    from homeplane.gateway.upstreams.cluster import EndpointState, UpstreamTLSContext
-    from homeplane.gateway.exchange import Exchange
-
-
-def set_nodelay(transport: asyncio.BaseTransport) -> None:
-    """Small writes (a request head, a response) go out at once: no Nagle delay on TCP."""
-    sock = transport.get_extra_info("socket")
-    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass
-
-
-class PooledConnection(asyncio.Protocol):
-    """What every upstream connection offers the exchange, whatever its protocol."""
-
-    __slots__ = ()
-    transport: asyncio.Transport | None
-    closed: bool
-
-    def pause_reading(self) -> None:
-        if self.transport is not None and not self.closed:
-            self.transport.pause_reading()
-
-    def resume_reading(self) -> None:
-        if self.transport is not None and not self.closed:
-            self.transport.resume_reading()
-
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            if self.transport is not None:
-                self.transport.close()
-
-    def abort(self) -> None:
-        """Close without flushing what is still buffered for the backend."""
-        if not self.closed:
-            self.closed = True
-            if self.transport is not None:
-                self.transport.abort()
+    from homeplane.gateway.upstreams.cluster import EndpointState
 
 
 class UpstreamConnection(PooledConnection):
@@ -80,7 +41,7 @@ class UpstreamConnection(PooledConnection):
         self.endpoint = endpoint
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
-        self.exchange: Exchange | None = None
+        self.exchange: ResponseHandler | None = None
         self.headers: list[tuple[bytes, bytes]] = []
         self.reused = False
         self.closed = False
@@ -124,7 +85,7 @@ class UpstreamConnection(PooledConnection):
                 ex.upstream_failed("protocol", f"invalid response from backend: {e}")
             return
         # one client write per upstream read
-        ex.sink.flush()
+        ex.upstream_flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -212,31 +173,6 @@ class UpstreamConnection(PooledConnection):
             # request on this connection must be able to read its answer
             self.transport.resume_reading()
         self.endpoint.idle.append(self)
-
-
-async def connect(
-    loop: asyncio.AbstractEventLoop, endpoint: EndpointState, timeout: float, h2c: bool = False,
-    tls: UpstreamTLSContext | None = None,
-) -> UpstreamConnection:
-    """A new connection to the endpoint: HTTP/1.1, HTTP/2 cleartext when the port says h2c, over
-    TLS when a BackendTLSPolicy says so."""
-    if h2c and tls is None:
-        from homeplane.gateway.upstreams.http2 import open_stream
-
-        return await open_stream(endpoint, timeout, lambda session: _open(loop, endpoint, lambda: session, None))  # type: ignore[return-value]
-    conn = UpstreamConnection(endpoint)
-    await asyncio.wait_for(_open(loop, endpoint, lambda: conn, tls), timeout)
-    if tls is not None and tls.subject_alt_names:
-        check_subject_alt_names(conn, tls.subject_alt_names)
-    return conn
-
-
-def _open(loop: asyncio.AbstractEventLoop, endpoint: EndpointState, factory, tls: UpstreamTLSContext | None):  # type: ignore[no-untyped-def]
-    if endpoint.address.startswith("unix:"):
-        return loop.create_unix_connection(factory, endpoint.address[5:])
-    if tls is not None:
-        return loop.create_connection(factory, endpoint.address, endpoint.port, ssl=tls.context, server_hostname=tls.server_hostname)
-    return loop.create_connection(factory, endpoint.address, endpoint.port)
 
 
 def check_subject_alt_names(conn: UpstreamConnection, wanted: tuple[str, ...]) -> None:

@@ -4,7 +4,7 @@ Envoy Gateway speaks h2c to a Service port with ``appProtocol: kubernetes.io/h2c
 ``Backend`` with ``gateway.envoyproxy.io/h2c``), and carries many requests at once on one
 connection, up to the backend's SETTINGS_MAX_CONCURRENT_STREAMS.
 
-An :class:`H2Session` is the connection; each request gets an :class:`H2Stream`, a handle with
+An :class:`H2Session` is the connection; each request gets an :class:`UpstreamStream`, a handle with
 the interface of an HTTP/1.1 upstream connection, so the exchange does not change: the request
 it writes, in HTTP/1.1 form, is read back with httptools and sent as HEADERS and DATA frames on
 the stream; the response frames come back as the same ``upstream_*`` callbacks. While a session
@@ -30,13 +30,12 @@ import h2.settings
 import httptools
 
 from homeplane.gateway.routing.headers import HOP_BY_HOP
-from homeplane.gateway.upstreams.http1 import PooledConnection, set_nodelay
+from homeplane.gateway.upstreams.pool import H2C_PROTOCOLS, PooledConnection, ResponseHandler, set_nodelay
 
 if TYPE_CHECKING:
     from homeplane.gateway.upstreams.cluster import EndpointState
-    from homeplane.gateway.exchange import Exchange
 
-H2C_PROTOCOLS = frozenset({"kubernetes.io/h2c", "h2c", "gateway.envoyproxy.io/h2c"})
+__all__ = ["H2C_PROTOCOLS", "H2Session", "UpstreamStream", "open_stream"]
 _NOT_FORWARDED = HOP_BY_HOP | {b"host", b"transfer-encoding", b"upgrade", b"http2-settings"}
 MAX_STREAMS = 1000  # our own cap, whatever the backend allows
 STREAM_WINDOW = 1 << 20  # what a backend may send on one stream before we read it
@@ -53,9 +52,9 @@ class H2Session(asyncio.Protocol):
         self.h2.local_settings = h2.settings.Settings(
             client=True, initial_values={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW, h2.settings.SettingCodes.ENABLE_PUSH: 0}
         )
-        self.streams: dict[int, H2Stream] = {}
-        self.waiting: deque[H2Stream] = deque()  # requests written while no stream was free
-        self.spare: H2Stream | None = None  # the unclaimed handle in endpoint.idle
+        self.streams: dict[int, UpstreamStream] = {}
+        self.waiting: deque[UpstreamStream] = deque()  # requests written while no stream was free
+        self.spare: UpstreamStream | None = None  # the unclaimed handle in endpoint.idle
         self.ready: asyncio.Future[None] = asyncio.get_event_loop().create_future()  # the backend's SETTINGS came
         self.closed = False
         self.draining = False  # GOAWAY received, or the pool let it go: no new streams
@@ -75,8 +74,8 @@ class H2Session(asyncio.Protocol):
     def can_open(self) -> bool:
         return len(self.streams) < self.limit() and self.h2.open_outbound_streams < self.limit()
 
-    def new_stream(self) -> H2Stream:
-        return H2Stream(self, reused=self.served > 0 or bool(self.streams))
+    def new_stream(self) -> UpstreamStream:
+        return UpstreamStream(self, reused=self.served > 0 or bool(self.streams))
 
     def offer(self) -> None:
         """Keep one unclaimed handle in the endpoint's idle pool while there is room."""
@@ -124,7 +123,7 @@ class H2Session(asyncio.Protocol):
         except h2.exceptions.ProtocolError as e:
             self._fail_all(f"invalid HTTP/2 from backend: {e}")
             return
-        touched: list[Exchange] = []
+        touched: list[ResponseHandler] = []
         streams = self.streams
         for ev in events:
             sid = getattr(ev, "stream_id", 0)
@@ -165,7 +164,7 @@ class H2Session(asyncio.Protocol):
                 touched.append(s.exchange)
         self.send()
         for ex in dict.fromkeys(touched):
-            ex.sink.flush()
+            ex.upstream_flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -221,7 +220,7 @@ class H2Session(asyncio.Protocol):
             if ex is not None:
                 ex.upstream_failed("protocol", message)
 
-    def forget(self, s: H2Stream) -> None:
+    def forget(self, s: UpstreamStream) -> None:
         """A stream is over: room for another."""
         if s.stream_id is not None and self.streams.get(s.stream_id) is s:
             del self.streams[s.stream_id]
@@ -239,14 +238,14 @@ class H2Session(asyncio.Protocol):
         self.send()
 
 
-class H2Stream(PooledConnection):
+class UpstreamStream(PooledConnection):
     """One request on an :class:`H2Session`, used by the exchange like an upstream connection."""
 
     def __init__(self, session: H2Session, reused: bool):
         self.session = session
         self.endpoint = session.endpoint
         self.transport = session.transport
-        self.exchange: Exchange | None = None
+        self.exchange: ResponseHandler | None = None
         self.reused = reused
         self.closed = False
         self.idle_since = 0.0
@@ -434,7 +433,7 @@ class H2Stream(PooledConnection):
         session.forget(self)
 
 
-async def open_stream(endpoint: EndpointState, timeout: float, opener: Callable[[H2Session], Awaitable[object]]) -> H2Stream:
+async def open_stream(endpoint: EndpointState, timeout: float, opener: Callable[[H2Session], Awaitable[object]]) -> UpstreamStream:
     """A stream to the endpoint: on the connection being opened, when it has room (Envoy does not
     open a connection per request while one is on its way), else on a new connection.
 

@@ -1,0 +1,112 @@
+"""The gateway's shared vocabulary, imported by every layer and importing none of them:
+process and listener settings, what a connection knows of itself, the exchange's states, and
+the small interfaces the layers reach each other through - so that the server, which wires
+everything, is imported by nothing.
+
+Layers, each importing only those before it (tests/structure/test_layers.py checks it):
+``routing`` (pure request logic) -> ``upstreams`` (backend connections, clusters) ->
+``policies`` (SecurityPolicy enforcement, CORS, compression) -> ``exchange`` (one request through
+the proxy) -> ``frontends`` (client protocols) -> ``server`` (sockets, Snapshot swaps); beside
+them ``base`` and ``tls`` (leaves) and ``compile`` (the Snapshot lowered to tables, pure).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any, Protocol
+
+from homeplane.gateway.routing.paths import DEFAULT as DEFAULT_PATH_SETTINGS
+from homeplane.gateway.routing.paths import PathSettings
+
+DEFAULT_MAX_STREAMS = 100
+DEFAULT_STREAM_WINDOW = 1024 * 1024
+DEFAULT_CONNECTION_WINDOW = 16 * 1024 * 1024
+
+
+@dataclass
+class Settings:
+    request_headers_timeout: float = 30.0  # a client must send its request head within this time
+    idle_timeout: float = 3600.0  # Envoy's default HTTP idle timeout
+    default_request_timeout: float | None = 15.0  # Envoy's default route timeout
+    max_connections: int = 10_000  # above it new connections are closed at once (overload)
+    max_memory: int | None = None  # bytes of RSS; see Overload
+    access_log: bool = True
+    reuse_port: bool = False
+    fast_lane: bool = True  # simple HTTP/1.1 requests served by _fastlane.c when it is built
+
+
+@dataclass
+class ListenerConf:
+    """Per-listener settings from its ClientTrafficPolicy."""
+
+    xff_enabled: bool = False
+    xff_hops: int | None = None
+    xff_trusted: tuple[Any, ...] = ()
+    idle_timeout: float | None = None
+    alpn: tuple[str, ...] = ("h2", "http/1.1")  # Envoy Gateway default
+    min_tls: str = "1.2"
+    max_tls: str | None = None
+    proxy_protocol: bool = False
+    proxy_protocol_optional: bool = False
+    h2_max_streams: int = DEFAULT_MAX_STREAMS
+    h2_stream_window: int = DEFAULT_STREAM_WINDOW
+    h2_connection_window: int = DEFAULT_CONNECTION_WINDOW
+    connection_limit: int | None = None  # clientTrafficPolicy connection.connectionLimit.value
+    buffer_limit: int | None = None  # connection.bufferLimit: request body kept for retries/mirrors
+    path: PathSettings = DEFAULT_PATH_SETTINGS  # path.escapedSlashesAction / disableMergeSlashes
+
+
+@dataclass(slots=True)
+class ConnInfo:
+    """Per client connection facts the exchange needs."""
+
+    client_ip: str
+    client_port: int
+    local_ip: str
+    local_port: int
+    scheme: bytes  # b"http" / b"https"
+    sni: str | None = None
+    protocol: str = "HTTP/1.1"
+
+
+class ExchangeState(IntEnum):
+    ROUTING = 0  # routing, authenticating
+    CONNECTING = 1  # waiting for an upstream connection (or a retry's backoff)
+    WAITING = 2  # request sent, waiting for the response head
+    STREAMING = 3  # relaying the response body
+    TUNNEL = 4  # an upgraded connection (WebSocket): bytes both ways
+    DONE = 5
+
+
+
+class DataPlaneHooks(Protocol):
+    """What connections, exchanges and policies use of the data plane."""
+
+    settings: Settings
+    loop: asyncio.AbstractEventLoop
+    clusters: dict[str, Any]  # name -> upstreams.cluster.Cluster
+    auth: Any  # policies.auth.Auth
+    log: logging.Logger
+    overload: Any  # server.Overload
+
+    def finished(self, ex: Any) -> None: ...
+    def mirror(self, cluster: str, head: bytes) -> None: ...
+    def access_line(self, **fields: Any) -> None: ...
+    def connection_opened(self, conn: Any, fresh: bool = True) -> None: ...
+    def connection_closed(self, conn: Any) -> None: ...
+    def count_protocol_error(self, status: int) -> None: ...
+    def stream_finished(self, splice: Any, gateway: Any, protocol: str, route: Any, endpoint: Any, sni: str | None) -> None: ...
+
+
+class PortHooks(Protocol):
+    """What a client connection uses of the port server that accepted it."""
+
+    dp: DataPlaneHooks
+    table: Any  # routing.router.PortTable
+    hooks: Any  # frontends.fastlane.Hooks, when the fast lane serves this port
+    fast: Any
+
+    def sni_of(self, tls: Any) -> str | None: ...

@@ -123,7 +123,7 @@ def test_bjws_load_balancers_and_policies(bjws) -> None:
     tr = translate(bjws.objects)
     # home-assistant's BackendTrafficPolicy (active HTTP health check) attaches to its route
     ha = [r for g in tr.snapshot.gateways for ls in g.listeners for vh in ls.vhosts for r in vh.rules if r.route.name == "home-assistant"]
-    assert ha and all(r.backend_traffic and r.backend_traffic.spec.health_check.active.type == "HTTP" for r in ha)
+    assert ha and all(r.backend_traffic and r.backend_traffic.settings.active.type == "HTTP" for r in ha)
     # kanidm's BackendTLSPolicy: TLS to every port of its Service, verified as idm.bjw-s.dev with the system CAs
     tls = {n: p.tls for n, p in tr.snapshot.pools.items() if p.tls is not None}
     assert set(tls) == {"service/security/kanidm:8443", "service/security/kanidm:3636"}

@@ -125,9 +125,9 @@ spec:
     _, tr = translate_text(BASE + ROUTE + ctp)
     ls = tr.snapshot.gateway("network", "gw").listeners[0]
     assert ls.client_traffic.policy.name == "envoy"
-    assert ls.client_traffic.spec.client_ip_detection.x_forwarded_for.num_trusted_hops == 1
+    assert ls.client_traffic.settings.xff_enabled and ls.client_traffic.settings.xff_hops == 1
     (rule,) = rules_of(tr, "network/gw", "http", "app.example.com")
-    assert rule.backend_traffic.spec.retry.num_retries == 5
+    assert rule.backend_traffic.settings.retry.num_retries == 5
 
 
 def test_client_traffic_policy_cannot_target_routes() -> None:

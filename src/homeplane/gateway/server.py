@@ -15,28 +15,21 @@ import logging
 import os
 import ssl
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
-from homeplane.api.units import parse_duration, parse_quantity
 from homeplane.gateway.base import ListenerConf, Settings  # noqa: F401 (re-exported: homeplane.gateway.server.Settings)
+from homeplane.gateway.compile import BindPlan, compile_snapshot  # noqa: F401 (BindPlan re-exported)
 from homeplane.gateway.frontends import proxyproto
-from homeplane.gateway.policies.auth import Auth, compile_security
-from homeplane.gateway.upstreams.cluster import Cluster, ClusterConfig, cluster_key, cluster_settings
-from homeplane.gateway.policies.compression import TOKENS
-from homeplane.gateway.exchange import Exchange, RetryPolicy, RouteAction, WeightedCluster
+from homeplane.gateway.policies.auth import Auth
+from homeplane.gateway.upstreams.cluster import Cluster
+from homeplane.gateway.exchange import Exchange
 from homeplane.gateway.frontends.fastlane import Hooks, compile_table
 from homeplane.gateway.frontends.fastlane import enabled as fastlane_enabled
-from homeplane.gateway.routing.filters import compile_header_ops
-from homeplane.gateway.routing.headers import parse_cidrs
 from homeplane.gateway.upstreams.health import run_checks
 from homeplane.gateway.frontends.http1 import Http1Connection
 from homeplane.gateway.frontends.late_tls import start_tls_after
-from homeplane.gateway.routing.paths import DEFAULT as DEFAULT_PATH_SETTINGS
-from homeplane.gateway.routing.paths import PathSettings
-from homeplane.lua import script as lua_script
-from homeplane.gateway.frontends.streams import GatewayL4, PassthroughTable, passthrough_listeners, spliced, wanted_listeners
-from homeplane.gateway.routing.router import ListenerTable, PortTable, compile_gateway
+from homeplane.gateway.frontends.streams import GatewayL4, PassthroughTable, spliced
+from homeplane.gateway.routing.router import ListenerTable, PortTable
 from homeplane.gateway.tls import cert_matches, make_context
 from homeplane.gateway.frontends.tlspeek import NEED_MORE, NotTLS, client_hello_sni
 from homeplane.l4.relay import Splice, Stream
@@ -44,148 +37,6 @@ from homeplane.translate import snapshot as ir
 
 log = logging.getLogger("homeplane.gateway")
 access_log = logging.getLogger("homeplane.access")
-
-
-def listener_conf(ls: ir.Listener) -> ListenerConf:
-    conf = ListenerConf()
-    ct = ls.client_traffic.spec if ls.client_traffic else None
-    if ct is None:
-        return conf
-    xff = ct.client_ip_detection.x_forwarded_for if ct.client_ip_detection else None
-    if xff is not None:
-        conf.xff_enabled = True
-        conf.xff_hops = xff.num_trusted_hops
-        conf.xff_trusted = parse_cidrs(xff.trusted_cidrs)
-    if ct.timeout and ct.timeout.http and ct.timeout.http.idle_timeout:
-        conf.idle_timeout = parse_duration(ct.timeout.http.idle_timeout) or None
-    conf.proxy_protocol, conf.proxy_protocol_optional = proxyproto.wanted(ct)
-    if ct.path is not None:
-        conf.path = PathSettings(
-            ct.path.escaped_slashes_action or DEFAULT_PATH_SETTINGS.escaped_slashes,
-            not ct.path.disable_merge_slashes,
-        )
-    if ct.http2 is not None:
-        h = ct.http2
-        try:
-            if h.max_concurrent_streams:
-                conf.h2_max_streams = h.max_concurrent_streams
-            if h.initial_stream_window_size:
-                conf.h2_stream_window = parse_quantity(h.initial_stream_window_size)
-            if h.initial_connection_window_size:
-                conf.h2_connection_window = parse_quantity(h.initial_connection_window_size)
-        except ValueError as e:
-            log.warning("ClientTrafficPolicy %s: http2: %s; keeping the defaults", ls.client_traffic.policy if ls.client_traffic else "?", e)
-    if ct.connection is not None:
-        limit = ct.connection.connection_limit or {}
-        if isinstance(limit.get("value"), int) and limit["value"] > 0:
-            conf.connection_limit = limit["value"]
-        if ct.connection.buffer_limit:
-            try:
-                conf.buffer_limit = parse_quantity(ct.connection.buffer_limit)
-            except ValueError as e:
-                log.warning("ClientTrafficPolicy %s: connection.bufferLimit: %s; keeping the default", ls.client_traffic.policy if ls.client_traffic else "?", e)
-    if ct.tls is not None:
-        if ct.tls.alpn_protocols:
-            conf.alpn = tuple(ct.tls.alpn_protocols)
-        if ct.tls.min_version:
-            conf.min_tls = ct.tls.min_version
-        if ct.tls.max_version:
-            conf.max_tls = ct.tls.max_version
-    return conf
-
-
-# --- route actions ---------------------------------------------------------------------
-
-
-def build_action(rule: ir.RouteRule, settings: Settings) -> RouteAction:
-    a = RouteAction(rule=rule, route_id=rule.id)
-    if rule.direct_status is not None:
-        a.direct_status = rule.direct_status
-        return a
-    f = rule.filters
-    a.redirect = f.redirect
-    if f.rewrite is not None:
-        a.rewrite_host = f.rewrite.hostname.encode() if f.rewrite.hostname else None
-        a.rewrite_path_type = f.rewrite.path_type
-        a.rewrite_path_value = f.rewrite.path_value.encode() if f.rewrite.path_value is not None else None
-    if rule.match.path_type == "PathPrefix":
-        a.matched_prefix = rule.match.path.encode()
-    a.req_ops = compile_header_ops(f.request_headers)
-    a.resp_ops = compile_header_ops(f.response_headers)
-    btp = rule.backend_traffic.spec if rule.backend_traffic else None
-    policy, settings_id, a.cluster_config = cluster_settings(rule.backend_traffic)
-    if btp and btp.load_balancer and btp.load_balancer.consistent_hash:
-        ch = btp.load_balancer.consistent_hash
-        if ch.type == "SourceIP":
-            a.hash_on = ("SourceIP", b"")
-        elif ch.type == "Header" and ch.header:
-            a.hash_on = ("Header", str(ch.header.get("name", "")).lower().encode())
-        elif ch.type == "Cookie" and ch.cookie:
-            a.hash_on = ("Cookie", str(ch.cookie.get("name", "")).encode())
-    for b in rule.backends:
-        wc = WeightedCluster(cluster_key(b.pool, policy, settings_id) if b.pool else None, b.weight)
-        if b.filters is not None:
-            wc.req_ops = compile_header_ops(b.filters.request_headers)
-            wc.resp_ops = compile_header_ops(b.filters.response_headers)
-        a.backends.append(wc)
-    a.total_weight = sum(wc.weight for wc in a.backends)
-    for m in f.mirrors:
-        if m.pool:
-            a.mirrors.append((cluster_key(m.pool, "LeastRequest"), m.percent))
-    # Timeouts: HTTPRoute first, then BackendTrafficPolicy, then Envoy's 15 s default; 0 disables.
-    timeout = settings.default_request_timeout
-    if btp and btp.timeout and btp.timeout.http and btp.timeout.http.request_timeout is not None:
-        timeout = parse_duration(btp.timeout.http.request_timeout) or None
-    if rule.timeout_request is not None:
-        timeout = rule.timeout_request or None  # 0s disables
-    a.timeout = timeout
-    a.backend_timeout = rule.timeout_backend_request or None
-    if btp and btp.timeout and btp.timeout.tcp and btp.timeout.tcp.connect_timeout:
-        a.connect_timeout = parse_duration(btp.timeout.tcp.connect_timeout) or 10.0
-    if btp and btp.retry is not None:
-        r = btp.retry
-        a.retry = RetryPolicy(
-            num_retries=r.num_retries,
-            triggers=frozenset(r.retry_on.triggers if r.retry_on else ("connect-failure", "refused-stream", "reset")),
-            status_codes=frozenset(r.retry_on.http_status_codes if r.retry_on else ()),
-        )
-        if r.per_retry and r.per_retry.timeout:
-            a.backend_timeout = a.backend_timeout or parse_duration(r.per_retry.timeout)
-        if r.per_retry and r.per_retry.back_off and r.per_retry.back_off.base_interval:
-            a.retry.backoff_base = parse_duration(r.per_retry.back_off.base_interval)
-    if btp is not None:
-        a.compression = tuple(dict.fromkeys(TOKENS[c.type] for c in btp.compressors()))
-    if rule.security is not None and rule.security.valid:
-        a.security = compile_security(rule.security)
-    if rule.extension is not None and rule.extension.valid:
-        a.lua = tuple(lua_script(src, name, json.loads(ctx)) for name, src, ctx in rule.extension.lua)
-    return a
-
-
-# --- binding ---------------------------------------------------------------------------
-
-
-@dataclass
-class BindPlan:
-    """Where listeners go on this machine. The address is the Gateway's ``bind_address``, which
-    the binding controller decided before translation (homeplane.ipam.binding); without one (a
-    Snapshot made for a test or a tool) ``gateway_addresses["ns/name"]``, the Gateway's own
-    address, ``default_address`` or 127.0.0.1. The port is ``port_map``'s, if the listener port
-    is in it."""
-
-    port_map: dict[int, int] = field(default_factory=dict)
-    gateway_addresses: dict[str, str] = field(default_factory=dict)
-    default_address: str | None = None
-
-    def address_for(self, gw: ir.Gateway) -> str:
-        if gw.bind_address:
-            return gw.bind_address
-        if gw.key in self.gateway_addresses:
-            return self.gateway_addresses[gw.key]
-        return self.default_address or (gw.addresses[0] if gw.addresses else "127.0.0.1")
-
-    def port_for(self, port: int) -> int:
-        return self.port_map.get(port, port)
 
 
 def default_port_map() -> dict[int, int]:
@@ -486,61 +337,12 @@ class DataPlane:
 
     async def apply(self, snapshot: ir.Snapshot) -> None:
         # 1. compile everything before touching anything that serves traffic
-        wanted: dict[tuple[str, int], PortTable] = {}
-        bindings = []
-        cluster_policies: dict[str, tuple[ir.BackendPool, str, ClusterConfig | None]] = {}
-        for gw in snapshot.gateways:
-            addr = self.bind.address_for(gw)
-            for port, table in compile_gateway(gw).items():
-                for lt in table.listeners:
-                    lt.conf = listener_conf(lt.listener)
-                for m in iter_matches(table):
-                    m.action = build_action(m.rule, self.settings)
-                    used = [wc.cluster for wc in m.action.backends if wc.cluster] + [n for n, _ in m.action.mirrors]
-                    sec = m.action.security
-                    if sec is not None and sec.ext_cluster:
-                        used.append(sec.ext_cluster)
-                    for name in used:
-                        pool, policy, _ = name.split("|", 2)
-                        if pool in snapshot.pools:
-                            cfg = m.action.cluster_config if name in [wc.cluster for wc in m.action.backends] else None
-                            cluster_policies[name] = (snapshot.pools[pool], policy, cfg)
-                bport = self.bind.port_for(port)
-                key = (addr, bport)
-                if key in wanted:
-                    log.error(
-                        "Gateway %s port %d: %s:%d is already used by Gateway %s; not served",
-                        gw.ref, port, addr, bport, wanted[key].gateway,
-                    )
-                    continue
-                wanted[key] = table
-                bindings.append(
-                    {
-                        "gateway": f"{gw.ref.namespace}/{gw.ref.name}",
-                        "port": port,
-                        "protocol": table.protocol,
-                        "address": addr,
-                        "boundPort": bport,
-                        "listeners": [lt.listener.name for lt in table.listeners],
-                    }
-                )
-        wanted_l4, l4_bindings = wanted_listeners(snapshot, self.bind.address_for, self.bind.port_for)
-        # TLS passthrough listeners (TLSRoutes) share their port's server with HTTPS listeners
-        passthrough: dict[tuple[str, int], list[ir.L4Route]] = {}
-        passthrough_proxy: dict[tuple[str, int], list[tuple[bool, bool]]] = {}
-        for key, gw_ref, port, name, routes, proxy in passthrough_listeners(snapshot, self.bind.address_for, self.bind.port_for):
-            if key in wanted and wanted[key].gateway != gw_ref:
-                log.error("Gateway %s listener %s: %s:%d is already used by Gateway %s; not served", gw_ref, name, *key, wanted[key].gateway)
-                continue
-            if key not in wanted:
-                wanted[key] = PortTable(gw_ref, port, "TLS", ())
-                bindings.append({"gateway": f"{gw_ref.namespace}/{gw_ref.name}", "port": port, "protocol": "TLS", "address": key[0], "boundPort": key[1], "listeners": []})
-            passthrough.setdefault(key, []).extend(routes)
-            passthrough_proxy.setdefault(key, []).append(proxy)
-            next(b for b in bindings if (b["address"], b["boundPort"]) == key)["listeners"].append(name)
-        for key, (pool, policy, cfg) in GatewayL4.clusters(snapshot).items():
-            if pool in snapshot.pools:
-                cluster_policies.setdefault(key, (snapshot.pools[pool], policy, cfg))
+        plan = compile_snapshot(snapshot, self.bind, self.settings)
+        for problem in plan.problems:
+            log.error("%s", problem)
+        wanted, bindings, cluster_policies = plan.ports, plan.bindings, plan.clusters
+        wanted_l4, l4_bindings = plan.l4, plan.l4_bindings
+        passthrough, passthrough_proxy = plan.passthrough, plan.passthrough_proxy
         # 2. clusters: update in place, create new, drop unused
         for key, (pool, policy, cfg) in cluster_policies.items():
             c = self.clusters.get(key)
@@ -771,7 +573,3 @@ class DataPlane:
             )
 
 
-def iter_matches(table: PortTable) -> Iterable[Any]:
-    for lt in table.listeners:
-        for vh in (*lt.exact.values(), *(t for _, t in lt.wildcards), *([lt.any_host] if lt.any_host else [])):
-            yield from vh.matches

@@ -32,6 +32,7 @@ from homeplane.translate import snapshot as ir
 from homeplane.translate import status as st
 from homeplane.translate.context import Context, age_key, generation
 from homeplane.translate.gateways import GatewayState, ListenerState
+from homeplane.translate.lower import lower_backend_traffic, lower_client_traffic
 from homeplane.translate.routes import resolve_backend_ref
 
 # (kind, namespace, name, section)
@@ -51,6 +52,7 @@ class PolicyState:
     jwks: dict[str, str] = field(default_factory=dict)  # jwt provider -> key set from a ConfigMap
     lua: list[tuple[str, str, str]] = field(default_factory=list)  # EnvoyExtensionPolicy: (name, source, filterContext)
     api_keys: dict[str, bytes] = field(default_factory=dict)  # apiKeyAuth: client id -> key
+    lowered: Any = None  # ClientTrafficPolicy / BackendTrafficPolicy: its settings (translate/lower.py)
 
     @property
     def ref(self) -> ir.Ref:
@@ -241,6 +243,11 @@ def process_policies(ctx: Context, gateways: list[GatewayState]) -> PolicyResult
         _collect_targets(ctx, p, ("Gateway", "HTTPRoute", "TCPRoute", "UDPRoute", "TLSRoute"))
     for p in ctp:
         _collect_targets(ctx, p, ("Gateway",))
+    for p in ctp + btp:
+        lower = lower_client_traffic if p.obj.kind == "ClientTrafficPolicy" else lower_backend_traffic
+        p.lowered, problems = lower(p.obj.model.spec)  # type: ignore[union-attr]
+        if problems:
+            p.invalid = "; ".join(problems)
     eep = [PolicyState(o) for o in ctx.kind(ENVOY_GROUP, "EnvoyExtensionPolicy")]
     for p in eep:
         _collect_targets(ctx, p, ("Gateway", "HTTPRoute"))
@@ -264,9 +271,8 @@ def _apply_to_gateways(result: PolicyResult, gateways: list[GatewayState]) -> No
         gns, gname = gw.obj.namespace or "", gw.obj.name
         for ls in gw.listeners:
             ctp = result.client.lookup(("Gateway", gns, gname, ls.name), ("Gateway", gns, gname, None))
-            if ctp is not None:
-                spec = ctp.obj.model.spec  # type: ignore[union-attr]
-                ls.client_traffic = ir.ClientTrafficIR(ctp.ref, spec)
+            if ctp is not None and not ctp.invalid:  # an invalid one is reported and not applied
+                ls.client_traffic = ir.ClientTrafficIR(ctp.ref, ctp.lowered)
                 broad = result.client.by_target.get(("Gateway", gns, gname, None))
                 if broad is not None and broad is not ctp:
                     broad.overridden_on.append(f"listener {ls.name} of Gateway {gns}/{gname} (by {ctp.obj.name})")
@@ -298,7 +304,8 @@ def effective_rule(
     bp = result.backend.lookup(*keys)
     if bp is not None:
         _note_override(result.backend, bp, keys, rule)
-        changes["backend_traffic"] = ir.BackendTrafficIR(bp.ref, bp.obj.model.spec)  # type: ignore[union-attr]
+        if not bp.invalid:
+            changes["backend_traffic"] = ir.BackendTrafficIR(bp.ref, bp.lowered)
     ep = result.extension.lookup(*keys)
     if ep is not None:
         _note_override(result.extension, ep, keys, rule)
@@ -320,7 +327,7 @@ def effective_l4(result: PolicyResult, gw: GatewayState, ls: ListenerState, rout
     if bp is None:
         return route
     _note_override(result.backend, bp, keys, route)
-    return replace(route, backend_traffic=ir.BackendTrafficIR(bp.ref, bp.obj.model.spec))  # type: ignore[union-attr]
+    return route if bp.invalid else replace(route, backend_traffic=ir.BackendTrafficIR(bp.ref, bp.lowered))
 
 
 def _note_override(att: Attachments, winner: PolicyState, keys: list[Target], rule: ir.RouteRule | ir.L4Route) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping
 
-from homeplane.api.models.envoy import BackendTrafficPolicySpec, ClientTrafficPolicySpec, SecurityPolicySpec
+from homeplane.api.models.envoy import SecurityPolicySpec
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,9 +165,58 @@ class ExtensionIR:
 
 
 @dataclass(frozen=True, slots=True)
+class RetrySettings:
+    num_retries: int = 0
+    triggers: frozenset[str] = frozenset()  # Envoy retry_on conditions
+    status_codes: frozenset[int] = frozenset()
+    per_try_timeout: float | None = None  # seconds
+    backoff_base: float = 0.025  # seconds
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveCheck:
+    type: str  # HTTP | TCP
+    timeout: float
+    interval: float
+    unhealthy_threshold: int = 3
+    healthy_threshold: int = 1
+    path: str | None = None
+    hostname: str | None = None
+    method: str = "GET"
+    expected_statuses: tuple[int, ...] = (200,)
+
+
+@dataclass(frozen=True, slots=True)
+class PassiveCheck:
+    consecutive_5xx: int = 5
+    consecutive_gateway: int = 0
+    consecutive_local: int = 5
+    base_ejection: float = 30.0  # seconds
+    max_ejection_percent: int = 10
+
+
+@dataclass(frozen=True, slots=True)
+class TrafficSettings:
+    """A BackendTrafficPolicy, lowered (translate/lower.py)."""
+
+    lb_policy: str = "LeastRequest"
+    hash_on: tuple[str, str] | None = None  # ("SourceIP", "") / ("Header", name) / ("Cookie", name)
+    request_timeout: float | None = None  # seconds; None: not set, 0: disabled
+    connect_timeout: float | None = None
+    retry: RetrySettings | None = None
+    compression: tuple[str, ...] = ()  # content-coding tokens, in the policy's order
+    active: ActiveCheck | None = None
+    passive: PassiveCheck | None = None
+    max_connections: int = 1024
+    max_pending: int = 1024
+    max_requests: int = 1024
+    own_cluster: bool = False  # health checks or a circuit breaker: its backends get clusters of their own
+
+
+@dataclass(frozen=True, slots=True)
 class BackendTrafficIR:
     policy: Ref
-    spec: BackendTrafficPolicySpec
+    settings: TrafficSettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,9 +261,32 @@ class TLSCert:
 
 
 @dataclass(frozen=True, slots=True)
+class ListenerSettings:
+    """A ClientTrafficPolicy, lowered (translate/lower.py); the defaults are Envoy Gateway's."""
+
+    xff_enabled: bool = False
+    xff_hops: int | None = None
+    xff_trusted: tuple[Any, ...] = ()  # ipaddress networks
+    idle_timeout: float | None = None  # seconds
+    alpn: tuple[str, ...] = ("h2", "http/1.1")
+    min_tls: str = "1.2"
+    max_tls: str | None = None
+    proxy_protocol: bool = False
+    proxy_protocol_optional: bool = False
+    h2_max_streams: int = 100
+    h2_stream_window: int = 1024 * 1024  # bytes
+    h2_connection_window: int = 16 * 1024 * 1024
+    connection_limit: int | None = None
+    buffer_limit: int | None = None  # bytes
+    escaped_slashes: str = "UnescapeAndRedirect"
+    merge_slashes: bool = True
+    http3: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class ClientTrafficIR:
     policy: Ref
-    spec: ClientTrafficPolicySpec
+    settings: ListenerSettings
 
 
 @dataclass(frozen=True, slots=True)

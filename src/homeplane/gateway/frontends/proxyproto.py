@@ -82,12 +82,12 @@ def looks_like_proxy(data: bytes) -> bool:
     return data[:n] == V2_SIGNATURE[:n] or data[: min(len(data), 6)] == V1_PREFIX[: min(len(data), 6)]
 
 
-def wanted(ct: Any) -> tuple[bool, bool]:
-    """(expected, optional) from a ClientTrafficPolicy spec: ``proxyProtocol`` (optional or not)
-    or the older ``enableProxyProtocol``."""
-    if ct is None or (ct.proxy_protocol is None and not ct.enable_proxy_protocol):
+def wanted(settings: Any) -> tuple[bool, bool]:
+    """(expected, optional) from a listener's ClientTrafficPolicy settings (``proxyProtocol``,
+    optional or not, or the older ``enableProxyProtocol``, lowered by translate)."""
+    if settings is None or not settings.proxy_protocol:
         return False, False
-    return True, bool(ct.proxy_protocol and ct.proxy_protocol.optional)
+    return True, settings.proxy_protocol_optional
 
 
 

@@ -335,7 +335,7 @@ def wanted_listeners(snapshot: ir.Snapshot, address_for: Any, port_for: Any) -> 
             if key in wanted:
                 log.error("Gateway %s listener %s: %s:%d/%s is already used by Gateway %s; not served", gw.ref, ls.name, *key, wanted[key].gateway)
                 continue
-            proxy = proxyproto.wanted(ls.client_traffic.spec if ls.client_traffic else None)
+            proxy = proxyproto.wanted(ls.client_traffic.settings if ls.client_traffic else None)
             wanted[key] = _Wanted(gw.ref, ls.name, ls.l4_routes[0], ls.tls_certs if terminated else (), proxy)
             bindings.append(
                 {
@@ -386,5 +386,5 @@ def passthrough_listeners(
         addr = address_for(gw)
         for ls in gw.listeners:
             if ls.protocol == "TLS" and ls.tls_mode == "Passthrough" and ls.ready and ls.l4_routes:
-                proxy = proxyproto.wanted(ls.client_traffic.spec if ls.client_traffic else None)
+                proxy = proxyproto.wanted(ls.client_traffic.settings if ls.client_traffic else None)
                 yield (addr, port_for(ls.port)), gw.ref, ls.port, ls.name, ls.l4_routes, proxy

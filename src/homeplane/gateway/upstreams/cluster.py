@@ -11,7 +11,6 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
-from homeplane.api.models.envoy import ActiveHealthCheck, PassiveHealthCheck
 from homeplane.gateway.upstreams.balancer import Balancer
 from homeplane.gateway.upstreams.pool import H2C_PROTOCOLS
 from homeplane.translate import snapshot as ir
@@ -28,10 +27,10 @@ def cluster_key(pool: str, policy: str, settings_id: str = "") -> str:
 
 @dataclass(frozen=True)
 class ClusterConfig:
-    """Cluster-wide settings from a BackendTrafficPolicy."""
+    """Cluster-wide settings from a BackendTrafficPolicy (lowered by translate)."""
 
-    active: ActiveHealthCheck | None = None
-    passive: PassiveHealthCheck | None = None
+    active: ir.ActiveCheck | None = None
+    passive: ir.PassiveCheck | None = None
     max_connections: int = 1024
     max_pending: int = 1024
     max_requests: int = 1024
@@ -41,17 +40,13 @@ def cluster_settings(bt: ir.BackendTrafficIR | None) -> tuple[str, str, ClusterC
     """(load-balancing policy, settings id for the cluster key, cluster settings) from the
     BackendTrafficPolicy in effect; clusters with their own health checks or circuit breaker
     are kept apart per policy."""
-    btp = bt.spec if bt is not None else None
-    policy = btp.load_balancer.type if btp and btp.load_balancer else "LeastRequest"
-    if bt is None or btp is None or (btp.health_check is None and btp.circuit_breaker is None):
+    s = bt.settings if bt is not None else None
+    policy = s.lb_policy if s is not None else "LeastRequest"
+    if bt is None or s is None or not s.own_cluster:
         return policy, "", None
-    cb = btp.circuit_breaker
     return policy, f"{bt.policy.namespace}/{bt.policy.name}", ClusterConfig(
-        active=btp.health_check.active if btp.health_check else None,
-        passive=btp.health_check.passive if btp.health_check else None,
-        max_connections=cb.max_connections if cb else 1024,
-        max_pending=cb.max_pending_requests if cb else 1024,
-        max_requests=cb.max_parallel_requests if cb else 1024,
+        active=s.active, passive=s.passive, max_connections=s.max_connections, max_pending=s.max_pending,
+        max_requests=s.max_requests,
     )
 
 
@@ -209,9 +204,9 @@ class Cluster:
             ep.failures = ep.gateway_failures = ep.local_failures = 0
             return
         trip = (
-            (p.consecutive_5xx_errors and ep.failures >= p.consecutive_5xx_errors)
-            or (p.consecutive_gateway_errors and ep.gateway_failures >= p.consecutive_gateway_errors)
-            or (p.consecutive_local_origin_failures and ep.local_failures >= p.consecutive_local_origin_failures)
+            (p.consecutive_5xx and ep.failures >= p.consecutive_5xx)
+            or (p.consecutive_gateway and ep.gateway_failures >= p.consecutive_gateway)
+            or (p.consecutive_local and ep.local_failures >= p.consecutive_local)
         )
         if not trip:
             return
@@ -220,10 +215,8 @@ class Cluster:
         # max_ejection_percent, but always allow one ejection (as Envoy does for small clusters)
         if ejected >= max(1, len(self.endpoints) * p.max_ejection_percent // 100):
             return
-        from homeplane.api.units import parse_duration
-
         ep.ejections += 1
-        ep.ejected_until = now + parse_duration(p.base_ejection_time) * ep.ejections
+        ep.ejected_until = now + p.base_ejection * ep.ejections
         ep.failures = ep.gateway_failures = ep.local_failures = 0
         self.all_available = False
 

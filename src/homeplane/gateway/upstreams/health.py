@@ -16,7 +16,6 @@ import h2.connection
 import h2.events
 import h2.exceptions
 
-from homeplane.api.units import parse_duration
 from homeplane.gateway.upstreams.cluster import Cluster, EndpointState
 
 log = logging.getLogger("homeplane.health")
@@ -25,7 +24,7 @@ log = logging.getLogger("homeplane.health")
 async def probe(ep: EndpointState, cluster: Cluster) -> bool:
     hc = cluster.config.active
     assert hc is not None
-    timeout = parse_duration(hc.timeout)
+    timeout = hc.timeout
     try:
         tls = cluster.tls()  # probes go the way requests do: over TLS for a BackendTLSPolicy
         opened = (
@@ -36,20 +35,19 @@ async def probe(ep: EndpointState, cluster: Cluster) -> bool:
     except (OSError, asyncio.TimeoutError):
         return False
     try:
-        if hc.type == "TCP" or hc.http is None:
+        if hc.type == "TCP" or hc.path is None:
             return True
-        host = hc.http.hostname or ep.address
-        method = (hc.http.method or "GET").upper()
+        host = hc.hostname or ep.address
+        method = hc.method
         if cluster.h2c and tls is None:
             # a prior-knowledge HTTP/2 backend may not speak HTTP/1.1 at all: ask in its protocol
-            status = await asyncio.wait_for(_h2c_status(r, w, method, host, hc.http.path), timeout)
+            status = await asyncio.wait_for(_h2c_status(r, w, method, host, hc.path), timeout)
         else:
-            w.write(f"{method} {hc.http.path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: homeplane-health-check\r\nConnection: close\r\n\r\n".encode())
+            w.write(f"{method} {hc.path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: homeplane-health-check\r\nConnection: close\r\n\r\n".encode())
             line = await asyncio.wait_for(r.readline(), timeout)
             parts = line.split()
             status = int(parts[1]) if len(parts) >= 2 and parts[1].isdigit() else None
-        expected = hc.http.expected_statuses or [200]
-        return status in expected
+        return status in hc.expected_statuses
     except (OSError, asyncio.TimeoutError, h2.exceptions.ProtocolError):
         return False
     finally:
@@ -94,4 +92,4 @@ async def run_checks(cluster: Cluster) -> None:
                     ep.healthy = False
                     log.warning("endpoint %s of %s failed %d health checks: unhealthy", ep.name, cluster.name, ep.hc_fail)
         cluster.refresh_availability()
-        await asyncio.sleep(parse_duration(hc.interval))
+        await asyncio.sleep(hc.interval)

@@ -190,11 +190,12 @@ def _rule_json(r: ir.RouteRule, pools: dict[str, ir.BackendPool]) -> dict[str, A
     return d
 
 
-def _authenticates(spec: Any) -> bool:
-    """Does a SecurityPolicy keep strangers out? CORS alone or an optional JWT does not."""
-    return bool(
-        spec.ext_auth or spec.basic_auth or spec.api_key_auth or spec.oidc
-        or (spec.jwt and not spec.jwt.optional) or spec.authorization
+def _authenticates(sec: Any) -> bool:
+    """Does a SecurityPolicy keep strangers out? CORS alone or an optional JWT does not; an
+    invalid one does (its routes answer 500)."""
+    s = sec.settings
+    return not sec.valid or bool(
+        s.ext_auth or s.basic_auth or s.api_key or (s.jwt and not s.jwt.optional) or s.authorization
     )
 
 
@@ -261,7 +262,7 @@ def build_report(objects: list[Obj], load_diags: Diagnostics, translation: Trans
                         route_security.setdefault(key, set()).add(
                             f"{r.security.policy.namespace}/{r.security.policy.name}" + ("" if r.security.valid else " (invalid)")
                         )
-                        if _authenticates(r.security.spec):
+                        if _authenticates(r.security):
                             route_authenticated.add(key)
                         rules.setdefault("securityPolicy", f"{r.security.policy.namespace}/{r.security.policy.name}")
                     if r.backend_traffic:

@@ -70,8 +70,9 @@ def test_ext_auth_with_grant_protects_route() -> None:
     assert accepted(tr, "SecurityPolicy", "apps", "auth")["Accepted"]["status"] == "True"
     (rule,) = rules_of(tr, "network/gw", "http", "app.example.com")
     assert rule.direct_status is None
-    assert rule.security.valid and rule.security.ext_auth_pool == "service/auth/outpost:9000"
-    assert rule.security.spec.ext_auth.http.path == "/outpost.goauthentik.io/auth/envoy"
+    ext = rule.security.settings.ext_auth  # the policy lowered: its Service's pool, path, timeout
+    assert rule.security.valid and ext.pool == "service/auth/outpost:9000"
+    assert ext.path == "/outpost.goauthentik.io/auth/envoy" and ext.timeout == 10.0
     # the policy's ancestor is the route's Gateway
     anc = tr.status[("gateway.envoyproxy.io", "SecurityPolicy", "apps", "auth")]["ancestors"][0]["ancestorRef"]
     assert (anc["kind"], anc["namespace"], anc["name"]) == ("Gateway", "network", "gw")

@@ -33,6 +33,7 @@ from homeplane.translate import status as st
 from homeplane.translate.context import Context, age_key, generation
 from homeplane.translate.gateways import GatewayState, ListenerState
 from homeplane.translate.lower import lower_backend_traffic, lower_client_traffic
+from homeplane.translate.security import lower_security
 from homeplane.translate.routes import resolve_backend_ref
 
 # (kind, namespace, name, section)
@@ -254,6 +255,12 @@ def process_policies(ctx: Context, gateways: list[GatewayState]) -> PolicyResult
         _validate_extension(ctx, p)
     for p in sec:
         _validate_security(ctx, p)
+        p.lowered, problems = lower_security(
+            p.obj.model.spec, p.ext_auth_pool, ir.PrivateBytes(p.htpasswd) if p.htpasswd else None,  # type: ignore[union-attr]
+            p.jwks, {c: ir.PrivateBytes(k) for c, k in p.api_keys.items()},
+        )
+        if problems and not p.invalid:
+            p.invalid = "; ".join(problems)
     result = PolicyResult(_resolve(sec), _resolve(ctp), _resolve(btp), sec + ctp + btp + eep, _resolve(eep))
     _apply_to_gateways(result, gateways)
     return result
@@ -292,12 +299,8 @@ def effective_rule(
     sp = result.security.lookup(*keys)
     if sp is not None:
         _note_override(result.security, sp, keys, rule)
-        spec = sp.obj.model.spec  # type: ignore[union-attr]
         valid = not sp.invalid
-        changes["security"] = ir.SecurityIR(
-            sp.ref, spec, valid, sp.invalid, sp.ext_auth_pool, ir.PrivateBytes(sp.htpasswd) if sp.htpasswd else None,
-            tuple(sorted(sp.jwks.items())), tuple((c, ir.PrivateBytes(k)) for c, k in sp.api_keys.items()),
-        )
+        changes["security"] = ir.SecurityIR(sp.ref, sp.lowered, valid, sp.invalid)
         if not valid and rule.direct_status is None:
             changes["direct_status"] = 500
             changes["direct_reason"] = f"SecurityPolicy {sp.obj.namespace}/{sp.obj.name} is invalid: {sp.invalid}"

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping
 
-from homeplane.api.models.envoy import SecurityPolicySpec
+from homeplane.translate.security import SecuritySettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,16 +142,13 @@ class WeightedBackend:
 
 @dataclass(frozen=True, slots=True)
 class SecurityIR:
-    """The SecurityPolicy in effect for a route rule (route-level over gateway-level)."""
+    """The SecurityPolicy in effect for a route rule (route-level over gateway-level), lowered
+    (translate/security.py): secrets and key sets resolved, values parsed."""
 
     policy: Ref
-    spec: SecurityPolicySpec
+    settings: SecuritySettings
     valid: bool
     message: str = ""
-    ext_auth_pool: str | None = None
-    htpasswd: PrivateBytes | None = None  # basicAuth users, from the referenced Secret
-    jwks: tuple[tuple[str, str], ...] = ()  # jwt provider -> key set, for localJWKS valueRef ConfigMaps
-    api_keys: tuple[tuple[str, PrivateBytes], ...] = ()  # apiKeyAuth: client id -> key, from the Secrets
 
 
 @dataclass(frozen=True, slots=True)

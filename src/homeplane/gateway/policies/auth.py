@@ -31,12 +31,11 @@ import logging
 import re
 import time
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, Sequence
 from urllib.parse import unquote_to_bytes
 
 import bcrypt
 
-from homeplane.api.units import parse_duration
 from homeplane.gateway.base import DataPlaneHooks, ExchangeState
 from homeplane.gateway.policies.authz import CompiledAuthorization, compile_authorization
 from homeplane.gateway.upstreams.cluster import cluster_key
@@ -51,12 +50,11 @@ from homeplane.translate.snapshot import SecurityIR
 
 log = logging.getLogger("homeplane.auth")
 
-EXT_AUTH_DEFAULT_TIMEOUT = 10.0
 _ALWAYS_SENT = (b"authorization",)
 _FORWARDED = (b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-request-id")
 
 
-def _patterns(names: list[str]) -> tuple[re.Pattern[bytes], ...]:
+def _patterns(names: Sequence[str]) -> tuple[re.Pattern[bytes], ...]:
     return tuple(re.compile(fnmatch.translate(n.lower()).encode(), re.IGNORECASE) for n in names)
 
 
@@ -69,7 +67,7 @@ class CompiledSecurity:
     ir: SecurityIR
     ext_cluster: str | None = None
     ext_path: bytes = b""
-    ext_timeout: float = EXT_AUTH_DEFAULT_TIMEOUT
+    ext_timeout: float = 10.0
     ext_fail_open: bool = False
     to_ext: tuple[re.Pattern[bytes], ...] = ()
     to_backend: tuple[re.Pattern[bytes], ...] = ()
@@ -85,36 +83,33 @@ class CompiledSecurity:
 
 
 def compile_security(sec: SecurityIR) -> CompiledSecurity:
-    spec = sec.spec
+    """The run-time form of a SecurityPolicy's settings (lowered by translate): compiled header
+    patterns, parsed htpasswd and key sets."""
+    s = sec.settings
     c = CompiledSecurity(sec)
-    if spec.ext_auth is not None and spec.ext_auth.http is not None and sec.ext_auth_pool:
-        c.ext_cluster = cluster_key(sec.ext_auth_pool, "LeastRequest")
-        c.ext_path = (spec.ext_auth.http.path or "").encode()
-        c.ext_timeout = parse_duration(spec.ext_auth.timeout) if spec.ext_auth.timeout else EXT_AUTH_DEFAULT_TIMEOUT
-        c.ext_fail_open = spec.ext_auth.fail_open
-        c.to_ext = _patterns(spec.ext_auth.headers_to_ext_auth)
-        c.to_backend = _patterns(spec.ext_auth.http.headers_to_backend)
-    if spec.basic_auth is not None and sec.htpasswd is not None:
-        c.users = parse_htpasswd(bytes(sec.htpasswd))
-        if spec.basic_auth.forward_username_header:
-            c.forward_username = spec.basic_auth.forward_username_header.lower().encode()
-    if spec.api_key_auth is not None:
-        k = spec.api_key_auth
-        c.api_keys = tuple((bytes(key), client.encode()) for client, key in sec.api_keys)
-        c.key_sources = tuple(
-            source for src in k.extract_from for source in (
-                [("header", h.lower().encode()) for h in src.headers] + [("param", q.encode()) for q in src.params]
-                + [("cookie", ck.encode()) for ck in src.cookies]
-            )
-        )
-        c.forward_client_id = k.forward_client_id_header.lower().encode() if k.forward_client_id_header else None
-        c.sanitize = bool(k.sanitize)
-    if spec.cors is not None:
-        c.cors = compile_cors(spec.cors)
-    if spec.jwt is not None:
-        c.jwt = compile_jwt(spec.jwt, dict(sec.jwks))
-    if spec.authorization is not None:
-        c.authz = compile_authorization(spec.authorization)
+    if s.ext_auth is not None:
+        c.ext_cluster = cluster_key(s.ext_auth.pool, "LeastRequest")
+        c.ext_path = s.ext_auth.path.encode()
+        c.ext_timeout = s.ext_auth.timeout
+        c.ext_fail_open = s.ext_auth.fail_open
+        c.to_ext = _patterns(s.ext_auth.headers_to_ext_auth)
+        c.to_backend = _patterns(s.ext_auth.headers_to_backend)
+    if s.basic_auth is not None:
+        c.users = parse_htpasswd(bytes(s.basic_auth.htpasswd))
+        if s.basic_auth.forward_username_header:
+            c.forward_username = s.basic_auth.forward_username_header.encode()
+    if s.api_key is not None:
+        k = s.api_key
+        c.api_keys = tuple((bytes(key), client.encode()) for client, key in k.keys)
+        c.key_sources = tuple((kind, name.encode()) for kind, name in k.sources)
+        c.forward_client_id = k.forward_client_id_header.encode() if k.forward_client_id_header else None
+        c.sanitize = k.sanitize
+    if s.cors is not None:
+        c.cors = compile_cors(s.cors)
+    if s.jwt is not None:
+        c.jwt = compile_jwt(s.jwt)
+    if s.authorization is not None:
+        c.authz = compile_authorization(s.authorization)
     return c
 
 

@@ -15,8 +15,8 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from homeplane.api.models.envoy import Authorization
-from homeplane.gateway.routing.headers import Network, parse_cidrs
+from homeplane.gateway.routing.headers import Network
+from homeplane.translate.security import AuthorizationSettings
 
 
 @dataclass(frozen=True)
@@ -96,24 +96,19 @@ class CompiledAuthorization:
         return self.default_allow
 
 
-def compile_authorization(spec: Authorization) -> CompiledAuthorization:
+def compile_authorization(s: AuthorizationSettings) -> CompiledAuthorization:
     rules = []
-    for r in spec.rules:
-        pr = r.principal
+    for r in s.rules:
         jwt = None
-        if pr.jwt is not None:
-            jwt = JWTMatch(
-                pr.jwt.provider,
-                tuple(ClaimMatch(tuple(c.name.split(".")), c.value_type == "StringArray", frozenset(c.values)) for c in pr.jwt.claims),
-                frozenset(pr.jwt.scopes),
-            )
+        if r.jwt_provider is not None:
+            jwt = JWTMatch(r.jwt_provider, tuple(ClaimMatch(c.path, c.array, c.values) for c in r.claims), r.scopes)
         rules.append(
             Rule(
-                allow=r.action == "Allow",
-                methods=frozenset(m.upper().encode() for m in r.operation.methods) if r.operation is not None else None,
-                cidrs=parse_cidrs(pr.client_cidrs) if pr.client_cidrs else None,
+                allow=r.allow,
+                methods=frozenset(m.encode() for m in r.methods) if r.methods is not None else None,
+                cidrs=r.cidrs,
                 jwt=jwt,
-                headers=tuple((h.name.lower().encode(), frozenset(v.encode() for v in h.values)) for h in pr.headers),
+                headers=tuple((name.encode(), frozenset(v.encode() for v in values)) for name, values in r.headers),
             )
         )
-    return CompiledAuthorization(tuple(rules), spec.default_action == "Allow")
+    return CompiledAuthorization(tuple(rules), s.default_allow)

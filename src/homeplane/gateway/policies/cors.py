@@ -12,8 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from homeplane.api.models.envoy import CORS
-from homeplane.api.units import parse_duration
+from homeplane.translate.security import CorsSettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,14 +56,13 @@ def _origin_pattern(origin: str) -> re.Pattern[bytes]:
     return re.compile(".*".join(parts).encode(), re.IGNORECASE)
 
 
-def compile_cors(spec: CORS) -> CompiledCors:
-    max_age = parse_duration(spec.max_age) if spec.max_age else 0
+def compile_cors(s: CorsSettings) -> CompiledCors:
     return CompiledCors(
-        any_origin="*" in spec.allow_origins,
-        origins=tuple(_origin_pattern(o) for o in spec.allow_origins if o != "*"),
-        allow_methods=", ".join(spec.allow_methods).encode(),
-        allow_headers=", ".join(spec.allow_headers).encode(),
-        expose_headers=", ".join(spec.expose_headers).encode(),
-        max_age=str(int(max_age)).encode() if max_age else b"",
-        credentials=bool(spec.allow_credentials),
+        any_origin=s.any_origin,
+        origins=tuple(_origin_pattern(o) for o in s.origins),
+        allow_methods=", ".join(s.allow_methods).encode(),
+        allow_headers=", ".join(s.allow_headers).encode(),
+        expose_headers=", ".join(s.expose_headers).encode(),
+        max_age=str(int(s.max_age)).encode() if s.max_age else b"",
+        credentials=s.credentials,
     )

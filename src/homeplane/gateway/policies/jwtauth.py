@@ -22,12 +22,10 @@ from urllib.parse import parse_qsl, urlsplit
 import h11
 import jwt
 
-from homeplane.api.models.envoy import JWT, JWTProvider
-from homeplane.api.units import parse_duration
+from homeplane.translate.security import DEFAULT_JWKS_CACHE, JWTProviderSettings, JWTSettings  # noqa: F401
 
 log = logging.getLogger("homeplane.jwt")
 
-DEFAULT_JWKS_CACHE = 600.0  # Envoy's remote JWKS cache duration
 FETCH_TIMEOUT = 5.0
 FAILURE_PAUSE = 5.0  # seconds before a failed JWKS fetch is tried again
 
@@ -65,45 +63,27 @@ class CompiledJWT:
     problems: list[str] = field(default_factory=list)
 
 
-def _extractors(spec: dict | None) -> tuple[Extractor, ...]:
-    if not spec:  # Envoy's defaults: the Authorization bearer token, then ?access_token=
-        return (Extractor("header", "authorization", "Bearer "), Extractor("param", "access_token"))
-    out = [Extractor("header", h["name"].lower(), h.get("valuePrefix", "")) for h in spec.get("headers") or []]
-    out += [Extractor("cookie", c) for c in spec.get("cookies") or []]
-    out += [Extractor("param", p) for p in spec.get("params") or []]
-    return tuple(out)
-
-
-def _provider(p: JWTProvider, resolved: dict[str, str], problems: list[str]) -> CompiledProvider:
+def _provider(p: JWTProviderSettings) -> CompiledProvider:
     local = None
-    if p.local_jwks:
-        text = p.local_jwks.get("inline") if p.local_jwks.get("type", "Inline") == "Inline" else resolved.get(p.name)
+    if p.local_jwks is not None:
         try:
-            local = jwt.PyJWKSet.from_json(text or "")
-        except (jwt.PyJWTError, ValueError, KeyError) as e:
-            # no usable keys: every token from this provider fails, the route stays closed
-            problems.append(f"provider {p.name}: localJWKS: {e}")
-    remote = p.remote_jwks.uri if p.remote_jwks else None
-    cache = parse_duration(p.remote_jwks.cache_duration) if p.remote_jwks and p.remote_jwks.cache_duration else DEFAULT_JWKS_CACHE
+            local = jwt.PyJWKSet.from_json(p.local_jwks)
+        except (jwt.PyJWTError, ValueError, KeyError):
+            local = None  # translate refused the policy already: its routes answer 500
     return CompiledProvider(
         name=p.name,
         issuer=p.issuer,
-        audiences=tuple(p.audiences),
+        audiences=p.audiences,
         local_keys=local,
-        remote_uri=remote,
-        cache_for=cache,
-        claim_headers=tuple((c.header.lower().encode(), c.claim) for c in p.claim_to_headers),
-        extractors=_extractors(p.extract_from),
+        remote_uri=p.remote_uri,
+        cache_for=p.cache_for,
+        claim_headers=tuple((h.encode(), claim) for h, claim in p.claim_headers),
+        extractors=tuple(Extractor(s.kind, s.name, s.prefix) for s in p.sources),
     )
 
 
-def compile_jwt(spec: JWT, resolved: dict[str, str] | None = None) -> CompiledJWT:
-    """``resolved``: key sets translate read from ConfigMaps (``localJWKS.valueRef``), by provider."""
-    problems: list[str] = []
-    providers = tuple(_provider(p, resolved or {}, problems) for p in spec.providers)
-    for msg in problems:
-        log.warning("SecurityPolicy jwt: %s", msg)
-    return CompiledJWT(bool(spec.optional), providers, problems)
+def compile_jwt(s: JWTSettings) -> CompiledJWT:
+    return CompiledJWT(s.optional, tuple(_provider(p) for p in s.providers))
 
 
 def extract_token(p: CompiledProvider, headers: dict[bytes, bytes], query: bytes) -> str | None:

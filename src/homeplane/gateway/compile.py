@@ -200,3 +200,84 @@ def iter_matches(table: PortTable) -> Iterable[Any]:
     for lt in table.listeners:
         for vh in (*lt.exact.values(), *(t for _, t in lt.wildcards), *([lt.any_host] if lt.any_host else [])):
             yield from vh.matches
+
+
+def summary(plan: CompiledGateway) -> dict[str, Any]:
+    """What a Snapshot compiled to, as plain data (the golden tests' form; readable in review):
+    ports with their listeners' settings and each virtual host's rules in match order with the
+    action the data plane takes, clusters, and problems."""
+    from dataclasses import asdict, fields
+
+    from homeplane.gateway.frontends.fastlane import fast_eligible, fast_pool
+
+    def changed(obj: Any) -> dict[str, Any]:
+        default = type(obj)()
+        out = {}
+        for f in fields(obj):
+            v = getattr(obj, f.name)
+            if v != getattr(default, f.name):
+                out[f.name] = [str(x) for x in v] if isinstance(v, tuple) else (asdict(v) if hasattr(v, "__dataclass_fields__") else v)
+        return out
+
+    def action(m: Any) -> dict[str, Any]:
+        a: RouteAction = m.action
+        out: dict[str, Any] = {"route": a.route_id}
+        if a.direct_status is not None:
+            out["direct"] = a.direct_status
+            return out
+        if a.redirect is not None:
+            out["redirect"] = {k: v for k, v in asdict(a.redirect).items() if v is not None}
+        if a.rewrite_host or a.rewrite_path_type:
+            out["rewrite"] = {"host": (a.rewrite_host or b"").decode() or None, "path": a.rewrite_path_type}
+        out["backends"] = [{"cluster": wc.cluster, "weight": wc.weight} for wc in a.backends]
+        out["timeout"] = a.timeout
+        if a.backend_timeout:
+            out["backendTimeout"] = a.backend_timeout
+        if a.retry.num_retries:
+            out["retry"] = {"retries": a.retry.num_retries, "on": sorted(a.retry.triggers), "codes": sorted(a.retry.status_codes)}
+        if a.mirrors:
+            out["mirrors"] = [list(x) for x in a.mirrors]
+        if a.hash_on:
+            out["hashOn"] = [a.hash_on[0], a.hash_on[1].decode()]
+        if a.compression:
+            out["compression"] = [t.decode() for t in a.compression]
+        if a.security is not None:
+            sec = a.security
+            out["security"] = [k for k in ("ext_cluster", "users", "api_keys", "jwt", "authz", "cors") if getattr(sec, k)]
+        if a.lua:
+            out["lua"] = len(a.lua)
+        return out
+
+    ports = []
+    for (addr, port), table in sorted(plan.ports.items()):
+        listeners = []
+        for lt in table.listeners:
+            vhosts = []
+            for vh in (*lt.exact.values(), *(t for _, t in lt.wildcards), *([lt.any_host] if lt.any_host else [])):
+                rules = []
+                for m in vh.matches:
+                    match = {"path": f"{m.rule.match.path_type} {m.rule.match.path}"}
+                    if m.method:
+                        match["method"] = m.method.decode()
+                    if m.headers or m.query:
+                        match["headers/query"] = len(m.headers) + len(m.query)
+                    name = fast_eligible(m.action)
+                    spec = plan.clusters.get(name) if name else None
+                    rules.append({"match": match, **action(m), "fastLane": spec is not None and fast_pool(spec[0])})
+                vhosts.append({"host": vh.hostname, "rules": rules})
+            listeners.append({
+                "name": lt.listener.name, "hostname": lt.listener.hostname, "settings": changed(lt.conf), "vhosts": vhosts,
+            })
+        ports.append({"address": addr, "port": port, "protocol": table.protocol, "gateway": str(table.gateway), "listeners": listeners})
+    clusters = {
+        name: {"pool": pool.name, "policy": policy, "endpoints": [f"{e.address}:{e.port}" for e in pool.endpoints],
+               **({"settings": asdict(cfg)} if cfg is not None else {})}
+        for name, (pool, policy, cfg) in sorted(plan.clusters.items())
+    }
+    return {
+        "ports": ports,
+        "clusters": clusters,
+        "streams": plan.l4_bindings,
+        "passthrough": {f"{a}:{p}": [str(r.route) for r in routes] for (a, p), routes in sorted(plan.passthrough.items())},
+        "problems": plan.problems,
+    }

@@ -122,6 +122,31 @@ _RETRY_BODY_LIMIT = 64 * 1024
 _ROUTING, _CONNECTING, _WAITING, _STREAMING, _TUNNEL, _DONE = tuple(ExchangeState)
 
 
+# --- decisions, as pure functions of their inputs (time and chance included) --------------
+
+
+def retriable_status(retry: RetryPolicy, status: int) -> bool:
+    """Does a response status call for another attempt under Envoy's retry_on conditions?"""
+    t = retry.triggers
+    if "5xx" in t and status >= 500:
+        return True
+    if "gateway-error" in t and status in (502, 503, 504):
+        return True
+    if "retriable-4xx" in t and status == 409:
+        return True
+    return "retriable-status-codes" in t and status in retry.status_codes
+
+
+def retry_backoff(base: float, attempts: int, u: float) -> float:
+    """Envoy's fully jittered exponential backoff: uniform in [0, base * 2^(attempts-1)), with
+    ``u`` the uniform draw in [0, 1)."""
+    return u * base * (2 ** max(0, attempts - 1))
+
+
+def deadline_passed(deadline: float, now: float) -> bool:
+    return bool(deadline) and now >= deadline
+
+
 def reason(status: int) -> bytes:
     return _REASONS.get(status, b"Unknown")
 
@@ -155,6 +180,7 @@ class Exchange:
         http_version: bytes = b"1.1",
         has_body: bool = False,
         listener: ListenerTable | None = None,
+        now: float | None = None,
     ):
         self.dp = dp
         self.sink = sink
@@ -167,7 +193,7 @@ class Exchange:
         self.http_version = http_version
         self.has_body = has_body
         self.state = _ROUTING
-        self.started = time.monotonic()
+        self.started = time.monotonic() if now is None else now
         self.deadline = 0.0
         self.attempt_deadline = 0.0
         self.status = 0
@@ -652,16 +678,7 @@ class Exchange:
 
     def _retriable_status(self, status: int) -> bool:
         a = self.action
-        if a is None:
-            return False
-        t = a.retry.triggers
-        if "5xx" in t and status >= 500:
-            return True
-        if "gateway-error" in t and status in (502, 503, 504):
-            return True
-        if "retriable-4xx" in t and status == 409:
-            return True
-        return "retriable-status-codes" in t and status in a.retry.status_codes
+        return a is not None and retriable_status(a.retry, status)
 
     def upstream_data(self, data: bytes) -> None:
         if self.state == _STREAMING:
@@ -797,8 +814,7 @@ class Exchange:
         if ep is not None and ep not in self.tried:
             self.tried.append(ep)
         a = self.action
-        base = a.retry.backoff_base if a else 0.025
-        delay = random.uniform(0, base * (2 ** max(0, self.attempts - 1)))
+        delay = retry_backoff(a.retry.backoff_base if a else 0.025, self.attempts, random.random())
         self.state = _CONNECTING
         self.dp.loop.call_later(delay, self._attempt_again)
 
@@ -814,9 +830,9 @@ class Exchange:
         """Called by the data plane's timer sweep."""
         if self.state == _DONE:
             return
-        if self.deadline and now >= self.deadline:
+        if deadline_passed(self.deadline, now):
             self._timeout("request timeout")
-        elif self.attempt_deadline and now >= self.attempt_deadline and self.state in (_CONNECTING, _WAITING):
+        elif deadline_passed(self.attempt_deadline, now) and self.state in (_CONNECTING, _WAITING):
             self._timeout("upstream request timeout")
 
     def _abandon_upstream(self) -> None:

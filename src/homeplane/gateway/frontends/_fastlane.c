@@ -30,6 +30,14 @@
 #define MAX_FIELDS 256
 #define MAX_REPLAY (64 * 1024)  /* request bodies up to this size are kept for a retry */
 
+/* The route record fastlane.FastRoute (a NamedTuple, read by position) and the match kinds of
+ * routing.router: exported to Python (ROUTE_FIELDS, MATCH_*) and compared by the tests. */
+enum {
+    ROUTE_ID, ROUTE_CLUSTER, ROUTE_TIMEOUT, ROUTE_BACKEND_TIMEOUT, ROUTE_CONNECT_TIMEOUT, ROUTE_MAX_REQUESTS,
+    ROUTE_PASSIVE, ROUTE_CONF, ROUTE_COMPRESSION, ROUTE_RETRIES, ROUTE_BACKOFF, ROUTE_FIELDS
+};
+enum { MATCH_EXACT = 0, MATCH_PREFIX = 1, MATCH_OPAQUE = 2 };
+
 /* ---- small helpers ---------------------------------------------------------------------- */
 
 static double now_mono(void) {
@@ -580,7 +588,7 @@ static Py_ssize_t up_head(Up *u, Conn *c, const char *p, Py_ssize_t n, const cha
             Py_XDECREF(pair);
         }
         PyObject *len = cl >= 0 ? PyLong_FromLongLong(cl) : Py_NewRef(Py_None);
-        PyObject *r = lst && len ? PyObject_CallMethod(c->hooks, "compression", "OOiOO", PyTuple_GET_ITEM(c->route, 8), c->accept_enc,
+        PyObject *r = lst && len ? PyObject_CallMethod(c->hooks, "compression", "OOiOO", PyTuple_GET_ITEM(c->route, ROUTE_COMPRESSION), c->accept_enc,
                                                        status, lst, len) : NULL;
         Py_XDECREF(lst);
         Py_XDECREF(len);
@@ -1035,9 +1043,9 @@ static PyObject *lookup(Conn *c, PyObject *host, const char *path, Py_ssize_t pl
         long kind = PyLong_AsLong(PyTuple_GET_ITEM(m, 0));
         PyObject *mp = PyTuple_GET_ITEM(m, 1), *ms = PyTuple_GET_ITEM(m, 2);
         int hit;
-        if (kind == 0) {
+        if (kind == MATCH_EXACT) {
             hit = PyBytes_GET_SIZE(mp) == plen && memcmp(PyBytes_AS_STRING(mp), path, plen) == 0;
-        } else if (kind == 1) {
+        } else if (kind == MATCH_PREFIX) {
             Py_ssize_t sn = PyBytes_GET_SIZE(ms);
             hit = (PyBytes_GET_SIZE(mp) == plen && memcmp(PyBytes_AS_STRING(mp), path, plen) == 0) ||
                   (plen >= sn && memcmp(PyBytes_AS_STRING(ms), path, sn) == 0);
@@ -1046,7 +1054,7 @@ static PyObject *lookup(Conn *c, PyObject *host, const char *path, Py_ssize_t pl
         }
         if (hit) {
             PyObject *route = PyTuple_GET_ITEM(m, 3);
-            if (route != Py_None) result = Py_NewRef(route);
+            if (route != Py_None && PyTuple_Check(route) && PyTuple_GET_SIZE(route) == ROUTE_FIELDS) result = Py_NewRef(route);
             goto done;
         }
     }
@@ -1196,8 +1204,8 @@ static int conn_start(Conn *c) {
     if (!path_is_canonical(t, plen)) { Py_DECREF(host); return -1; }  /* normalised in Python */
     PyObject *route = lookup(c, host, t, plen);
     if (!route) { Py_DECREF(host); return -1; }
-    PyObject *cluster = PyTuple_GET_ITEM(route, 1);
-    long max_requests = PyLong_AsLong(PyTuple_GET_ITEM(route, 5));
+    PyObject *cluster = PyTuple_GET_ITEM(route, ROUTE_CLUSTER);
+    long max_requests = PyLong_AsLong(PyTuple_GET_ITEM(route, ROUTE_MAX_REQUESTS));
     PyObject *ep = choose_endpoint(cluster, max_requests);
     if (!ep) { Py_DECREF(route); Py_DECREF(host); return -1; }
     if (add_to_long_attr(ep, s_active, 1) < 0) { PyErr_Clear(); Py_DECREF(ep); Py_DECREF(route); Py_DECREF(host); return -1; }
@@ -1214,13 +1222,13 @@ static int conn_start(Conn *c) {
     c->started = now_mono();
     c->attempts = 1;
     c->seq++;
-    if (PyTuple_GET_SIZE(PyTuple_GET_ITEM(route, 8)) > 0 && iae >= 0)
+    if (PyTuple_GET_SIZE(PyTuple_GET_ITEM(route, ROUTE_COMPRESSION)) > 0 && iae >= 0)
         c->accept_enc = PyBytes_FromStringAndSize(f[iae].value, f[iae].vlen);
     c->body_total = c->body_left = cl;
     c->body_pending.len = 0;
     c->replay.len = 0;
-    double timeout = PyFloat_AsDouble(PyTuple_GET_ITEM(route, 2));
-    double btimeout = PyFloat_AsDouble(PyTuple_GET_ITEM(route, 3));
+    double timeout = PyFloat_AsDouble(PyTuple_GET_ITEM(route, ROUTE_TIMEOUT));
+    double btimeout = PyFloat_AsDouble(PyTuple_GET_ITEM(route, ROUTE_BACKEND_TIMEOUT));
     c->ex_deadline = timeout > 0 ? c->started + timeout : 0;
     c->attempt_deadline = btimeout > 0 ? c->started + btimeout : 0;
     /* the upstream request head */
@@ -1337,7 +1345,7 @@ static void conn_send(Conn *c, int fresh_only) {
         return;
     }
     c->state = ST_CONNECTING;
-    PyObject *task = PyObject_CallMethodObjArgs(c->hooks, s_connect, (PyObject *)c, c->endpoint, PyTuple_GET_ITEM(c->route, 4), NULL);
+    PyObject *task = PyObject_CallMethodObjArgs(c->hooks, s_connect, (PyObject *)c, c->endpoint, PyTuple_GET_ITEM(c->route, ROUTE_CONNECT_TIMEOUT), NULL);
     if (!task) {
         PyErr_WriteUnraisable((PyObject *)c);
         conn_simple(c, 503, "upstream connect error");
@@ -1347,7 +1355,7 @@ static void conn_send(Conn *c, int fresh_only) {
 }
 
 static void passive_result(Conn *c, PyObject *status) {
-    if (PyTuple_GET_ITEM(c->route, 6) != Py_True) return;
+    if (PyTuple_GET_ITEM(c->route, ROUTE_PASSIVE) != Py_True) return;
     PyObject *r = PyObject_CallMethodObjArgs(c->cluster, s_result, c->endpoint, status, status == Py_None ? Py_True : Py_False, NULL);
     if (!r) PyErr_WriteUnraisable(c->cluster);
     Py_XDECREF(r);
@@ -1495,7 +1503,7 @@ static PyObject *s_later;
  * else answer status (503 for connect errors, 502 for resets), as the Python lane does. */
 static void conn_failed_attempt(Conn *c, int status, const char *msg) {
     passive_result(c, Py_None);
-    long retries = PyLong_AsLong(PyTuple_GET_ITEM(c->route, 9));
+    long retries = PyLong_AsLong(PyTuple_GET_ITEM(c->route, ROUTE_RETRIES));
     int replayable = c->body_total == 0 || (c->body_left == 0 && c->body_total <= MAX_REPLAY);
     if (c->attempts <= retries && replayable && c->endpoint) {
         Up *u = c->up;
@@ -1505,7 +1513,7 @@ static void conn_failed_attempt(Conn *c, int status, const char *msg) {
         if (c->tried) PyList_Append(c->tried, c->endpoint);
         Py_CLEAR(c->endpoint);
         c->state = ST_CONNECTING;  /* waiting for the backoff timer, then connecting again */
-        double base = PyFloat_AsDouble(PyTuple_GET_ITEM(c->route, 10));
+        double base = PyFloat_AsDouble(PyTuple_GET_ITEM(c->route, ROUTE_BACKOFF));
         double delay = base * (double)(1UL << (c->attempts - 1 < 16 ? c->attempts - 1 : 16)) * ((double)rand() / RAND_MAX);
         PyObject *r = PyObject_CallMethod(c->hooks, "later", "Odk", (PyObject *)c, delay, c->seq);
         if (r) { Py_DECREF(r); return; }
@@ -1535,7 +1543,7 @@ static PyObject *Conn_retry(Conn *c, PyObject *arg) {
     } else {
         c->endpoint = ep;
         c->attempts++;
-        double bt = PyFloat_AsDouble(PyTuple_GET_ITEM(c->route, 3));
+        double bt = PyFloat_AsDouble(PyTuple_GET_ITEM(c->route, ROUTE_BACKEND_TIMEOUT));
         c->attempt_deadline = bt > 0 ? now_mono() + bt : 0;
         c->body_pending.len = 0;
         buf_add(&c->body_pending, c->replay.data, c->replay.len);
@@ -1750,6 +1758,40 @@ static PyMethodDef module_methods[] = {
 
 static struct PyModuleDef moduledef = {PyModuleDef_HEAD_INIT, "_fastlane", "HTTP/1.1 fast lane (see _fastlane.c).", -1, module_methods};
 
+/* The attributes this file reads or calls on Python objects, by class: exported as
+ * PYTHON_ATTRIBUTES so that a test fails when one is renamed (C would only see a missing
+ * attribute, clear the error and hand every request to the slow lane). */
+static const char *ATTRS_CLUSTER[] = {"endpoints", "all_available", "pick", "result", NULL};
+static const char *ATTRS_ENDPOINT[] = {"active", "fast_idle", NULL};
+static const char *ATTRS_SERVER[] = {"fast", NULL};
+static const char *ATTRS_HOOKS[] = {
+    "opened", "closed", "handoff", "connect", "compression", "later", "finished", "access_log", "idle_timeout",
+    "headers_timeout", NULL};
+static const char *ATTRS_ENCODER[] = {"feed", "finish", NULL};
+
+static PyObject *names_tuple(const char **names) {
+    Py_ssize_t n = 0;
+    while (names[n]) n++;
+    PyObject *t = PyTuple_New(n);
+    if (!t) return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *s = PyUnicode_FromString(names[i]);
+        if (!s) { Py_DECREF(t); return NULL; }
+        PyTuple_SET_ITEM(t, i, s);
+    }
+    return t;
+}
+
+static int add_attributes(PyObject *m) {
+    PyObject *d = Py_BuildValue("{sNsNsNsNsN}", "Cluster", names_tuple(ATTRS_CLUSTER), "EndpointState",
+                                names_tuple(ATTRS_ENDPOINT), "PortServer", names_tuple(ATTRS_SERVER), "Hooks",
+                                names_tuple(ATTRS_HOOKS), "Encoder", names_tuple(ATTRS_ENCODER));
+    if (!d) return -1;
+    int r = PyModule_AddObjectRef(m, "PYTHON_ATTRIBUTES", d);
+    Py_DECREF(d);
+    return r;
+}
+
 static int add_bytes(PyObject *m, const char *name, const char *value) {
     PyObject *b = PyBytes_FromString(value);
     if (!b) return -1;
@@ -1777,7 +1819,10 @@ PyMODINIT_FUNC PyInit__fastlane(void) {
     Py_INCREF(&UpType);
     Py_INCREF(&ConnType);
     if (PyModule_AddObject(m, "Upstream", (PyObject *)&UpType) < 0 || PyModule_AddObject(m, "Http1Fast", (PyObject *)&ConnType) < 0 ||
-        add_bytes(m, "PATH_SAFE", PATH_SAFE_CHARS) < 0 || add_bytes(m, "HOST_SAFE", HOST_SAFE_CHARS) < 0) {
+        add_bytes(m, "PATH_SAFE", PATH_SAFE_CHARS) < 0 || add_bytes(m, "HOST_SAFE", HOST_SAFE_CHARS) < 0 ||
+        PyModule_AddIntConstant(m, "ROUTE_FIELDS", ROUTE_FIELDS) < 0 || PyModule_AddIntConstant(m, "MATCH_EXACT", MATCH_EXACT) < 0 ||
+        PyModule_AddIntConstant(m, "MATCH_PREFIX", MATCH_PREFIX) < 0 || PyModule_AddIntConstant(m, "MATCH_OPAQUE", MATCH_OPAQUE) < 0 ||
+        add_attributes(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -1,10 +1,35 @@
 """The Python side of the HTTP/1.1 fast lane (``_fastlane.c``).
 
 The C protocol serves requests (without a body or with a Content-Length one) to rules without
-filters or policies other than compression and connection retries, start to finish; everything else it hands to :class:`~homeplane.gateway.frontends.http1.Http1Connection` on
-the same connection. This module decides which rules qualify (once per Snapshot, in
+filters or policies other than compression and connection retries, start to finish; everything
+else it hands to :class:`~homeplane.gateway.frontends.http1.Http1Connection` on the same
+connection. This module decides which rules qualify (once per Snapshot, in
 :func:`compile_table`), and does the few things the C side asks of Python: open upstream
 connections, hand a connection over, write access log lines.
+
+What C does and the Python it mirrors (the differential tests send the same bytes to both):
+
+==========================  ==================================================================
+``_fastlane.c``             Python twin
+==========================  ==================================================================
+``conn_start`` (head)       llhttp in ``frontends/http1.py`` with ``http1.MAX_*`` limits
+``path_is_canonical``       ``routing.paths.is_canonical`` (other paths: Python normalises)
+``lookup``                  ``routing.router.PortTable.route`` (tables from ``compile_table``)
+``HOP[]``, ``is_hop``       ``routing.headers.HOP_BY_HOP`` (``Exchange._build_request_head``)
+``add_request_id``          ``routing.headers.request_id``
+``choose_endpoint``         ``Exchange.proceed`` (circuit breaker) and ``Cluster.pick``
+``up_head``, ``up_feed``    httptools in ``upstreams/http1.py``, ``Exchange.upstream_*``
+``conn_failed_attempt``     ``Exchange._failed_attempt`` / ``_retry_later`` (``MAX_REPLAY``:
+                            ``exchange._RETRY_BODY_LIMIT``)
+``Conn_check_deadline``     ``Exchange.check_deadline``
+``fast_idle`` pool          ``EndpointState.idle``
+==========================  ==================================================================
+
+Shared rather than twinned: ``Hooks.compression`` (the decision and the encoders are Python's),
+``DataPlane.access_line``, ``Cluster.pick`` and ``Cluster.result``. The boundary is explicit:
+a rule reaches C as a :class:`FastRoute` record read by position (``_fastlane.ROUTE_FIELDS``),
+match kinds are ``_fastlane.MATCH_*``, and the Python attributes C reads are listed in
+``_fastlane.PYTHON_ATTRIBUTES``; ``tests/gateway/test_fastlane_boundary.py`` holds them equal.
 
 The fast lane is optional: without a C compiler at install time the extension is not built
 and every request takes the Python path (``HOMEPLANE_FASTLANE=0`` turns it off too).
@@ -15,14 +40,14 @@ from __future__ import annotations
 import asyncio
 import os
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from homeplane.gateway.base import DataPlaneHooks, PortHooks
 from homeplane.gateway.policies.compression import Encoder, accepted, compressible
 from homeplane.gateway.exchange import RouteAction
 from homeplane.gateway.routing.headers import detect_client_ip
-from homeplane.gateway.routing.router import _EXACT, _PREFIX, PortTable, VHostTable
-from homeplane.gateway.upstreams.pool import set_nodelay
+from homeplane.gateway.routing.router import EXACT, PREFIX, PortTable, VHostTable
+from homeplane.gateway.upstreams.pool import H2C_PROTOCOLS, set_nodelay
 
 if TYPE_CHECKING:
     from homeplane.gateway.upstreams.cluster import Cluster, EndpointState
@@ -36,7 +61,7 @@ else:
         (HTTPStatus(code).phrase.encode() if code in HTTPStatus._value2member_map_ else b"Unknown") for code in range(600)
     ))
 
-_OPAQUE = 2  # a rule the C side cannot evaluate (regex path, method/header/query matches)
+OPAQUE = 2  # a rule the C side cannot evaluate (regex path, method/header/query matches): Python decides
 _CONNECTION_TRIGGERS = frozenset({"reset", "connect-failure", "refused-stream"})  # retries the C side makes
 
 
@@ -44,11 +69,28 @@ def enabled() -> bool:
     return _fastlane is not None and os.environ.get("HOMEPLANE_FASTLANE", "1") != "0"
 
 
-def fast_route(action: RouteAction | None, clusters: dict[str, Cluster], conf: Any = None) -> tuple[Any, ...] | None:
-    """The C side's view of a rule it may serve, or None when the rule needs the Python path:
-    any filter, SecurityPolicy, Lua, mirror, retries on statuses, hashing, several backends, an
-    h2c or TLS backend. Compression and retries after connect failures and resets are served."""
-    a = action
+class FastRoute(NamedTuple):
+    """A rule the C lane serves, as it reads it: by position (``_fastlane.c`` ROUTE_* indexes;
+    ``_fastlane.ROUTE_FIELDS`` is checked against this record by the tests)."""
+
+    route_id: str  # for the access log
+    cluster: Any  # upstreams.cluster.Cluster: endpoints, balancer, passive health, in-flight counts
+    timeout: float  # the request's timeout in seconds (0: none)
+    backend_timeout: float  # per attempt (0: none)
+    connect_timeout: float
+    max_requests: int  # circuit breaker: requests in flight on the cluster
+    passive: bool  # report results to the cluster's outlier detection
+    conf: Any  # the listener's settings (client IP detection, for the log)
+    compression: tuple[bytes, ...]  # content-codings offered, in the policy's order (the encoder is Python's)
+    retries: int  # after connect failures and resets
+    backoff_base: float
+
+
+def fast_eligible(a: RouteAction | None) -> str | None:
+    """The cluster of a rule the C lane may serve as far as the rule goes (no filter,
+    SecurityPolicy, Lua, mirror, retries on statuses, hashing, several backends); None when the
+    rule needs the Python lane. Compression and retries after connect failures and resets are
+    served in C."""
     if a is None or a.direct_status is not None or a.redirect is not None:
         return None
     if a.rewrite_host is not None or a.rewrite_path_type is not None or a.req_ops is not None or a.resp_ops is not None:
@@ -62,23 +104,30 @@ def fast_route(action: RouteAction | None, clusters: dict[str, Cluster], conf: A
     wc = a.backends[0]
     if wc.cluster is None or wc.req_ops is not None or wc.resp_ops is not None or wc.weight <= 0:
         return None
-    cluster = clusters.get(wc.cluster)
-    if cluster is None or cluster.h2c or cluster.pool.tls is not None:
-        return None
-    if any(e.address.startswith("unix:") for e in cluster.endpoints):
-        return None
+    return wc.cluster
+
+
+def fast_pool(pool: Any) -> bool:
+    """A backend pool the C lane can reach: plain HTTP/1.1 over TCP (not h2c, TLS or a socket)."""
     return (
-        a.route_id,
-        cluster,
-        float(a.timeout or 0.0),
-        float(a.backend_timeout or 0.0),
-        float(a.connect_timeout),
-        int(cluster.config.max_requests),
-        cluster.config.passive is not None,
-        conf,  # the listener's ClientTrafficPolicy settings (client IP detection, for the log)
-        a.compression,  # content-codings offered, in the policy's order (the encoder is Python's)
-        a.retry.num_retries,
-        float(a.retry.backoff_base),
+        (pool.app_protocol or "") not in H2C_PROTOCOLS and pool.tls is None
+        and not any(e.address.startswith("unix:") for e in pool.endpoints)
+    )
+
+
+def fast_route(action: RouteAction | None, clusters: dict[str, Cluster], conf: Any = None) -> FastRoute | None:
+    """The C side's view of a rule it may serve, or None when the rule needs the Python path."""
+    name = fast_eligible(action)
+    if name is None or action is None:
+        return None
+    cluster = clusters.get(name)
+    if cluster is None or cluster.h2c or not fast_pool(cluster.pool):
+        return None
+    a = action
+    return FastRoute(
+        a.route_id, cluster, float(a.timeout or 0.0), float(a.backend_timeout or 0.0), float(a.connect_timeout),
+        int(cluster.config.max_requests), cluster.config.passive is not None, conf, a.compression,
+        a.retry.num_retries, float(a.retry.backoff_base),
     )
 
 
@@ -87,8 +136,8 @@ def _vhost(vh: VHostTable | None, clusters: dict[str, Cluster], conf: Any) -> tu
         return None
     out = []
     for m in vh.matches:
-        simple = m.path_kind in (_EXACT, _PREFIX) and m.method is None and not m.headers and not m.query
-        kind = m.path_kind if simple else _OPAQUE
+        simple = m.path_kind in (EXACT, PREFIX) and m.method is None and not m.headers and not m.query
+        kind = m.path_kind if simple else OPAQUE
         out.append((kind, m.path, m.path_slash, fast_route(m.action, clusters, conf) if simple else None))
     return tuple(out)
 
@@ -186,11 +235,11 @@ class Hooks:
         self.dp.loop.call_later(delay, conn.retry, seq)
 
     def finished(
-        self, conn: Any, route: tuple[Any, ...], ep: Any, status: int, bytes_in: int, bytes_out: int, duration: float, error: str | None,
+        self, conn: Any, route: FastRoute, ep: Any, status: int, bytes_in: int, bytes_out: int, duration: float, error: str | None,
     ) -> None:
         """One access log line, the same fields as the Python path's."""
         client = conn.client_ip.decode()
-        conf = route[7]
+        conf = route.conf
         table = self.server.table
         if conf is not None and conf.xff_enabled:
             xff = conn.xff
@@ -198,7 +247,7 @@ class Hooks:
         self.dp.access_line(
             gateway=str(table.gateway), client=client, method=conn.method.decode("latin-1"),
             host=conn.host.decode("latin-1"), path=conn.target.decode("latin-1"), protocol="HTTP/1.1",
-            status=status, route=route[0], backend=ep.name if ep is not None else None,
+            status=status, route=route.route_id, backend=ep.name if ep is not None else None,
             duration=duration, bytes_in=bytes_in, bytes_out=bytes_out,
             request_id=conn.request_id.decode("latin-1") if conn.request_id else None, error=error,
         )

@@ -24,7 +24,7 @@ from urllib.parse import unquote_to_bytes
 from homeplane.translate import snapshot as ir
 from homeplane.translate.hostnames import specificity
 
-_EXACT, _PREFIX, _REGEX = 0, 1, 2
+EXACT, PREFIX, REGEX = 0, 1, 2
 
 
 @dataclass(slots=True, eq=False)
@@ -43,10 +43,10 @@ class CompiledMatch:
         self, path: bytes, method: bytes, headers: Mapping[bytes, bytes], query: Callable[[], dict[bytes, bytes]]
     ) -> bool:
         k = self.path_kind
-        if k == _PREFIX:
+        if k == PREFIX:
             if not (path == self.path or path.startswith(self.path_slash)):
                 return False
-        elif k == _EXACT:
+        elif k == EXACT:
             if path != self.path:
                 return False
         elif self.path_re is None or self.path_re.fullmatch(path) is None:
@@ -72,11 +72,11 @@ def compile_match(rule: ir.RouteRule) -> CompiledMatch:
     if m.path_type == "PathPrefix":
         # "/foo/" and "/foo" are the same prefix; "/" matches everything.
         base = p.rstrip(b"/") or b"/"
-        kind, path, slash, rx = _PREFIX, base, (base + b"/" if base != b"/" else b"/"), None
+        kind, path, slash, rx = PREFIX, base, (base + b"/" if base != b"/" else b"/"), None
     elif m.path_type == "Exact":
-        kind, path, slash, rx = _EXACT, p, p, None
+        kind, path, slash, rx = EXACT, p, p, None
     else:
-        kind, path, slash, rx = _REGEX, p, p, re.compile(p)
+        kind, path, slash, rx = REGEX, p, p, re.compile(p)
 
     def enc(t: str, v: str) -> tuple[bytes, re.Pattern[bytes] | None]:
         b = v.encode()

@@ -1,0 +1,33 @@
+"""The C boundary: what _fastlane.c assumes of Python, held equal by tests (a rename must break
+a test, never silently move traffic to the slow lane)."""
+
+from __future__ import annotations
+
+from homeplane.gateway.frontends import _fastlane, fastlane
+from homeplane.gateway.policies.compression import Encoder
+from homeplane.gateway.routing import paths, router
+from homeplane.gateway.server import PortServer
+from homeplane.gateway.upstreams.cluster import Cluster, EndpointState
+
+
+def test_constants_shared_with_c() -> None:
+    assert _fastlane.ROUTE_FIELDS == len(fastlane.FastRoute._fields)
+    assert (_fastlane.MATCH_EXACT, _fastlane.MATCH_PREFIX) == (router.EXACT, router.PREFIX)
+    assert _fastlane.MATCH_OPAQUE == fastlane.OPAQUE and fastlane.OPAQUE not in (router.EXACT, router.PREFIX)
+    assert _fastlane.PATH_SAFE == paths.PATH_SAFE
+
+
+def _names(cls: type) -> set[str]:
+    names = set(dir(cls))
+    for klass in cls.__mro__:
+        names.update(getattr(klass, "__slots__", ()))
+    return names
+
+
+def test_every_attribute_c_reads_exists() -> None:
+    classes = {"Cluster": Cluster, "EndpointState": EndpointState, "PortServer": PortServer, "Hooks": fastlane.Hooks, "Encoder": Encoder}
+    assert set(_fastlane.PYTHON_ATTRIBUTES) == set(classes)
+    for name, attrs in _fastlane.PYTHON_ATTRIBUTES.items():
+        cls = classes[name]
+        missing = [a for a in attrs if a not in _names(cls) and a not in getattr(cls, "__init__").__code__.co_names]
+        assert not missing, f"{name} lacks {missing}: _fastlane.c reads them"

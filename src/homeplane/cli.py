@@ -18,6 +18,7 @@ from homeplane.api import registry
 from homeplane.api.variables import VariablesError, load_vars_file, parse_set
 from homeplane.pipeline import Inputs, Result, run_pipeline
 from homeplane.render import render_check, table
+from homeplane.translate import TranslateOptions
 
 app = typer.Typer(
     add_completion=False,
@@ -36,6 +37,10 @@ EndpointsOpt = typer.Option(
     None, "--endpoints", help="Where Services' pods run: YAML of NAMESPACE/SERVICE[:PORT] -> [host:port, ...]."
 )
 ModeOpt = typer.Option("auto", "--mode", help="auto (Flux repo if it has Flux Kustomizations), flux, or plain.")
+MergeOpt = typer.Option(
+    False, "--merge-gateways", help="Envoy Gateway's merged gateways for every class: Gateways share one address, "
+    "listeners on a port told apart by hostname/SNI (as EnvoyProxy mergeGateways: true does for its class)."
+)
 LogLevelOpt = typer.Option("warning", "--log-level", help="debug shows tracebacks of internal errors too.")
 
 
@@ -61,6 +66,7 @@ def _inputs(
     strict: bool,
     endpoints: Path | None = None,
     mode: str = "auto",
+    merge_gateways: bool = False,
 ) -> Inputs:
     variables: dict[str, str] = {}
     try:
@@ -85,6 +91,7 @@ def _inputs(
         default_namespace=namespace,
         mode=mode,
         endpoints=Path(endpoints) if endpoints else None,
+        translate=TranslateOptions(merge_gateways=merge_gateways),
     )
 
 
@@ -100,6 +107,7 @@ def check(
     endpoints: Optional[Path] = EndpointsOpt,
     mode: str = ModeOpt,
     log_level: str = LogLevelOpt,
+    merge_gateways: bool = MergeOpt,
 ) -> None:
     """Load manifests, resolve references and print what would be served, with every problem found.
 
@@ -108,7 +116,7 @@ def check(
     _logging(log_level)
     if output not in ("text", "json"):
         _fail("--output must be text or json")
-    result = run_pipeline(_inputs(paths, set_, vars_, namespace, no_substitute, strict, endpoints, mode))
+    result = run_pipeline(_inputs(paths, set_, vars_, namespace, no_substitute, strict, endpoints, mode, merge_gateways))
     if output == "json":
         typer.echo(json.dumps(result.report, indent=2, default=str))
     else:
@@ -130,6 +138,7 @@ def get(
     endpoints: Optional[Path] = EndpointsOpt,
     mode: str = ModeOpt,
     log_level: str = LogLevelOpt,
+    merge_gateways: bool = MergeOpt,
 ) -> None:
     """Show objects like `kubectl get`, with the status conditions homeplane computed."""
     _logging(log_level)
@@ -138,7 +147,7 @@ def get(
         known = ", ".join(sorted(k.kind for k in registry.SERVED_KINDS))
         _fail(f"unknown kind {kind!r}; served kinds: {known}")
     assert info is not None
-    result = run_pipeline(_inputs(path, set_, vars_, namespace, no_substitute, False, endpoints, mode))
+    result = run_pipeline(_inputs(path, set_, vars_, namespace, no_substitute, False, endpoints, mode, merge_gateways))
     objs = [
         o
         for o in result.load.objects
@@ -184,6 +193,7 @@ def run(
     no_substitute: bool = NoSubstOpt,
     endpoints: Optional[Path] = EndpointsOpt,
     mode: str = ModeOpt,
+    merge_gateways: bool = MergeOpt,
     admin: str = typer.Option("127.0.0.1:9901", "--admin", help="Admin endpoint address (host:port; port 0 picks one)."),
     state: Optional[Path] = typer.Option(
         None, "--state", help="State store file (SQLite). Default: $XDG_STATE_HOME/homeplane/state.db"
@@ -238,7 +248,7 @@ def run(
     from homeplane.store import SQLiteStore, StoreError
 
     _logging(log_level)
-    inputs = _inputs(paths, set_, vars_, namespace, no_substitute, False, endpoints, mode)
+    inputs = _inputs(paths, set_, vars_, namespace, no_substitute, False, endpoints, mode, merge_gateways)
     try:
         import ipaddress
 

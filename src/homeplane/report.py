@@ -55,7 +55,7 @@ def internet_facing_gateways(objects: list[Obj], snapshot: ir.Snapshot) -> tuple
     for o in objects:
         if o.kind not in ("ConfigMap", "HelmRelease", "Secret"):
             continue
-        for text in _strings(o.raw.get("data") if o.kind != "HelmRelease" else o.raw.get("spec", {}).get("values")):
+        for text in _strings(o.raw.get("data") if o.kind != "HelmRelease" else (o.raw.get("spec") or {}).get("values")):
             if "ingress" not in text:
                 continue
             for m in _TUNNEL_SERVICE.finditer(text):

@@ -19,12 +19,14 @@ from homeplane.gateway.base import ListenerConf, Settings
 from homeplane.gateway.exchange import RetryPolicy, RouteAction, WeightedCluster
 from homeplane.gateway.frontends.streams import GatewayL4, passthrough_listeners, wanted_listeners
 from homeplane.gateway.policies.auth import compile_security
+from homeplane.gateway.policies.cors import compile_cors
 from homeplane.gateway.routing.filters import compile_header_ops
 from homeplane.gateway.routing.paths import PathSettings
 from homeplane.gateway.routing.router import PortTable, compile_gateway
 from homeplane.gateway.upstreams.cluster import ClusterConfig, cluster_key, cluster_settings
 from homeplane.lua import script as lua_script
 from homeplane.translate import snapshot as ir
+from homeplane.translate.hostnames import specificity
 
 ClusterSpec = tuple[ir.BackendPool, str, "ClusterConfig | None"]  # pool, load-balancing policy, settings
 
@@ -70,6 +72,7 @@ class BindPlan:
 def compile_snapshot(snapshot: ir.Snapshot, bind: BindPlan, settings: Settings) -> CompiledGateway:
     out = CompiledGateway()
     wanted, bindings, cluster_policies, problems = out.ports, out.bindings, out.clusters, out.problems
+    groups: dict[tuple[str, int], str | None] = {}  # the merge group of each port's first Gateway
     for gw in snapshot.gateways:
         addr = bind.address_for(gw)
         for port, table in compile_gateway(gw).items():
@@ -89,9 +92,23 @@ def compile_snapshot(snapshot: ir.Snapshot, bind: BindPlan, settings: Settings) 
             bport = bind.port_for(port)
             key = (addr, bport)
             if key in wanted:
-                problems.append(f"Gateway {gw.ref} port {port}: {addr}:{bport} is already used by Gateway {wanted[key].gateway}; not served")
+                if gw.merge_group is not None and groups.get(key) == gw.merge_group and wanted[key].protocol == table.protocol:
+                    # merged gateways: one port table for the listeners of all of them (translate
+                    # has refused the listeners that conflict across Gateways)
+                    merged = list(wanted[key].listeners) + list(table.listeners)
+                    merged.sort(key=lambda lt: specificity(lt.listener.hostname))
+                    wanted[key] = PortTable(wanted[key].gateway, port, table.protocol, tuple(merged))
+                    b = next(b for b in bindings if (b["address"], b["boundPort"]) == key)
+                    b["listeners"] += [f"{gw.ref.namespace}/{gw.ref.name}/{lt.listener.name}" for lt in table.listeners]
+                    b.setdefault("mergedGateways", [b["gateway"]]).append(f"{gw.ref.namespace}/{gw.ref.name}")
+                    continue
+                problems.append(
+                    f"Gateway {gw.ref} port {port}: {addr}:{bport} is already used by Gateway {wanted[key].gateway}; not served "
+                    "(merged gateways - EnvoyProxy mergeGateways or --merge-gateways - would share it)"
+                )
                 continue
             wanted[key] = table
+            groups[key] = gw.merge_group
             bindings.append(
                 {
                     "gateway": f"{gw.ref.namespace}/{gw.ref.name}",
@@ -167,6 +184,8 @@ def build_action(rule: ir.RouteRule, settings: Settings) -> RouteAction:
         if b.filters is not None:
             wc.req_ops = compile_header_ops(b.filters.request_headers)
             wc.resp_ops = compile_header_ops(b.filters.response_headers)
+            if b.filters.rewrite is not None and b.filters.rewrite.hostname:
+                wc.rewrite_host = b.filters.rewrite.hostname.encode()
         a.backends.append(wc)
     a.total_weight = sum(wc.weight for wc in a.backends)
     for m in f.mirrors:
@@ -187,8 +206,13 @@ def build_action(rule: ir.RouteRule, settings: Settings) -> RouteAction:
         a.retry = RetryPolicy(r.num_retries, r.triggers, r.status_codes, backoff_base=r.backoff_base)
         if r.per_try_timeout:
             a.backend_timeout = a.backend_timeout or r.per_try_timeout
+    if rule.retry is not None:  # the HTTPRoute's retry replaces the policy's (as in Envoy Gateway)
+        r = rule.retry
+        a.retry = RetryPolicy(r.num_retries, r.triggers, r.status_codes, backoff_base=r.backoff_base)
     if bt is not None:
         a.compression = tuple(t.encode() for t in bt.compression)
+    if f.cors is not None:
+        a.cors = compile_cors(f.cors)
     if rule.security is not None and rule.security.valid:
         a.security = compile_security(rule.security)
     if rule.extension is not None and rule.extension.valid:

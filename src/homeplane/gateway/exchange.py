@@ -61,6 +61,7 @@ class WeightedCluster:
     weight: int
     req_ops: CompiledHeaderOps | None = None
     resp_ops: CompiledHeaderOps | None = None
+    rewrite_host: bytes | None = None  # a URLRewrite hostname on the backendRef
 
 
 @dataclass(slots=True)
@@ -98,7 +99,8 @@ class RouteAction:
     security: Any = None  # enforced by homeplane.gateway.policies.auth
     compression: tuple[bytes, ...] = ()  # content-coding tokens, in the policy's order
     cluster_config: Any = None  # ClusterConfig for the backends' clusters
-    lua: tuple[Any, ...] = ()  # EnvoyExtensionPolicy Lua scripts (gateway.lua.LuaScript), in order
+    lua: tuple[Any, ...] = ()  # EnvoyExtensionPolicy Lua scripts (lua.LuaScript), in order
+    cors: Any = None  # the HTTPRoute CORS filter (policies.cors.CompiledCors)
 
     def choose(self) -> WeightedCluster | None:
         b = self.backends
@@ -165,7 +167,7 @@ class Exchange:
         "attempts", "tried", "upgrade", "request_id", "client_ip", "info", "resp_ops", "head_only", "req_head",
         "upstream_paused", "_task", "error", "weighted", "chunked_upload", "listener_conf", "pending",
         "pending_bytes", "body_paused", "encoder", "accept_encoding", "cors_headers", "mirror_pending",
-        "lua_call",
+        "lua_call", "gateway",
     )
 
     def __init__(
@@ -231,7 +233,8 @@ class Exchange:
         self.body_paused = False
         self.encoder: Any = None
         self.accept_encoding: bytes | None = None
-        self.lua_call: Any = None  # the Lua scripts' view of this request (gateway.lua.Call)
+        self.lua_call: Any = None  # the Lua scripts' view of this request (lua.Call)
+        self.gateway = table.gateway  # the Gateway of the listener that took it (merged gateways share ports)
 
     # --- start: route and decide ----------------------------------------------------
 
@@ -286,6 +289,13 @@ class Exchange:
             return
         self.host = normalize_host(host_raw)
         lt = self.listener or self.table.listener_for(self.host)
+        if self.listener is not None and len(self.table.listeners) > 1:
+            owner = self.table.listener_for(self.host)
+            if owner is not None and owner is not self.listener:
+                # a connection made for one HTTPS listener (SNI) asking for a name another
+                # listener owns - HTTP/2 connection coalescing: RFC 9110 §15.5.20, Gateway API
+                self.respond_simple(421, b"misdirected request\n")
+                return
         if not valid_target_bytes(self.target):
             self.respond_simple(400, b"invalid request target\n")  # HTTP/2 and /3 paths reach here unchecked
             return
@@ -307,6 +317,7 @@ class Exchange:
         lt, m = self.table.route(self.host, self.method, matched, hmap, self.query, lt)
         if lt is not None:
             self.listener_conf = lt.conf
+            self.gateway = lt.listener.gateway
             self._detect_client(hmap)
         if m is None:
             self.respond_simple(404, b"")
@@ -332,14 +343,16 @@ class Exchange:
         if action.timeout:
             self.deadline = self.started + action.timeout
         sec = action.security
+        # the HTTPRoute's CORS filter, else the SecurityPolicy's; preflights answered before auth
+        cors = action.cors or (sec.cors if sec is not None else None)
+        if cors is not None:
+            origin = hmap.get(b"origin")
+            if origin and cors.allows(origin):
+                if self.method == b"OPTIONS" and b"access-control-request-method" in hmap:
+                    self.respond_simple(200, b"", cors.preflight_headers(origin))
+                    return
+                self.cors_headers = cors.response_headers(origin)
         if sec is not None:
-            if sec.cors is not None:
-                origin = hmap.get(b"origin")
-                if origin and sec.cors.allows(origin):
-                    if self.method == b"OPTIONS" and b"access-control-request-method" in hmap:
-                        self.respond_simple(200, b"", sec.cors.preflight_headers(origin))  # before auth
-                        return
-                    self.cors_headers = sec.cors.response_headers(origin)
             self.dp.auth.check(self, sec, hmap)
             return
         self.proceed()
@@ -457,7 +470,7 @@ class Exchange:
             headers = action.req_ops.apply(list(headers), info)
         if wc.req_ops is not None:
             headers = wc.req_ops.apply(list(headers), info)
-        host = action.rewrite_host or None
+        host = wc.rewrite_host or action.rewrite_host or None
         path = self.path
         if action.rewrite_path_type is not None:
             path = replace_path(

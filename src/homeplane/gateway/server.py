@@ -512,7 +512,7 @@ class DataPlane:
         if self.settings.access_log:
             a = ex.action
             self.access_line(
-                gateway=str(ex.table.gateway), client=ex.client_ip, method=ex.method.decode("latin-1"),
+                gateway=str(ex.gateway), client=ex.client_ip, method=ex.method.decode("latin-1"),
                 host=ex.host.decode("latin-1"), path=ex.target.decode("latin-1"), protocol=ex.conn.protocol,
                 status=ex.status, route=a.route_id if a else None, backend=ex.endpoint.name if ex.endpoint else None,
                 duration=time.monotonic() - ex.started, bytes_in=ex.bytes_in, bytes_out=ex.bytes_out,

@@ -65,8 +65,8 @@ def render(release: str, namespace: str, values: dict[str, Any], warn: Callable[
             warn(str(e))
             return v
 
-    name = values.get("global", {}).get("nameOverride") or values.get("nameOverride") or release
-    fullname = values.get("global", {}).get("fullnameOverride") or values.get("fullnameOverride") or (
+    name = (values.get("global") or {}).get("nameOverride") or values.get("nameOverride") or release
+    fullname = (values.get("global") or {}).get("fullnameOverride") or values.get("fullnameOverride") or (
         release if name in release else f"{release}-{name}"
     )
     controllers = _enabled(values.get("controllers"))

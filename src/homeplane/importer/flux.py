@@ -25,6 +25,7 @@ from homeplane.api.substitute import SUBSTITUTE_ANNOTATION, SubstitutionError, s
 from homeplane.api.yamlio import YamlSyntaxError, dump, load
 from homeplane.importer.docs import Doc, is_flux_kustomization
 from homeplane.importer.kustomize import Builder
+from homeplane.importer.shapes import conform_flux
 
 
 @dataclass
@@ -120,7 +121,7 @@ class FluxProcessor:
         result = FluxResult()
         queue = list(roots)
         while queue:
-            ks = queue.pop(0)
+            ks = conform_flux(queue.pop(0), self.diags)
             key = (ks.namespace or "flux-system", ks.name)
             if key in result.kustomizations:
                 continue

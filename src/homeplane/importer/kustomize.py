@@ -28,6 +28,7 @@ from homeplane.api.diagnostics import Diagnostics, processing
 from homeplane.api.variables import VariablesError, parse_dotenv
 from homeplane.api.yamlio import YamlSyntaxError, load_all, parse_chunk, split_documents
 from homeplane.importer.docs import Doc, is_kustomize_file
+from homeplane.importer.shapes import conform_kustomization
 from homeplane.importer.patches import PatchError, json6902, strategic_merge, target_matches
 
 KUSTOMIZATION_FILES = ("kustomization.yaml", "kustomization.yml", "Kustomization")
@@ -153,6 +154,7 @@ class Builder:
         if kdoc is None:
             self.diags.error("not a kustomize Kustomization", file=self.rel(kf), code="NotAKustomization")
             return []
+        kdoc = conform_kustomization(kdoc, self.diags)
         resources = self._collect(kdoc, d, stack + (d,))
         return self._transform(kdoc, d, resources)
 
@@ -209,6 +211,7 @@ class Builder:
             return current
         if cdoc.kind != "Component":
             self.diags.warning(f"{self.rel(kf)} is used as a component but is kind {cdoc.kind}", file=k.file, code="NotAComponent")
+        cdoc = conform_kustomization(cdoc, self.diags)
         added = self._collect(cdoc, p, stack + (p,))
         return self._transform(cdoc, p, current + added)
 

@@ -19,7 +19,7 @@ from homeplane.api.objects import Obj, ObjectKey
 from homeplane.translate import snapshot as ir
 from homeplane.translate.backendtls import apply_backend_tls
 from homeplane.translate.context import Context, TranslateOptions, age_key
-from homeplane.translate.gateways import gateway_status, process_gateway_classes, process_gateways
+from homeplane.translate.gateways import GatewayState, gateway_status, process_gateway_classes, process_gateways
 from homeplane.translate.policies import attachments_summary, effective_l4, effective_rule, finish_policies, process_policies
 from homeplane.translate.routes import build_vhosts, process_l4_routes, process_routes
 from homeplane.translate.services import build_services
@@ -89,7 +89,8 @@ def translate(objects: list[Obj], options: TranslateOptions | None = None, versi
                 annotations=gw.obj.annotations,
                 infrastructure_annotations=dict(infra.annotations) if infra else {},
                 programmed=any(ls.ready for ls in listeners),
-                bind_address=ctx.options.bindings.get(f"{gw.ref.namespace}/{gw.ref.name}"),
+                bind_address=_bind_address(ctx, gw, gateways),
+                merge_group=gw.class_name if gw.merged else None,
             )
         )
     finish_policies(ctx, policies)
@@ -123,3 +124,11 @@ def _coredns_values(objects: list[Obj]) -> dict[str, Any] | None:
         ):
             return values
     return None
+
+
+def _bind_address(ctx: Context, gw: GatewayState, gateways: list[GatewayState]) -> str | None:
+    """Where the Gateway listens; merged Gateways all listen where the oldest of their class does."""
+    if gw.merged:
+        first = min((g for g in gateways if g.merged and g.class_name == gw.class_name), key=lambda g: age_key(g.obj))
+        return ctx.options.bindings.get(f"{first.obj.namespace}/{first.obj.name}")
+    return ctx.options.bindings.get(f"{gw.obj.namespace}/{gw.obj.name}")

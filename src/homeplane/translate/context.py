@@ -31,6 +31,8 @@ class TranslateOptions:
     lb: LBResult | None = None
     # where each Gateway listens on this machine ("ns/name" -> address), when decided
     bindings: Mapping[str, str] = field(default_factory=dict)
+    # Envoy Gateway's merged gateways for every class (--merge-gateways), whatever EnvoyProxy says
+    merge_gateways: bool = False
 
 
 @dataclass

@@ -14,15 +14,27 @@ from dataclasses import dataclass, field
 from homeplane.api.diagnostics import Diagnostics
 from homeplane.api.models.core import Secret
 from homeplane.api.models.cilium import LBIPAM_IPS
-from homeplane.api.models.envoy import gateway_service_key
+from homeplane.api.models.envoy import ENVOY_GROUP, gateway_service_key
 from homeplane.api.models.gateway import GATEWAY_GROUP, Gateway, GatewayClass, Listener
 from homeplane.api.objects import Obj
 from homeplane.translate import snapshot as ir
 from homeplane.translate import status as st
-from homeplane.translate.context import Context, generation
+from homeplane.translate.context import Context, age_key, generation
 from homeplane.translate.tlscerts import CertificateError, load_tls_secret
 
 SERVED_PROTOCOLS = ("HTTP", "HTTPS", "TCP", "UDP", "TLS")
+# Gateway API features homeplane implements (pkg/features names), for GatewayClass
+# status.supportedFeatures: sorted, as the API requires
+SUPPORTED_FEATURES = tuple(sorted((
+    "BackendTLSPolicy", "Gateway", "GatewayHTTPSListenerDetectMisdirectedRequests", "GatewayPort8080",
+    "HTTPRoute", "HTTPRouteBackendProtocolH2C", "HTTPRouteBackendProtocolWebSocket",
+    "HTTPRouteBackendRequestHeaderModification", "HTTPRouteBackendTimeout", "HTTPRouteCORS", "HTTPRouteHostRewrite",
+    "HTTPRouteMethodMatching", "HTTPRoutePathRedirect", "HTTPRoutePathRewrite", "HTTPRoutePortRedirect",
+    "HTTPRouteQueryParamMatching", "HTTPRouteRequestMirror", "HTTPRouteRequestMultipleMirrors",
+    "HTTPRouteRequestTimeout", "HTTPRouteResponseHeaderModification", "HTTPRouteRetry",
+    "HTTPRouteRetryBackendTimeout", "HTTPRouteRetryConnectionError", "HTTPRouteSchemeRedirect", "ReferenceGrant",
+    "TCPRoute", "TLSRoute", "UDPRoute",
+)))
 HTTP_ROUTE_KINDS = ((GATEWAY_GROUP, "HTTPRoute"), (GATEWAY_GROUP, "GRPCRoute"))
 # the route kinds each protocol's listeners take (Envoy Gateway's)
 ROUTE_KINDS = {
@@ -106,6 +118,8 @@ class GatewayState:
     class_name: str
     listeners: list[ListenerState] = field(default_factory=list)
     addresses: list[str] = field(default_factory=list)
+    merged: bool = False  # its class merges Gateways: listeners share one address with the others'
+    invalid_parameters: str = ""  # infrastructure.parametersRef problem (Accepted=False, InvalidParameters)
 
     @property
     def ref(self) -> ir.Ref:
@@ -145,14 +159,42 @@ def process_gateway_classes(ctx: Context, diags: Diagnostics) -> dict[str, bool]
                         st.cond(st.ACCEPTED, ok, st.R_ACCEPTED if ok else st.R_INVALID_PARAMETERS, message, gen),
                         st.cond(st.SUPPORTED_VERSION, True, st.R_SUPPORTED_VERSION, "Gateway API CRD version is supported", gen),
                     ]
-                )
+                ),
+                "supportedFeatures": [{"name": f} for f in SUPPORTED_FEATURES],
             },
         )
     return classes
 
 
+def merged_classes(ctx: Context) -> set[str]:
+    """Classes whose Gateways are merged: the EnvoyProxy of the class's parametersRef says
+    ``mergeGateways: true`` (Envoy Gateway reads it only there), or ``--merge-gateways``."""
+    out = set()
+    for o in ctx.kind(GATEWAY_GROUP, "GatewayClass"):
+        pref = o.model.spec.parameters_ref  # type: ignore[union-attr]
+        ep = ctx.get(ENVOY_GROUP, "EnvoyProxy", pref.namespace or "default", pref.name) if pref is not None else None
+        if ctx.options.merge_gateways or (ep is not None and ep.model is not None and ep.model.spec.merge_gateways):  # type: ignore[union-attr]
+            out.add(o.name)
+    return out
+
+
+def _parameters_problem(ctx: Context, o: Obj, gw: Gateway, merged: bool) -> str:
+    """Envoy Gateway's checks of a Gateway's infrastructure.parametersRef (with its messages)."""
+    ref = gw.spec.infrastructure.parameters_ref if gw.spec.infrastructure else None
+    if ref is None:
+        return ""
+    if merged:
+        return "infrastructure.parametersref must be nil when MergeGateways feature is enabled by gatewayclass"
+    if (ref.group, ref.kind) != (ENVOY_GROUP, "EnvoyProxy") or not ref.name:
+        return f"unsupported parametersRef for gateway {o.namespace}/{o.name}"
+    if ctx.get(ENVOY_GROUP, "EnvoyProxy", o.namespace or "default", ref.name) is None:
+        return f"failed to find envoyproxy {o.namespace}/{ref.name} for Gateway {o.name}: not found"
+    return ""
+
+
 def process_gateways(ctx: Context, classes: dict[str, bool], diags: Diagnostics) -> list[GatewayState]:
     known_classes = {o.name for o in ctx.kind(GATEWAY_GROUP, "GatewayClass")}
+    merging = merged_classes(ctx)
     states: list[GatewayState] = []
     for o in ctx.kind(GATEWAY_GROUP, "Gateway"):
         gw = o.model
@@ -174,8 +216,9 @@ def process_gateways(ctx: Context, classes: dict[str, bool], diags: Diagnostics)
             )
         elif cls not in classes:
             continue  # another controller's class
-        state = GatewayState(o, gw, cls)
+        state = GatewayState(o, gw, cls, merged=ctx.options.merge_gateways or cls in merging)
         state.listeners = [ListenerState(state, spec, i) for i, spec in enumerate(gw.spec.listeners)]
+        state.invalid_parameters = _parameters_problem(ctx, o, gw, state.merged)
         state.addresses = requested_addresses(gw)
         lb = ctx.options.lb
         if lb is not None:
@@ -186,12 +229,54 @@ def process_gateways(ctx: Context, classes: dict[str, bool], diags: Diagnostics)
         if cls in classes and not classes[cls]:
             for ls in state.listeners:
                 ls.accepted = st.cond(st.ACCEPTED, False, st.R_INVALID, f"GatewayClass {cls} is not accepted")
+        elif state.invalid_parameters:
+            for ls in state.listeners:
+                ls.accepted = st.cond(st.ACCEPTED, False, st.R_INVALID, f"Gateway is not accepted: {state.invalid_parameters}")
         else:
             for ls in state.listeners:
                 _validate_listener(ctx, state, ls)
             _detect_conflicts(state)
         states.append(state)
+    _detect_merged_conflicts([s for s in states if s.merged and not s.invalid_parameters])
     return states
+
+
+def _detect_merged_conflicts(gateways: list[GatewayState]) -> None:
+    """Listeners of merged Gateways share ports: incompatible protocols on a port conflict, and
+    a (protocol, hostname, port) may be claimed once - by the oldest Gateway (creation time,
+    then namespace/name), as Envoy Gateway orders them."""
+    by_class: dict[str, list[GatewayState]] = {}
+    for g in gateways:
+        by_class.setdefault(g.class_name, []).append(g)
+    for group in by_class.values():
+        group.sort(key=lambda g: age_key(g.obj))
+        ports: dict[int, list[ListenerState]] = {}
+        for g in group:
+            for ls in g.listeners:
+                if ls.accepted.status is True and not ls.conflicted.status:
+                    ports.setdefault(ls.spec.port, []).append(ls)
+        for port, listeners in ports.items():
+            families = {_FAMILY.get(ls.spec.protocol, ls.spec.protocol) for ls in listeners} - {"udp"}
+            if len(families) > 1:
+                names = ", ".join(f"{ls.gateway.obj.namespace}/{ls.gateway.obj.name}/{ls.name}" for ls in listeners)
+                for ls in listeners:
+                    if ls.spec.protocol != "UDP":
+                        ls.conflicted = st.cond(
+                            st.CONFLICTED, True, st.R_PROTOCOL_CONFLICT,
+                            f"All listeners for a given port must use a compatible protocol, conflicting listeners: {names}",
+                        )
+                continue
+            claimed: dict[tuple[str, str], ListenerState] = {}
+            for ls in listeners:
+                key = (ls.spec.protocol, (ls.spec.hostname or "").lower())
+                if key in claimed:
+                    ls.conflicted = st.cond(
+                        st.CONFLICTED, True, st.R_HOSTNAME_CONFLICT,
+                        "Port, protocol and hostname tuple must be unique for every listener "
+                        f"(already the one of listener {claimed[key].name} of Gateway {claimed[key].gateway.obj.namespace}/{claimed[key].gateway.obj.name})",
+                    )
+                else:
+                    claimed[key] = ls
 
 
 def requested_addresses(gw: Gateway) -> list[str]:
@@ -314,7 +399,9 @@ def gateway_status(gw: GatewayState) -> dict:
     gen = generation(gw.obj)
     invalid = [ls for ls in gw.listeners if not ls.ready]
     valid = [ls for ls in gw.listeners if ls.ready]
-    if not invalid:
+    if gw.invalid_parameters:
+        accepted = st.cond(st.ACCEPTED, False, st.R_INVALID_PARAMETERS, gw.invalid_parameters, gen)
+    elif not invalid:
         accepted = st.cond(st.ACCEPTED, True, st.R_ACCEPTED, "The Gateway has been scheduled by homeplane", gen)
     elif valid:
         accepted = st.cond(

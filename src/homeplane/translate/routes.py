@@ -31,6 +31,7 @@ from homeplane.api.models.gateway import (
 from homeplane.api.objects import Obj
 from homeplane.api.units import parse_duration
 from homeplane.translate import snapshot as ir
+from homeplane.translate.security import CorsSettings
 from homeplane.translate import status as st
 from homeplane.translate.context import Context, age_key, generation
 from homeplane.translate.gateways import AttachedRoute, GatewayState, ListenerState
@@ -103,6 +104,7 @@ def _compile_filters(
     req = resp = None
     redirect = rewrite = None
     mirrors: list[ir.Mirror] = []
+    cors: CorsSettings | None = None
     fatal: str | None = None
     for f in filters:
         if f.type == "RequestHeaderModifier":
@@ -130,6 +132,13 @@ def _compile_filters(
                 if u.path
                 else None,
             )
+        elif f.type == "CORS" and f.cors is not None:
+            c = f.cors
+            cors = CorsSettings(
+                any_origin="*" in c.allow_origins, origins=tuple(o for o in c.allow_origins if o != "*"),
+                allow_methods=tuple(c.allow_methods), allow_headers=tuple(c.allow_headers),
+                expose_headers=tuple(c.expose_headers), max_age=float(c.max_age), credentials=bool(c.allow_credentials),
+            )
         elif f.type == "RequestMirror" and f.request_mirror is not None:
             m = f.request_mirror
             res = resolve_backend_ref(ctx, GATEWAY_GROUP, "HTTPRoute", route.namespace or "", m.backend_ref)
@@ -147,7 +156,24 @@ def _compile_filters(
     if redirect is not None and rewrite is not None:
         fatal = "RequestRedirect and URLRewrite cannot be used in the same rule"
         problems.append(fatal)
-    return ir.Filters(req, resp, redirect, rewrite, tuple(mirrors)), fatal
+    return ir.Filters(req, resp, redirect, rewrite, tuple(mirrors), cors), fatal
+
+
+# Envoy Gateway's filters on a backendRef: header modifiers and a hostname rewrite; anything
+# else makes the rule unservable (ResolvedRefs=False, UnsupportedRefValue; the rule answers 500)
+_BACKEND_FILTERS = ("RequestHeaderModifier", "ResponseHeaderModifier", "URLRewrite")
+
+
+def _backend_filter_problem(filters: list[HTTPRouteFilter]) -> str | None:
+    for f in filters:
+        if f.type not in _BACKEND_FILTERS:
+            return (
+                f"filter {f.type} is not supported within a backendRef; only RequestHeaderModifier, "
+                "ResponseHeaderModifier and URLRewrite (hostname) are"
+            )
+        if f.type == "URLRewrite" and f.url_rewrite is not None and f.url_rewrite.path is not None:
+            return "URLRewrite path modifier is not supported within a backendRef"
+    return None
 
 
 def _compile_match(m: HTTPRouteMatch) -> tuple[ir.Match, str | None]:
@@ -211,6 +237,10 @@ def _compile_rule(
             ref_problems.append((res.reason, f"rules[{i}].backendRefs[{j}]: {res.message}"))
         bfilters = None
         if bref.filters:
+            unsupported = _backend_filter_problem(bref.filters)
+            if unsupported:
+                ref_problems.append((st.R_UNSUPPORTED_REF_VALUE, f"rules[{i}].backendRefs[{j}]: {unsupported}"))
+                fatal = fatal or unsupported
             bfilters, bfatal = _compile_filters(ctx, obj, bref.filters, rule_problems, ref_problems)
             fatal = fatal or bfatal
         backends.append(
@@ -243,6 +273,17 @@ def _compile_rule(
         if timeout_req and timeout_be and timeout_be > timeout_req:
             rule_problems.append("timeouts.backendRequest must not be longer than timeouts.request")
             direct, direct_reason = 500, rule_problems[-1]
+    retry = None
+    if rule.retry is not None:
+        # GEP-1731 as Envoy Gateway lowers it: attempts (2 by default) on connection errors and
+        # the listed codes (503 by default), backoff the base interval
+        r = rule.retry
+        retry = ir.RetrySettings(
+            num_retries=r.attempts if r.attempts is not None else 2,
+            triggers=frozenset({"connect-failure", "refused-stream", "reset", "retriable-status-codes"}),
+            status_codes=frozenset(r.codes or (503,)),
+            backoff_base=parse_duration(r.backoff) if r.backoff else 0.025,
+        )
     out: list[ir.RouteRule] = []
     for j, m in enumerate(rule.matches):
         match, problem = _compile_match(m)
@@ -258,6 +299,7 @@ def _compile_rule(
             d, dr = 500, rule_problems[-1]
         out.append(
             ir.RouteRule(
+                retry=retry,
                 route=ir.Ref("HTTPRoute", ns, obj.name),
                 rule_index=i,
                 match_index=j,

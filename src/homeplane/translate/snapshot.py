@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping
 
-from homeplane.translate.security import SecuritySettings
+from homeplane.translate.security import CorsSettings, SecuritySettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +129,7 @@ class Filters:
     redirect: Redirect | None = None
     rewrite: Rewrite | None = None
     mirrors: tuple[Mirror, ...] = ()
+    cors: CorsSettings | None = None  # the HTTPRoute CORS filter (GEP-1767): over a SecurityPolicy's cors
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,6 +237,7 @@ class RouteRule:
     backend_traffic: BackendTrafficIR | None = None
     rule_name: str | None = None
     extension: ExtensionIR | None = None
+    retry: RetrySettings | None = None  # the rule's own retry (GEP-1731): replaces a BackendTrafficPolicy's
 
     @property
     def id(self) -> str:
@@ -325,6 +327,9 @@ class Gateway:
     # where it listens on this machine (homeplane.ipam.binding); None when nothing decided it
     # (check, get: no machine involved)
     bind_address: str | None = None
+    # merged gateways (EnvoyProxy mergeGateways): the class whose Gateways share listeners and
+    # one address; None when the Gateway stands alone
+    merge_group: str | None = None
 
     @property
     def key(self) -> str:

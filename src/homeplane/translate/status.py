@@ -40,6 +40,7 @@ R_NOT_ALLOWED_BY_LISTENERS = "NotAllowedByListeners"
 R_NO_MATCHING_LISTENER_HOSTNAME = "NoMatchingListenerHostname"
 R_NO_MATCHING_PARENT = "NoMatchingParent"
 R_UNSUPPORTED_VALUE = "UnsupportedValue"
+R_UNSUPPORTED_REF_VALUE = "UnsupportedRefValue"
 R_BACKEND_NOT_FOUND = "BackendNotFound"
 R_INVALID_KIND = "InvalidKind"
 R_PORT_NOT_FOUND = "PortNotFound"  # Envoy Gateway's reason for a backendRef port missing on the Service

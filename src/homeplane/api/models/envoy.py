@@ -63,6 +63,8 @@ class PolicySpec(Model):
 
 
 class EnvoyProxySpec(Model):
+    merge_gateways: bool | None = None  # Gateways of the class share one address (listeners merged)
+    merge_backends: bool | None = None
     provider: dict | None = None
     logging: dict | None = None
     telemetry: dict | None = None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from homeplane.api.models.base import LabelSelector, Model, Resource
 from homeplane.api.units import Duration
@@ -78,10 +78,16 @@ class GatewayAddress(Model):
     value: str
 
 
+class LocalParametersReference(Model):
+    group: str
+    kind: str
+    name: str
+
+
 class GatewayInfrastructure(Model):
     labels: dict[str, str] = Field(default_factory=dict)
     annotations: dict[str, str] = Field(default_factory=dict)
-    parameters_ref: dict | None = None
+    parameters_ref: LocalParametersReference | None = None
 
 
 class GatewaySpec(Model):
@@ -199,6 +205,32 @@ FilterType = Literal[
 ]
 
 
+class HTTPCORSFilter(Model):
+    """GEP-1767."""
+
+    allow_origins: list[str] = Field(default_factory=list, max_length=64)
+    allow_credentials: bool | None = None
+    allow_methods: list[str] = Field(default_factory=list, max_length=9)
+    allow_headers: list[str] = Field(default_factory=list, max_length=64)
+    expose_headers: list[str] = Field(default_factory=list, max_length=64)
+    max_age: int = Field(default=5, ge=1)  # seconds
+
+
+class HTTPRouteRetry(Model):
+    """GEP-1731."""
+
+    codes: list[int] = Field(default_factory=list)
+    attempts: int | None = Field(default=None, ge=1)
+    backoff: Duration | None = None
+
+    @model_validator(mode="after")
+    def _codes(self) -> "HTTPRouteRetry":
+        for c in self.codes:
+            if not 400 <= c <= 599:
+                raise ValueError(f"retry code {c} is not between 400 and 599")
+        return self
+
+
 class HTTPRouteFilter(Model):
     type: FilterType
     request_header_modifier: HeaderModifier | None = None
@@ -207,7 +239,7 @@ class HTTPRouteFilter(Model):
     request_redirect: RequestRedirect | None = None
     url_rewrite: URLRewrite | None = Field(default=None, alias="urlRewrite")
     extension_ref: LocalObjectReference | None = None
-    cors: dict | None = None
+    cors: HTTPCORSFilter | None = None
 
 
 class HTTPBackendRef(BackendObjectReference):
@@ -230,7 +262,7 @@ class HTTPRouteRule(Model):
     filters: list[HTTPRouteFilter] = Field(default_factory=list)
     backend_refs: list[HTTPBackendRef] = Field(default_factory=list)
     timeouts: HTTPRouteTimeouts | None = None
-    retry: dict | None = None
+    retry: HTTPRouteRetry | None = None
     session_persistence: dict | None = None
 
 

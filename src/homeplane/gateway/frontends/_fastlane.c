@@ -34,7 +34,7 @@
  * routing.router: exported to Python (ROUTE_FIELDS, MATCH_*) and compared by the tests. */
 enum {
     ROUTE_ID, ROUTE_CLUSTER, ROUTE_TIMEOUT, ROUTE_BACKEND_TIMEOUT, ROUTE_CONNECT_TIMEOUT, ROUTE_MAX_REQUESTS,
-    ROUTE_PASSIVE, ROUTE_CONF, ROUTE_COMPRESSION, ROUTE_RETRIES, ROUTE_BACKOFF, ROUTE_FIELDS
+    ROUTE_PASSIVE, ROUTE_CONF, ROUTE_COMPRESSION, ROUTE_RETRIES, ROUTE_BACKOFF, ROUTE_GATEWAY, ROUTE_FIELDS
 };
 enum { MATCH_EXACT = 0, MATCH_PREFIX = 1, MATCH_OPAQUE = 2 };
 
@@ -1002,6 +1002,23 @@ static PyObject *Conn_connection_made(Conn *c, PyObject *transport) {
 
 static const char *METHODS[] = {"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", NULL};
 
+/* The most specific listener for a name (the table lists them most specific first), as
+ * routing.router.PortTable.listener_for; a borrowed reference, or NULL. */
+static PyObject *listener_for(PyObject *table, PyObject *name) {
+    const char *k = PyBytes_AS_STRING(name);
+    Py_ssize_t kn = PyBytes_GET_SIZE(name);
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(table); i++) {
+        PyObject *cand = PyTuple_GET_ITEM(table, i);
+        PyObject *h = PyTuple_GET_ITEM(cand, 0);
+        if (h == Py_None) return cand;
+        const char *hs = PyBytes_AS_STRING(h);
+        Py_ssize_t hn = PyBytes_GET_SIZE(h);
+        if (hn == kn && memcmp(hs, k, kn) == 0) return cand;
+        if (hn > 2 && hs[0] == '*' && hs[1] == '.' && kn > hn - 1 && memcmp(k + kn - (hn - 1), hs + 1, hn - 1) == 0) return cand;
+    }
+    return NULL;
+}
+
 /* The listener, virtual host and rule for a request, from the table gateway/fastlane.py
  * compiled. Returns a new reference to the route tuple, or NULL: not for the fast lane. */
 static PyObject *lookup(Conn *c, PyObject *host, const char *path, Py_ssize_t plen) {
@@ -1009,20 +1026,12 @@ static PyObject *lookup(Conn *c, PyObject *host, const char *path, Py_ssize_t pl
     if (!table) { PyErr_Clear(); return NULL; }
     PyObject *result = NULL;
     if (!PyTuple_Check(table)) goto done;
-    PyObject *key = (c->sni && c->sni != Py_None) ? c->sni : host;
-    const char *k = PyBytes_AS_STRING(key);
-    Py_ssize_t kn = PyBytes_GET_SIZE(key);
-    PyObject *lt = NULL;
-    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(table); i++) {
-        PyObject *cand = PyTuple_GET_ITEM(table, i);
-        PyObject *h = PyTuple_GET_ITEM(cand, 0);
-        if (h == Py_None) { lt = cand; break; }
-        const char *hs = PyBytes_AS_STRING(h);
-        Py_ssize_t hn = PyBytes_GET_SIZE(h);
-        if (hn == kn && memcmp(hs, k, kn) == 0) { lt = cand; break; }
-        if (hn > 2 && hs[0] == '*' && hs[1] == '.' && kn > hn - 1 && memcmp(k + kn - (hn - 1), hs + 1, hn - 1) == 0) { lt = cand; break; }
-    }
+    int by_sni = c->sni && c->sni != Py_None;
+    PyObject *lt = listener_for(table, by_sni ? c->sni : host);
     if (!lt) goto done;
+    /* a connection made for one HTTPS listener asking for a name another listener owns:
+     * Python answers 421 Misdirected Request (Exchange.start) */
+    if (by_sni && PyTuple_GET_SIZE(table) > 1 && listener_for(table, host) != lt) goto done;
     PyObject *vh = PyDict_GetItemWithError(PyTuple_GET_ITEM(lt, 1), host);
     if (!vh) {
         if (PyErr_Occurred()) { PyErr_Clear(); goto done; }

@@ -84,6 +84,7 @@ class FastRoute(NamedTuple):
     compression: tuple[bytes, ...]  # content-codings offered, in the policy's order (the encoder is Python's)
     retries: int  # after connect failures and resets
     backoff_base: float
+    gateway: str  # the Gateway of the rule's listener (merged gateways share a port), for the log
 
 
 def fast_eligible(a: RouteAction | None) -> str | None:
@@ -95,7 +96,7 @@ def fast_eligible(a: RouteAction | None) -> str | None:
         return None
     if a.rewrite_host is not None or a.rewrite_path_type is not None or a.req_ops is not None or a.resp_ops is not None:
         return None
-    if a.security is not None or a.mirrors or a.hash_on is not None or a.lua:
+    if a.security is not None or a.mirrors or a.hash_on is not None or a.lua or a.cors is not None:
         return None
     if a.retry.num_retries and (not a.retry.triggers <= _CONNECTION_TRIGGERS or a.retry.status_codes):
         return None  # retries on response statuses: the Python lane
@@ -115,7 +116,7 @@ def fast_pool(pool: Any) -> bool:
     )
 
 
-def fast_route(action: RouteAction | None, clusters: dict[str, Cluster], conf: Any = None) -> FastRoute | None:
+def fast_route(action: RouteAction | None, clusters: dict[str, Cluster], conf: Any = None, gateway: str = "") -> FastRoute | None:
     """The C side's view of a rule it may serve, or None when the rule needs the Python path."""
     name = fast_eligible(action)
     if name is None or action is None:
@@ -127,18 +128,18 @@ def fast_route(action: RouteAction | None, clusters: dict[str, Cluster], conf: A
     return FastRoute(
         a.route_id, cluster, float(a.timeout or 0.0), float(a.backend_timeout or 0.0), float(a.connect_timeout),
         int(cluster.config.max_requests), cluster.config.passive is not None, conf, a.compression,
-        a.retry.num_retries, float(a.retry.backoff_base),
+        a.retry.num_retries, float(a.retry.backoff_base), gateway,
     )
 
 
-def _vhost(vh: VHostTable | None, clusters: dict[str, Cluster], conf: Any) -> tuple[tuple[Any, ...], ...] | None:
+def _vhost(vh: VHostTable | None, clusters: dict[str, Cluster], conf: Any, gateway: str) -> tuple[tuple[Any, ...], ...] | None:
     if vh is None:
         return None
     out = []
     for m in vh.matches:
         simple = m.path_kind in (EXACT, PREFIX) and m.method is None and not m.headers and not m.query
         kind = m.path_kind if simple else OPAQUE
-        out.append((kind, m.path, m.path_slash, fast_route(m.action, clusters, conf) if simple else None))
+        out.append((kind, m.path, m.path_slash, fast_route(m.action, clusters, conf, gateway) if simple else None))
     return tuple(out)
 
 
@@ -150,11 +151,12 @@ def compile_table(table: PortTable, clusters: dict[str, Cluster]) -> tuple[Any, 
         return None
     out = []
     for lt in table.listeners:
+        gw = str(lt.listener.gateway)
         out.append((
             lt.hostname,
-            {h: _vhost(vh, clusters, lt.conf) for h, vh in lt.exact.items()},
-            tuple((suffix, _vhost(vh, clusters, lt.conf)) for suffix, vh in lt.wildcards),
-            _vhost(lt.any_host, clusters, lt.conf),
+            {h: _vhost(vh, clusters, lt.conf, gw) for h, vh in lt.exact.items()},
+            tuple((suffix, _vhost(vh, clusters, lt.conf, gw)) for suffix, vh in lt.wildcards),
+            _vhost(lt.any_host, clusters, lt.conf, gw),
         ))
     return tuple(out)
 
@@ -245,7 +247,7 @@ class Hooks:
             xff = conn.xff
             client = detect_client_ip(client, xff.decode("latin-1") if xff else None, conf.xff_hops, conf.xff_trusted)
         self.dp.access_line(
-            gateway=str(table.gateway), client=client, method=conn.method.decode("latin-1"),
+            gateway=route.gateway or str(table.gateway), client=client, method=conn.method.decode("latin-1"),
             host=conn.host.decode("latin-1"), path=conn.target.decode("latin-1"), protocol="HTTP/1.1",
             status=status, route=route.route_id, backend=ep.name if ep is not None else None,
             duration=duration, bytes_in=bytes_in, bytes_out=bytes_out,

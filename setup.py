@@ -1,7 +1,8 @@
-"""The one compiled part: the HTTP/1.1 fast lane (src/homeplane/gateway/frontends/_fastlane.c).
+"""The compiled parts: the HTTP/1.1 fast lane (src/homeplane/gateway/frontends/_fastlane.c) and
+the Maglev table fill (src/homeplane/l4/_maglev.c).
 
 Optional: without a C compiler and Python headers the build goes on without it and every
-request takes the pure-Python path (gateway/fastlane.py says why it exists).
+request (and table) takes the pure-Python path (gateway/fastlane.py says why it exists).
 """
 
 from setuptools import Extension, setup
@@ -13,6 +14,12 @@ setup(
             ["src/homeplane/gateway/frontends/_fastlane.c"],
             extra_compile_args=["-O2", "-Wall", "-Wno-unused-parameter", "-Wno-missing-field-initializers"],
             optional=True,
-        )
+        ),
+        Extension(
+            "homeplane.l4._maglev",
+            ["src/homeplane/l4/_maglev.c"],
+            extra_compile_args=["-O2", "-Wall"],
+            optional=True,
+        ),
     ]
 )

@@ -69,10 +69,12 @@ def parse_wrk(out: str) -> dict[str, float]:
     }
 
 
-def run_wrk(url: str, seconds: int, connections: int, threads: int = 1, host: str | None = None) -> dict[str, float]:
+def run_wrk(url: str, seconds: int, connections: int, threads: int = 1, host: str | None = None, close: bool = False) -> dict[str, float]:
     cmd = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s", "--latency", url]
     if host:
         cmd[1:1] = ["-H", f"Host: {host}"]
+    if close:  # a new connection (and TLS handshake) for every request
+        cmd[1:1] = ["-H", "Connection: close"]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     return parse_wrk(out)
 
@@ -98,9 +100,21 @@ def run_h2load(url: str, seconds: int, connections: int, host: str | None = None
     }
 
 
-def measure(pids_fn, url: str, seconds: int, connections: int, host: str | None = None, h2: bool = False) -> dict[str, float]:
-    """wrk (or h2load) against url; CPU time of the proxy processes (µs per request) alongside."""
-    run = run_h2load if h2 else run_wrk
+def run_s_time(url: str, seconds: int, connections: int, host: str | None = None, reuse: bool = True) -> dict[str, float]:
+    """TLS connections per second with session resumption (openssl s_time -reuse: one full
+    handshake, then each connection resumes it), each with one HTTP/1.0 request. ``requests``
+    counts connections."""
+    hostport = url.split("://", 1)[1].split("/", 1)[0]
+    cmd = ["openssl", "s_time", "-connect", hostport, "-time", str(seconds), "-reuse" if reuse else "-new", "-www", "/"]
+    out = subprocess.run(cmd, capture_output=True, text=True).stdout
+    m = re.findall(r"(\d+) connections in ([\d.]+)s; ([\d.]+) connections/user sec", out)
+    conns, secs, _ = m[-1] if m else ("0", "1", "0")
+    return {"rps": int(conns) / float(secs), "requests": int(conns), "p99_ms": float("nan"), "non2xx": 0, "socket_errors": 0}
+
+
+def measure(pids_fn, url: str, seconds: int, connections: int, host: str | None = None, h2: bool = False, run=None) -> dict[str, float]:
+    """wrk (or h2load, or ``run``) against url; CPU time of the proxy processes (µs per request)."""
+    run = run or (run_h2load if h2 else run_wrk)
     run(url, 2, connections, host=host)  # warm up: pools, caches
     pids = pids_fn()
     before = cpu_seconds(pids)

@@ -85,7 +85,8 @@ def run_h2load(url: str, seconds: int, connections: int, host: str | None = None
     cmd = ["h2load", "-D", str(seconds), "-c", str(connections), "-m", str(streams), url]
     if host:
         cmd[1:1] = ["-H", f":authority: {host}"]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    # h2load has been seen to outlive -D against a slow server: bound it
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=seconds * 3 + 30).stdout
     done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored", out)
     rps = float(re.search(r"finished in [\d.]+s, ([\d.]+) req/s", out).group(1))
     mean = re.search(r"time for request:\s+\S+\s+\S+\s+([\d.]+)(us|ms|s)", out)
@@ -100,16 +101,22 @@ def run_h2load(url: str, seconds: int, connections: int, host: str | None = None
     }
 
 
-def run_s_time(url: str, seconds: int, connections: int, host: str | None = None, reuse: bool = True) -> dict[str, float]:
+def run_s_time(url: str, seconds: int, connections: int, host: str | None = None, reuse: bool = True, version: str = "-tls1_3") -> dict[str, float]:
     """TLS connections per second with session resumption (openssl s_time -reuse: one full
-    handshake, then each connection resumes it), each with one HTTP/1.0 request. ``requests``
-    counts connections."""
+    handshake, then each connection resumes that session), one connection at a time, each with
+    one HTTP/1.0 request for ``/``. ``requests`` counts connections; a run in which the server
+    did not resume sessions counts every connection as an error."""
     hostport = url.split("://", 1)[1].split("/", 1)[0]
-    cmd = ["openssl", "s_time", "-connect", hostport, "-time", str(seconds), "-reuse" if reuse else "-new", "-www", "/"]
+    cmd = ["openssl", "s_time", "-connect", hostport, "-time", str(seconds), "-reuse" if reuse else "-new", version, "-www", "/"]
+    started = time.monotonic()
     out = subprocess.run(cmd, capture_output=True, text=True).stdout
-    m = re.findall(r"(\d+) connections in ([\d.]+)s; ([\d.]+) connections/user sec", out)
-    conns, secs, _ = m[-1] if m else ("0", "1", "0")
-    return {"rps": int(conns) / float(secs), "requests": int(conns), "p99_ms": float("nan"), "non2xx": 0, "socket_errors": 0}
+    secs = time.monotonic() - started
+    m = re.findall(r"(\d+) connections in [\d.]+ real seconds", out)
+    conns = m[-1] if m else "0"
+    # s_time prints one character per connection: "r" when the session was resumed
+    marks = out.split("Now timing with session id reuse.", 1)[-1]
+    fresh = marks.count("*") if reuse else 0
+    return {"rps": int(conns) / secs, "requests": int(conns), "p99_ms": float("nan"), "non2xx": 0, "socket_errors": fresh}
 
 
 def measure(pids_fn, url: str, seconds: int, connections: int, host: str | None = None, h2: bool = False, run=None) -> dict[str, float]:

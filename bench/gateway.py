@@ -1,23 +1,33 @@
 #!/usr/bin/env python3
-"""HTTP/1.1 keep-alive proxy benchmark: homeplane vs nginx, same backend, same run.
+"""The gateway against nginx over the traffic users send: same backend, same certificate, same run.
 
 A static nginx backend answers a small body. In front of it, in turn:
-  * homeplane (`homeplane run`, a dozen HTTPRoutes loaded, access log off), with its C fast
-    lane for plain requests (gateway/_fastlane.c) and, as "hp-python", without it,
-  * nginx as a reverse proxy (upstream keepalive, access log off, 1 worker),
-  * the floor for Python: a bare uvloop + httptools proxy (bench/_floor_proxy.py) with none
-    of homeplane's work, to tell the cost of the language and libraries from homeplane's own.
-wrk drives each through loopback; the proxy's CPU time (user+system, all its
-processes) is read from /proc before and after. Reported: requests/s, p99,
-CPU µs per request, and homeplane/nginx ratios. Timings vary ±25 % run to run
-on a shared 2-core machine: compare within one run only.
+  * homeplane (`homeplane run`, a dozen HTTPRoutes loaded, access log off) with its C fast lane,
+  * nginx as a reverse proxy (upstream keepalive, access log off, 1 worker, TLS session cache
+    and tickets on), with the same ECDSA P-256 certificate,
+and for plain HTTP/1.1 also homeplane with the fast lane off ("hp-python") and the floor for
+Python: a bare uvloop + httptools proxy (bench/_floor_proxy.py) doing none of homeplane's work.
 
-    python bench/gateway.py [--seconds 10] [--connections 50] [--workers 1] [--policy] [--h2]
+Rows (``--rows`` picks some):
+  plain      HTTP/1.1 keep-alive, wrk
+  https      HTTPS, HTTP/1.1 keep-alive, wrk
+  h2         HTTPS, HTTP/2 chosen by ALPN, h2load -m10
+  h2c        HTTP/2 over plain TCP (prior knowledge), h2load -m10
+  handshake  a new TLS connection (full handshake) per request, wrk with Connection: close
+  resume13   TLS 1.3 resumption (session tickets): openssl s_time -reuse, one request each
+  resume12   TLS 1.2 resumption (session tickets), the same
+
+The proxy's CPU time (user+system, all its processes) is read from /proc before and after.
+Reported: requests/s, p99 (h2load: mean), errors, CPU µs per request and the homeplane/nginx
+ratios. Timings vary ±25 % run to run on a shared 2-core machine: compare within one run only.
+
+    python bench/gateway.py [--seconds 10] [--connections 50] [--workers 1] [--policy] [--rows plain,h2]
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import os
 import shutil
 import subprocess
@@ -27,12 +37,28 @@ import textwrap
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import descendants, free_port, measure, stop_all, wait_port  # noqa: E402
+from _common import descendants, free_port, measure, run_h2load, run_s_time, run_wrk, stop_all, wait_port  # noqa: E402
 
 ROUTES = 12
+ROWS = ("plain", "https", "h2", "h2c", "handshake", "resume13", "resume12")
 
 
-def nginx_conf(root: Path, listen: int, body: str | None = None, upstream: int | None = None, h2: bool = False) -> Path:
+def make_certificate(root: Path) -> tuple[Path, Path]:
+    """A self-signed ECDSA P-256 certificate for *.bench.test (the same for both proxies)."""
+    crt, key = root / "tls.crt", root / "tls.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2",
+         "-subj", "/CN=bench.test", "-addext", "subjectAltName=DNS:*.bench.test,DNS:bench.test",
+         "-keyout", str(key), "-out", str(crt)],
+        check=True, capture_output=True,
+    )
+    return crt, key
+
+
+def nginx_conf(root: Path, listen: int, body: str | None = None, upstream: int | None = None,
+               h2c: int | None = None, tls: tuple[int, Path, Path] | None = None) -> Path:
+    """The backend (``body``) or the reverse proxy (``upstream``): plain HTTP/1.1 on ``listen``,
+    h2c on ``h2c``, HTTPS (HTTP/2 and HTTP/1.1 by ALPN) on ``tls``."""
     conf = root / f"nginx-{listen}.conf"
     if upstream is None:
         location = f'location / {{ return 200 "{body}"; }}'
@@ -49,6 +75,23 @@ def nginx_conf(root: Path, listen: int, body: str | None = None, upstream: int |
                 proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
             }"""
         )
+    servers = [f"server {{ listen 127.0.0.1:{listen} reuseport; {location} }}"]
+    if h2c is not None:
+        servers.append(f"server {{ listen 127.0.0.1:{h2c} reuseport http2; {location} }}")
+    if tls is not None:
+        port, crt, key = tls
+        servers.append(textwrap.dedent(
+            f"""
+            server {{
+                listen 127.0.0.1:{port} reuseport ssl http2;
+                ssl_certificate {crt};
+                ssl_certificate_key {key};
+                ssl_protocols TLSv1.2 TLSv1.3;
+                ssl_session_cache shared:SSL:10m;
+                ssl_session_tickets on;
+                {location}
+            }}"""
+        ))
     conf.write_text(
         textwrap.dedent(
             f"""
@@ -63,20 +106,17 @@ def nginx_conf(root: Path, listen: int, body: str | None = None, upstream: int |
                 client_body_temp_path {root}/body-{listen};
                 proxy_temp_path {root}/proxy-{listen};
                 {upstream_block}
-                server {{
-                    listen 127.0.0.1:{listen} reuseport{" http2" if h2 else ""};
-                    {location}
-                }}
-            }}
             """
         )
+        + "\n".join(servers)
+        + "\n}\n"
     )
     return conf
 
 
 # --policy: the gateway-wide BackendTrafficPolicy of the seed's home-ops layout (compression and
-# retries on reset), as most real gateways carry one; wrk sends no Accept-Encoding, so nothing
-# gets compressed: this measures what the policy costs on the request path.
+# retries on reset), as most real gateways carry one; the clients send no Accept-Encoding, so
+# nothing gets compressed: this measures what the policy costs on the request path.
 HOME_OPS_POLICY = """
 apiVersion: gateway.envoyproxy.io/v1alpha1
 kind: BackendTrafficPolicy
@@ -88,19 +128,31 @@ spec:
 """
 
 
-def manifests(root: Path, backend_port: int, policy: bool = False) -> Path:
+def manifests(root: Path, backend_port: int, crt: Path, key: Path, policy: bool = False) -> Path:
     d = root / "manifests"
     d.mkdir()
+    b64 = lambda p: base64.b64encode(p.read_bytes()).decode()  # noqa: E731
     docs = [
         textwrap.dedent(
-            """
+            f"""
             apiVersion: gateway.networking.k8s.io/v1
             kind: Gateway
-            metadata: {name: bench, namespace: network}
+            metadata: {{name: bench, namespace: network}}
             spec:
               gatewayClassName: envoy
               listeners:
-                - {name: http, protocol: HTTP, port: 80, allowedRoutes: {namespaces: {from: All}}}
+                - {{name: http, protocol: HTTP, port: 80, allowedRoutes: {{namespaces: {{from: All}}}}}}
+                - name: https
+                  protocol: HTTPS
+                  port: 443
+                  tls: {{certificateRefs: [{{name: bench-tls}}]}}
+                  allowedRoutes: {{namespaces: {{from: All}}}}
+            ---
+            apiVersion: v1
+            kind: Secret
+            metadata: {{name: bench-tls, namespace: network}}
+            type: kubernetes.io/tls
+            data: {{tls.crt: {b64(crt)}, tls.key: {b64(key)}}}
             """
         ),
         textwrap.dedent(
@@ -134,10 +186,44 @@ def manifests(root: Path, backend_port: int, policy: bool = False) -> Path:
                 """
             )
         )
+    # openssl s_time sends HTTP/1.0 without a Host: a route for any host takes it
+    docs.append(textwrap.dedent(
+        """
+        apiVersion: gateway.networking.k8s.io/v1
+        kind: HTTPRoute
+        metadata: {name: any-host, namespace: apps}
+        spec:
+          parentRefs: [{name: bench, namespace: network}]
+          rules: [{backendRefs: [{name: backend, port: 80}]}]
+        """
+    ))
     if policy:
         docs.append(HOME_OPS_POLICY)
     (d / "all.yaml").write_text("\n---\n".join(docs))
     return d
+
+
+def runner(row: str):
+    """The load generator of a row, as measure() calls it."""
+    if row in ("plain", "https"):
+        return run_wrk
+    if row in ("h2", "h2c"):
+        return run_h2load
+    if row == "handshake":
+        return lambda url, seconds, connections, host=None: run_wrk(url, seconds, connections, host=host, close=True)
+    version = "-tls1_3" if row == "resume13" else "-tls1_2"
+    return lambda url, seconds, connections, host=None: run_s_time(url, seconds, connections, host=host, version=version)
+
+
+DESCRIPTION = {
+    "plain": "HTTP/1.1 keep-alive (wrk)",
+    "https": "HTTPS, HTTP/1.1 keep-alive (wrk)",
+    "h2": "HTTPS, HTTP/2 by ALPN (h2load -m10)",
+    "h2c": "h2c, prior knowledge (h2load -m10)",
+    "handshake": "HTTPS, new TLS connection per request (wrk, Connection: close)",
+    "resume13": "TLS 1.3 resumption, one request per connection (s_time -reuse)",
+    "resume12": "TLS 1.2 resumption, one request per connection (s_time -reuse)",
+}
 
 
 def main() -> None:
@@ -146,26 +232,30 @@ def main() -> None:
     ap.add_argument("--connections", type=int, default=50)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--policy", action="store_true", help="load a home-ops style gateway-wide BackendTrafficPolicy")
-    ap.add_argument("--h2", action="store_true", help="HTTP/2 clients (h2c, h2load -m 10) instead of HTTP/1.1")
+    ap.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated, of: {', '.join(ROWS)}")
+    ap.add_argument("--no-python", action="store_true", help="skip the fast-lane-off and bare-Python rows")
     args = ap.parse_args()
-    for tool in ("nginx", "h2load" if args.h2 else "wrk"):
+    rows = [r for r in args.rows.split(",") if r]
+    if unknown := set(rows) - set(ROWS):
+        sys.exit(f"unknown rows: {', '.join(sorted(unknown))}")
+    for tool in ("nginx", "wrk", "h2load", "openssl"):
         if shutil.which(tool) is None:
-            sys.exit(f"{tool} is needed (apt-get install nginx wrk)")
+            sys.exit(f"{tool} is needed (apt-get install nginx wrk nghttp2-client openssl)")
     root = Path(tempfile.mkdtemp(prefix="hp-bench-"))
     procs: list[subprocess.Popen] = []
     try:
+        crt, key = make_certificate(root)
         backend = free_port()
         procs.append(subprocess.Popen(["nginx", "-c", str(nginx_conf(root, backend, body="hello from the backend\\n"))]))
         wait_port("127.0.0.1", backend)
+        tree = manifests(root, backend, crt, key, args.policy)
 
-        tree = manifests(root, backend, args.policy)
-
-        def homeplane(name: str, fast_lane: bool) -> tuple[subprocess.Popen, int]:
-            port, admin = free_port(), free_port()
+        def homeplane(name: str, fast_lane: bool) -> tuple[subprocess.Popen, int, int]:
+            port, tls_port, admin = free_port(), free_port(), free_port()
             cmd = [
                 sys.executable, "-m", "homeplane", "run", str(tree),
                 "--admin", f"127.0.0.1:{admin}", "--state", str(root / f"{name}.db"),
-                "--gateway-address", "network/bench=127.0.0.1", "--port-map", f"80={port}", "--no-access-log",
+                "--gateway-address", "network/bench=127.0.0.1", "--port-map", f"80={port},443={tls_port}", "--no-access-log",
             ]
             if args.workers > 1:
                 cmd += ["--workers", str(args.workers)]
@@ -173,52 +263,50 @@ def main() -> None:
             p = subprocess.Popen(cmd, stderr=open(root / f"{name}.log", "w"), env=env)
             procs.append(p)
             wait_port("127.0.0.1", port)
-            return p, port
+            wait_port("127.0.0.1", tls_port)
+            return p, port, tls_port
 
-        hp, hp_port = homeplane("homeplane", True)
-        hpy, hpy_port = homeplane("homeplane-py", False)
-
-        ng_port = free_port()
-        ng = subprocess.Popen(["nginx", "-c", str(nginx_conf(root, ng_port, upstream=backend, h2=args.h2))])
+        hp, hp_port, hp_tls = homeplane("homeplane", True)
+        ng_port, ng_h2c, ng_tls = free_port(), free_port(), free_port()
+        ng = subprocess.Popen(["nginx", "-c", str(nginx_conf(root, ng_port, upstream=backend, h2c=ng_h2c, tls=(ng_tls, crt, key)))])
         procs.append(ng)
-        wait_port("127.0.0.1", ng_port)
+        wait_port("127.0.0.1", ng_tls)
 
-        fl_port = free_port()
-        fl = subprocess.Popen([sys.executable, str(Path(__file__).parent / "_floor_proxy.py"), str(fl_port), str(backend)], stderr=subprocess.DEVNULL)
-        procs.append(fl)
-        wait_port("127.0.0.1", fl_port)
+        def url(row: str, plain: int, h2c: int, tls: int) -> str:
+            if row == "plain":
+                return f"http://127.0.0.1:{plain}/api/items"
+            if row == "h2c":
+                return f"http://127.0.0.1:{h2c}/api/items"
+            return f"https://127.0.0.1:{tls}/api/items"
 
         host = f"app{ROUTES - 1}.bench.test"
-        if args.h2:
-            # HTTP/2 takes the Python lane in any case: homeplane against nginx only
-            results = {
-                "homeplane": measure(lambda: descendants(hp.pid), f"http://127.0.0.1:{hp_port}/api/items", args.seconds, args.connections, host, h2=True),
-                "nginx": measure(lambda: descendants(ng.pid), f"http://127.0.0.1:{ng_port}/api/items", args.seconds, args.connections, host, h2=True),
-            }
-            print(f"HTTP/2 (h2c), h2load -c{args.connections} -m10 -D{args.seconds}, {ROUTES} HTTPRoutes; latency column: mean, not p99")
-            print(f"{'proxy':<10} {'req/s':>10} {'mean ms':>8} {'CPU µs/req':>11} {'errors':>7}")
-            for name, r in results.items():
-                print(f"{name:<10} {r['rps']:>10.0f} {r['p99_ms']:>8.2f} {r['cpu_us_per_req']:>11.1f} {int(r['non2xx'] + r['socket_errors']):>7}")
-            h, n = results["homeplane"], results["nginx"]
-            print(f"ratio homeplane/nginx: req/s {h['rps'] / n['rps']:.2f}, CPU per request {h['cpu_us_per_req'] / n['cpu_us_per_req']:.2f}")
-            return
-        results = {
-            "homeplane": measure(lambda: descendants(hp.pid), f"http://127.0.0.1:{hp_port}/api/items", args.seconds, args.connections, host),
-            "nginx": measure(lambda: descendants(ng.pid), f"http://127.0.0.1:{ng_port}/api/items", args.seconds, args.connections, host),
-            "hp-python": measure(lambda: descendants(hpy.pid), f"http://127.0.0.1:{hpy_port}/api/items", args.seconds, args.connections, host),
-            "py-floor": measure(lambda: descendants(fl.pid), f"http://127.0.0.1:{fl_port}/api/items", args.seconds, args.connections, host),
-        }
         policy = ", gateway-wide BackendTrafficPolicy (compression, retries)" if args.policy else ""
-        print(f"HTTP/1.1 keep-alive, wrk -c{args.connections} -d{args.seconds}s, {ROUTES} HTTPRoutes{policy}, homeplane workers={args.workers}")
-        print(f"{'proxy':<10} {'req/s':>10} {'p99 ms':>8} {'CPU µs/req':>11} {'errors':>7}")
-        for name, r in results.items():
-            errs = int(r["non2xx"] + r["socket_errors"])
-            print(f"{name:<10} {r['rps']:>10.0f} {r['p99_ms']:>8.2f} {r['cpu_us_per_req']:>11.1f} {errs:>7}")
-        h, n, f = results["homeplane"], results["nginx"], results["py-floor"]
-        print(f"ratio homeplane/nginx: req/s {h['rps'] / n['rps']:.2f}, CPU per request {h['cpu_us_per_req'] / n['cpu_us_per_req']:.2f}")
-        hpy_r = results["hp-python"]
-        print(f"ratio hp-python/nginx (fast lane off): CPU per request {hpy_r['cpu_us_per_req'] / n['cpu_us_per_req']:.2f}")
-        print(f"ratio py-floor/nginx: CPU per request {f['cpu_us_per_req'] / n['cpu_us_per_req']:.2f}; homeplane/py-floor {h['cpu_us_per_req'] / f['cpu_us_per_req']:.2f}")
+        print(f"{ROUTES} HTTPRoutes{policy}, homeplane workers={args.workers}, {args.connections} connections, {args.seconds} s per run, ECDSA P-256")
+        print(f"{'traffic':<66} {'proxy':<10} {'req/s':>9} {'p99 ms':>7} {'CPU µs/req':>10} {'errors':>6} {'CPU ratio':>9}")
+        for row in rows:
+            run = runner(row)
+            results = {
+                "homeplane": measure(lambda: descendants(hp.pid), url(row, hp_port, hp_port, hp_tls), args.seconds, args.connections, host, run=run),
+                "nginx": measure(lambda: descendants(ng.pid), url(row, ng_port, ng_h2c, ng_tls), args.seconds, args.connections, host, run=run),
+            }
+            n = results["nginx"]
+            for name, r in results.items():
+                errs = int(r["non2xx"] + r["socket_errors"])
+                ratio = f"{r['cpu_us_per_req'] / n['cpu_us_per_req']:.2f}" if name != "nginx" else ""
+                print(f"{DESCRIPTION[row]:<66} {name:<10} {r['rps']:>9.0f} {r['p99_ms']:>7.2f} {r['cpu_us_per_req']:>10.1f} {errs:>6} {ratio:>9}")
+            if row == "plain" and not args.no_python:
+                hpy, hpy_port, _ = homeplane("homeplane-py", False)
+                fl_port = free_port()
+                fl = subprocess.Popen([sys.executable, str(Path(__file__).parent / "_floor_proxy.py"), str(fl_port), str(backend)], stderr=subprocess.DEVNULL)
+                procs.append(fl)
+                wait_port("127.0.0.1", fl_port)
+                for name, proc, port in (("hp-python", hpy, hpy_port), ("py-floor", fl, fl_port)):
+                    r = measure(lambda: descendants(proc.pid), f"http://127.0.0.1:{port}/api/items", args.seconds, args.connections, host, run=run)
+                    errs = int(r["non2xx"] + r["socket_errors"])
+                    print(f"{DESCRIPTION[row]:<66} {name:<10} {r['rps']:>9.0f} {r['p99_ms']:>7.2f} {r['cpu_us_per_req']:>10.1f} {errs:>6} {r['cpu_us_per_req'] / n['cpu_us_per_req']:>9.2f}")
+                hpy.terminate()
+                fl.terminate()
+        print("latency: p99 for wrk rows, mean for h2load rows, none for s_time rows (sequential connections)")
     finally:
         stop_all(procs, root)
 

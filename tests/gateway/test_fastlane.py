@@ -50,6 +50,8 @@ def test_the_fast_lane_is_built() -> None:
     # CI installs a compiler (scripts/install-test-deps.sh); without one homeplane still works,
     # but this suite is meant to exercise both lanes
     assert fastlane._fastlane is not None and fastlane.enabled()
+    # and with OpenSSL (libssl-dev), so HTTPS tests run on both TLS implementations
+    assert fastlane._fastlane.HAVE_TLS and fastlane.native_tls_available()
 
 
 @pytest.fixture

@@ -105,7 +105,9 @@ def test_optional_proxy_protocol_also_serves_direct_clients(backend: Backend) ->
         g.close()
 
 
-def test_proxy_header_before_tls_even_in_the_same_segment_as_the_client_hello(backend: Backend) -> None:
+@pytest.mark.parametrize("native_tls", ["1", "0"], ids=["fast-lane-tls", "python-ssl"])
+def test_proxy_header_before_tls_even_in_the_same_segment_as_the_client_hello(backend: Backend, native_tls: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOMEPLANE_NATIVE_TLS", native_tls)
     from tests.translate.helpers import tls_secret
 
     listeners = "- {name: https, protocol: HTTPS, port: 443, tls: {certificateRefs: [{name: cert}]}, allowedRoutes: {namespaces: {from: All}}}"

@@ -36,6 +36,9 @@ class Settings:
     access_log: bool = True
     reuse_port: bool = False
     fast_lane: bool = True  # simple HTTP/1.1 requests served by _fastlane.c when it is built
+    # the secret TLS session ticket keys are derived from; shared with the workers (set by the
+    # main process's DataPlane when None)
+    ticket_secret: bytes | None = None
 
 
 @dataclass

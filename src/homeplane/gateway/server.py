@@ -23,14 +23,14 @@ from homeplane.gateway.frontends import proxyproto
 from homeplane.gateway.policies.auth import Auth
 from homeplane.gateway.upstreams.cluster import Cluster
 from homeplane.gateway.exchange import Exchange
-from homeplane.gateway.frontends.fastlane import Hooks, compile_table
+from homeplane.gateway.frontends.fastlane import Hooks, compile_table, make_native_context, native_tls_available, set_ticket_secret, tls_connection
 from homeplane.gateway.frontends.fastlane import enabled as fastlane_enabled
 from homeplane.gateway.upstreams.health import run_checks
 from homeplane.gateway.frontends.http1 import Http1Connection
 from homeplane.gateway.frontends.late_tls import start_tls_after
 from homeplane.gateway.frontends.streams import GatewayL4, PassthroughTable, spliced
 from homeplane.gateway.routing.router import ListenerTable, PortTable
-from homeplane.gateway.tls import cert_matches, make_context
+from homeplane.gateway.tls import choose, configure, make_context
 from homeplane.gateway.frontends.tlspeek import NEED_MORE, NotTLS, client_hello_sni
 from homeplane.l4.relay import Splice, Stream
 from homeplane.translate import snapshot as ir
@@ -67,6 +67,11 @@ class PortServer:
         self.fast: tuple[Any, ...] | None = None  # the fast lane's routing table (gateway/fastlane.py)
         self.hooks = Hooks(self) if dp.settings.fast_lane and fastlane_enabled() else None
         self._contexts: list[tuple[ListenerTable, list[tuple[ir.TLSCert, ssl.SSLContext]]]] = []
+        # TLS in the fast lane (tls.c) when it is built with OpenSSL; else Python's ssl
+        self.native_tls = self.hooks is not None and native_tls_available()
+        self.native_default: Any = None
+        self._native: list[tuple[str | None, list[tuple[ir.TLSCert, Any]]]] = []
+        self._native_cache: dict[str, Any] = {}
 
     @property
     def tls(self) -> bool:
@@ -77,23 +82,33 @@ class PortServer:
         limits = [lt.conf.connection_limit for lt in table.listeners if lt.conf is not None and lt.conf.connection_limit]
         self.connection_limit = min(limits) if limits else None
         if self.tls:
-            contexts = []
-            for lt in table.listeners:
-                conf = lt.conf or ListenerConf()
-                contexts.append((lt, [(c, make_context(c, conf, self.dp.h2_enabled)) for c in lt.listener.tls_certs]))
-            self._contexts = contexts
-            if self.ssl_ctx is None:
-                first = next((ctxs[0][1] for _, ctxs in contexts if ctxs), None)
-                if first is None:
-                    raise RuntimeError("HTTPS port without a usable certificate")
-                base = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-                base.minimum_version = ssl.TLSVersion.TLSv1_2
-                base.set_alpn_protocols(["h2", "http/1.1"] if self.dp.h2_enabled else ["http/1.1"])
-                base.sni_callback = self._sni
-                # the base context answers clients that send no SNI: give it the first certificate
-                c0 = next(c for _, ctxs in contexts for c, _ in ctxs)
-                self.ssl_ctx = make_context(c0, table.listeners[0].conf or ListenerConf(), self.dp.h2_enabled)
-                self.ssl_ctx.sni_callback = self._sni
+            h2 = self.dp.h2_enabled
+            if not any(lt.listener.tls_certs for lt in table.listeners):
+                raise RuntimeError("HTTPS port without a usable certificate")
+            first_conf = table.listeners[0].conf or ListenerConf()
+            c0 = next(c for lt in table.listeners for c in lt.listener.tls_certs)
+            if self.native_tls:
+                # the fast lane's OpenSSL contexts; the default one (for clients that send no
+                # server name) asks _choose_native for the others
+                native = [(lt.listener.hostname, [(c, make_native_context(c, lt.conf or ListenerConf(), h2)) for c in lt.listener.tls_certs])
+                          for lt in table.listeners]
+                self._native = native
+                self._native_cache = {}
+                self.native_default = make_native_context(c0, first_conf, h2, selector=self._choose_native)
+            else:
+                contexts = []
+                for lt in table.listeners:
+                    conf = lt.conf or ListenerConf()
+                    contexts.append((lt, [(c, make_context(c, conf, h2)) for c in lt.listener.tls_certs]))
+                self._contexts = contexts
+                # the base context answers clients that send no SNI (the first certificate), and
+                # its versions bound every connection (Python's ssl keeps them when SNI switches
+                # the context); the listening server holds it, so it is changed in place
+                if self.ssl_ctx is None:
+                    self.ssl_ctx = make_context(c0, first_conf, h2)
+                    self.ssl_ctx.sni_callback = self._sni
+                else:
+                    configure(self.ssl_ctx, c0, first_conf, h2)
         self.table = table
         self.fast = compile_table(table, self.dp.clusters) if self.hooks is not None and not self.dp.overload.refuse_requests else None
 
@@ -103,19 +118,28 @@ class PortServer:
             sslobj.hp_sni = name or None
         except AttributeError:
             pass
-        chosen = None
-        for lt, ctxs in self._contexts:
-            h = lt.listener.hostname
-            if h is None or h == name or (h.startswith("*.") and name.endswith(h[1:])):
-                for cert, c in ctxs:
-                    if cert_matches(cert, name):
-                        chosen = c
-                        break
-                if chosen is None and ctxs:
-                    chosen = ctxs[0][1]
-                break
+        chosen = choose([(lt.listener.hostname, ctxs) for lt, ctxs in self._contexts], name)
         if chosen is not None:
             sslobj.context = chosen
+
+    def _choose_native(self, name: str | None) -> Any:
+        """The fast lane's context for a ClientHello's server name (remembered per name)."""
+        key = name or ""
+        ctx = self._native_cache.get(key)
+        if ctx is None:
+            ctx = choose(self._native, key)
+            if len(self._native_cache) < 4096:  # names are the client's choice: bounded
+                self._native_cache[key] = ctx
+        return ctx
+
+    def tls_connection(self) -> Any:
+        """A new client connection's TLS layer (the fast lane's), with Http1Fast behind it."""
+        assert self.hooks is not None
+        return tls_connection(self.native_default, self.hooks.protocol, self.dp.loop)
+
+    @property
+    def terminates_tls(self) -> bool:
+        return self.ssl_ctx is not None or self.native_default is not None
 
     def sni_of(self, tls: Any) -> str | None:
         return getattr(tls, "hp_sni", None)
@@ -144,8 +168,14 @@ class PortServer:
                 reuse_port=self.dp.settings.reuse_port or None,
             )
             return
+        if self.native_default is not None:
+            factory: Callable[[], asyncio.BaseProtocol] = self.tls_connection
+        elif self.hooks is not None:
+            factory = self.hooks.protocol
+        else:
+            factory = lambda: Http1Connection(self)  # noqa: E731
         self.server = await loop.create_server(
-            self.hooks.protocol if self.hooks is not None else (lambda: Http1Connection(self)),
+            factory,
             self.host,
             self.port,
             ssl=self.ssl_ctx,
@@ -218,7 +248,7 @@ class ProxyPreamble(asyncio.Protocol):
                 self._finish()
                 self._pass_through(route, sni)  # type: ignore[arg-type]
                 return
-            if self.server.ssl_ctx is None:
+            if not self.server.terminates_tls:
                 log.info("connection closed: no TLSRoute for server name %r", sni)
                 self._finish()
                 self.transport.close()
@@ -243,6 +273,11 @@ class ProxyPreamble(asyncio.Protocol):
         t = self.transport
         assert t is not None
         hooks = self.server.hooks
+        if self.server.native_default is not None and hooks is not None:
+            tls = tls_connection(self.server.native_default, lambda: hooks.protocol(client), self.server.dp.loop, rest)
+            t.set_protocol(tls)
+            tls.connection_made(t)
+            return
         proto = hooks.protocol(client) if hooks is not None else Http1Connection(self.server, client_override=client)
         if self.server.ssl_ctx is None:
             t.set_protocol(proto)
@@ -316,6 +351,9 @@ class Overload:
 class DataPlane:
     def __init__(self, settings: Settings | None = None, bind: BindPlan | None = None):
         self.settings = settings or Settings()
+        if self.settings.ticket_secret is None:
+            self.settings.ticket_secret = os.urandom(32)
+        set_ticket_secret(self.settings.ticket_secret)
         self.bind = bind or BindPlan()
         self.loop = asyncio.get_event_loop()
         self.clusters: dict[str, Cluster] = {}

@@ -22,6 +22,8 @@
 #include <time.h>
 #include <sys/random.h>
 
+#include "tls.h"
+
 #define MAX_HEAD (60 * 1024)      /* Envoy's max_request_headers_kb */
 #define MAX_HEADERS 100
 #define MAX_URL (16 * 1024)
@@ -1831,7 +1833,7 @@ PyMODINIT_FUNC PyInit__fastlane(void) {
         add_bytes(m, "PATH_SAFE", PATH_SAFE_CHARS) < 0 || add_bytes(m, "HOST_SAFE", HOST_SAFE_CHARS) < 0 ||
         PyModule_AddIntConstant(m, "ROUTE_FIELDS", ROUTE_FIELDS) < 0 || PyModule_AddIntConstant(m, "MATCH_EXACT", MATCH_EXACT) < 0 ||
         PyModule_AddIntConstant(m, "MATCH_PREFIX", MATCH_PREFIX) < 0 || PyModule_AddIntConstant(m, "MATCH_OPAQUE", MATCH_OPAQUE) < 0 ||
-        add_attributes(m) < 0) {
+        add_attributes(m) < 0 || tls_add_to_module(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }

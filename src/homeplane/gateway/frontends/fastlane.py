@@ -40,9 +40,9 @@ from __future__ import annotations
 import asyncio
 import os
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
-from homeplane.gateway.base import DataPlaneHooks, PortHooks
+from homeplane.gateway.base import DataPlaneHooks, ListenerConf, PortHooks
 from homeplane.gateway.policies.compression import Encoder, accepted, compressible
 from homeplane.gateway.exchange import RouteAction
 from homeplane.gateway.routing.headers import detect_client_ip
@@ -51,6 +51,7 @@ from homeplane.gateway.upstreams.pool import H2C_PROTOCOLS, set_nodelay
 
 if TYPE_CHECKING:
     from homeplane.gateway.upstreams.cluster import Cluster, EndpointState
+    from homeplane.translate import snapshot as ir
 
 try:
     from homeplane.gateway.frontends import _fastlane
@@ -61,6 +62,7 @@ else:
         (HTTPStatus(code).phrase.encode() if code in HTTPStatus._value2member_map_ else b"Unknown") for code in range(600)
     ))
 
+HANDSHAKE_TIMEOUT = 10.0  # seconds, as the Python lane's ssl_handshake_timeout
 OPAQUE = 2  # a rule the C side cannot evaluate (regex path, method/header/query matches): Python decides
 _CONNECTION_TRIGGERS = frozenset({"reset", "connect-failure", "refused-stream"})  # retries the C side makes
 
@@ -159,6 +161,36 @@ def compile_table(table: PortTable, clusters: dict[str, Cluster]) -> tuple[Any, 
             _vhost(lt.any_host, clusters, lt.conf, gw),
         ))
     return tuple(out)
+
+
+_VERSION_CODES = {"1.0": 1, "1.1": 2, "1.2": 3, "1.3": 4}
+
+
+def native_tls_available() -> bool:
+    """The fast lane was built with OpenSSL (and its TLS is not turned off)."""
+    return enabled() and bool(getattr(_fastlane, "HAVE_TLS", 0)) and os.environ.get("HOMEPLANE_NATIVE_TLS", "1") != "0"
+
+
+def make_native_context(cert: ir.TLSCert, conf: ListenerConf, h2: bool, selector: Callable[[str | None], Any] | None = None) -> Any:
+    """The fast lane's context for one certificate (the same settings as ``tls.make_context``);
+    ``selector`` makes it a port's default context, asking for the context of each server name."""
+    alpn = [p.encode() for p in conf.alpn if p != "h2" or h2] or [b"http/1.1"]
+    return _fastlane.TlsContext(
+        cert.cert_pem, bytes(cert.key_pem), _VERSION_CODES.get(conf.min_tls, 3), _VERSION_CODES.get(conf.max_tls or "", 0),
+        alpn, selector,
+    )
+
+
+def tls_connection(default_context: Any, app_factory: Callable[[], Any], loop: asyncio.AbstractEventLoop, preread: bytes = b"") -> Any:
+    """A client connection's TLS layer (tls.c): the TCP transport's protocol, and the transport
+    of the protocol ``app_factory`` makes once the handshake is done."""
+    return _fastlane.TlsConnection(default_context, app_factory, loop, HANDSHAKE_TIMEOUT, preread)
+
+
+def set_ticket_secret(secret: bytes) -> None:
+    """Session ticket keys for this process, derived from a secret all workers share (tls.c)."""
+    if _fastlane is not None and getattr(_fastlane, "HAVE_TLS", 0):
+        _fastlane.set_ticket_keys(secret)
 
 
 class Hooks:

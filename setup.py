@@ -4,7 +4,8 @@ TLS on OpenSSL in tls.c) and the Maglev table fill (src/homeplane/l4/_maglev.c).
 Optional: without a C compiler and Python headers the build goes on without them and every
 request (and table) takes the pure-Python path (gateway/frontends/fastlane.py says why it
 exists). Without OpenSSL's headers (Debian: libssl-dev) the fast lane is built without its TLS,
-and HTTPS is served by Python's ssl module.
+and HTTPS is served by Python's ssl module; without nghttp2's (libnghttp2-dev), without its
+HTTP/2, and the h2 library's Python implementation serves HTTP/2.
 """
 
 import os
@@ -32,13 +33,16 @@ libraries: list[str] = []
 if have_header("openssl/ssl.h"):
     macros.append(("HP_HAVE_TLS", "1"))
     libraries += ["ssl", "crypto"]
+if have_header("nghttp2/nghttp2.h"):
+    macros.append(("HP_HAVE_NGHTTP2", "1"))
+    libraries.append("nghttp2")
 
 setup(
     ext_modules=[
         Extension(
             "homeplane.gateway.frontends._fastlane",
             [f"{FRONTENDS}/_fastlane.c", f"{FRONTENDS}/tls.c"],
-            depends=[f"{FRONTENDS}/tls.h"],
+            depends=[f"{FRONTENDS}/tls.h", f"{FRONTENDS}/http2.c"],  # http2.c is included by _fastlane.c
             define_macros=macros,
             libraries=libraries,
             extra_compile_args=["-O2", "-Wall", "-Wno-unused-parameter", "-Wno-missing-field-initializers"],

@@ -4,6 +4,7 @@ a test, never silently move traffic to the slow lane)."""
 from __future__ import annotations
 
 from homeplane.gateway.frontends import _fastlane, fastlane
+from homeplane.gateway.frontends.http2_native import NativeH2Stream
 from homeplane.gateway.policies.compression import Encoder
 from homeplane.gateway.routing import paths, router
 from homeplane.gateway.server import PortServer
@@ -25,7 +26,8 @@ def _names(cls: type) -> set[str]:
 
 
 def test_every_attribute_c_reads_exists() -> None:
-    classes = {"Cluster": Cluster, "EndpointState": EndpointState, "PortServer": PortServer, "Hooks": fastlane.Hooks, "Encoder": Encoder}
+    classes = {"Cluster": Cluster, "EndpointState": EndpointState, "PortServer": PortServer, "Hooks": fastlane.Hooks, "Encoder": Encoder,
+               "NativeH2Stream": NativeH2Stream}
     assert set(_fastlane.PYTHON_ATTRIBUTES) == set(classes)
     for name, attrs in _fastlane.PYTHON_ATTRIBUTES.items():
         cls = classes[name]

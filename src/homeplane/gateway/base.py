@@ -36,6 +36,7 @@ class Settings:
     access_log: bool = True
     reuse_port: bool = False
     fast_lane: bool = True  # simple HTTP/1.1 requests served by _fastlane.c when it is built
+    native_h2: bool = True  # HTTP/2 on nghttp2 (frontends/http2.c) with the fast lane, when it is built
     # the secret TLS session ticket keys are derived from; shared with the workers (set by the
     # main process's DataPlane when None)
     ticket_secret: bytes | None = None

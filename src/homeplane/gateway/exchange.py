@@ -479,7 +479,8 @@ class Exchange:
                 action.rewrite_path_value.decode("latin-1") if action.rewrite_path_value is not None else None,
                 action.matched_prefix.decode("latin-1") if action.matched_prefix is not None else None,
             ).encode("latin-1")
-        target = path + (b"?" + self.query if self.query else b"")
+        # an empty query keeps its "?" (forwarded as the client sent it, as the fast lane does)
+        target = path + (b"?" + self.query if self.query or b"?" in self.target else b"")
         parts = [self.method, b" ", target, b" HTTP/1.1\r\n"]
         xff = None
         orig_host = b""
@@ -593,6 +594,8 @@ class Exchange:
         return conf.buffer_limit if conf is not None and conf.buffer_limit else _RETRY_BODY_LIMIT
 
     def feed_body(self, data: bytes) -> None:
+        if not data:
+            return  # (an empty HTTP/2 DATA frame: as a chunk it would end a chunked upload)
         self.bytes_in += len(data)
         if self.body_buf is not None:
             if self.body_buffered + len(data) <= self._buffer_limit():

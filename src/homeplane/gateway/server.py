@@ -188,6 +188,15 @@ class PortServer:
     def close(self) -> None:
         if self.server is not None:
             self.server.close()
+        # the listener is gone (or the data plane stops): as Envoy drains a listener, HTTP/2
+        # clients get a GOAWAY (no new streams here; those open finish) and idle HTTP/1.1
+        # connections are closed; requests in flight finish
+        for conn in list(self.conns):
+            goaway = getattr(conn, "goaway", None)
+            if goaway is not None:
+                goaway()
+            elif conn.idle() and conn.transport is not None:
+                conn.transport.close()
 
 
 class ProxyPreamble(asyncio.Protocol):

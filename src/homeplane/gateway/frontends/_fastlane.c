@@ -350,6 +350,8 @@ struct Conn {
     Up *up;
     int status;
     long long bytes_out;
+    struct H2Sess *h2;                 /* an HTTP/2 stream's exchange (http2.c): its session, */
+    int32_t h2_id;                     /* and stream; NULL/0 on an HTTP/1.1 connection */
 };
 
 static PyTypeObject UpType, ConnType;
@@ -357,6 +359,14 @@ static PyObject *make_bytes_lower(const char *p, Py_ssize_t n);
 
 static void conn_process(Conn *c);
 static void conn_finish(Conn *c, int reusable, const char *error, int abort);
+#ifdef HP_HAVE_NGHTTP2
+/* http2.c: an HTTP/2 stream's answer, made from what the upstream sent */
+static int h2_response_head(Conn *c, int status, const Field *f, int nf, const Field *conn, int nconn, PyObject *compressed,
+                            long long cl, int no_body);
+static void h2_stream_out(Conn *c);
+static void h2_stream_done(Conn *c, int abort);
+static void h2_simple(Conn *c, int status, const char *body);
+#endif
 static void conn_simple(Conn *c, int status, const char *body);
 static void conn_send(Conn *c, int fresh_only);
 static void conn_write_request(Conn *c, Up *u);
@@ -512,6 +522,9 @@ static void emit_end(Conn *c, Up *u) {
 }
 
 static void conn_flush(Conn *c) {
+#ifdef HP_HAVE_NGHTTP2
+    if (c->h2) { h2_stream_out(c); return; }
+#endif
     if (c->out.len && c->state != ST_CLOSED) write_bytes(c->write, c->out.data, c->out.len);
     c->out.len = 0;
 }
@@ -601,6 +614,22 @@ static Py_ssize_t up_head(Up *u, Conn *c, const char *p, Py_ssize_t n, const cha
         }
         Py_XDECREF(r);
     }
+#ifdef HP_HAVE_NGHTTP2
+    if (c->h2) {
+        int r = h2_response_head(c, status, f, nf, conn, nconn, compressed, cl, no_body);
+        Py_XDECREF(compressed);
+        if (r < 0) { *msg = "out of memory"; return -1; }
+        u->client_chunked = 0;
+        u->keep_alive = !close;
+        if (no_body) u->phase = PH_DONE;
+        else if (chunked) u->phase = PH_CHUNK_SIZE;
+        else if (cl >= 0) { u->remaining = cl; u->phase = cl ? PH_BODY_CL : PH_DONE; }
+        else { u->phase = PH_EOF; u->keep_alive = 0; }
+        c->started_response = 1;
+        c->state = ST_STREAMING;
+        return consumed;
+    }
+#endif
     /* client head */
     Buf *o = &c->out;
     PyObject *reason = reason_of(status);
@@ -921,6 +950,7 @@ static int Conn_traverse(Conn *c, visitproc visit, void *arg) {
     Py_VISIT(c->encoder);
     Py_VISIT(c->tried);
     Py_VISIT((PyObject *)c->up);
+    Py_VISIT((PyObject *)c->h2);
     return 0;
 }
 
@@ -934,6 +964,7 @@ static int Conn_clear(Conn *c) {
     Py_CLEAR(c->sni);
     Py_CLEAR(c->scheme);
     Py_CLEAR(c->override);
+    Py_CLEAR(c->h2);
     return 0;
 }
 
@@ -1110,6 +1141,105 @@ static PyObject *make_bytes_lower(const char *p, Py_ssize_t n) {
     return b;
 }
 
+/* Host (or :authority) -> the lower-case name routes are keyed by, without port or trailing
+ * dots; NULL when the value is not plainly valid (Python answers it). */
+static PyObject *host_key(const char *hv, Py_ssize_t hn) {
+    if (hn == 0 || hv[0] == '[') return NULL;
+    for (Py_ssize_t i = 0; i < hn; i++)
+        if (!HOST_SAFE[(unsigned char)hv[i]]) return NULL;  /* Python answers 400 */
+    for (Py_ssize_t i = hn - 1; i >= 0; i--) {
+        if (hv[i] == ':') {
+            int digits = i < hn - 1 && hn - 1 - i <= 5;
+            long port = 0;
+            for (Py_ssize_t j = i + 1; j < hn; j++) {
+                if (hv[j] < '0' || hv[j] > '9') digits = 0;
+                else port = port * 10 + (hv[j] - '0');
+            }
+            if (port > 65535) digits = 0;
+            if (digits) hn = i;
+            else if (i < hn - 1) return NULL;  /* a port that is not a number: Python answers 400 */
+            break;
+        }
+    }
+    while (hn > 0 && hv[hn - 1] == '.') hn--;
+    if (hn == 0) return NULL;
+    PyObject *host = make_bytes_lower(hv, hn);
+    if (!host) PyErr_Clear();
+    return host;
+}
+
+/* The route and endpoint for a request (the endpoint's in-flight count taken): 1 with new
+ * references in *host, *route, *ep; 0 when the fast lane does not serve it. */
+static int route_request(Conn *c, const char *hv, Py_ssize_t hn, const char *path, Py_ssize_t plen,
+                         PyObject **host, PyObject **route, PyObject **ep) {
+    if (!path_is_canonical(path, plen)) return 0;  /* normalised in Python */
+    PyObject *h = host_key(hv, hn);
+    if (!h) return 0;
+    PyObject *r = lookup(c, h, path, plen);
+    if (!r) { Py_DECREF(h); return 0; }
+    long max_requests = PyLong_AsLong(PyTuple_GET_ITEM(r, ROUTE_MAX_REQUESTS));
+    PyObject *e = choose_endpoint(PyTuple_GET_ITEM(r, ROUTE_CLUSTER), max_requests);
+    if (!e) { Py_DECREF(r); Py_DECREF(h); return 0; }
+    if (add_to_long_attr(e, s_active, 1) < 0) { PyErr_Clear(); Py_DECREF(e); Py_DECREF(r); Py_DECREF(h); return 0; }
+    *host = h;
+    *route = r;
+    *ep = e;
+    return 1;
+}
+
+/* The exchange starts (it owns the route and endpoint references from here on). */
+static void exchange_begin(Conn *c, PyObject *route, PyObject *ep, int head_only, const Field *accept_enc, long long body) {
+    c->route = route;
+    c->cluster = Py_NewRef(PyTuple_GET_ITEM(route, ROUTE_CLUSTER));
+    c->endpoint = ep;
+    c->head_only = head_only;
+    c->retried = 0;
+    c->started_response = 0;
+    c->status = 0;
+    c->bytes_out = 0;
+    c->started = now_mono();
+    c->attempts = 1;
+    c->seq++;
+    if (PyTuple_GET_SIZE(PyTuple_GET_ITEM(route, ROUTE_COMPRESSION)) > 0 && accept_enc)
+        c->accept_enc = PyBytes_FromStringAndSize(accept_enc->value, accept_enc->vlen);
+    c->body_total = c->body_left = body;
+    c->body_pending.len = 0;
+    c->replay.len = 0;
+    double timeout = PyFloat_AsDouble(PyTuple_GET_ITEM(route, ROUTE_TIMEOUT));
+    double btimeout = PyFloat_AsDouble(PyTuple_GET_ITEM(route, ROUTE_BACKEND_TIMEOUT));
+    c->ex_deadline = timeout > 0 ? c->started + timeout : 0;
+    c->attempt_deadline = btimeout > 0 ? c->started + btimeout : 0;
+}
+
+/* X-Forwarded-For/Proto/Host and X-Request-Id at the end of the upstream head, as the Python
+ * lane adds them; where the request id is in h (for the access log). */
+static void add_forwarding(Conn *c, Buf *h, const Field *xff, const Field *host, const Field *rid, Py_ssize_t *rid_at, Py_ssize_t *rid_len) {
+    buf_str(h, "x-forwarded-for: ");
+    if (xff && xff->vlen) { buf_add(h, xff->value, xff->vlen); buf_add(h, ", ", 2); }
+    buf_add(h, PyBytes_AS_STRING(c->client_ip), PyBytes_GET_SIZE(c->client_ip));
+    buf_str(h, "\r\nx-forwarded-proto: ");
+    buf_add(h, PyBytes_AS_STRING(c->scheme), PyBytes_GET_SIZE(c->scheme));
+    buf_str(h, "\r\nx-forwarded-host: ");
+    buf_add(h, host->value, host->vlen);
+    buf_str(h, "\r\nx-request-id: ");
+    *rid_at = h->len;
+    if (rid && rid->vlen) buf_add(h, rid->value, rid->vlen);
+    else add_request_id(h);
+    *rid_len = h->len - *rid_at;
+    buf_str(h, "\r\n");
+}
+
+/* What the access log needs, only when it is on (host: a new reference, taken). */
+static void keep_for_log(Conn *c, const char *m, Py_ssize_t mlen, const char *t, Py_ssize_t tlen, Buf *h, Py_ssize_t rid_at,
+                         Py_ssize_t rid_len, const Field *xff, PyObject *host) {
+    if (!c->access_log) { Py_DECREF(host); return; }
+    c->method = PyBytes_FromStringAndSize(m, mlen);
+    c->target = PyBytes_FromStringAndSize(t, tlen);
+    c->request_id = PyBytes_FromStringAndSize(h->data + rid_at, rid_len);
+    c->xff = xff ? PyBytes_FromStringAndSize(xff->value, xff->vlen) : Py_NewRef(Py_None);
+    c->host = host;
+}
+
 /* Try to start the request at the head of the input buffer.
  * 1: started (or answered), 0: need more bytes, -1: hand the connection over. */
 static int conn_start(Conn *c) {
@@ -1186,62 +1316,13 @@ static int conn_start(Conn *c) {
         }
     }
     if (hbytes > MAX_HEAD || ihost < 0) return -1;
-    /* Host -> lower-case name without port or trailing dots */
-    const char *hv = f[ihost].value;
-    Py_ssize_t hn = f[ihost].vlen;
-    if (hn == 0 || hv[0] == '[') return -1;
-    for (Py_ssize_t i = 0; i < hn; i++)
-        if (!HOST_SAFE[(unsigned char)hv[i]]) return -1;  /* Python answers 400 */
-    for (Py_ssize_t i = hn - 1; i >= 0; i--) {
-        if (hv[i] == ':') {
-            int digits = i < hn - 1 && hn - 1 - i <= 5;
-            long port = 0;
-            for (Py_ssize_t j = i + 1; j < hn; j++) {
-                if (hv[j] < '0' || hv[j] > '9') digits = 0;
-                else port = port * 10 + (hv[j] - '0');
-            }
-            if (port > 65535) digits = 0;
-            if (digits) hn = i;
-            else if (i < hn - 1) return -1;  /* a port that is not a number: Python answers 400 */
-            break;
-        }
-    }
-    while (hn > 0 && hv[hn - 1] == '.') hn--;
-    if (hn == 0) return -1;
-    PyObject *host = make_bytes_lower(hv, hn);
-    if (!host) { PyErr_Clear(); return -1; }
     const char *q = memchr(t, '?', te - t);
     Py_ssize_t plen = q ? q - t : te - t;
-    if (!path_is_canonical(t, plen)) { Py_DECREF(host); return -1; }  /* normalised in Python */
-    PyObject *route = lookup(c, host, t, plen);
-    if (!route) { Py_DECREF(host); return -1; }
-    PyObject *cluster = PyTuple_GET_ITEM(route, ROUTE_CLUSTER);
-    long max_requests = PyLong_AsLong(PyTuple_GET_ITEM(route, ROUTE_MAX_REQUESTS));
-    PyObject *ep = choose_endpoint(cluster, max_requests);
-    if (!ep) { Py_DECREF(route); Py_DECREF(host); return -1; }
-    if (add_to_long_attr(ep, s_active, 1) < 0) { PyErr_Clear(); Py_DECREF(ep); Py_DECREF(route); Py_DECREF(host); return -1; }
+    PyObject *host, *route, *ep;
+    if (!route_request(c, f[ihost].value, f[ihost].vlen, t, plen, &host, &route, &ep)) return -1;
     /* ours from here on */
-    c->route = route;
-    c->cluster = Py_NewRef(cluster);
-    c->endpoint = ep;
     c->close_after = close;
-    c->head_only = (sp - p == 4 && memcmp(p, "HEAD", 4) == 0);
-    c->retried = 0;
-    c->started_response = 0;
-    c->status = 0;
-    c->bytes_out = 0;
-    c->started = now_mono();
-    c->attempts = 1;
-    c->seq++;
-    if (PyTuple_GET_SIZE(PyTuple_GET_ITEM(route, ROUTE_COMPRESSION)) > 0 && iae >= 0)
-        c->accept_enc = PyBytes_FromStringAndSize(f[iae].value, f[iae].vlen);
-    c->body_total = c->body_left = cl;
-    c->body_pending.len = 0;
-    c->replay.len = 0;
-    double timeout = PyFloat_AsDouble(PyTuple_GET_ITEM(route, ROUTE_TIMEOUT));
-    double btimeout = PyFloat_AsDouble(PyTuple_GET_ITEM(route, ROUTE_BACKEND_TIMEOUT));
-    c->ex_deadline = timeout > 0 ? c->started + timeout : 0;
-    c->attempt_deadline = btimeout > 0 ? c->started + btimeout : 0;
+    exchange_begin(c, route, ep, sp - p == 4 && memcmp(p, "HEAD", 4) == 0, iae >= 0 ? &f[iae] : NULL, cl);
     /* the upstream request head */
     Buf h = {0};
     buf_add(&h, p, te - p);
@@ -1258,19 +1339,8 @@ static int conn_start(Conn *c) {
         buf_add(&h, x->value, x->vlen);
         buf_add(&h, "\r\n", 2);
     }
-    buf_str(&h, "x-forwarded-for: ");
-    if (ixff >= 0 && f[ixff].vlen) { buf_add(&h, f[ixff].value, f[ixff].vlen); buf_add(&h, ", ", 2); }
-    buf_add(&h, PyBytes_AS_STRING(c->client_ip), PyBytes_GET_SIZE(c->client_ip));
-    buf_str(&h, "\r\nx-forwarded-proto: ");
-    buf_add(&h, PyBytes_AS_STRING(c->scheme), PyBytes_GET_SIZE(c->scheme));
-    buf_str(&h, "\r\nx-forwarded-host: ");
-    buf_add(&h, f[ihost].value, f[ihost].vlen);
-    buf_str(&h, "\r\nx-request-id: ");
-    Py_ssize_t rid_at = h.len;
-    if (irid >= 0 && f[irid].vlen) buf_add(&h, f[irid].value, f[irid].vlen);
-    else add_request_id(&h);
-    Py_ssize_t rid_len = h.len - rid_at;
-    buf_str(&h, "\r\n");
+    Py_ssize_t rid_at, rid_len;
+    add_forwarding(c, &h, ixff >= 0 ? &f[ixff] : NULL, &f[ihost], irid >= 0 ? &f[irid] : NULL, &rid_at, &rid_len);
     if (cl > 0) {
         buf_str(&h, "content-length: ");
         buf_add(&h, f[icl].value, f[icl].vlen);
@@ -1278,16 +1348,7 @@ static int conn_start(Conn *c) {
     }
     if (buf_str(&h, "\r\n") < 0) { buf_free(&h); return -1; }
     c->req_head = PyBytes_FromStringAndSize(h.data, h.len);
-    /* what the access log needs, only when it is on */
-    if (c->access_log) {
-        c->method = PyBytes_FromStringAndSize(p, sp - p);
-        c->target = PyBytes_FromStringAndSize(t, te - t);
-        c->request_id = PyBytes_FromStringAndSize(h.data + rid_at, rid_len);
-        c->xff = ixff >= 0 ? PyBytes_FromStringAndSize(f[ixff].value, f[ixff].vlen) : Py_NewRef(Py_None);
-        c->host = host;
-    } else {
-        Py_DECREF(host);
-    }
+    keep_for_log(c, p, sp - p, t, te - t, &h, rid_at, rid_len, ixff >= 0 ? &f[ixff] : NULL, host);
     buf_free(&h);
     buf_consume(&c->in, e + 4 - p);
     if (!c->req_head) { PyErr_Clear(); conn_finish(c, 0, "out of memory", 1); return 1; }
@@ -1412,6 +1473,9 @@ static void conn_finish(Conn *c, int reusable, const char *error, int abort) {
     }
     conn_clear_exchange(c);
     if (c->state == ST_CLOSED) return;
+#ifdef HP_HAVE_NGHTTP2
+    if (c->h2) { c->state = ST_CLOSED; h2_stream_done(c, abort); return; }  /* one exchange per stream */
+#endif
     if (abort) {
         c->state = ST_CLOSED;
         call_quiet(c->transport, s_abort);
@@ -1433,6 +1497,9 @@ static void conn_simple(Conn *c, int status, const char *body) {
     Up *u = c->up;
     if (u) { c->up = NULL; Py_CLEAR(u->owner); up_close(u); Py_DECREF(u); }
     c->status = status;
+#ifdef HP_HAVE_NGHTTP2
+    if (c->h2) { h2_simple(c, status, body); conn_finish(c, 0, body, 0); return; }
+#endif
     Buf *o = &c->out;
     o->len = 0;
     PyObject *reason = reason_of(status);
@@ -1691,6 +1758,8 @@ static PyObject *Conn_resume_writing(Conn *c, PyObject *unused) {
     Py_RETURN_NONE;
 }
 
+static PyObject *Conn_get_protocol(Conn *c, void *unused) { return PyUnicode_FromString(c->h2 ? "HTTP/2" : "HTTP/1.1"); }
+
 static PyObject *Conn_get_state(Conn *c, void *unused) {
     static const char *names[] = {"idle", "connecting", "waiting", "streaming", "closed", "handed-over"};
     return PyUnicode_FromString(names[c->state]);
@@ -1732,6 +1801,7 @@ static PyMemberDef Conn_members[] = {
 
 static PyGetSetDef Conn_getset[] = {
     {"state", (getter)Conn_get_state, NULL, NULL, NULL},
+    {"protocol", (getter)Conn_get_protocol, NULL, "The client's protocol, for the access log.", NULL},
     {NULL},
 };
 
@@ -1749,6 +1819,10 @@ static PyTypeObject ConnType = {
     .tp_members = Conn_members,
     .tp_getset = Conn_getset,
 };
+
+#ifdef HP_HAVE_NGHTTP2
+#include "http2.c"
+#endif
 
 /* ====================================================================================== */
 
@@ -1777,7 +1851,8 @@ static const char *ATTRS_ENDPOINT[] = {"active", "fast_idle", NULL};
 static const char *ATTRS_SERVER[] = {"fast", NULL};
 static const char *ATTRS_HOOKS[] = {
     "opened", "closed", "handoff", "connect", "compression", "later", "finished", "access_log", "idle_timeout",
-    "headers_timeout", NULL};
+    "headers_timeout", "h2_opened", "h2_request", "h2_rapid_reset", NULL};
+static const char *ATTRS_H2_SINK[] = {"body", "end_body", "gone", "drained", "exchange", NULL};
 static const char *ATTRS_ENCODER[] = {"feed", "finish", NULL};
 
 static PyObject *names_tuple(const char **names) {
@@ -1794,9 +1869,10 @@ static PyObject *names_tuple(const char **names) {
 }
 
 static int add_attributes(PyObject *m) {
-    PyObject *d = Py_BuildValue("{sNsNsNsNsN}", "Cluster", names_tuple(ATTRS_CLUSTER), "EndpointState",
+    PyObject *d = Py_BuildValue("{sNsNsNsNsNsN}", "Cluster", names_tuple(ATTRS_CLUSTER), "EndpointState",
                                 names_tuple(ATTRS_ENDPOINT), "PortServer", names_tuple(ATTRS_SERVER), "Hooks",
-                                names_tuple(ATTRS_HOOKS), "Encoder", names_tuple(ATTRS_ENCODER));
+                                names_tuple(ATTRS_HOOKS), "Encoder", names_tuple(ATTRS_ENCODER), "NativeH2Stream",
+                                names_tuple(ATTRS_H2_SINK));
     if (!d) return -1;
     int r = PyModule_AddObjectRef(m, "PYTHON_ATTRIBUTES", d);
     Py_DECREF(d);
@@ -1833,7 +1909,13 @@ PyMODINIT_FUNC PyInit__fastlane(void) {
         add_bytes(m, "PATH_SAFE", PATH_SAFE_CHARS) < 0 || add_bytes(m, "HOST_SAFE", HOST_SAFE_CHARS) < 0 ||
         PyModule_AddIntConstant(m, "ROUTE_FIELDS", ROUTE_FIELDS) < 0 || PyModule_AddIntConstant(m, "MATCH_EXACT", MATCH_EXACT) < 0 ||
         PyModule_AddIntConstant(m, "MATCH_PREFIX", MATCH_PREFIX) < 0 || PyModule_AddIntConstant(m, "MATCH_OPAQUE", MATCH_OPAQUE) < 0 ||
-        add_attributes(m) < 0 || tls_add_to_module(m) < 0) {
+        add_attributes(m) < 0 || tls_add_to_module(m) < 0 ||
+#ifdef HP_HAVE_NGHTTP2
+        h2_add_to_module(m) < 0 || PyModule_AddIntConstant(m, "HAVE_HTTP2", 1) < 0
+#else
+        PyModule_AddIntConstant(m, "HAVE_HTTP2", 0) < 0
+#endif
+        ) {
         Py_DECREF(m);
         return NULL;
     }

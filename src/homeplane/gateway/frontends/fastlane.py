@@ -42,7 +42,15 @@ import os
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
-from homeplane.gateway.base import DataPlaneHooks, ListenerConf, PortHooks
+from homeplane.gateway.base import (
+    DEFAULT_CONNECTION_WINDOW,
+    DEFAULT_MAX_STREAMS,
+    DEFAULT_STREAM_WINDOW,
+    ConnInfo,
+    DataPlaneHooks,
+    ListenerConf,
+    PortHooks,
+)
 from homeplane.gateway.policies.compression import Encoder, accepted, compressible
 from homeplane.gateway.exchange import RouteAction
 from homeplane.gateway.routing.headers import detect_client_ip
@@ -171,6 +179,14 @@ def native_tls_available() -> bool:
     return enabled() and bool(getattr(_fastlane, "HAVE_TLS", 0)) and os.environ.get("HOMEPLANE_NATIVE_TLS", "1") != "0"
 
 
+def native_h2_available() -> bool:
+    """The fast lane was built with nghttp2 (and its HTTP/2 is not turned off)."""
+    return enabled() and bool(getattr(_fastlane, "HAVE_HTTP2", 0)) and os.environ.get("HOMEPLANE_NATIVE_H2", "1") != "0"
+
+
+H2_PREFACE = b"PRI * HTTP/2.0\r\n"
+
+
 def make_native_context(cert: ir.TLSCert, conf: ListenerConf, h2: bool, selector: Callable[[str | None], Any] | None = None) -> Any:
     """The fast lane's context for one certificate (the same settings as ``tls.make_context``);
     ``selector`` makes it a port's default context, asking for the context of each server name."""
@@ -222,19 +238,61 @@ class Hooks:
         self.dp.connection_closed(conn)
 
     def handoff(self, conn: Any, transport: asyncio.Transport | None, data: bytes, paused: bool) -> None:
-        """The connection continues in Python from the first byte the fast lane did not answer."""
+        """The connection continues in Python from the first byte the fast lane did not answer
+        (HTTP/2 -- ALPN h2 or the h2c preface -- in the C session when it is built)."""
         from homeplane.gateway.frontends.http1 import Http1Connection
 
         if transport is None or transport.is_closing():
             return
         self.dp.connection_closed(conn)
-        proto = Http1Connection(self.server, client_override=conn.override, fresh=False)
+        tls = transport.get_extra_info("ssl_object")
+        alpn_h2 = tls is not None and tls.selected_alpn_protocol() == "h2"
+        proto: Any
+        if (alpn_h2 or data.startswith(H2_PREFACE)) and self.dp.settings.native_h2 and native_h2_available():
+            # ALPN h2 is decided before opened() admits the connection: admitted by h2_opened
+            proto = _fastlane.Http2Fast(self.server, self, conn.override, alpn_h2)
+        else:
+            proto = Http1Connection(self.server, client_override=conn.override, fresh=False)
         transport.set_protocol(proto)
         proto.connection_made(transport)
         if paused:
             transport.resume_reading()
         if data and not proto.closed:
             proto.data_received(data)
+
+    def h2_opened(self, session: Any, transport: asyncio.Transport, fresh: bool) -> tuple[bytes, bytes | None, bytes, int, int, int, float, bool]:
+        """An HTTP/2 connection in the C session: what it needs to know, and its ConnInfo and
+        listener for the streams Python serves. The listener's ClientTrafficPolicy http2
+        settings apply (by SNI, else the port's first listener), as in frontends/http2.py."""
+        set_nodelay(transport)
+        peer = session.override or transport.get_extra_info("peername") or ("", 0)
+        local = transport.get_extra_info("sockname") or ("", 0)
+        tls = transport.get_extra_info("ssl_object")
+        sni = self.server.sni_of(tls) if tls is not None else None
+        scheme = b"https" if tls is not None else b"http"
+        session.info = ConnInfo(str(peer[0]), int(peer[1]), str(local[0]), int(local[1]), scheme, sni, "HTTP/2")
+        table = self.server.table
+        session.listener = table.listener_for(sni.encode()) if sni else None
+        lt = session.listener or (table.listeners[0] if table.listeners else None)
+        conf = lt.conf if lt is not None else None
+        self.dp.connection_opened(session, fresh)
+        return (
+            str(peer[0]).encode(), sni.encode() if sni else None, scheme,
+            conf.h2_max_streams if conf else DEFAULT_MAX_STREAMS,
+            conf.h2_stream_window if conf else DEFAULT_STREAM_WINDOW,
+            conf.h2_connection_window if conf else DEFAULT_CONNECTION_WINDOW,
+            self.idle_timeout, self.access_log,
+        )
+
+    def h2_request(self, session: Any, stream_id: int, fields: list[tuple[bytes, bytes]], ended: bool) -> Any:
+        """A stream the C session does not serve: a Python Exchange (frontends/http2_native.py)."""
+        from homeplane.gateway.frontends.http2_native import start_stream
+
+        return start_stream(self.server, session, stream_id, fields, ended)
+
+    def h2_rapid_reset(self, session: Any, premature: int, ended: int) -> None:
+        self.dp.log.warning("HTTP/2 client %s reset %d of %d streams prematurely: connection closed",
+                            session.client_ip.decode() if session.client_ip else "?", premature, ended)
 
     def connect(self, conn: Any, ep: EndpointState, timeout: float) -> asyncio.Task[None]:
         return asyncio.ensure_future(self._connect(conn, ep, timeout))
@@ -280,7 +338,7 @@ class Hooks:
             client = detect_client_ip(client, xff.decode("latin-1") if xff else None, conf.xff_hops, conf.xff_trusted)
         self.dp.access_line(
             gateway=route.gateway or str(table.gateway), client=client, method=conn.method.decode("latin-1"),
-            host=conn.host.decode("latin-1"), path=conn.target.decode("latin-1"), protocol="HTTP/1.1",
+            host=conn.host.decode("latin-1"), path=conn.target.decode("latin-1"), protocol=conn.protocol,
             status=status, route=route.route_id, backend=ep.name if ep is not None else None,
             duration=duration, bytes_in=bytes_in, bytes_out=bytes_out,
             request_id=conn.request_id.decode("latin-1") if conn.request_id else None, error=error,

@@ -61,9 +61,9 @@ class ClientStream:
         hdrs += [(n, v) for n, v in headers if n not in _FORBIDDEN]
         if length is not None:
             hdrs.append((b"content-length", str(length).encode()))
-        end = not has_body or length == 0
+        end = not has_body or length == 0  # (a HEAD answer: has_body is False, its length kept)
         try:
-            self.conn.h2.send_headers(self.stream_id, hdrs, end_stream=end and not self.conn.is_head(self))
+            self.conn.h2.send_headers(self.stream_id, hdrs, end_stream=end)
         except h2.exceptions.ProtocolError:
             self.closed = True
             return
@@ -188,7 +188,6 @@ class H2Connection(asyncio.Protocol):
         self.deadline = 0.0
         self.current = None  # the sweep checks exchanges through exchanges()
         self.closed = False
-        self._head_streams: set[int] = set()
         self.streams_ended = 0
         self.premature_resets = 0
 
@@ -229,9 +228,6 @@ class H2Connection(asyncio.Protocol):
 
     def exchanges(self) -> list[Exchange]:
         return [s.exchange for s in self.streams.values() if s.exchange is not None]
-
-    def is_head(self, stream: ClientStream) -> bool:
-        return stream.stream_id in self._head_streams
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -302,8 +298,6 @@ class H2Connection(asyncio.Protocol):
             headers.insert(0, (b"host", authority))
         stream = ClientStream(self, ev.stream_id, time.monotonic())
         self.streams[ev.stream_id] = stream
-        if method == b"HEAD":
-            self._head_streams.add(ev.stream_id)
         ended = ev.stream_ended is not None
         has_body = not ended
         assert self.info is not None
@@ -337,7 +331,6 @@ class H2Connection(asyncio.Protocol):
     def stream_done(self, stream: ClientStream) -> None:
         if self.streams.pop(stream.stream_id, None) is not None:
             self.streams_ended += 1
-        self._head_streams.discard(stream.stream_id)
 
     def flush(self) -> None:
         data = self.h2.data_to_send()
@@ -370,6 +363,15 @@ class H2Connection(asyncio.Protocol):
 
     def idle(self) -> bool:
         return not self.streams
+
+    def goaway(self) -> None:
+        """The listener is drained: an idle connection says GOAWAY and closes (one with open
+        streams ends by its idle timeout after them; the h2 state machine takes no frames once
+        it has sent GOAWAY)."""
+        if self.idle() and not self.closed and self.transport is not None:
+            self.h2.close_connection()
+            self.flush()
+            self.transport.close()
 
     def check_deadline(self, now: float) -> None:
         if self.streams:

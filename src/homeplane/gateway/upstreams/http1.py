@@ -117,6 +117,11 @@ class UpstreamConnection(PooledConnection):
 
     # --- httptools callbacks --------------------------------------------------------
 
+    def on_message_begin(self) -> None:
+        # llhttp reports a chunked response's trailer fields through on_header too: they must
+        # not become the next response's fields on this connection (trailers are dropped)
+        self.headers = []
+
     def on_status(self, status: bytes) -> None:
         self._status_reason = status
 

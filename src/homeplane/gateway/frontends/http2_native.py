@@ -1,0 +1,135 @@
+"""HTTP/2 streams the C session (frontends/http2.c, on nghttp2) leaves to Python.
+
+The session serves plain streams itself; any other stream becomes an :class:`Exchange`, as in
+frontends/http2.py, whose sink is a :class:`NativeH2Stream`: the sink's calls become the
+session's primitives (respond, data, end, reset, consume), and the session calls back
+``body``, ``end_body``, ``gone`` and ``drained``. Flow control is the session's (nghttp2):
+request body bytes are acknowledged as the upstream takes them, response bytes wait for the
+client's windows and the exchange is paused while many do.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from homeplane.gateway.base import ConnInfo, ExchangeState, PortHooks
+from homeplane.gateway.exchange import Exchange
+
+if TYPE_CHECKING:
+    from homeplane.gateway.routing.router import ListenerTable
+
+HIGH_WATER = 256 * 1024  # response bytes waiting for the client's windows before the exchange pauses (http2.c's H2_HIGH_WATER)
+
+
+class NativeH2Stream:
+    """Sink for one stream's exchange, on the C session's primitives."""
+
+    __slots__ = ("session", "stream_id", "exchange", "paused", "body_paused", "unacked")
+
+    def __init__(self, session: Any, stream_id: int):
+        self.session = session
+        self.stream_id = stream_id
+        self.exchange: Exchange | None = None
+        self.paused = False  # the exchange was told the client does not keep up
+        self.body_paused = False  # the upstream cannot take more of the request body now
+        self.unacked = 0  # request body bytes received but not acknowledged yet (window held back)
+
+    # --- the Exchange's sink interface (as frontends/http2.ClientStream) -----------------
+
+    def respond_head(self, status: int, headers: list[tuple[bytes, bytes]], length: int | None, has_body: bool) -> None:
+        self.session.respond(self.stream_id, status, headers, length, has_body)
+
+    def respond_data(self, data: bytes) -> None:
+        if not data:
+            return
+        waiting = self.session.data(self.stream_id, data)
+        if waiting > HIGH_WATER and not self.paused and self.exchange is not None:
+            self.paused = True
+            self.exchange.downstream_paused()
+
+    def respond_end(self) -> None:
+        self.session.end(self.stream_id)
+
+    def respond_abort(self) -> None:
+        self.session.reset(self.stream_id)
+
+    def flush(self) -> None:
+        self.session.flush()
+
+    def pause_request_body(self) -> None:
+        self.body_paused = True
+
+    def resume_request_body(self) -> None:
+        self.body_paused = False
+        if self.unacked:
+            n, self.unacked = self.unacked, 0
+            self.session.consume(self.stream_id, n)
+
+    def start_tunnel(self, exchange: Exchange) -> None:
+        self.respond_abort()  # Upgrade does not exist in HTTP/2
+
+    def tunnel_write(self, data: bytes) -> None:
+        pass
+
+    def tunnel_close(self) -> None:
+        pass
+
+    # --- called by the session ---------------------------------------------------------
+
+    def body(self, data: bytes) -> bool:
+        """Request body bytes; True when they may be acknowledged now."""
+        if self.exchange is not None:
+            self.exchange.feed_body(data)
+        if self.body_paused:
+            self.unacked += len(data)
+            return False
+        return True
+
+    def end_body(self) -> None:
+        if self.exchange is not None and self.exchange.state != ExchangeState.DONE:
+            self.exchange.end_body()
+
+    def drained(self) -> None:
+        if self.paused and self.exchange is not None:
+            self.paused = False
+            self.exchange.downstream_resumed()
+
+    def gone(self) -> None:
+        """The stream closed (answered, reset by the client, or the connection ended)."""
+        ex = self.exchange
+        if ex is not None and ex.state != ExchangeState.DONE:
+            ex.client_gone()
+
+
+def start_stream(server: PortHooks, session: Any, stream_id: int, fields: list[tuple[bytes, bytes]], ended: bool) -> NativeH2Stream:
+    """A request the session did not serve itself: an Exchange, as frontends/http2.py makes it."""
+    method = path = authority = b""
+    headers: list[tuple[bytes, bytes]] = []
+    cookies: list[bytes] = []
+    for n, v in fields:
+        if n.startswith(b":"):
+            if n == b":method":
+                method = v
+            elif n == b":path":
+                path = v
+            elif n == b":authority":
+                authority = v
+        elif n == b"cookie":
+            cookies.append(v)
+        else:
+            headers.append((n, v))
+    if cookies:
+        # RFC 9113 8.2.3: joined into one field for HTTP/1.1, after the others (as the h2
+        # library hands them to frontends/http2.py)
+        headers.append((b"cookie", b"; ".join(cookies)))
+    if authority and not any(h[0] == b"host" for h in headers):
+        headers.insert(0, (b"host", authority))
+    sink = NativeH2Stream(session, stream_id)
+    info: ConnInfo = session.info
+    listener: ListenerTable | None = session.listener
+    ex = Exchange(server.dp, sink, info, server.table, method, path or b"/", headers, b"2", not ended, listener)
+    sink.exchange = ex
+    ex.start()
+    if ended and ex.state != ExchangeState.DONE:
+        ex.end_body()
+    return sink

@@ -1,0 +1,380 @@
+"""HTTP/2 on both implementations: the C session on nghttp2 (frontends/http2.c, its plain
+streams served by the fast lane, the others by Python exchanges) and the h2 library's
+(frontends/http2.py, Settings.native_h2=False). The same frames through both must give the
+same upstream requests and the same answers; the limits against abuse hold on both."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from typing import Iterator
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from homeplane.gateway.frontends import fastlane
+from homeplane.gateway.server import Settings
+from tests.gateway.harness import Gateway
+from tests.gateway.manifests import gateway, route, service
+
+ANSWERS = {
+    "ok": b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: b\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n\r\nhello",
+    "chunked": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-A: 1\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-T: t\r\n\r\n",
+    "eof": b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end",
+    "hop": b"HTTP/1.1 200 OK\r\nConnection: X-Private, keep-alive\r\nX-Private: 1\r\nKeep-Alive: timeout=5\r\nX-Public: 2\r\n"
+    b"Content-Length: 2\r\n\r\nok",
+    "empty": b"HTTP/1.1 204 No Content\r\nX-Empty: 1\r\n\r\n",
+    "notmod": b"HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\n\r\n",
+    "big": b"HTTP/1.1 200 OK\r\nContent-Length: 200000\r\n\r\n" + bytes(range(256)) * 781 + b"\x00" * 64,
+    "status": b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\nRetry-After: 1\r\n\r\nbusy",
+    "upper": b"HTTP/1.1 200 OK\r\nX-MiXeD-Case: V\r\nContent-Length: 0\r\n\r\n",
+    "broken": b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nshort",
+}
+
+
+class Recorder:
+    """A raw HTTP/1.1 backend: answers ANSWERS[<last path segment>], records each request."""
+
+    def __init__(self) -> None:
+        self.seen: list[bytes] = []
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, c: socket.socket) -> None:
+        buf = b""
+        with c:
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    try:
+                        d = c.recv(65536)
+                    except OSError:
+                        return
+                    if not d:
+                        return
+                    buf += d
+                head, _, buf = buf.partition(b"\r\n\r\n")
+                lines = head.lower().split(b"\r\n")
+                body = b""
+                if any(line == b"transfer-encoding: chunked" for line in lines):
+                    while not buf.endswith(b"0\r\n\r\n"):
+                        d = c.recv(65536)
+                        if not d:
+                            return
+                        buf += d
+                    body, buf = buf, b""
+                self.seen.append(head + b"\r\n\r\n" + body)
+                name = head.split(b" ")[1].split(b"?")[0].rsplit(b"/", 1)[-1].decode()
+                c.sendall(ANSWERS.get(name, ANSWERS["ok"]))
+                if name in ("eof", "broken"):
+                    return
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+MANIFESTS = """
+""" + gateway() + route(hostnames="[app.test, '*.wild.test']", rules="""
+    - matches: [{path: {type: PathPrefix, value: /filtered}}]
+      filters: [{type: RequestHeaderModifier, requestHeaderModifier: {add: [{name: x-added, value: "1"}]}}]
+      backendRefs: [{name: a, port: 80}]
+    - backendRefs: [{name: a, port: 80}]
+""")
+
+
+@pytest.fixture(scope="module")
+def lanes() -> Iterator[tuple[Recorder, Gateway, Gateway]]:
+    rec = Recorder()
+    m = MANIFESTS + service("a", rec.port)
+    native = Gateway(m)
+    library = Gateway(m, Settings(access_log=False, native_h2=False))
+    yield rec, native, library
+    native.close()
+    library.close()
+    rec.close()
+
+
+def test_nghttp2_is_built() -> None:
+    # CI installs libnghttp2-dev (scripts/install-test-deps.sh), so both lanes are compared
+    assert fastlane.native_h2_available()
+
+
+Request = tuple[list[tuple[str, str]], bytes | None]
+
+
+def converse(port: int, requests: list[Request], timeout: float = 5.0) -> list[object]:
+    """Send the requests on one connection (one stream each); what came back per stream:
+    (status, headers, body) or ("reset", code), and ("closed", code) if the connection ended."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8", validate_outbound_headers=False,
+                                                               normalize_outbound_headers=False))
+    c.initiate_connection()
+    out: dict[int, object] = {}
+    heads: dict[int, tuple[str, list[tuple[str, str]]]] = {}
+    bodies: dict[int, bytes] = {}
+    sids = []
+    for i, (headers, body) in enumerate(requests):
+        sid = 1 + 2 * i
+        sids.append(sid)
+        c.send_headers(sid, headers, end_stream=body is None)
+        if body is not None:
+            for at in range(0, len(body), 16384):
+                c.send_data(sid, body[at : at + 16384])
+            c.end_stream(sid)
+    s.sendall(c.data_to_send())
+    closed = None
+    deadline = time.monotonic() + timeout
+    while len(out) < len(sids) and closed is None and time.monotonic() < deadline:
+        try:
+            d = s.recv(65536)
+        except (socket.timeout, ConnectionResetError):
+            break
+        if not d:
+            break
+        try:
+            events = c.receive_data(d)
+        except h2.exceptions.ProtocolError as e:
+            closed = ("protocol-error", type(e).__name__)
+            break
+        for ev in events:
+            if isinstance(ev, h2.events.ResponseReceived):
+                hs = [(k, v) for k, v in ev.headers]
+                heads[ev.stream_id] = (dict(hs)[":status"], [h for h in hs if h[0] != ":status"])
+            elif isinstance(ev, h2.events.DataReceived):
+                bodies[ev.stream_id] = bodies.get(ev.stream_id, b"") + ev.data
+                c.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+            elif isinstance(ev, h2.events.StreamEnded):
+                status, hs = heads[ev.stream_id]
+                out[ev.stream_id] = (status, hs, bodies.get(ev.stream_id, b""))
+            elif isinstance(ev, h2.events.StreamReset):
+                out[ev.stream_id] = ("reset", int(ev.error_code))
+            elif isinstance(ev, h2.events.ConnectionTerminated):
+                closed = ("goaway", int(ev.error_code))
+        try:
+            s.sendall(c.data_to_send())
+        except OSError:
+            break
+    s.close()
+    return [out.get(sid, "no answer") for sid in sids] + ([closed] if closed else [])
+
+
+def _view(raws: list[bytes]) -> list[bytes]:
+    """What the backend saw, request ids masked (each lane makes its own), in a stable order."""
+    return sorted(b"\r\n".join(b"x-request-id: <id>" if x.startswith(b"x-request-id:") else x for x in raw.split(b"\r\n")) for raw in raws)
+
+
+def both(lanes: tuple[Recorder, Gateway, Gateway], requests: list[Request]) -> list[object]:
+    """The same conversation with each lane: the same answers, the same upstream requests."""
+    rec, native, library = lanes
+    n0 = len(rec.seen)
+    a = converse(native.port(80), requests)
+    time.sleep(0.02)
+    n1 = len(rec.seen)
+    b = converse(library.port(80), requests)
+    time.sleep(0.02)
+    assert a == b, requests
+    assert _view(rec.seen[n0:n1]) == _view(rec.seen[n1:]), requests
+    return a
+
+
+def req(path: str = "/ok", method: str = "GET", authority: str = "app.test", extra: list[tuple[str, str]] | None = None,
+        body: bytes | None = None) -> Request:
+    headers = [(":method", method), (":path", path), (":scheme", "http"), (":authority", authority)] + (extra or [])
+    return headers, body
+
+
+CASES = {
+    "plain": [req()],
+    "answers": [req(f"/x/{name}") for name in ANSWERS],
+    "head": [req("/x/ok", "HEAD"), req("/x/big", "HEAD"), req("/x/empty", "HEAD")],
+    "cookies": [req(extra=[("cookie", "a=1"), ("accept", "*/*"), ("cookie", "b=2"), ("cookie", "c=3")])],
+    "forwarding": [req(extra=[("x-forwarded-for", "203.0.113.1"), ("x-request-id", "mine"), ("x-forwarded-proto", "https"),
+                              ("x-forwarded-host", "evil"), ("te", "trailers")])],
+    "authority-forms": [req(authority="APP.test:80"), req(authority="app.test."), req(authority="x.wild.test"), req(authority="other.test")],
+    "host-field": [req(extra=[("host", "app.test")])],
+    "bodies": [req("/x/ok", "POST", body=b"x" * 60000), req("/x/ok", "PUT", body=b""), req("/x/chunked", "POST", body=b"abc")],
+    "filtered-route": [req("/filtered/ok"), req("/filtered/chunked", "POST", body=b"q")],
+    "odd-paths": [req("/a/../x/ok"), req("/a/%2e%2e/ok"), req("//x/ok"), req("/x/ok?q=%20")],
+    "many-streams": [req(f"/x/ok?i={i}") for i in range(40)],
+}
+
+
+@pytest.mark.parametrize("case", CASES, ids=list(CASES))
+def test_both_lanes_answer_the_same(lanes: tuple[Recorder, Gateway, Gateway], case: str) -> None:
+    assert "no answer" not in both(lanes, CASES[case])
+
+
+def test_what_the_upstream_and_the_client_see(lanes: tuple[Recorder, Gateway, Gateway]) -> None:
+    rec, native, _ = lanes
+    n0 = len(rec.seen)
+    (status, headers, body), = converse(native.port(80), [req("/x/hop", extra=[("cookie", "a=1"), ("accept", "*/*"), ("cookie", "b=2"),
+                                                                            ("te", "trailers")])])
+    assert status == "200" and body == b"ok"
+    # hop-by-hop fields (and those Connection names) are not HTTP/2's: dropped
+    assert headers == [("x-public", "2"), ("content-length", "2")]
+    head = rec.seen[n0].split(b"\r\n")
+    assert head[:4] == [b"GET /x/hop HTTP/1.1", b"host: app.test", b"accept: */*", b"cookie: a=1; b=2"]
+    assert head[4].startswith(b"x-forwarded-for: 127.0.0.1") and b"te:" not in rec.seen[n0]
+
+
+def test_a_host_field_naming_another_server_than_authority_is_malformed(lanes: tuple[Recorder, Gateway, Gateway]) -> None:
+    rec, native, _ = lanes
+    n0 = len(rec.seen)
+    # RFC 9113 8.3.1; routed by either name the request could reach a route the other does not
+    # (the h2 library ends the whole connection; nghttp2's session resets the stream)
+    answers = converse(native.port(80), [req(authority="other.test", extra=[("host", "app.test")]), req(extra=[("host", "APP.test")])])
+    assert answers[0] == ("reset", h2.errors.ErrorCodes.PROTOCOL_ERROR)
+    assert answers[1][0] == "200" and len(rec.seen) == n0 + 1  # the same name, other case: served
+
+
+NAMES = st.sampled_from(["accept", "x-a", "cookie", "x-forwarded-for", "x-request-id", "accept-encoding", "user-agent", "te",
+                         "x-forwarded-proto", "content-type", "authorization", "if-none-match"])
+VALUES = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7e), min_size=0, max_size=12)
+
+
+@st.composite
+def requests(draw: st.DrawFn) -> list[Request]:
+    out = []
+    for _ in range(draw(st.integers(1, 4))):
+        method = draw(st.sampled_from(["GET", "GET", "HEAD", "POST", "DELETE", "OPTIONS", "PATCH"]))
+        path = draw(st.sampled_from(["/x/", "/filtered/", "/", "/y/../x/", "/x//"])) + draw(st.sampled_from(list(ANSWERS)))
+        if draw(st.booleans()):
+            path += "?" + draw(st.text(st.sampled_from("abc=&%2e/"), max_size=8))
+        authority = draw(st.sampled_from(["app.test", "app.test:80", "APP.TEST", "a.wild.test", "nope.test", "app.test."]))
+        extra = [(n, "trailers" if n == "te" else v) for n, v in draw(st.lists(st.tuples(NAMES, VALUES), max_size=6))]
+        body = draw(st.one_of(st.none(), st.binary(max_size=300)))
+        out.append(req(path, method, authority, extra, body))
+    return out
+
+
+@settings(max_examples=120, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(rs=requests())
+def test_fuzzed_streams_get_the_same_treatment_from_both_lanes(lanes: tuple[Recorder, Gateway, Gateway], rs: list[Request]) -> None:
+    both(lanes, rs)
+
+
+# --- limits against abuse, on both ----------------------------------------------------------
+
+
+@pytest.fixture(params=[True, False], ids=["nghttp2", "h2-library"])
+def lane(request: pytest.FixtureRequest) -> Iterator[Gateway]:
+    rec = Recorder()
+    g = Gateway(MANIFESTS + service("a", rec.port), Settings(access_log=False, native_h2=request.param))
+    yield g
+    g.close()
+    rec.close()
+
+
+def raw_client(port: int) -> tuple[socket.socket, h2.connection.H2Connection]:
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+    c.local_settings.max_concurrent_streams = 1000
+    c.initiate_connection()
+    s.sendall(c.data_to_send())
+    return s, c
+
+
+def ends_with_goaway(s: socket.socket, c: h2.connection.H2Connection) -> int | None:
+    """Read until the connection closes: the GOAWAY error code, if one came."""
+    code = None
+    while True:
+        try:
+            d = s.recv(65536)
+        except (ConnectionResetError, socket.timeout):
+            break
+        if not d:
+            break
+        try:
+            for ev in c.receive_data(d):
+                if isinstance(ev, h2.events.ConnectionTerminated):
+                    code = int(ev.error_code)
+        except h2.exceptions.ProtocolError:
+            break
+    return code
+
+
+def test_continuation_flood_ends_the_connection(lane: Gateway) -> None:
+    """Endless CONTINUATION frames of one header block (CVE-2024-27316 and kin): the gateway
+    does not keep reading them; the connection ends after a bounded amount."""
+    s, c = raw_client(lane.port(80))
+    import struct
+
+    block = c.encoder.encode([(":method", "GET"), (":path", "/x/ok"), (":scheme", "http"), (":authority", "app.test")])
+    frame = struct.pack(">I", len(block))[1:] + bytes([0x1, 0x0]) + struct.pack(">I", 1) + block  # HEADERS, no END_HEADERS
+    s.sendall(frame)
+    sent = 0
+    filler = c.encoder.encode([("x-filler", "v" * 100)])
+    cont = struct.pack(">I", len(filler))[1:] + bytes([0x9, 0x0]) + struct.pack(">I", 1) + filler
+    try:
+        for _ in range(20000):
+            s.sendall(cont)
+            sent += len(cont)
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    s.settimeout(5)
+    ends_with_goaway(s, c)
+    assert sent < 2_000_000, "the gateway kept reading CONTINUATION frames"
+    s.close()
+
+
+def test_settings_flood_is_bounded(lane: Gateway) -> None:
+    """SETTINGS frames the client never reads the acknowledgements of: reading stops (or the
+    connection ends) instead of queueing acknowledgements without bound."""
+    s, c = raw_client(lane.port(80))
+    frame = b"\x00\x00\x06\x04\x00\x00\x00\x00\x00" + b"\x00\x03\x00\x00\x00\x64"  # SETTINGS MAX_CONCURRENT_STREAMS=100
+    s.settimeout(0.5)
+    sent = 0
+    try:
+        while sent < 300 << 20:
+            s.sendall(frame * 1000)
+            sent += len(frame) * 1000
+    except (BrokenPipeError, ConnectionResetError, socket.timeout):
+        pass
+    assert sent < 300 << 20, "the gateway kept reading SETTINGS from a client that reads none of the acknowledgements"
+    s.close()
+
+
+def test_idle_connection_gets_goaway(monkeypatch: pytest.MonkeyPatch) -> None:
+    rec = Recorder()
+    g = Gateway(MANIFESTS + service("a", rec.port), Settings(access_log=False, idle_timeout=0.5))
+    try:
+        s, c = raw_client(g.port(80))
+        c.send_headers(1, req()[0], end_stream=True)
+        s.sendall(c.data_to_send())
+        s.settimeout(10)
+        assert ends_with_goaway(s, c) == h2.errors.ErrorCodes.NO_ERROR  # after the stream, once idle
+        s.close()
+    finally:
+        g.close()
+        rec.close()
+
+
+def test_a_removed_listener_says_goaway_to_its_http2_clients(lane: Gateway) -> None:
+    s, c = raw_client(lane.port(80))
+    c.send_headers(1, req("/x/ok")[0], end_stream=True)
+    s.sendall(c.data_to_send())
+    got: list = []
+    while not any(isinstance(e, h2.events.StreamEnded) for e in got):
+        got += c.receive_data(s.recv(65536))
+    # the Gateway now listens on another port only: port 80's connections are drained
+    lane.apply(MANIFESTS.replace("port: 80,", "port: 8080,") + service("a", 9))
+    s.settimeout(10)
+    assert ends_with_goaway(s, c) == h2.errors.ErrorCodes.NO_ERROR
+    s.close()

@@ -33,3 +33,14 @@ def test_every_attribute_c_reads_exists() -> None:
         cls = classes[name]
         missing = [a for a in attrs if a not in _names(cls) and a not in getattr(cls, "__init__").__code__.co_names]
         assert not missing, f"{name} lacks {missing}: _fastlane.c reads them"
+
+
+def test_the_built_extension_is_not_older_than_its_sources() -> None:
+    """The build is optional (setup.py): a C change that does not compile leaves the previous
+    build in place, silently. Then the tests would run against old code; say so instead."""
+    from pathlib import Path
+
+    built = Path(_fastlane.__file__).stat().st_mtime
+    sources = Path(_fastlane.__file__).parent
+    stale = [p.name for p in sources.glob("*.[ch]") if p.stat().st_mtime > built]
+    assert not stale, f"{stale} changed after the extension was built: run pip install -e . and check the compiler's output"

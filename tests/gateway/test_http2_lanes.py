@@ -44,6 +44,7 @@ class Recorder:
 
     def __init__(self) -> None:
         self.seen: list[bytes] = []
+        self.connections = 0
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(64)
@@ -56,6 +57,7 @@ class Recorder:
                 c, _ = self.sock.accept()
             except OSError:
                 return
+            self.connections += 1
             threading.Thread(target=self._serve, args=(c,), daemon=True).start()
 
     def _serve(self, c: socket.socket) -> None:
@@ -276,7 +278,7 @@ def test_fuzzed_streams_get_the_same_treatment_from_both_lanes(lanes: tuple[Reco
 @pytest.fixture(params=[True, False], ids=["nghttp2", "h2-library"])
 def lane(request: pytest.FixtureRequest) -> Iterator[Gateway]:
     rec = Recorder()
-    g = Gateway(MANIFESTS + service("a", rec.port), Settings(access_log=False, native_h2=request.param))
+    g = Gateway(MANIFESTS + service("a", rec.port), Settings(access_log=False, native_h2=request.param, idle_timeout=1.0))
     yield g
     g.close()
     rec.close()
@@ -377,4 +379,126 @@ def test_a_removed_listener_says_goaway_to_its_http2_clients(lane: Gateway) -> N
     lane.apply(MANIFESTS.replace("port: 80,", "port: 8080,") + service("a", 9))
     s.settimeout(10)
     assert ends_with_goaway(s, c) == h2.errors.ErrorCodes.NO_ERROR
+    s.close()
+
+
+def closes_within(s: socket.socket, seconds: float) -> bool:
+    s.settimeout(seconds)
+    started = time.monotonic()
+    try:
+        while s.recv(65536):
+            pass
+    except (socket.timeout, ConnectionResetError):
+        pass
+    return time.monotonic() - started < seconds
+
+
+def test_a_header_block_that_never_ends_does_not_hold_the_connection(lane: Gateway) -> None:
+    import struct
+
+    s, c = raw_client(lane.port(80))
+    block = c.encoder.encode([(":method", "GET"), (":path", "/x/ok"), (":scheme", "http"), (":authority", "app.test")])
+    s.sendall(struct.pack(">I", len(block))[1:] + bytes([0x1, 0x0]) + struct.pack(">I", 1) + block)  # no END_HEADERS, ever
+    assert closes_within(s, 6)  # the idle timeout (1 s here), as for a connection with no stream
+    s.close()
+
+
+def test_an_answered_stream_whose_client_never_ends_does_not_hold_the_connection(lane: Gateway) -> None:
+    s, c = raw_client(lane.port(80))
+    c.send_headers(1, req("/x/ok", "POST", authority="nope.test")[0], end_stream=False)  # 404 at once
+    c.send_data(1, b"part of a body that never ends")
+    s.sendall(c.data_to_send())
+    assert closes_within(s, 6)
+    s.close()
+
+
+def test_held_back_upload_bytes_return_to_the_connection_window(lane: Gateway) -> None:
+    """Uploads to a backend that cannot take them (its connects hang) are reset by the client:
+    the bytes the gateway held back must count again for the connection, or it starves."""
+    hang = socket.socket()
+    hang.bind(("127.0.0.1", 0))
+    hang.listen(0)
+    fillers = []
+    for _ in range(3):  # a full accept queue: connects hang
+        f = socket.socket()
+        f.setblocking(False)
+        try:
+            f.connect(hang.getsockname())
+        except BlockingIOError:
+            pass
+        fillers.append(f)
+    rec = Recorder()
+    lane.apply(MANIFESTS.replace("value: /filtered}}]", "value: /slow}}]") + service("a", hang.getsockname()[1]))
+    s, c = raw_client(lane.port(80))
+    try:
+        for i in range(24):
+            sid = 1 + 2 * i
+            c.send_headers(sid, req("/slow/upload", "POST")[0], end_stream=False)
+            n = min(c.local_flow_control_window(sid), c.outbound_flow_control_window)
+            for at in range(0, n, 16384):
+                c.send_data(sid, b"x" * min(16384, n - at))
+            s.sendall(c.data_to_send())
+            time.sleep(0.05)
+            c.reset_stream(sid)
+            s.sendall(c.data_to_send())
+            s.settimeout(0.1)
+            try:
+                while d := s.recv(65536):
+                    c.receive_data(d)
+                    s.sendall(c.data_to_send())
+            except socket.timeout:
+                pass
+        # 24 streams' windows (more than the 16 MiB connection window) went out and came back
+        assert c.outbound_flow_control_window > 1 << 20
+    finally:
+        s.close()
+        rec.close()
+        hang.close()
+        for f in fillers:
+            f.close()
+
+
+def test_answers_without_a_body_finish_as_answers_on_the_fast_lane(lanes: tuple[Recorder, Gateway, Gateway]) -> None:
+    """HEAD, 204 and 304 end the stream with the HEADERS frame: the exchange is finished as
+    answered (counted once, access log without error, upstream connection pooled), not as a
+    client that left."""
+    rec, native, _ = lanes
+    lines: list[dict] = []
+    hooks = [srv.hooks for srv in native.dp.servers.values() if srv.hooks is not None]
+    for h in hooks:
+        h.access_log = True  # read by each new connection
+    original = native.dp.access_line
+    native.dp.access_line = lambda **kw: lines.append(kw)  # type: ignore[method-assign]
+    try:
+        before = fastlane.served()
+        for method, path in (("HEAD", "/x/ok"), ("GET", "/x/empty"), ("GET", "/x/notmod")):
+            connections = rec.connections
+            for _ in range(4):
+                converse(native.port(80), [req(path, method)])
+            assert rec.connections - connections <= 1, (method, path)  # pooled between requests
+        assert fastlane.served() - before == 12
+        assert [(ln["status"], ln["error"]) for ln in lines] == [(200, None)] * 4 + [(204, None)] * 4 + [(304, None)] * 4
+        assert all(ln["protocol"] == "HTTP/2" for ln in lines)
+    finally:
+        native.dp.access_line = original  # type: ignore[method-assign]
+        for h in hooks:
+            h.access_log = False
+
+
+def test_a_client_that_reads_nothing_holds_a_bounded_amount(lanes: tuple[Recorder, Gateway, Gateway]) -> None:
+    """100 streams of 200 kB each to a client that opened its windows wide and then reads
+    nothing: the connection's queue stops near its limit (1 MiB), the upstreams wait."""
+    rec, native, _ = lanes
+    s = socket.create_connection(("127.0.0.1", native.port(80)), timeout=5)
+    c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+    c.local_settings.initial_window_size = (1 << 31) - 1
+    c.local_settings.max_concurrent_streams = 1000
+    c.initiate_connection()
+    c.increment_flow_control_window((1 << 31) - 1 - 65535)
+    for i in range(100):
+        c.send_headers(1 + 2 * i, req("/x/big")[0], end_stream=True)
+    s.sendall(c.data_to_send())
+    time.sleep(1.5)
+    session = next(x for x in native.dp.connections if type(x).__name__ == "Http2Fast")
+    assert session.queued < 3 << 20, session.queued
     s.close()

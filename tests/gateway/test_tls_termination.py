@@ -244,3 +244,13 @@ def test_a_silent_client_is_closed_after_the_handshake_timeout(native_gw: Gatewa
         except ConnectionResetError:
             pass
         assert time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize("versions", [TLS12, TLS13], ids=["tls1.2", "tls1.3"])
+def test_a_session_resumes_only_under_its_own_certificate(native_gw: Gateway, versions: tuple[ssl.TLSVersion, ssl.TLSVersion]) -> None:
+    ctx = client_ctx(tls=versions)
+    port = native_gw.port(443)
+    session = request(port, ctx, "x.a.test", "x.a.test").session
+    assert request(port, ctx, "y.a.test", "y.a.test", session=session).resumed  # the same listener and certificate
+    other = request(port, ctx, "b.test", "b.test", session=session)
+    assert not other.resumed and other.status == 200  # a full handshake, b.test's certificate

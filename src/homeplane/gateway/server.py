@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import os
+import socket
 import ssl
 import time
 from typing import Any, Callable
@@ -90,11 +91,17 @@ class PortServer:
             if self.native_tls:
                 # the fast lane's OpenSSL contexts; the default one (for clients that send no
                 # server name) asks _choose_native for the others
-                native = [(lt.listener.hostname, [(c, make_native_context(c, lt.conf or ListenerConf(), h2)) for c in lt.listener.tls_certs])
-                          for lt in table.listeners]
-                self._native = native
-                self._native_cache = {}
                 self.native_default = make_native_context(c0, first_conf, h2, selector=self._choose_native)
+                # the port's first listener's first certificate is the default context itself, so
+                # a client asking for it keeps the context its connection started with
+                self._native = [
+                    (lt.listener.hostname, [
+                        (c, self.native_default if (i, j) == (0, 0) else make_native_context(c, lt.conf or ListenerConf(), h2))
+                        for j, c in enumerate(lt.listener.tls_certs)
+                    ])
+                    for i, lt in enumerate(table.listeners)
+                ]
+                self._native_cache = {}
             else:
                 contexts = []
                 for lt in table.listeners:
@@ -135,7 +142,7 @@ class PortServer:
     def tls_connection(self) -> Any:
         """A new client connection's TLS layer (the fast lane's), with Http1Fast behind it."""
         assert self.hooks is not None
-        return tls_connection(self.native_default, self.hooks.protocol, self.dp.loop)
+        return tls_connection(self.native_default, self.hooks.new_connection, self.dp.loop)
 
     @property
     def terminates_tls(self) -> bool:
@@ -167,11 +174,12 @@ class PortServer:
                 lambda: ProxyPreamble(self), self.host, self.port, backlog=1024, reuse_address=True,
                 reuse_port=self.dp.settings.reuse_port or None,
             )
+            self._nodelay()
             return
         if self.native_default is not None:
             factory: Callable[[], asyncio.BaseProtocol] = self.tls_connection
         elif self.hooks is not None:
-            factory = self.hooks.protocol
+            factory = self.hooks.new_connection
         else:
             factory = lambda: Http1Connection(self)  # noqa: E731
         self.server = await loop.create_server(
@@ -184,6 +192,18 @@ class PortServer:
             reuse_port=self.dp.settings.reuse_port or None,
             ssl_handshake_timeout=10.0 if self.ssl_ctx else None,
         )
+        self._nodelay()
+
+    def _nodelay(self) -> None:
+        """Small writes (an answer) go out at once: TCP_NODELAY on the listening sockets, which
+        the connections they accept inherit (Linux), instead of a system call per connection."""
+        assert self.server is not None
+        for sock in self.server.sockets:
+            if sock.family in (socket.AF_INET, socket.AF_INET6):
+                try:
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                except OSError:
+                    pass
 
     def close(self) -> None:
         if self.server is not None:

@@ -38,6 +38,7 @@ and every request takes the Python path (``HOMEPLANE_FASTLANE=0`` turns it off t
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple
@@ -219,6 +220,8 @@ class Hooks:
         self.access_log = settings.access_log
         self.headers_timeout = settings.request_headers_timeout
         self.idle_timeout = settings.idle_timeout
+        # a new connection's protocol, called with no Python frame in between (per connection)
+        self.new_connection: Callable[[], Any] = functools.partial(_fastlane.Http1Fast, server, self, None)
 
     def protocol(self, client_override: tuple[str, int] | None = None) -> Any:
         return _fastlane.Http1Fast(self.server, self, client_override)
@@ -228,7 +231,6 @@ class Hooks:
         tls = transport.get_extra_info("ssl_object")
         if tls is not None and tls.selected_alpn_protocol() == "h2":
             return None
-        set_nodelay(transport)
         peer = conn.override or transport.get_extra_info("peername") or ("", 0)
         sni = self.server.sni_of(tls) if tls is not None else None
         self.dp.connection_opened(conn)
@@ -264,7 +266,6 @@ class Hooks:
         """An HTTP/2 connection in the C session: what it needs to know, and its ConnInfo and
         listener for the streams Python serves. The listener's ClientTrafficPolicy http2
         settings apply (by SNI, else the port's first listener), as in frontends/http2.py."""
-        set_nodelay(transport)
         peer = session.override or transport.get_extra_info("peername") or ("", 0)
         local = transport.get_extra_info("sockname") or ("", 0)
         tls = transport.get_extra_info("ssl_object")

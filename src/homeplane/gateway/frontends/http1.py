@@ -18,7 +18,6 @@ import httptools
 
 from homeplane.gateway.base import ConnInfo, ExchangeState, PortHooks
 from homeplane.gateway.exchange import Exchange, reason
-from homeplane.gateway.upstreams.pool import set_nodelay
 
 
 MAX_URL = 16 * 1024
@@ -92,7 +91,6 @@ class Http1Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         peer = self.client_override or transport.get_extra_info("peername") or ("", 0)
         local = transport.get_extra_info("sockname") or ("", 0)
-        set_nodelay(transport)
         tls = transport.get_extra_info("ssl_object")
         sni = self.server.sni_of(tls) if tls is not None else None
         self.info = ConnInfo(

@@ -18,6 +18,7 @@
 #include <nghttp2/nghttp2.h>
 
 #define H2_HIGH_WATER (256 * 1024)   /* response bytes queued per stream before its source pauses */
+#define H2_CONN_HIGH_WATER (1 << 20)  /* ... and for the whole connection (a client reading nothing) */
 #define H2_MAX_HEADER_LIST (60 * 1024)
 #define H2_MAX_CONTINUATIONS 8
 #define H2_PREMATURE_LIFETIME 1.0
@@ -44,6 +45,7 @@ typedef struct H2Sess {
     PyObject *server, *hooks, *transport, *write, *override, *client_ip, *sni, *scheme, *info, *listener;
     H2Stream *streams;
     Buf out;
+    Py_ssize_t queued;       /* response bytes waiting in all the streams' buffers */
     int closed, write_paused, read_paused, access_log, busy, flush_wanted, continuations, closing, fresh;
     long ended, premature, nstreams;
     char closed_flag;  /* closed, as a T_BOOL member */
@@ -55,15 +57,22 @@ static PyObject *s_h2_opened, *s_h2_request, *s_body, *s_end_body, *s_gone, *s_d
 
 static void h2_flush(H2Sess *s);
 
+/* Stream activity: the idle timeout counts from the last of it (or from the last sweep that
+ * found a stream under way). */
+static void h2_touch(H2Sess *s, double now) { s->deadline = s->idle_timeout > 0 ? now + s->idle_timeout : 0; }
+
 static H2Stream *h2_stream(H2Sess *s, int32_t id) {
     return s->ng ? (H2Stream *)nghttp2_session_get_stream_user_data(s->ng, id) : NULL;
 }
+
+static Py_ssize_t h2_pending(H2Stream *st) { return st->body.len - st->off; }
 
 static void h2_stream_free(H2Sess *s, H2Stream *st) {
     if (st->prev) st->prev->next = st->next;
     else s->streams = st->next;
     if (st->next) st->next->prev = st->prev;
     s->nstreams--;
+    s->queued -= h2_pending(st);
     buf_free(&st->hdrs);
     buf_free(&st->body);
     Py_XDECREF((PyObject *)st->fast);
@@ -79,11 +88,12 @@ static void call_sink(PyObject *sink, PyObject *name) {
 
 /* ---- response bodies: a per-stream buffer that nghttp2 frames as the windows allow ---------- */
 
-static Py_ssize_t h2_pending(H2Stream *st) { return st->body.len - st->off; }
+/* A stream's source must wait: its own buffer, or the connection's, holds enough. */
+static int h2_full(H2Sess *s, H2Stream *st) { return h2_pending(st) > H2_HIGH_WATER || s->queued > H2_CONN_HIGH_WATER; }
 
 /* The source of a stream's body (its upstream, or the Python exchange) may go on. */
-static void h2_source_resume(H2Stream *st) {
-    if (!st->source_paused || h2_pending(st) > H2_HIGH_WATER / 2) return;
+static void h2_source_resume(H2Sess *s, H2Stream *st) {
+    if (!st->source_paused || h2_pending(st) > H2_HIGH_WATER / 2 || s->queued > H2_CONN_HIGH_WATER / 2) return;
     st->source_paused = 0;
     if (st->fast) {
         Up *u = st->fast->up;
@@ -95,19 +105,21 @@ static void h2_source_resume(H2Stream *st) {
 
 static ssize_t h2_read_body(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t len, uint32_t *flags, nghttp2_data_source *src,
                             void *ud) {
+    H2Sess *s = ud;
     H2Stream *st = nghttp2_session_get_stream_user_data(ng, id);
     if (!st) return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     Py_ssize_t n = h2_pending(st);
     if ((size_t)n > len) n = (Py_ssize_t)len;
     memcpy(buf, st->body.data + st->off, n);
     st->off += n;
+    s->queued -= n;
     if (st->off == st->body.len) st->off = st->body.len = 0;
     else if (st->off > 65536 && st->off * 2 > st->body.len) { buf_consume(&st->body, st->off); st->off = 0; }
     if (h2_pending(st) == 0) {
         if (st->eof) *flags |= NGHTTP2_DATA_FLAG_EOF;
         else if (n == 0) return NGHTTP2_ERR_DEFERRED;
     }
-    h2_source_resume(st);
+    h2_source_resume(s, st);
     return n;
 }
 
@@ -115,6 +127,7 @@ static ssize_t h2_read_body(nghttp2_session *ng, int32_t id, uint8_t *buf, size_
 static Py_ssize_t h2_queue(H2Sess *s, H2Stream *st, const char *p, Py_ssize_t n) {
     if (n > 0 && !st->head) {
         if (buf_add(&st->body, p, n) < 0) return -1;
+        s->queued += n;
         if (st->answered) nghttp2_session_resume_data(s->ng, st->id);
     }
     return h2_pending(st);
@@ -180,21 +193,31 @@ static int h2_response_head(Conn *c, int status, const Field *f, int nf, const F
     return 0;
 }
 
-/* The exchange relayed body bytes into c->out: they become the stream's. */
+static void h2_pause_upstream(H2Stream *st) {
+    Up *u = st->fast ? st->fast->up : NULL;
+    if (u && !u->paused && !u->closed && u->transport) {
+        st->source_paused = 1;
+        u->paused = 1;
+        call_quiet(u->transport, s_pause_reading);
+    }
+}
+
+/* The exchange relayed body bytes into c->out: they become the stream's. When the client's
+ * windows do not keep up, its upstream stops being read for a while; when the connection's
+ * queue is full, every fast stream's upstream does (else each would add a read's worth). */
 static void h2_stream_out(Conn *c) {
-    H2Stream *st = h2_stream(c->h2, c->h2_id);
+    H2Sess *s = c->h2;
+    H2Stream *st = h2_stream(s, c->h2_id);
     if (st && c->out.len) {
-        h2_queue(c->h2, st, c->out.data, c->out.len);
-        Up *u = c->up;
-        if (h2_pending(st) > H2_HIGH_WATER && u && !u->paused && !u->closed && u->transport) {
-            /* the client's windows do not keep up: stop reading the upstream for a while */
-            st->source_paused = 1;
-            u->paused = 1;
-            call_quiet(u->transport, s_pause_reading);
+        h2_queue(s, st, c->out.data, c->out.len);
+        if (s->queued > H2_CONN_HIGH_WATER) {
+            for (H2Stream *x = s->streams; x; x = x->next) h2_pause_upstream(x);
+        } else if (h2_full(s, st)) {
+            h2_pause_upstream(st);
         }
     }
     c->out.len = 0;
-    h2_flush(c->h2);
+    h2_flush(s);
 }
 
 static void h2_stream_done(Conn *c, int abort) {
@@ -417,6 +440,7 @@ static int cb_begin_headers(nghttp2_session *ng, const nghttp2_frame *frame, voi
     if (!st) return NGHTTP2_ERR_CALLBACK_FAILURE;
     st->id = frame->hd.stream_id;
     st->opened = now_mono();
+    h2_touch(s, st->opened);
     st->next = s->streams;
     if (s->streams) s->streams->prev = st;
     s->streams = st;
@@ -481,7 +505,10 @@ static int h2_too_many_resets(H2Sess *s) {
     return bad >= H2_PREMATURE_ABSOLUTE || (n >= H2_PREMATURE_MIN_STREAMS && bad * 2 >= n);
 }
 
-static void h2_stream_gone(H2Stream *st) {
+/* The client reset the stream, or the connection ended: the exchange in flight is abandoned.
+ * (A stream that closes because its answer went out needs nothing: the exchange finishes
+ * on its own path, and a Conn finishing then finds no stream.) */
+static void h2_stream_aborted(H2Stream *st) {
     Conn *c = st->fast;
     if (c && (c->state == ST_CONNECTING || c->state == ST_WAITING || c->state == ST_STREAMING)) {
         if (!c->status) c->status = 499;
@@ -498,7 +525,8 @@ static int cb_stream_close(nghttp2_session *ng, int32_t id, uint32_t error_code,
     nghttp2_session_set_stream_user_data(ng, id, NULL);
     s->ended++;
     if (st->reset_by_client && !st->answered && now_mono() - st->opened <= H2_PREMATURE_LIFETIME) s->premature++;
-    h2_stream_gone(st);
+    if (st->reset_by_client || error_code != NGHTTP2_NO_ERROR) h2_stream_aborted(st);
+    h2_touch(s, now_mono());
     h2_stream_free(s, st);
     if (!s->closing && h2_too_many_resets(s)) {
         s->closing = 1;
@@ -509,7 +537,6 @@ static int cb_stream_close(nghttp2_session *ng, int32_t id, uint32_t error_code,
         nghttp2_submit_goaway(ng, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(ng), NGHTTP2_ENHANCE_YOUR_CALM,
                               (const uint8_t *)why, sizeof why - 1);
     }
-    if (s->nstreams == 0) s->deadline = s->idle_timeout > 0 ? now_mono() + s->idle_timeout : 0;
     return 0;
 }
 
@@ -544,6 +571,8 @@ static void h2_flush(H2Sess *s) {
         }
     } while (s->flush_wanted && !s->write_paused);
     s->busy = 0;
+    if (s->queued <= H2_CONN_HIGH_WATER / 2)
+        for (H2Stream *st = s->streams; st; st = st->next) h2_source_resume(s, st);
     if (s->closing || (!nghttp2_session_want_read(s->ng) && !nghttp2_session_want_write(s->ng))) h2_close(s);
 }
 
@@ -566,7 +595,7 @@ static void h2_end_all(H2Sess *s) {
     while (s->streams) {
         H2Stream *st = s->streams;
         if (s->ng) nghttp2_session_set_stream_user_data(s->ng, st->id, NULL);
-        h2_stream_gone(st);
+        h2_stream_aborted(st);
         h2_stream_free(s, st);
     }
 }
@@ -578,6 +607,10 @@ static int H2Sess_traverse(H2Sess *s, visitproc visit, void *arg) {
     Py_VISIT(s->write);
     Py_VISIT(s->info);
     Py_VISIT(s->listener);
+    Py_VISIT(s->override);
+    Py_VISIT(s->client_ip);
+    Py_VISIT(s->sni);
+    Py_VISIT(s->scheme);
     for (H2Stream *st = s->streams; st; st = st->next) {
         Py_VISIT((PyObject *)st->fast);
         Py_VISIT(st->sink);
@@ -700,18 +733,34 @@ static PyObject *H2Sess_resume_writing(H2Sess *s, PyObject *unused) {
     Py_RETURN_NONE;
 }
 
+/* Whether a stream has an exchange or an answer under way. A stream whose header block never
+ * ends, or whose answer is complete while the client never ends its side, is not: the
+ * connection counts as idle and ends after the idle timeout (as frontends/http2.py does). */
+static int h2_stream_busy(H2Stream *st) {
+    if (st->answered) return !st->eof || h2_pending(st) > 0;
+    if (st->fast) return st->fast->state == ST_CONNECTING || st->fast->state == ST_WAITING || st->fast->state == ST_STREAMING;
+    return st->sink != NULL;
+}
+
+static int h2_busy(H2Sess *s) {
+    for (H2Stream *st = s->streams; st; st = st->next)
+        if (h2_stream_busy(st)) return 1;
+    return 0;
+}
+
 static PyObject *H2Sess_check_deadline(H2Sess *s, PyObject *now_obj) {
     double now = PyFloat_AsDouble(now_obj);
     if (now == -1.0 && PyErr_Occurred()) return NULL;
     if (!s->ng || s->closed) Py_RETURN_NONE;
     Py_INCREF(s);
-    if (s->nstreams == 0) {
+    if (!h2_busy(s)) {
         if (s->deadline && now >= s->deadline) {
             nghttp2_session_terminate_session(s->ng, NGHTTP2_NO_ERROR);  /* GOAWAY, then close */
             s->closing = 1;
             h2_flush(s);
         }
     } else {
+        s->deadline = s->idle_timeout > 0 ? now + s->idle_timeout : 0;
         /* the fast streams' timeouts (Python's exchanges are swept through exchanges()) */
         int n = 0;
         for (H2Stream *st = s->streams; st; st = st->next) n += st->fast != NULL;
@@ -743,7 +792,7 @@ static PyObject *H2Sess_exchanges(H2Sess *s, PyObject *unused) {
     return out;
 }
 
-static PyObject *H2Sess_idle(H2Sess *s, PyObject *unused) { return PyBool_FromLong(s->nstreams == 0); }
+static PyObject *H2Sess_idle(H2Sess *s, PyObject *unused) { return PyBool_FromLong(!h2_busy(s)); }
 
 /* ---- primitives for the Python streams (frontends/http2_native.py) ---------------------- */
 
@@ -812,14 +861,15 @@ static PyObject *H2Sess_data(H2Sess *s, PyObject *args) {
     Py_buffer b;
     if (!PyArg_ParseTuple(args, "iy*", &id, &b)) return NULL;
     H2Stream *st = h2_arg_stream(s, id);
-    Py_ssize_t pending = 0;
+    int pause = 0;
     if (st && !st->eof) {
-        pending = h2_queue(s, st, b.buf, b.len);
-        if (pending > H2_HIGH_WATER) st->source_paused = 1;  /* the sink pauses its exchange; drained() resumes it */
+        h2_queue(s, st, b.buf, b.len);
+        if (h2_full(s, st)) st->source_paused = 1;  /* the sink pauses its exchange; drained() resumes it */
+        pause = st->source_paused;
     }
     PyBuffer_Release(&b);
-    h2_flush(s);
-    return PyLong_FromSsize_t(pending);
+    h2_flush(s);  /* (the stream may be gone after this) */
+    return PyBool_FromLong(pause);
 }
 
 static PyObject *H2Sess_end(H2Sess *s, PyObject *arg) {
@@ -861,7 +911,6 @@ static PyObject *H2Sess_flush(H2Sess *s, PyObject *unused) {
 static PyObject *H2Sess_goaway(H2Sess *s, PyObject *unused) {
     /* no new streams (a drain): the ones open finish */
     if (s->ng && !s->closed) {
-        nghttp2_submit_shutdown_notice(s->ng);
         nghttp2_submit_goaway(s->ng, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(s->ng), NGHTTP2_NO_ERROR, NULL, 0);
         h2_flush(s);
     }
@@ -879,7 +928,7 @@ static PyMethodDef H2Sess_methods[] = {
     {"exchanges", (PyCFunction)H2Sess_exchanges, METH_NOARGS, "The Python streams' exchanges, for the sweep."},
     {"idle", (PyCFunction)H2Sess_idle, METH_NOARGS, "No stream open."},
     {"respond", (PyCFunction)H2Sess_respond, METH_VARARGS, "respond(stream, status, headers, length|None, has_body)"},
-    {"data", (PyCFunction)H2Sess_data, METH_VARARGS, "data(stream, bytes) -> bytes waiting for the client's windows"},
+    {"data", (PyCFunction)H2Sess_data, METH_VARARGS, "data(stream, bytes) -> whether the exchange must pause (drained() follows)"},
     {"end", (PyCFunction)H2Sess_end, METH_O, "end(stream): the body is complete"},
     {"reset", (PyCFunction)H2Sess_reset, METH_O, "reset(stream): RST_STREAM INTERNAL_ERROR"},
     {"consume", (PyCFunction)H2Sess_consume, METH_VARARGS, "consume(stream, n): request body bytes taken (WINDOW_UPDATE)"},
@@ -896,6 +945,7 @@ static PyMemberDef H2Sess_members[] = {
     {"info", T_OBJECT, offsetof(H2Sess, info), 0, "The connection's ConnInfo (set by hooks.h2_opened)."},
     {"listener", T_OBJECT, offsetof(H2Sess, listener), 0, "The listener its SNI chose, or None."},
     {"closed", T_BOOL, offsetof(H2Sess, closed_flag), READONLY, "The connection is lost."},
+    {"queued", T_PYSSIZET, offsetof(H2Sess, queued), READONLY, "Response bytes waiting for the client's windows."},
     {"premature_resets", T_LONG, offsetof(H2Sess, premature), READONLY, NULL},
     {"streams_ended", T_LONG, offsetof(H2Sess, ended), READONLY, NULL},
     {NULL},

@@ -242,7 +242,7 @@ class H2Connection(asyncio.Protocol):
                 self._request(ev)
             elif isinstance(ev, h2.events.DataReceived):
                 s = self.streams.get(ev.stream_id)
-                if s is not None and s.exchange is not None:
+                if s is not None and s.exchange is not None and s.exchange.state != ExchangeState.DONE:
                     s.exchange.feed_body(ev.data)
                     if s.body_paused:  # acknowledged when the upstream takes more
                         s.unacked += ev.flow_controlled_length
@@ -260,6 +260,10 @@ class H2Connection(asyncio.Protocol):
                 if s is not None:
                     s.closed = True
                     self.streams_ended += 1
+                    self.deadline = time.monotonic() + self.dp.settings.idle_timeout
+                    if s.unacked:  # held-back body bytes still count against the connection's window
+                        self.h2.increment_flow_control_window(s.unacked)
+                        s.unacked = 0
                     if s.exchange is not None:
                         if not s.exchange.status and time.monotonic() - s.opened <= PREMATURE_LIFETIME:
                             self.premature_resets += 1
@@ -331,6 +335,7 @@ class H2Connection(asyncio.Protocol):
     def stream_done(self, stream: ClientStream) -> None:
         if self.streams.pop(stream.stream_id, None) is not None:
             self.streams_ended += 1
+        self.deadline = time.monotonic() + self.dp.settings.idle_timeout  # idle counts from the last stream
 
     def flush(self) -> None:
         data = self.h2.data_to_send()

@@ -18,8 +18,6 @@ from homeplane.gateway.exchange import Exchange
 if TYPE_CHECKING:
     from homeplane.gateway.routing.router import ListenerTable
 
-HIGH_WATER = 256 * 1024  # response bytes waiting for the client's windows before the exchange pauses (http2.c's H2_HIGH_WATER)
-
 
 class NativeH2Stream:
     """Sink for one stream's exchange, on the C session's primitives."""
@@ -42,8 +40,8 @@ class NativeH2Stream:
     def respond_data(self, data: bytes) -> None:
         if not data:
             return
-        waiting = self.session.data(self.stream_id, data)
-        if waiting > HIGH_WATER and not self.paused and self.exchange is not None:
+        full = self.session.data(self.stream_id, data)  # the stream's or the connection's buffer is full
+        if full and not self.paused and self.exchange is not None:
             self.paused = True
             self.exchange.downstream_paused()
 
@@ -78,8 +76,10 @@ class NativeH2Stream:
 
     def body(self, data: bytes) -> bool:
         """Request body bytes; True when they may be acknowledged now."""
-        if self.exchange is not None:
-            self.exchange.feed_body(data)
+        ex = self.exchange
+        if ex is None or ex.state == ExchangeState.DONE:
+            return True  # answered already: the rest is dropped, and the client's window given back
+        ex.feed_body(data)
         if self.body_paused:
             self.unacked += len(data)
             return False
@@ -95,7 +95,12 @@ class NativeH2Stream:
             self.exchange.downstream_resumed()
 
     def gone(self) -> None:
-        """The stream closed (answered, reset by the client, or the connection ended)."""
+        """The client reset the stream, or the connection ended."""
+        if self.unacked:
+            # body bytes held back while the upstream was slow count against the connection's
+            # window too: given back, or the connection would starve
+            n, self.unacked = self.unacked, 0
+            self.session.consume(self.stream_id, n)
         ex = self.exchange
         if ex is not None and ex.state != ExchangeState.DONE:
             ex.client_gone()

@@ -276,6 +276,15 @@ static PyObject *TlsContext_new(PyTypeObject *t, PyObject *args, PyObject *kw) {
     SSL_CTX_set_mode(tc->ctx, SSL_MODE_RELEASE_BUFFERS);  /* idle keep-alive connections hold no buffers */
     SSL_CTX_set_session_cache_mode(tc->ctx, SSL_SESS_CACHE_OFF);
     SSL_CTX_set_num_tickets(tc->ctx, 1);
+    {
+        /* a session resumes only under the certificate it was made with: a ticket from one
+         * listener presented with another's server name gets a full handshake (the client
+         * then checks the certificate it is shown) */
+        unsigned char sid[EVP_MAX_MD_SIZE];
+        unsigned int sidl = 0;
+        EVP_Digest(cert.buf, (size_t)cert.len, sid, &sidl, EVP_sha256(), NULL);
+        SSL_CTX_set_session_id_context(tc->ctx, sid, sidl > SSL_MAX_SID_CTX_LENGTH ? SSL_MAX_SID_CTX_LENGTH : sidl);
+    }
     SSL_CTX_set_timeout(tc->ctx, 12 * 3600);  /* ticket lifetime hint */
     SSL_CTX_set_tlsext_ticket_key_evp_cb(tc->ctx, ticket_cb);
     SSL_CTX_set_alpn_select_cb(tc->ctx, alpn_cb, NULL);
@@ -483,23 +492,10 @@ static void feed(TlsConn *t, const char *p, Py_ssize_t n);
 
 /* No Nagle: the session ticket is a small write of its own, and the response after it would
  * wait for the client's delayed ACK (40 ms) behind it. */
-static void set_nodelay(PyObject *raw) {
-    PyObject *sock = PyObject_CallMethod(raw, "get_extra_info", "s", "socket");
-    PyObject *fd = sock && sock != Py_None ? PyObject_CallMethod(sock, "fileno", NULL) : NULL;
-    if (fd) {
-        int one = 1, n = (int)PyLong_AsLong(fd);
-        if (n >= 0) setsockopt(n, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    }
-    Py_XDECREF(fd);
-    Py_XDECREF(sock);
-    PyErr_Clear();
-}
-
 static PyObject *TlsConn_connection_made(TlsConn *t, PyObject *raw) {
     Py_XSETREF(t->raw, Py_NewRef(raw));
     Py_XSETREF(t->raw_write, PyObject_GetAttr(raw, s_write_name));
     if (!t->raw_write) return NULL;
-    set_nodelay(raw);
     t->state = TS_HANDSHAKE;
     if (t->loop != Py_None && t->handshake_timeout > 0) {
         PyObject *expire = PyObject_GetAttrString((PyObject *)t, "_handshake_expired");

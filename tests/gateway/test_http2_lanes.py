@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from homeplane.gateway.frontends import fastlane
 from homeplane.gateway.server import Settings
 from tests.gateway.harness import Gateway
+from tests.gateway.test_edge_requests import _read_until_closed
 from tests.gateway.manifests import gateway, route, service
 
 ANSWERS = {
@@ -295,21 +296,8 @@ def raw_client(port: int) -> tuple[socket.socket, h2.connection.H2Connection]:
 
 def ends_with_goaway(s: socket.socket, c: h2.connection.H2Connection) -> int | None:
     """Read until the connection closes: the GOAWAY error code, if one came."""
-    code = None
-    while True:
-        try:
-            d = s.recv(65536)
-        except (ConnectionResetError, socket.timeout):
-            break
-        if not d:
-            break
-        try:
-            for ev in c.receive_data(d):
-                if isinstance(ev, h2.events.ConnectionTerminated):
-                    code = int(ev.error_code)
-        except h2.exceptions.ProtocolError:
-            break
-    return code
+    codes = [int(e.error_code) for e in _read_until_closed(s, c) if isinstance(e, h2.events.ConnectionTerminated)]
+    return codes[0] if codes else None
 
 
 def test_continuation_flood_ends_the_connection(lane: Gateway) -> None:

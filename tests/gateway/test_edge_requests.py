@@ -174,7 +174,7 @@ def _read_until_closed(s: socket.socket, c: h2.connection.H2Connection) -> list[
     return seen
 
 
-@pytest.mark.parametrize("native_h2", [True, False], ids=["nghttp2", "h2-library"])
+@pytest.mark.parametrize("native_h2", [pytest.param(True, marks=pytest.mark.compiled, id="nghttp2"), pytest.param(False, id="h2-library")])
 def test_h2_rapid_reset_draws_goaway_enhance_your_calm(backend: Backend, native_h2: bool) -> None:
     gw = Gateway(manifests(backend.port), Settings(access_log=False, native_h2=native_h2))
     try:
@@ -206,7 +206,7 @@ def test_h2_rapid_reset_draws_goaway_enhance_your_calm(backend: Backend, native_
         gw.close()
 
 
-@pytest.mark.parametrize("native_h2", [True, False], ids=["nghttp2", "h2-library"])
+@pytest.mark.parametrize("native_h2", [pytest.param(True, marks=pytest.mark.compiled, id="nghttp2"), pytest.param(False, id="h2-library")])
 def test_h2_header_block_over_the_limit_closes_the_connection(backend: Backend, native_h2: bool) -> None:
     gw = Gateway(manifests(backend.port), Settings(access_log=False, native_h2=native_h2))
     try:
@@ -377,7 +377,7 @@ def test_h2_ping_flood_from_a_client_that_does_not_read(backend: Backend) -> Non
         gw.close()
 
 
-@pytest.mark.parametrize("native", ["1", "0"], ids=["nghttp2", "h2-library"])
+@pytest.mark.parametrize("native", [pytest.param("1", marks=pytest.mark.compiled, id="nghttp2"), pytest.param("0", id="h2-library")])
 def test_h2_path_bytes_are_checked_like_http1(backend: Backend, native: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HOMEPLANE_NATIVE_H2", native)
     gw = Gateway(manifests(backend.port))

@@ -155,6 +155,7 @@ def test_session_tickets_resume(gw: Gateway, versions: tuple[ssl.TLSVersion, ssl
     assert second.status == 200 and second.resumed
 
 
+@pytest.mark.compiled
 def test_ticket_keys_rotate_and_expire(native_gw: Gateway) -> None:
     """Keys shared by the workers (derived from one secret) are the fast lane's; Python's ssl
     keeps random keys per context."""
@@ -234,6 +235,7 @@ def test_not_tls_is_closed_and_the_port_keeps_serving(gw: Gateway, junk: bytes) 
     assert request(port, client_ctx(), "b.test", "b.test").status == 200
 
 
+@pytest.mark.compiled
 def test_a_silent_client_is_closed_after_the_handshake_timeout(native_gw: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
     gw = native_gw
     monkeypatch.setattr(fastlane, "HANDSHAKE_TIMEOUT", 0.3)
@@ -246,6 +248,7 @@ def test_a_silent_client_is_closed_after_the_handshake_timeout(native_gw: Gatewa
         assert time.monotonic() - started < 5
 
 
+@pytest.mark.compiled
 @pytest.mark.parametrize("versions", [TLS12, TLS13], ids=["tls1.2", "tls1.3"])
 def test_a_session_resumes_only_under_its_own_certificate(native_gw: Gateway, versions: tuple[ssl.TLSVersion, ssl.TLSVersion]) -> None:
     ctx = client_ctx(tls=versions)

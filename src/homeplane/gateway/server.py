@@ -90,8 +90,9 @@ class PortServer:
             c0 = next(c for lt in table.listeners for c in lt.listener.tls_certs)
             if self.native_tls:
                 # the fast lane's OpenSSL contexts; the default one (for clients that send no
-                # server name) asks _choose_native for the others
-                self.native_default = make_native_context(c0, first_conf, h2, selector=self._choose_native)
+                # server name) asks _choose_native for the others -- unless there are none
+                only_one = len(table.listeners) == 1 and len(table.listeners[0].listener.tls_certs) == 1
+                self.native_default = make_native_context(c0, first_conf, h2, selector=None if only_one else self._choose_native)
                 # the port's first listener's first certificate is the default context itself, so
                 # a client asking for it keeps the context its connection started with
                 self._native = [

@@ -1,4 +1,4 @@
-"""The Python side of the HTTP/1.1 fast lane (``_fastlane.c``).
+"""The Python side of the fast lane (``_fastlane.c``; its TLS in ``tls.c``, its HTTP/2 in ``http2.c``).
 
 The C protocol serves requests (without a body or with a Content-Length one) to rules without
 filters or policies other than compression and connection retries, start to finish; everything
@@ -23,6 +23,9 @@ What C does and the Python it mirrors (the differential tests send the same byte
                             ``exchange._RETRY_BODY_LIMIT``)
 ``Conn_check_deadline``     ``Exchange.check_deadline``
 ``fast_idle`` pool          ``EndpointState.idle``
+``http2.c`` (nghttp2)       the h2 library in ``frontends/http2.py`` (``Settings.native_h2``)
+``h2_fast_start``           ``frontends/http2.py`` ``H2Connection._request`` + ``Exchange``
+``tls.c``                   Python's ``ssl`` (``gateway/tls.py``; ``HOMEPLANE_NATIVE_TLS=0``)
 ==========================  ==================================================================
 
 Shared rather than twinned: ``Hooks.compression`` (the decision and the encoders are Python's),

@@ -7,7 +7,8 @@
  *
  * TlsConnection plays two parts, like asyncio's SSL protocol: it is the protocol of the TCP
  * transport (ciphertext in and out) and the transport of the application protocol (plaintext:
- * Http1Fast, or Python's Http1Connection and H2Connection after a hand-over). For the
+ * Http1Fast, Http2Fast (http2.c) when ALPN chose h2, or Python's Http1Connection after a
+ * hand-over). For the
  * application it quacks like asyncio's SSL transport, ``get_extra_info("ssl_object")`` included
  * (it is its own ssl object: ``selected_alpn_protocol()``, ``version()``, ``hp_sni``).
  *

@@ -17,7 +17,8 @@ import h2.settings
 class H2Backend:
     """Answers every request with JSON: method, path, authority, headers, body length.
 
-    ``/slow...`` answers after 0.3 s; ``/reset...`` resets its stream; ``max_streams`` is sent as
+    ``/slow...`` answers after 0.3 s; ``/reset...`` resets its stream; ``/grpc...`` answers as
+    gRPC does (a length-prefixed message, then trailers with grpc-status); ``max_streams`` is sent as
     SETTINGS_MAX_CONCURRENT_STREAMS. ``most_in_flight`` is the most streams open at once on
     one connection; ``cancelled`` counts streams the client reset.
     """
@@ -57,6 +58,13 @@ class H2Backend:
             if writer.is_closing():
                 return
             body = json.dumps({**req, "protocol": "HTTP/2"}).encode()
+            if req["path"].startswith("/grpc"):
+                message = b"\x00" + len(body).to_bytes(4, "big") + body
+                conn.send_headers(sid, [(":status", "200"), ("content-type", "application/grpc")])
+                conn.send_data(sid, message)
+                conn.send_headers(sid, [("grpc-status", "0"), ("grpc-message", "fine")], end_stream=True)
+                writer.write(conn.data_to_send())
+                return
             try:
                 conn.send_headers(sid, [(":status", "200"), ("content-type", "application/json"), ("content-length", str(len(body)))])
                 conn.send_data(sid, body, end_stream=True)

@@ -490,3 +490,36 @@ def test_a_client_that_reads_nothing_holds_a_bounded_amount(lanes: tuple[Recorde
     session = next(x for x in native.dp.connections if type(x).__name__ == "Http2Fast")
     assert session.queued < 3 << 20, session.queued
     s.close()
+
+
+@pytest.mark.parametrize("native_h2", [pytest.param(True, marks=pytest.mark.compiled, id="nghttp2"), pytest.param(False, id="h2-library")])
+def test_grpc_passes_through_with_its_trailers(native_h2: bool) -> None:
+    from tests.gateway.h2backend import H2Backend
+    from tests.gateway.test_operations import H2C_RULES, h2c_service
+
+    b = H2Backend()
+    g = Gateway(gateway() + h2c_service(b.port) + route(rules=H2C_RULES), Settings(access_log=False, native_h2=native_h2))
+    try:
+        s, c = raw_client(g.port(80))
+        message = b"\x00\x00\x00\x00\x03abc"
+        c.send_headers(1, [(":method", "POST"), (":path", "/grpc.Echo/Say"), (":scheme", "http"), (":authority", "app.test"),
+                           ("content-type", "application/grpc"), ("te", "trailers")])
+        c.send_data(1, message, end_stream=True)
+        s.sendall(c.data_to_send())
+        events: list = []
+        while not any(isinstance(e, (h2.events.StreamEnded, h2.events.StreamReset)) for e in events):
+            d = s.recv(65536)
+            assert d, events
+            events += c.receive_data(d)
+            s.sendall(c.data_to_send())
+        head = next(e for e in events if isinstance(e, h2.events.ResponseReceived))
+        assert dict(head.headers)[":status"] == "200" and dict(head.headers)["content-type"] == "application/grpc"
+        body = b"".join(e.data for e in events if isinstance(e, h2.events.DataReceived))
+        assert body[:1] == b"\x00" and int.from_bytes(body[1:5], "big") == len(body) - 5
+        trailers = next(e for e in events if isinstance(e, h2.events.TrailersReceived))
+        assert dict(trailers.headers) == {"grpc-status": "0", "grpc-message": "fine"}
+        assert b.requests[-1]["body_len"] == len(message) and ["te", "trailers"] in b.requests[-1]["headers"]
+        s.close()
+    finally:
+        g.close()
+        b.close()

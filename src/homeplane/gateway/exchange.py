@@ -45,6 +45,7 @@ class Sink(Protocol):
 
     def respond_head(self, status: int, headers: list[tuple[bytes, bytes]], length: int | None, has_body: bool) -> None: ...
     def respond_data(self, data: bytes) -> None: ...
+    def respond_trailers(self, trailers: list[tuple[bytes, bytes]]) -> None: ...
     def respond_end(self) -> None: ...
     def respond_abort(self) -> None: ...
     def flush(self) -> None: ...
@@ -508,6 +509,10 @@ class Exchange:
         ]
         if self.upgrade is not None:
             parts += [b"connection: upgrade\r\nupgrade: ", self.upgrade, b"\r\n"]
+        if self.cluster is not None and self.cluster.h2c and any(n == b"te" and b"trailers" in v.lower() for n, v in headers):
+            # hop-by-hop, but the one TE value HTTP/2 keeps: gRPC servers want it end to end
+            # (the h2c stream reads it back from this head)
+            parts.append(b"te: trailers\r\n")
         if self.has_body:
             length = None
             for n, v in self.headers:
@@ -702,6 +707,12 @@ class Exchange:
                 data = self.encoder.feed(data)
             self.bytes_out += len(data)
             self.sink.respond_data(data)
+
+    def upstream_trailers(self, trailers: list[tuple[bytes, bytes]]) -> None:
+        """Trailer fields of an HTTP/2 upstream's answer (gRPC's status): relayed to an HTTP/2
+        client with the end of the body; an HTTP/1.1 client does not get them."""
+        if self.state == _STREAMING and trailers:
+            self.sink.respond_trailers(trailers)
 
     def upstream_end(self, reusable: bool) -> None:
         conn = self.upstream

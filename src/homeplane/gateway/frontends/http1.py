@@ -328,6 +328,9 @@ class Http1Connection(asyncio.Protocol):
             if self.transport is not None and not self.closed:
                 self.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
+    def respond_trailers(self, trailers: list[tuple[bytes, bytes]]) -> None:
+        pass  # not relayed to HTTP/1.1 clients (the fast lane drops them too)
+
     def respond_end(self) -> None:
         t = self.transport
         if t is None or self.closed:

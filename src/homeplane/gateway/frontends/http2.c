@@ -34,6 +34,7 @@ typedef struct H2Stream {
     Conn *fast;              /* the exchange, when the fast lane serves the stream */
     PyObject *sink;          /* the Python stream otherwise */
     Buf body;                /* response body not yet framed, from body.data + off */
+    Buf trailers;            /* trailer fields to send after it (gRPC), encoded as hdrs */
     Py_ssize_t off;
     int eof, answered, head, reset_by_client, source_paused;
     double opened;
@@ -51,6 +52,8 @@ typedef struct H2Sess {
     char closed_flag;  /* closed, as a T_BOOL member */
     double deadline, idle_timeout;
 } H2Sess;
+
+#define NV(nm, nl, v, vl) ((nghttp2_nv){(uint8_t *)(nm), (uint8_t *)(v), (size_t)(nl), (size_t)(vl), NGHTTP2_NV_FLAG_NONE})
 
 static PyTypeObject H2SessType;
 static PyObject *s_h2_opened, *s_h2_request, *s_body, *s_end_body, *s_gone, *s_drained, *s_closed_name, *s_exchange;
@@ -75,6 +78,7 @@ static void h2_stream_free(H2Sess *s, H2Stream *st) {
     s->queued -= h2_pending(st);
     buf_free(&st->hdrs);
     buf_free(&st->body);
+    buf_free(&st->trailers);
     Py_XDECREF((PyObject *)st->fast);
     Py_XDECREF(st->sink);
     PyMem_Free(st);
@@ -103,6 +107,29 @@ static void h2_source_resume(H2Sess *s, H2Stream *st) {
     }
 }
 
+/* The trailer fields as a HEADERS frame that ends the stream (nghttp2 copies them). */
+static int h2_submit_trailers(nghttp2_session *ng, H2Stream *st) {
+    int count = 0;
+    for (const char *q = st->trailers.data; q < st->trailers.data + st->trailers.len; count++) {
+        uint32_t l[2];
+        memcpy(l, q, 8);
+        q += 8 + l[0] + l[1];
+    }
+    nghttp2_nv *nv = PyMem_Malloc(sizeof(nghttp2_nv) * (count ? count : 1));
+    if (!nv) return -1;
+    int k = 0;
+    for (const char *q = st->trailers.data; q < st->trailers.data + st->trailers.len; k++) {
+        uint32_t l[2];
+        memcpy(l, q, 8);
+        nv[k] = NV(q + 8, l[0], q + 8 + l[0], l[1]);
+        q += 8 + l[0] + l[1];
+    }
+    int r = nghttp2_submit_trailer(ng, st->id, nv, (size_t)count);
+    PyMem_Free(nv);
+    st->trailers.len = 0;
+    return r;
+}
+
 static ssize_t h2_read_body(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t len, uint32_t *flags, nghttp2_data_source *src,
                             void *ud) {
     H2Sess *s = ud;
@@ -116,8 +143,12 @@ static ssize_t h2_read_body(nghttp2_session *ng, int32_t id, uint8_t *buf, size_
     if (st->off == st->body.len) st->off = st->body.len = 0;
     else if (st->off > 65536 && st->off * 2 > st->body.len) { buf_consume(&st->body, st->off); st->off = 0; }
     if (h2_pending(st) == 0) {
-        if (st->eof) *flags |= NGHTTP2_DATA_FLAG_EOF;
-        else if (n == 0) return NGHTTP2_ERR_DEFERRED;
+        if (st->eof) {
+            *flags |= NGHTTP2_DATA_FLAG_EOF;
+            if (st->trailers.len && h2_submit_trailers(ng, st) == 0) *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
+        } else if (n == 0) {
+            return NGHTTP2_ERR_DEFERRED;
+        }
     }
     h2_source_resume(s, st);
     return n;
@@ -139,7 +170,6 @@ static int h2_submit(H2Sess *s, H2Stream *st, nghttp2_nv *nv, size_t n, int has_
     return nghttp2_submit_response(s->ng, st->id, nv, n, has_body && !st->head ? &prd : NULL);
 }
 
-#define NV(nm, nl, v, vl) ((nghttp2_nv){(uint8_t *)(nm), (uint8_t *)(v), (size_t)(nl), (size_t)(vl), NGHTTP2_NV_FLAG_NONE})
 
 /* ---- fast streams: the Conn's hooks (declared in _fastlane.c) ------------------------------- */
 
@@ -872,6 +902,30 @@ static PyObject *H2Sess_data(H2Sess *s, PyObject *args) {
     return PyBool_FromLong(pause);
 }
 
+static PyObject *H2Sess_trailers(H2Sess *s, PyObject *args) {
+    int id;
+    PyObject *fields;
+    if (!PyArg_ParseTuple(args, "iO", &id, &fields)) return NULL;
+    H2Stream *st = h2_arg_stream(s, id);
+    PyObject *seq = PySequence_Fast(fields, "trailers must be a sequence");
+    if (!seq) return NULL;
+    for (Py_ssize_t i = 0; st && !st->head && !st->eof && i < PySequence_Fast_GET_SIZE(seq); i++) {
+        PyObject *pair = PySequence_Fast_GET_ITEM(seq, i);
+        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2 || !PyBytes_Check(PyTuple_GET_ITEM(pair, 0)) ||
+            !PyBytes_Check(PyTuple_GET_ITEM(pair, 1)))
+            continue;
+        PyObject *nm = PyTuple_GET_ITEM(pair, 0), *v = PyTuple_GET_ITEM(pair, 1);
+        Field x = {PyBytes_AS_STRING(nm), PyBytes_GET_SIZE(nm), NULL, 0};
+        if (is_hop(&x, NULL, 0)) continue;  /* connection-specific fields are not HTTP/2's */
+        uint32_t l[2] = {(uint32_t)PyBytes_GET_SIZE(nm), (uint32_t)PyBytes_GET_SIZE(v)};
+        buf_add(&st->trailers, (const char *)l, 8);
+        add_lower(&st->trailers, x.name, x.nlen);
+        buf_add(&st->trailers, PyBytes_AS_STRING(v), PyBytes_GET_SIZE(v));
+    }
+    Py_DECREF(seq);
+    Py_RETURN_NONE;
+}
+
 static PyObject *H2Sess_end(H2Sess *s, PyObject *arg) {
     H2Stream *st = h2_arg_stream(s, (int)PyLong_AsLong(arg));
     PyErr_Clear();
@@ -929,6 +983,7 @@ static PyMethodDef H2Sess_methods[] = {
     {"idle", (PyCFunction)H2Sess_idle, METH_NOARGS, "No stream open."},
     {"respond", (PyCFunction)H2Sess_respond, METH_VARARGS, "respond(stream, status, headers, length|None, has_body)"},
     {"data", (PyCFunction)H2Sess_data, METH_VARARGS, "data(stream, bytes) -> whether the exchange must pause (drained() follows)"},
+    {"trailers", (PyCFunction)H2Sess_trailers, METH_VARARGS, "trailers(stream, fields): sent after the body"},
     {"end", (PyCFunction)H2Sess_end, METH_O, "end(stream): the body is complete"},
     {"reset", (PyCFunction)H2Sess_reset, METH_O, "reset(stream): RST_STREAM INTERNAL_ERROR"},
     {"consume", (PyCFunction)H2Sess_consume, METH_VARARGS, "consume(stream, n): request body bytes taken (WINDOW_UPDATE)"},

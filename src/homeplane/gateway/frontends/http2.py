@@ -38,7 +38,7 @@ class ClientStream:
 
     __slots__ = (
         "conn", "stream_id", "exchange", "pending", "pending_bytes", "end_pending", "closed", "paused", "opened",
-        "body_paused", "unacked",
+        "body_paused", "unacked", "trailers",
     )
 
     def __init__(self, conn: H2Connection, stream_id: int, opened: float = 0.0):
@@ -53,6 +53,7 @@ class ClientStream:
         self.end_pending = False
         self.closed = False
         self.paused = False
+        self.trailers: list[tuple[bytes, bytes]] | None = None  # sent with the end of the body
 
     def respond_head(self, status: int, headers: list[tuple[bytes, bytes]], length: int | None, has_body: bool) -> None:
         if self.closed:
@@ -107,6 +108,9 @@ class ClientStream:
             self.end_pending = False
             self._end()
 
+    def respond_trailers(self, trailers: list[tuple[bytes, bytes]]) -> None:
+        self.trailers = [(n, v) for n, v in trailers if n not in _FORBIDDEN]
+
     def respond_end(self) -> None:
         if self.closed:  # the headers ended the stream (an empty answer): it still has to go out
             self.conn.stream_done(self)
@@ -120,7 +124,10 @@ class ClientStream:
 
     def _end(self) -> None:
         try:
-            self.conn.h2.end_stream(self.stream_id)
+            if self.trailers:
+                self.conn.h2.send_headers(self.stream_id, self.trailers, end_stream=True)
+            else:
+                self.conn.h2.end_stream(self.stream_id)
         except h2.exceptions.ProtocolError:
             pass
         self.closed = True

@@ -45,6 +45,9 @@ class NativeH2Stream:
             self.paused = True
             self.exchange.downstream_paused()
 
+    def respond_trailers(self, trailers: list[tuple[bytes, bytes]]) -> None:
+        self.session.trailers(self.stream_id, trailers)
+
     def respond_end(self) -> None:
         self.session.end(self.stream_id)
 

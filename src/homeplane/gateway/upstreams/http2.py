@@ -138,6 +138,9 @@ class H2Session(asyncio.Protocol):
                     self.h2.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
                 if s is not None and ev.data and s.exchange is not None:
                     s.exchange.upstream_data(ev.data)
+            elif isinstance(ev, h2.events.TrailersReceived):
+                if s is not None and s.exchange is not None:
+                    s.exchange.upstream_trailers([(n, v) for n, v in ev.headers if not n.startswith(b":")])
             elif isinstance(ev, h2.events.StreamEnded):
                 if s is not None:
                     if s.exchange is not None:

@@ -366,6 +366,7 @@ static int h2_response_head(Conn *c, int status, const Field *f, int nf, const F
 static void h2_stream_out(Conn *c);
 static void h2_stream_done(Conn *c, int abort);
 static void h2_simple(Conn *c, int status, const char *body);
+static void h2_upstream_attached(Conn *c);
 #endif
 static void conn_simple(Conn *c, int status, const char *body);
 static void conn_send(Conn *c, int fresh_only);
@@ -1358,6 +1359,9 @@ static int conn_start(Conn *c) {
 
 /* The request head, and the body that arrived while there was no backend connection yet. */
 static void conn_write_request(Conn *c, Up *u) {
+#ifdef HP_HAVE_NGHTTP2
+    if (c->h2) h2_upstream_attached(c);  /* an HTTP/2 client that does not keep up: not read yet */
+#endif
     PyObject *r = PyObject_CallOneArg(u->write, c->req_head);
     if (!r) PyErr_WriteUnraisable((PyObject *)u);
     Py_XDECREF(r);

@@ -92,12 +92,19 @@ static void call_sink(PyObject *sink, PyObject *name) {
 
 /* ---- response bodies: a per-stream buffer that nghttp2 frames as the windows allow ---------- */
 
-/* A stream's source must wait: its own buffer, or the connection's, holds enough. */
-static int h2_full(H2Sess *s, H2Stream *st) { return h2_pending(st) > H2_HIGH_WATER || s->queued > H2_CONN_HIGH_WATER; }
+/* A stream's source must wait: its own buffer holds enough, or the connection's does and this
+ * stream's bytes do not leave either (a stream whose bytes leave as they come -- nothing
+ * pending, the socket writable -- goes on, or streams the client leaves unread would stall
+ * those it reads). */
+static int h2_full(H2Sess *s, H2Stream *st) {
+    Py_ssize_t mine = h2_pending(st);
+    return mine > H2_HIGH_WATER || (s->queued > H2_CONN_HIGH_WATER && (mine > 0 || s->write_paused));
+}
 
 /* The source of a stream's body (its upstream, or the Python exchange) may go on. */
 static void h2_source_resume(H2Sess *s, H2Stream *st) {
-    if (!st->source_paused || h2_pending(st) > H2_HIGH_WATER / 2 || s->queued > H2_CONN_HIGH_WATER / 2) return;
+    Py_ssize_t mine = h2_pending(st);
+    if (!st->source_paused || mine > H2_HIGH_WATER / 2 || (s->queued > H2_CONN_HIGH_WATER && (mine > 0 || s->write_paused))) return;
     st->source_paused = 0;
     if (st->fast) {
         Up *u = st->fast->up;
@@ -241,13 +248,20 @@ static void h2_stream_out(Conn *c) {
     if (st && c->out.len) {
         h2_queue(s, st, c->out.data, c->out.len);
         if (s->queued > H2_CONN_HIGH_WATER) {
-            for (H2Stream *x = s->streams; x; x = x->next) h2_pause_upstream(x);
+            for (H2Stream *x = s->streams; x; x = x->next)
+                if (h2_pending(x) > 0 || s->write_paused) h2_pause_upstream(x);
         } else if (h2_full(s, st)) {
             h2_pause_upstream(st);
         }
     }
     c->out.len = 0;
     h2_flush(s);
+}
+
+/* An upstream connection starts serving a stream: read it only if the client keeps up. */
+static void h2_upstream_attached(Conn *c) {
+    H2Stream *st = h2_stream(c->h2, c->h2_id);
+    if (st && (c->h2->write_paused || h2_full(c->h2, st))) h2_pause_upstream(st);
 }
 
 static void h2_stream_done(Conn *c, int abort) {
@@ -592,8 +606,7 @@ static void h2_flush(H2Sess *s) {
                 if (n < 0) s->closing = 1;
                 break;
             }
-            buf_add(&s->out, (const char *)data, n);
-            if (s->out.len >= 1 << 20) break;  /* a megabyte per write is enough */
+            buf_add(&s->out, (const char *)data, n);  /* (bounded: the streams' queues are) */
         }
         if (s->out.len) {
             write_bytes(s->write, s->out.data, s->out.len);
@@ -601,8 +614,7 @@ static void h2_flush(H2Sess *s) {
         }
     } while (s->flush_wanted && !s->write_paused);
     s->busy = 0;
-    if (s->queued <= H2_CONN_HIGH_WATER / 2)
-        for (H2Stream *st = s->streams; st; st = st->next) h2_source_resume(s, st);
+    for (H2Stream *st = s->streams; st; st = st->next) h2_source_resume(s, st);
     if (s->closing || (!nghttp2_session_want_read(s->ng) && !nghttp2_session_want_write(s->ng))) h2_close(s);
 }
 
@@ -750,8 +762,10 @@ static PyObject *H2Sess_connection_lost(H2Sess *s, PyObject *exc) {
 }
 
 static PyObject *H2Sess_pause_writing(H2Sess *s, PyObject *unused) {
-    /* a client that does not read: stop reading it too (its PINGs and SETTINGS make answers) */
+    /* a client that does not read: stop reading it too (its PINGs and SETTINGS make answers),
+     * and the upstreams that would only add to what waits for it */
     s->write_paused = 1;
+    for (H2Stream *st = s->streams; st; st = st->next) h2_pause_upstream(st);
     if (!s->read_paused && s->transport) { s->read_paused = 1; call_quiet(s->transport, s_pause_reading); }
     Py_RETURN_NONE;
 }

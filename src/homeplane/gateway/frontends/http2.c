@@ -905,15 +905,16 @@ static PyObject *H2Sess_data(H2Sess *s, PyObject *args) {
     Py_buffer b;
     if (!PyArg_ParseTuple(args, "iy*", &id, &b)) return NULL;
     H2Stream *st = h2_arg_stream(s, id);
-    int pause = 0;
     if (st && !st->eof) {
         h2_queue(s, st, b.buf, b.len);
         if (h2_full(s, st)) st->source_paused = 1;  /* the sink pauses its exchange; drained() resumes it */
-        pause = st->source_paused;
     }
     PyBuffer_Release(&b);
-    h2_flush(s);  /* (the stream may be gone after this) */
-    return PyBool_FromLong(pause);
+    h2_flush(s);
+    /* whether the sink must pause, after the flush (which may have drained the stream already,
+     * and may have ended it) */
+    st = h2_arg_stream(s, id);
+    return PyBool_FromLong(st && st->source_paused);
 }
 
 static PyObject *H2Sess_trailers(H2Sess *s, PyObject *args) {

@@ -6,7 +6,6 @@ same upstream requests and the same answers; the limits against abuse hold on bo
 from __future__ import annotations
 
 import socket
-import threading
 import time
 from typing import Iterator
 
@@ -24,6 +23,7 @@ from homeplane.gateway.server import Settings
 from tests.gateway.backends import Backend
 from tests.gateway.harness import Gateway
 from tests.gateway.test_edge_requests import _read_until_closed
+from tests.gateway.test_fastlane import Scripted
 from tests.gateway.manifests import gateway, route, service
 
 ANSWERS = {
@@ -41,26 +41,13 @@ ANSWERS = {
 }
 
 
-class Recorder:
-    """A raw HTTP/1.1 backend: answers ANSWERS[<last path segment>], records each request."""
+class Recorder(Scripted):
+    """A raw HTTP/1.1 backend: answers ANSWERS[<last path segment>], records each request
+    (Scripted's listener and accept loop, its own reading)."""
 
     def __init__(self) -> None:
         self.seen: list[bytes] = []
-        self.connections = 0
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            self.connections += 1
-            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+        super().__init__({})
 
     def _serve(self, c: socket.socket) -> None:
         buf = b""

@@ -241,6 +241,11 @@ def run(
         None, "--node-name", help="This machine's node name: externalTrafficPolicy: Local LB IPs use only endpoints on it "
         "(endpoints that name no node count as local)."
     ),
+    external_dns: bool = typer.Option(
+        True, "--external-dns/--no-external-dns", help="Publish records as the repo's external-dns HelmReleases say "
+        "(an instance without credentials reports so in /status and does nothing)."
+    ),
+    dns_webhook: list[str] = typer.Option([], "--dns-webhook", help="Drive a webhook provider: INSTANCE=http://HOST:PORT."),
 ) -> None:
     """Serve the manifests: load, translate, publish, and re-apply on every change."""
     from homeplane.gateway.server import BindPlan, DataPlane, Settings, default_port_map
@@ -354,6 +359,15 @@ def run(
             rt.on_stop.append(svc.close)
             rt.registry.register(svc)
             rt.status_extras["dns"] = svc.status
+        if external_dns:
+            from homeplane.externaldns.cli import _webhooks
+            from homeplane.externaldns.controller import DNSController
+
+            edns = DNSController(lambda: rt.current, inputs.variables, webhook_urls=_webhooks(dns_webhook), registry=rt.registry)
+            rt.subscribe(edns.apply)
+            rt.on_start.append(edns.start)
+            rt.on_stop.append(edns.close)
+            rt.status_extras["externalDNS"] = edns.status
         await rt.run()
 
     asyncio.run(main_async())
@@ -434,6 +448,11 @@ def dig(
         raise typer.Exit(0)
     assert isinstance(resp, bytes)
     typer.echo(dns.message.from_wire(resp).to_text())
+
+
+from homeplane.externaldns.cli import app as _dns_app  # noqa: E402
+
+app.add_typer(_dns_app, name="dns")
 
 
 @app.command()

@@ -9,26 +9,33 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Callable
+from typing import Awaitable, Callable
 
 import h11
 
 log = logging.getLogger("homeplane.admin")
 
 Handler = Callable[[str], tuple[int, str, bytes]]
+# method, target, body -> status, content type, body (for APIs that take requests with bodies)
+AsyncHandler = Callable[[str, str, bytes], Awaitable[tuple[int, str, bytes]]]
 
 _MAX_REQUEST = 16 * 1024
 
 
 class AdminServer:
-    def __init__(self, host: str, port: int):
+    def __init__(self, host: str, port: int, max_body: int = 0):
         self.host = host
         self.port = port
+        self.max_body = max_body  # request bodies are read (up to this) only when > 0
         self.routes: dict[str, Handler] = {}
+        self.api_routes: dict[str, AsyncHandler] = {}
         self._server: asyncio.base_events.Server | None = None
 
     def route(self, path: str, handler: Handler) -> None:
         self.routes[path] = handler
+
+    def api_route(self, path: str, handler: AsyncHandler) -> None:
+        self.api_routes[path] = handler
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._serve, self.host, self.port)
@@ -43,6 +50,7 @@ class AdminServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=_MAX_REQUEST)
         request: h11.Request | None = None
+        body = bytearray()
         try:
             while True:
                 event = conn.next_event()
@@ -51,14 +59,20 @@ class AdminServer:
                 elif isinstance(event, h11.Request):
                     request = event
                 elif isinstance(event, h11.Data):
-                    pass  # admin requests carry no meaningful body
+                    if not self.max_body:
+                        continue  # admin requests carry no meaningful body
+                    if len(body) + len(event.data) > self.max_body:
+                        await self._reply(conn, writer, 413, "text/plain", b"request body too large\n", close=True)
+                        break
+                    body += event.data
                 elif isinstance(event, h11.EndOfMessage) and request is not None:
-                    status, ctype, body = self._dispatch(request)
+                    status, ctype, out = await self._dispatch_any(request, bytes(body))
+                    body.clear()
                     head = h11.Response(
                         status_code=status,
-                        headers=[("content-type", ctype), ("content-length", str(len(body))), ("cache-control", "no-store")],
+                        headers=[("content-type", ctype), ("content-length", str(len(out))), ("cache-control", "no-store")],
                     )
-                    payload = body if request.method != b"HEAD" else b""
+                    payload = out if request.method != b"HEAD" and status not in (204, 304) else b""
                     writer.write(conn.send(head) + conn.send(h11.Data(data=payload)) + conn.send(h11.EndOfMessage()))
                     await writer.drain()
                     if conn.our_state is h11.MUST_CLOSE:
@@ -73,6 +87,26 @@ class AdminServer:
             pass
         finally:
             writer.close()
+
+    @staticmethod
+    async def _reply(conn: h11.Connection, writer: asyncio.StreamWriter, status: int, ctype: str, body: bytes, close: bool = False) -> None:
+        headers = [("content-type", ctype), ("content-length", str(len(body)))] + ([("connection", "close")] if close else [])
+        try:
+            writer.write(conn.send(h11.Response(status_code=status, headers=headers)) + conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage()))
+            await writer.drain()
+        except h11.LocalProtocolError:
+            pass
+
+    async def _dispatch_any(self, req: h11.Request, body: bytes) -> tuple[int, str, bytes]:
+        target = req.target.decode("latin-1")
+        api = self.api_routes.get(target.split("?", 1)[0])
+        if api is None:
+            return self._dispatch(req)
+        try:
+            return await api(req.method.decode("latin-1"), target, body)
+        except Exception:  # a handler bug must not take the process down
+            log.exception("API handler for %s failed", target)
+            return 500, "text/plain", b"internal error\n"
 
     @staticmethod
     def _bad_request(conn: h11.Connection, writer: asyncio.StreamWriter, e: h11.RemoteProtocolError) -> None:

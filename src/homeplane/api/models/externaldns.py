@@ -17,7 +17,7 @@ class Endpoint(Model):
     targets: list[str] = Field(default_factory=list)
     record_type: str = "A"
     set_identifier: str | None = None
-    record_ttl: int | None = None
+    record_ttl: int | None = Field(default=None, alias="recordTTL")
     labels: dict[str, str] = Field(default_factory=dict)
     provider_specific: list[ProviderSpecificProperty] = Field(default_factory=list)
 

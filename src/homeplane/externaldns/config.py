@@ -1,0 +1,318 @@
+"""external-dns instances as a repo configures them: the kubernetes-sigs chart's HelmRelease values.
+
+Each HelmRelease of the external-dns chart is one instance. Its values become the flags the
+chart would pass (``--source``, ``--policy``, ``--txt-owner-id``, ``--domain-filter`` …, then
+``extraArgs``), and flags may also come from the container's environment as external-dns reads
+them (``EXTERNAL_DNS_<FLAG>``). ``$(VAR)`` in an argument is expanded from the container's
+env, as Kubernetes does. Secret values are resolved separately (:func:`resolve_env`) and never
+kept on the instance, so printing an instance cannot leak a token.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from homeplane.externaldns.endpoint import DEFAULT_MANAGED, DomainFilter
+
+CHART = "external-dns"
+GA_PREFIX = "external-dns.kubernetes.io/"
+ALPHA_PREFIX = "external-dns.alpha.kubernetes.io/"
+
+# flags homeplane understands (others are reported, not silently ignored)
+KNOWN_FLAGS = {
+    "source", "policy", "registry", "txt-owner-id", "txt-prefix", "txt-suffix", "txt-wildcard-replacement",
+    "domain-filter", "exclude-domains", "namespace", "gateway-namespace", "gateway-name", "gateway-label-filter",
+    "label-filter", "annotation-filter", "annotation-prefix", "managed-record-types", "exclude-record-types",
+    "provider", "interval", "events", "once", "dry-run", "log-level", "log-format", "metrics-address",
+    "cloudflare-proxied", "cloudflare-dns-records-per-page", "zone-id-filter", "zone-name-filter",
+    "crd-source-apiversion", "crd-source-kind", "ignore-hostname-annotation", "publish-internal-services",
+    "webhook-provider-url", "txt-cache-interval", "min-event-sync-interval", "default-targets",
+    "rfc2136-host", "rfc2136-port", "rfc2136-zone", "rfc2136-tsig-keyname", "rfc2136-tsig-secret",
+    "rfc2136-tsig-secret-alg", "rfc2136-tsig-axfr", "rfc2136-insecure", "rfc2136-min-ttl", "rfc2136-batch-change-size",
+    "request-timeout", "txt-new-format-only", "ignore-ingress-tls-spec", "service-type-filter",
+}
+REPEATED = {"source", "domain-filter", "exclude-domains", "managed-record-types", "exclude-record-types",
+            "zone-id-filter", "zone-name-filter", "rfc2136-zone", "default-targets", "service-type-filter"}
+
+
+@dataclass(frozen=True)
+class EnvVar:
+    name: str
+    value: str | None = None
+    secret: tuple[str, str] | None = None  # (Secret name, key)
+
+
+@dataclass(frozen=True)
+class Instance:
+    name: str
+    namespace: str
+    file: str = ""
+    line: int | None = None
+    provider: str = "aws"
+    webhook_image: str = ""
+    sources: tuple[str, ...] = ()
+    include_domains: tuple[str, ...] = ()
+    exclude_domains: tuple[str, ...] = ()
+    owner: str = "default"
+    txt_prefix: str = ""
+    txt_suffix: str = ""
+    txt_wildcard: str = ""
+    policy: str = "upsert-only"
+    interval: float = 60.0
+    events: bool = False
+    gateway_name: str = ""
+    gateway_namespace: str = ""
+    source_namespace: str = ""
+    label_filter: str = ""
+    annotation_filter: str = ""
+    annotation_prefixes: tuple[str, ...] = (ALPHA_PREFIX, GA_PREFIX)
+    managed: tuple[str, ...] = DEFAULT_MANAGED
+    exclude_types: tuple[str, ...] = ()
+    flags: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    env: tuple[EnvVar, ...] = field(default=(), repr=False)
+    webhook_env: tuple[EnvVar, ...] = field(default=(), repr=False)
+    problems: tuple[str, ...] = ()
+
+    @property
+    def id(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def domain_filter(self) -> DomainFilter:
+        return DomainFilter(self.include_domains, self.exclude_domains)
+
+    def flag(self, name: str, default: str = "") -> str:
+        values = dict(self.flags).get(name)
+        return values[-1] if values else default
+
+    def flag_list(self, name: str) -> tuple[str, ...]:
+        return dict(self.flags).get(name, ())
+
+    def flag_bool(self, name: str) -> bool:
+        return name in dict(self.flags) and self.flag(name).lower() in ("true", "1", "yes")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.id, "provider": self.provider + (f" ({self.webhook_image})" if self.webhook_image else ""),
+            "sources": list(self.sources), "policy": self.policy, "txtOwnerId": self.owner,
+            "txtPrefix": self.txt_prefix, "txtSuffix": self.txt_suffix, "domainFilters": list(self.include_domains),
+            "excludeDomains": list(self.exclude_domains), "interval": self.interval, "triggerLoopOnEvent": self.events,
+            **({"gatewayName": self.gateway_name} if self.gateway_name else {}),
+        }
+
+
+def is_external_dns(obj: Any, chart: str | None) -> bool:
+    if chart and chart.rsplit("/", 1)[-1] == CHART:
+        return True
+    values = ((obj.raw.get("spec") or {}).get("values")) if obj is not None else None
+    return isinstance(values, dict) and "provider" in values and ("sources" in values or "txtOwnerId" in values)
+
+
+def _duration(text: str) -> float:
+    """A Go duration (``1m``, ``30s``, ``1h30m``) in seconds."""
+    total, pos = 0.0, 0
+    for m in re.finditer(r"(\d+(?:\.\d+)?)(ms|h|m|s)", text):
+        if m.start() != pos:
+            raise ValueError(text)
+        total += float(m.group(1)) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[m.group(2)]
+        pos = m.end()
+    if pos != len(text) or not text:
+        raise ValueError(text)
+    return total
+
+
+def _env_list(items: Any) -> tuple[EnvVar, ...]:
+    out = []
+    for e in items or []:
+        if not isinstance(e, dict) or not e.get("name"):
+            continue
+        ref = ((e.get("valueFrom") or {}).get("secretKeyRef")) or {}
+        if ref.get("name") and ref.get("key"):
+            out.append(EnvVar(str(e["name"]), secret=(str(ref["name"]), str(ref["key"]))))
+        else:
+            out.append(EnvVar(str(e["name"]), value=None if e.get("value") is None else str(e.get("value"))))
+    return tuple(out)
+
+
+def _chart_args(values: dict[str, Any]) -> list[str]:
+    """The arguments the chart's deployment template passes for these values."""
+    args = [f"--interval={values.get('interval', '1m')}"]
+    if values.get("triggerLoopOnEvent"):
+        args.append("--events")
+    for s in values.get("sources") if values.get("sources") is not None else ["service", "ingress"]:
+        args.append(f"--source={s}")
+    args.append(f"--policy={values.get('policy') or 'upsert-only'}")
+    args.append(f"--registry={values.get('registry') or 'txt'}")
+    if values.get("txtOwnerId"):
+        args.append(f"--txt-owner-id={values['txtOwnerId']}")
+    if values.get("txtPrefix"):
+        args.append(f"--txt-prefix={values['txtPrefix']}")
+    elif values.get("txtSuffix"):
+        args.append(f"--txt-suffix={values['txtSuffix']}")
+    if values.get("namespaced"):
+        args.append(f"--namespace={values.get('sourceNamespace') or values.get('_namespace')}")
+    if values.get("gatewayNamespace"):
+        args.append(f"--gateway-namespace={values['gatewayNamespace']}")
+    for d in values.get("domainFilters") or []:
+        args.append(f"--domain-filter={d}")
+    for d in values.get("excludeDomains") or []:
+        args.append(f"--exclude-domains={d}")
+    for key in ("labelFilter", "annotationFilter", "annotationPrefix"):
+        if values.get(key):
+            args.append(f"--{re.sub(r'([A-Z])', lambda m: '-' + m.group(1).lower(), key)}={values[key]}")
+    for t in values.get("managedRecordTypes") or []:
+        args.append(f"--managed-record-types={t}")
+    provider = values.get("provider")
+    name = provider.get("name") if isinstance(provider, dict) else provider
+    args.append(f"--provider={name or 'aws'}")
+    extra = values.get("extraArgs")
+    if isinstance(extra, dict):
+        for k, v in extra.items():
+            if v is None:
+                args.append(f"--{k}")
+            elif isinstance(v, list):
+                args += [f"--{k}={x}" for x in v]
+            elif isinstance(v, bool):
+                args.append(f"--{k}" if v else f"--no-{k}")
+            else:
+                args.append(f"--{k}={v}")
+    elif isinstance(extra, list):
+        args += [str(a) for a in extra]
+    return args
+
+
+def _parse_flags(args: list[str], env: Mapping[str, str | None], problems: list[str]) -> dict[str, list[str]]:
+    flags: dict[str, list[str]] = {}
+    expand = lambda s: re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: env.get(m.group(1)) or m.group(0), s)  # noqa: E731
+    it = iter(args)
+    for raw in it:
+        a = expand(raw)
+        if not a.startswith("--"):
+            problems.append(f"argument {raw!r} is not a flag")
+            continue
+        name, sep, value = a[2:].partition("=")
+        if not sep:
+            if name.startswith("no-") and name[3:] in KNOWN_FLAGS:
+                name, value = name[3:], "false"
+            else:
+                value = "true"
+        if name not in KNOWN_FLAGS:
+            problems.append(f"flag --{name} is not supported by homeplane (ignored)")
+            continue
+        if name in REPEATED:
+            flags.setdefault(name, []).append(value)
+        else:
+            flags[name] = [value]
+    # flags from the environment, as external-dns reads them (EXTERNAL_DNS_TXT_OWNER_ID …)
+    for k, v in env.items():
+        if k.startswith("EXTERNAL_DNS_") and v is not None:
+            name = k[len("EXTERNAL_DNS_"):].lower().replace("_", "-")
+            if name in KNOWN_FLAGS and name not in flags:
+                flags[name] = v.split(",") if name in REPEATED else [v]
+    return flags
+
+
+def instance_from_values(name: str, namespace: str, values: dict[str, Any], file: str = "", line: int | None = None) -> Instance:
+    problems: list[str] = []
+    env = _env_list(values.get("env"))
+    provider = values.get("provider")
+    webhook = (provider.get("webhook") or {}) if isinstance(provider, dict) else {}
+    webhook_env = _env_list(webhook.get("env"))
+    image = webhook.get("image") or {}
+    webhook_image = str(image.get("repository") or "") if isinstance(image, dict) else ""
+    plain_env = {e.name: e.value for e in env}
+    flags = _parse_flags(_chart_args({**values, "_namespace": namespace}), plain_env, problems)
+    if webhook.get("args"):
+        problems.append("provider.webhook.args configure the webhook container; homeplane reads its env only")
+    if webhook.get("extraArgs"):
+        problems.append("provider.webhook.extraArgs is not a value of the external-dns chart: the chart ignores it, and so does homeplane")
+    one = lambda k, d="": flags.get(k, [d])[-1]  # noqa: E731
+    try:
+        interval = _duration(one("interval", "1m"))
+    except ValueError:
+        problems.append(f"interval {one('interval')!r} is not a duration; using 1m")
+        interval = 60.0
+    policy = one("policy", "upsert-only")
+    if policy not in ("sync", "upsert-only", "create-only"):
+        problems.append(f"policy {policy!r} is not one of sync, upsert-only, create-only; using upsert-only")
+        policy = "upsert-only"
+    if one("registry", "txt") != "txt":
+        problems.append(f"registry {one('registry')!r}: homeplane keeps the TXT registry only")
+    if values.get("txtPrefix") and values.get("txtSuffix"):
+        problems.append("txtPrefix and txtSuffix are mutually exclusive (the chart refuses both); using txtPrefix")
+    prefixes = (one("annotation-prefix"),) if "annotation-prefix" in flags else (ALPHA_PREFIX, GA_PREFIX)
+    managed = tuple(dict.fromkeys(flags.get("managed-record-types") or DEFAULT_MANAGED))
+    return Instance(
+        name=name, namespace=namespace, file=file, line=line,
+        provider=one("provider", "aws"), webhook_image=webhook_image,
+        sources=tuple(flags.get("source", [])),
+        include_domains=tuple(d for v in flags.get("domain-filter", []) for d in v.split(",") if d),
+        exclude_domains=tuple(d for v in flags.get("exclude-domains", []) for d in v.split(",") if d),
+        owner=one("txt-owner-id", "default"), txt_prefix=one("txt-prefix"),
+        txt_suffix="" if one("txt-prefix") else one("txt-suffix"), txt_wildcard=one("txt-wildcard-replacement"),
+        policy=policy, interval=interval, events=one("events", "false") == "true",
+        gateway_name=one("gateway-name"), gateway_namespace=one("gateway-namespace"),
+        source_namespace=one("namespace"), label_filter=one("label-filter"), annotation_filter=one("annotation-filter"),
+        annotation_prefixes=prefixes, managed=managed, exclude_types=tuple(flags.get("exclude-record-types", [])),
+        flags=tuple((k, tuple(v)) for k, v in sorted(flags.items())),
+        env=env, webhook_env=webhook_env, problems=tuple(problems),
+    )
+
+
+def instances(objects: list[Any], by_url: Mapping[tuple[str, str], str] | None = None) -> list[Instance]:
+    """Every external-dns HelmRelease in the objects, as an instance."""
+    sources = {("OCIRepository", o.namespace or "", o.name): str((o.raw.get("spec") or {}).get("url", ""))
+               for o in objects if o.kind in ("OCIRepository", "HelmRepository")}
+    out = []
+    for o in objects:
+        if o.kind != "HelmRelease":
+            continue
+        spec = o.raw.get("spec") or {}
+        chart = None
+        ref = spec.get("chartRef")
+        if isinstance(ref, dict):
+            chart = sources.get((str(ref.get("kind")), str(ref.get("namespace") or o.namespace or ""), str(ref.get("name"))))
+        else:
+            chart = ((spec.get("chart") or {}).get("spec") or {}).get("chart")
+        if not is_external_dns(o, chart):
+            continue
+        values = spec.get("values") or {}
+        if not isinstance(values, dict):
+            continue
+        release = str(spec.get("releaseName") or o.name)
+        out.append(instance_from_values(release, str(spec.get("targetNamespace") or o.namespace or "default"), values,
+                                        o.source.file, o.source.line))
+    return out
+
+
+def resolve_env(inst: Instance, objects: list[Any], variables: Mapping[str, str] | None = None,
+                environ: Mapping[str, str] | None = None, webhook: bool = False) -> dict[str, str]:
+    """The instance's container environment with secrets filled in: a Secret in the manifests
+    (``stringData`` or ``data``), else a variable of the env name (``--vars``/``--set``), else the
+    process environment. Values that cannot be found are left out."""
+    environ = os.environ if environ is None else environ
+    variables = variables or {}
+    secrets: dict[tuple[str, str], dict[str, str]] = {}
+    for o in objects:
+        if o.kind == "Secret":
+            data = {str(k): str(v) for k, v in ((o.raw.get("stringData") or {}).items())}
+            for k, v in (o.raw.get("data") or {}).items():
+                try:
+                    data.setdefault(str(k), base64.b64decode(str(v)).decode())
+                except (ValueError, UnicodeDecodeError):
+                    pass
+            secrets[(o.namespace or "", o.name)] = data
+    out: dict[str, str] = {}
+    for e in inst.webhook_env if webhook else inst.env:
+        value = e.value
+        if e.secret is not None:
+            value = secrets.get((inst.namespace, e.secret[0]), {}).get(e.secret[1])
+        if value is None:
+            value = variables.get(e.name) or environ.get(e.name)
+        if value is not None:
+            out[e.name] = value
+    return out

@@ -141,6 +141,15 @@ def test_rate_limit_is_a_retry_after_and_an_outage_is_retryable(tmp_path, cf):
         asyncio.run(sync(inst, src, provider))
     assert err.value.retry_after and err.value.retry_after > 0
     cf.rate_limit = 1200
+    # the provider keeps itself under Cloudflare's limit without waiting for a 429
+    from homeplane.externaldns.providers import cloudflare as cfmod
+
+    provider._sent.extend([__import__("time").monotonic()] * cfmod.RATE_LIMIT)
+    calls = len(cf.requests)
+    with pytest.raises(ProviderError) as err:
+        asyncio.run(sync(inst, src, provider))
+    assert err.value.retry_after and len(cf.requests) == calls
+    provider._sent.clear()
     cf.fail_with = 503
     with pytest.raises(ProviderError) as err:
         asyncio.run(sync(inst, src, provider))

@@ -289,11 +289,21 @@ def instances(objects: list[Any], by_url: Mapping[tuple[str, str], str] | None =
     return out
 
 
+# credentials a provider reads even when the HelmRelease's env does not name them
+CREDENTIALS = {
+    "cloudflare": ("CF_API_TOKEN", "CF_API_KEY", "CF_API_EMAIL"),
+    "rfc2136": ("EXTERNAL_DNS_RFC2136_TSIG_SECRET",),
+}
+WEBHOOK_CREDENTIALS = ("UNIFI_HOST", "UNIFI_API_KEY", "UNIFI_USER", "UNIFI_PASS", "UNIFI_SITE")
+
+
 def resolve_env(inst: Instance, objects: list[Any], variables: Mapping[str, str] | None = None,
                 environ: Mapping[str, str] | None = None, webhook: bool = False) -> dict[str, str]:
     """The instance's container environment with secrets filled in: a Secret in the manifests
     (``stringData`` or ``data``), else a variable of the env name (``--vars``/``--set``), else the
-    process environment. Values that cannot be found are left out."""
+    process environment. The provider's own credential names (``CF_API_TOKEN`` …) are looked up
+    in the variables and the environment even when the env does not list them. Values that
+    cannot be found are left out."""
     environ = os.environ if environ is None else environ
     variables = variables or {}
     secrets: dict[tuple[str, str], dict[str, str]] = {}
@@ -315,4 +325,7 @@ def resolve_env(inst: Instance, objects: list[Any], variables: Mapping[str, str]
             value = variables.get(e.name) or environ.get(e.name)
         if value is not None:
             out[e.name] = value
+    for name in WEBHOOK_CREDENTIALS if webhook else CREDENTIALS.get(inst.provider, ()):
+        if name not in out and (variables.get(name) or environ.get(name)):
+            out[name] = variables.get(name) or environ[name]
     return out

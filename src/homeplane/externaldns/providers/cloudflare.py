@@ -7,13 +7,16 @@ when a batch is refused. Cloudflare keeps one content per record, so an endpoint
 targets is several records. ``proxied`` comes from ``--cloudflare-proxied`` or the
 ``cloudflare-proxied`` annotation; record types that cannot be proxied (TXT, MX, NS, SRV …)
 and private addresses never are, and a proxied record's TTL is automatic (1).
-429 answers become a :class:`ProviderError` carrying ``Retry-After``.
+429 answers become a :class:`ProviderError` carrying ``Retry-After``, and the provider keeps
+itself under Cloudflare's 1200 requests per 5 minutes.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
+import time
+from collections import deque
 from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
@@ -29,6 +32,7 @@ PROXIED_KEYS = ("external-dns.alpha.kubernetes.io/cloudflare-proxied", "external
 NOT_PROXIABLE = {"LOC", "MX", "NS", "SPF", "TXT", "SRV"}
 BATCH = 200
 AUTO_TTL = 1
+RATE_LIMIT, RATE_WINDOW = 1200, 300.0  # Cloudflare's global API limit: 1200 requests per 5 minutes
 
 
 @dataclass
@@ -126,6 +130,7 @@ class CloudflareProvider:
         headers = {"Authorization": f"Bearer {cfg.token}"} if cfg.token else {"X-Auth-Key": cfg.api_key, "X-Auth-Email": cfg.email}
         self._http = httpx.AsyncClient(base_url=cfg.base_url.rstrip("/"), headers=headers, timeout=cfg.timeout, transport=transport)
         self._zones: list[dict[str, Any]] | None = None
+        self._sent: deque[float] = deque()
         # (zone id, name, type, content) -> record id, from the last listing
         self._ids: dict[tuple[str, str, str, str], str] = {}
 
@@ -135,6 +140,14 @@ class CloudflareProvider:
     # --- HTTP -------------------------------------------------------------------------------
 
     async def _call(self, method: str, path: str, **kw: Any) -> dict[str, Any]:
+        # stay under Cloudflare's limit ourselves rather than learn it from a 429
+        now = time.monotonic()
+        while self._sent and now - self._sent[0] >= RATE_WINDOW:
+            self._sent.popleft()
+        if len(self._sent) >= RATE_LIMIT:
+            raise ProviderError(f"cloudflare: {RATE_LIMIT} requests in {RATE_WINDOW:.0f} s, Cloudflare's limit: waiting",
+                                retry_after=RATE_WINDOW - (now - self._sent[0]))
+        self._sent.append(now)
         self.calls += 1
         try:
             r = await self._http.request(method, path, **kw)

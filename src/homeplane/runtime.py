@@ -91,9 +91,12 @@ class Runtime:
 
     async def _publish(self, snapshot: Snapshot) -> None:
         for fn in self.subscribers:
-            res = fn(snapshot)
-            if asyncio.iscoroutine(res):
-                await res
+            try:
+                res = fn(snapshot)
+                if asyncio.iscoroutine(res):
+                    await res
+            except Exception:  # one subscriber's bug must not keep the others (or the watcher) from the new config
+                log.exception("applying snapshot version %d in %s failed", snapshot.version, getattr(fn, "__qualname__", fn))
 
     def _stamp_transitions(self, report: dict[str, Any]) -> None:
         """Give each condition a lastTransitionTime that only moves when the condition changes."""

@@ -60,6 +60,10 @@ ROUTES = (
     m.route("echo", "default", "envoy-external", ["echo.home.example"])
     + m.route("lan", "default", "envoy-internal", ["lan.home.example"])
     + m.route("plain", "default", "envoy-external", ["plain.home.example"], {"external-dns.alpha.kubernetes.io/cloudflare-proxied": "false"})
+    + m.route("noted", "default", "envoy-external", ["noted.home.example"], {
+        "external-dns.alpha.kubernetes.io/cloudflare-record-comment": "managed by homeplane",
+        "external-dns.alpha.kubernetes.io/cloudflare-tags": "team:b, env:home",
+        "external-dns.alpha.kubernetes.io/cloudflare-region-key": "us"})
 )
 
 
@@ -77,6 +81,8 @@ def test_public_routes_become_proxied_cnames_with_their_registry_records(tmp_pat
     (txt,) = cf.find("k8s.cname-echo.home.example", "TXT")
     assert txt["content"] == '"heritage=external-dns,external-dns/owner=default,external-dns/resource=httproute/default/echo"'
     assert txt["proxied"] is False
+    (noted,) = cf.find("noted.home.example")
+    assert noted["comment"] == "managed by homeplane" and noted["tags"] == ["env:home", "team:b"]
     # one list of zones, one of records, one batch
     assert [p for _, p in cf.requests if "batch" in p] and len(cf.requests) == 3
     cf.requests.clear()

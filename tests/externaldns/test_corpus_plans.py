@@ -8,6 +8,8 @@ import asyncio
 from pathlib import Path
 
 from homeplane.externaldns.config import instances
+from homeplane.externaldns.endpoint import Endpoint
+from homeplane.externaldns.plan import calculate
 from homeplane.externaldns.sources import SourceInput
 from homeplane.externaldns.sync import plan
 from homeplane.pipeline import Inputs, run_pipeline
@@ -55,12 +57,15 @@ def test_bjw_s_unifi_and_ovh(corpus: Path) -> None:
         (f"{h}.bjw-s.dev", "A", edge, None) for h in ("icarus-doco-cd", "icarus-gatus", "ingress-ext", "twnl")
     }
     unifi = plans["network/externaldns-unifi"]
-    # the envoy-external Service and the DNSEndpoint both want ingress-ext: merged, as external-dns merges
-    assert ("ingress-ext.bjw-s.dev", "A", f"10.1.6.41,{edge}", None) in unifi
+    # the envoy-external Service and the DNSEndpoint both want ingress-ext: two candidates (sources are
+    # not merged with each other), and the planner takes the lesser address, as external-dns does
+    assert {("ingress-ext.bjw-s.dev", "A", "10.1.6.41", None), ("ingress-ext.bjw-s.dev", "A", edge, None)} <= unifi
+    created = calculate([], [Endpoint(n, t, tuple(v.split(",")), labels={"resource": "x"}) for n, t, v, _ in unifi], "main").create
+    assert [e.targets for e in created if e.dns_name == "ingress-ext.bjw-s.dev"] == [("10.1.6.41",)]
     assert ("ingress-int.bjw-s.dev", "A", "10.1.6.42", None) in unifi
     internal = {e for e in unifi if e[2] == "ingress-int.bjw-s.dev"}
     assert {e[0].split(".")[0] for e in internal} == {
         "actual", "bambuddy", "echo-server", "frigate-go2rtc", "frigate", "hass", "home-assistant", "hubble",
         "jellyfin", "navidrome", "paperless", "qbittorrent", "search", "sonarr",
     }
-    assert len(unifi) == 22
+    assert len(unifi) == 23

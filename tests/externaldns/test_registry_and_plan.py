@@ -155,3 +155,11 @@ def test_plan_ttl_and_domain_filter():
 def test_merge_endpoints():
     merged = merge_endpoints([ep("a.x", "A", "1.1.1.2"), ep("a.x", "A", "1.1.1.1"), ep("a.x", "CNAME", "p.x"), ep("a.x", "CNAME", "q.x")])
     assert sorted((e.record_type, e.targets) for e in merged) == [("A", ("1.1.1.1", "1.1.1.2")), ("CNAME", ("p.x",)), ("CNAME", ("q.x",))]
+
+
+def test_a_second_set_identifier_gets_its_own_txt():
+    reg = _reg()
+    reg.records([Endpoint("a.example.com", "A", ("1.1.1.1",), set_identifier="eu"),
+                 Endpoint("k8s.a-a.example.com", "TXT", (serialize_labels({"owner": "main"}),), set_identifier="eu")])
+    out = reg.apply(Changes(create=[Endpoint("a.example.com", "A", ("2.2.2.2",), set_identifier="us")]))
+    assert [(e.record_type, e.set_identifier) for e in out.create] == [("A", "us"), ("TXT", "us")]

@@ -143,7 +143,20 @@ def test_instance_from_chart_values():
     assert inst.sources == ("service", "ingress")  # the chart's default sources
     assert inst.txt_suffix == "-owner" and inst.owner == "from-env"
     assert inst.flag_bool("cloudflare-proxied") and inst.flag_list("zone-id-filter") == ("abc",)
-    assert any("--frobnicate" in p for p in inst.problems)
+    assert any("--frobnicate" in p for p in inst.problems) and any("--txt-cache-interval has no value" in p for p in inst.problems)
+    # the chart's default sources include ingress, which homeplane cannot read: syncing would delete
+    # what ingresses published, so the instance plans but changes nothing
+    assert any("'ingress' is not supported" in f for f in inst.fatal)
+    split = instance_from_values("dns", "network", {"provider": "rfc2136", "sources": ["crd"],
+                                                     "extraArgs": ["--txt-owner-id", "k8s-main", "--rfc2136-zone", "home.example", "--events", "stray"]})
+    assert split.owner == "k8s-main" and split.flag_list("rfc2136-zone") == ("home.example",) and split.events
+    assert split.problems == ("the argument after --events is not a flag (its value is not shown)",)
+    leak = instance_from_values("dns", "network", {"provider": "rfc2136", "sources": ["crd"],
+                                                    "extraArgs": ["--rfc2136-tsig-secret", "S3CR3T", "stray"]})
+    assert leak.flag("rfc2136-tsig-secret") == "S3CR3T" and "S3CR3T" not in str(leak.problems)
+    bad = instance_from_values("dns", "network", {"provider": "aws", "sources": ["crd"], "labelFilter": "a=(",
+                                                   "env": [{"name": "X", "valueFrom": "oops"}], "registry": "noop"})
+    assert len(bad.fatal) == 2 and bad.env[0].secret is None
     assert inst.domain_filter.match("x.a.example") and not inst.domain_filter.match("x.b.a.example")
     bad = instance_from_values("dns", "network", {"provider": {"name": "aws"}, "policy": "yolo", "interval": "soon"})
     assert bad.policy == "upsert-only" and bad.interval == 60 and len(bad.problems) == 2
@@ -162,3 +175,24 @@ def test_credentials_resolve_from_secrets_vars_and_environment_and_never_print(t
     env = resolve_env(inst, result.load.objects, {"CF_API_EMAIL": "me@example.com"}, environ={"CF_API_KEY": "k"})
     assert env == {"CF_API_TOKEN": "secret-token", "CF_API_EMAIL": "me@example.com", "CF_API_KEY": "k"}
     assert "secret-token" not in repr(inst) and "secret-token" not in str(inst.to_json())
+
+
+def test_sops_encrypted_secrets_give_way_to_supplied_values(tmp_path):
+    hr = m.external_dns("cf", "cloudflare", ["crd"], "o", "", [], env="""
+    env:
+      - {name: CF_API_TOKEN, valueFrom: {secretKeyRef: {name: cf-secret, key: token}}}""")
+    enc = "\n---\napiVersion: v1\nkind: Secret\nmetadata: {name: cf-secret, namespace: network}\n" \
+          "stringData: {token: 'ENC[AES256_GCM,data:abc,iv:x,tag:y,type:str]'}\nsops: {age: [], version: 3.9.0}\n"
+    repo = m.write(tmp_path / "repo", {"hr.yaml": hr + enc})
+    result = run_pipeline(Inputs(paths=(repo,)))
+    (inst,) = instances(result.load.objects)
+    assert resolve_env(inst, result.load.objects, {"CF_API_TOKEN": "plain"}, environ={}) == {"CF_API_TOKEN": "plain"}
+
+
+def test_malformed_values_do_not_crash(tmp_path):
+    for values in ({"provider": {"name": "webhook", "webhook": "oops"}, "env": "nope", "sources": "service"},
+                   {"provider": {"name": "cloudflare"}, "env": [{"name": "A", "valueFrom": {"secretKeyRef": "x"}}],
+                    "domainFilters": "home.example", "extraArgs": {"a": {"b": 1}}}):
+        inst = instance_from_values("x", "network", values)
+        assert inst.id == "network/x"
+    assert instance_from_values("x", "n", {"provider": "aws", "sources": "service"}).sources == ("service",)

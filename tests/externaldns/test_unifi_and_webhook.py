@@ -37,6 +37,7 @@ spec:
         image: {repository: ghcr.io/home-operations/external-dns-unifi-webhook, tag: 0.10.11}
         env:
           - {name: UNIFI_HOST, value: "%s"}
+          - {name: EXCLUDE_DOMAIN_FILTER, value: lab.home.example}
           - name: UNIFI_API_KEY
             valueFrom: {secretKeyRef: {name: unifi-dns-secret, key: UNIFI_API_KEY}}
     triggerLoopOnEvent: true
@@ -47,8 +48,10 @@ spec:
     domainFilters: [home.example]
 """
 ROUTES = (
-    m.route("app", "default", "envoy-internal", ["app.home.example"])
+    # a Cloudflare annotation too: a UniFi instance must not see it as a change on every loop
+    m.route("app", "default", "envoy-internal", ["app.home.example"], {"external-dns.alpha.kubernetes.io/cloudflare-proxied": "true"})
     + m.route("web", "default", "envoy-external", ["web.home.example"])
+    + m.route("lab", "default", "envoy-internal", ["x.lab.home.example"])
 )
 
 
@@ -71,7 +74,9 @@ def test_the_unifi_webhook_release_is_served_natively(tmp_path):
         assert unifi.find("k8s.main.a-app.home.example", "TXT") == [
             '"heritage=external-dns,external-dns/owner=main,external-dns/resource=httproute/default/app"']
         again, _ = asyncio.run(plan(inst, src, provider))
-        assert again.changes is not None and not again.changes
+        assert again.changes is not None and not again.changes, again.changes.to_json()
+        # the webhook's own EXCLUDE_DOMAIN_FILTER: nothing created or deleted under lab.home.example
+        assert unifi.find("x.lab.home.example") == []
 
 
 def test_unifi_hand_made_records_stay_and_a_wrong_key_is_refused(tmp_path):
@@ -117,6 +122,11 @@ def test_webhook_both_ways(tmp_path):
                 neg = await c.get("/", headers={"Accept": MEDIA_TYPE})
                 assert neg.headers["content-type"] == MEDIA_TYPE and neg.json() == {"include": ["home.example"]}
                 assert (await c.post("/records", content=b"{not json")).status_code == 400
+                # external-dns >= 0.18 spells the keys in lower camel case
+                body = {"create": [{"dnsName": "lc.home.example", "recordType": "A", "targets": ["192.168.1.7"]}],
+                        "updateOld": [], "updateNew": [], "delete": []}
+                assert (await c.post("/records", json=body)).status_code == 204
+                assert unifi.find("lc.home.example") == ["192.168.1.7"]
                 assert (await c.post("/records", content=b"x" * (9 * 1024 * 1024))).status_code == 413
                 assert (await c.get("/healthz")).status_code == 200
             client = WebhookProvider(url)
@@ -124,7 +134,7 @@ def test_webhook_both_ways(tmp_path):
             await client.apply_changes(Changes(create=[Endpoint("tv.home.example", "A", ("192.168.1.9",))]))
             assert unifi.find("tv.home.example") == ["192.168.1.9"]
             recs = await client.records()
-            assert [(e.dns_name, e.targets) for e in recs] == [("tv.home.example", ("192.168.1.9",))]
+            assert sorted((e.dns_name, e.targets) for e in recs) == [("lc.home.example", ("192.168.1.7",)), ("tv.home.example", ("192.168.1.9",))]
             adjusted = await client.adjust_remote([Endpoint("x.home.example", "A", ("1.2.3.4",))])
             assert adjusted[0].dns_name == "x.home.example"
             unifi.down = True  # the provider behind the webhook fails: external-dns sees a 500 (retryable)

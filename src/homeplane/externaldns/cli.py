@@ -74,7 +74,7 @@ async def _run_all(result: Any, insts: list[Instance], variables: dict[str, str]
         try:
             try:
                 res, _ = await plan(inst, src, provider)
-                if apply and provider is not None and res.changes:
+                if apply and provider is not None and res.changes and not res.error and not inst.flag_bool("dry-run"):
                     await provider.apply_changes(res.changes)
             except ProviderError as e:
                 res, _ = await plan(inst, src, None)
@@ -82,7 +82,7 @@ async def _run_all(result: Any, insts: list[Instance], variables: dict[str, str]
         finally:
             if provider is not None:
                 await provider.close()
-        res.error = error
+        res.error = res.error or error
         out.append(res)
     return out
 

@@ -10,12 +10,12 @@ kept on the instance, so printing an instance cannot leak a token.
 
 from __future__ import annotations
 
-import base64
 import os
 import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from homeplane.api.secrets import secret_values
 from homeplane.externaldns.endpoint import DEFAULT_MANAGED, DomainFilter
 
 CHART = "external-dns"
@@ -33,10 +33,16 @@ KNOWN_FLAGS = {
     "webhook-provider-url", "txt-cache-interval", "min-event-sync-interval", "default-targets",
     "rfc2136-host", "rfc2136-port", "rfc2136-zone", "rfc2136-tsig-keyname", "rfc2136-tsig-secret",
     "rfc2136-tsig-secret-alg", "rfc2136-tsig-axfr", "rfc2136-insecure", "rfc2136-min-ttl", "rfc2136-batch-change-size",
-    "request-timeout", "txt-new-format-only", "ignore-ingress-tls-spec", "service-type-filter",
+    "request-timeout", "txt-new-format-only",
 }
 REPEATED = {"source", "domain-filter", "exclude-domains", "managed-record-types", "exclude-record-types",
-            "zone-id-filter", "zone-name-filter", "rfc2136-zone", "default-targets", "service-type-filter"}
+            "zone-id-filter", "zone-name-filter", "rfc2136-zone"}
+BOOLEAN = {"events", "once", "dry-run", "cloudflare-proxied", "ignore-hostname-annotation", "publish-internal-services",
+           "rfc2136-tsig-axfr", "rfc2136-insecure", "txt-new-format-only"}
+SUPPORTED_SOURCES = ("gateway-httproute", "gateway-grpcroute", "gateway-tlsroute", "gateway-tcproute", "gateway-udproute",
+                     "service", "crd")
+# the chart version from which external-dns reads the GA annotation prefix only (v0.22, #6424)
+GA_PREFIX_CHART = (1, 22)
 
 
 @dataclass(frozen=True)
@@ -72,10 +78,14 @@ class Instance:
     annotation_prefixes: tuple[str, ...] = (ALPHA_PREFIX, GA_PREFIX)
     managed: tuple[str, ...] = DEFAULT_MANAGED
     exclude_types: tuple[str, ...] = ()
-    flags: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    flags: tuple[tuple[str, tuple[str, ...]], ...] = field(default=(), repr=False)  # may hold a TSIG secret
     env: tuple[EnvVar, ...] = field(default=(), repr=False)
     webhook_env: tuple[EnvVar, ...] = field(default=(), repr=False)
     problems: tuple[str, ...] = ()
+    # problems that make syncing unsafe (a source homeplane cannot read would look like records to
+    # delete): the instance plans but does not change anything until they are fixed
+    fatal: tuple[str, ...] = ()
+    chart_version: str = ""
 
     @property
     def id(self) -> str:
@@ -127,10 +137,12 @@ def _duration(text: str) -> float:
 
 def _env_list(items: Any) -> tuple[EnvVar, ...]:
     out = []
-    for e in items or []:
+    for e in items if isinstance(items, list) else []:
         if not isinstance(e, dict) or not e.get("name"):
             continue
-        ref = ((e.get("valueFrom") or {}).get("secretKeyRef")) or {}
+        vf = e.get("valueFrom")
+        ref = vf.get("secretKeyRef") if isinstance(vf, dict) else None
+        ref = ref if isinstance(ref, dict) else {}
         if ref.get("name") and ref.get("key"):
             out.append(EnvVar(str(e["name"]), secret=(str(ref["name"]), str(ref["key"]))))
         else:
@@ -138,12 +150,19 @@ def _env_list(items: Any) -> tuple[EnvVar, ...]:
     return tuple(out)
 
 
+def _list(v: Any) -> list[Any]:
+    """A list value as Helm would range over it (a lone scalar counts as one item)."""
+    if isinstance(v, list):
+        return v
+    return [] if v is None or isinstance(v, dict) else [v]
+
+
 def _chart_args(values: dict[str, Any]) -> list[str]:
     """The arguments the chart's deployment template passes for these values."""
     args = [f"--interval={values.get('interval', '1m')}"]
     if values.get("triggerLoopOnEvent"):
         args.append("--events")
-    for s in values.get("sources") if values.get("sources") is not None else ["service", "ingress"]:
+    for s in _list(values.get("sources")) if values.get("sources") is not None else ["service", "ingress"]:
         args.append(f"--source={s}")
     args.append(f"--policy={values.get('policy') or 'upsert-only'}")
     args.append(f"--registry={values.get('registry') or 'txt'}")
@@ -157,14 +176,14 @@ def _chart_args(values: dict[str, Any]) -> list[str]:
         args.append(f"--namespace={values.get('sourceNamespace') or values.get('_namespace')}")
     if values.get("gatewayNamespace"):
         args.append(f"--gateway-namespace={values['gatewayNamespace']}")
-    for d in values.get("domainFilters") or []:
+    for d in _list(values.get("domainFilters")):
         args.append(f"--domain-filter={d}")
-    for d in values.get("excludeDomains") or []:
+    for d in _list(values.get("excludeDomains")):
         args.append(f"--exclude-domains={d}")
     for key in ("labelFilter", "annotationFilter", "annotationPrefix"):
         if values.get(key):
             args.append(f"--{re.sub(r'([A-Z])', lambda m: '-' + m.group(1).lower(), key)}={values[key]}")
-    for t in values.get("managedRecordTypes") or []:
+    for t in _list(values.get("managedRecordTypes")):
         args.append(f"--managed-record-types={t}")
     provider = values.get("provider")
     name = provider.get("name") if isinstance(provider, dict) else provider
@@ -188,18 +207,27 @@ def _chart_args(values: dict[str, Any]) -> list[str]:
 def _parse_flags(args: list[str], env: Mapping[str, str | None], problems: list[str]) -> dict[str, list[str]]:
     flags: dict[str, list[str]] = {}
     expand = lambda s: re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: env.get(m.group(1)) or m.group(0), s)  # noqa: E731
-    it = iter(args)
-    for raw in it:
-        a = expand(raw)
+    i = 0
+    last = "(the start)"
+    while i < len(args):
+        a = expand(args[i])
+        i += 1
         if not a.startswith("--"):
-            problems.append(f"argument {raw!r} is not a flag")
+            problems.append(f"the argument after {last} is not a flag (its value is not shown)")
             continue
         name, sep, value = a[2:].partition("=")
+        last = "--" + name
         if not sep:
-            if name.startswith("no-") and name[3:] in KNOWN_FLAGS:
+            if name.startswith("no-") and name[3:] in BOOLEAN:
                 name, value = name[3:], "false"
-            else:
+            elif name in BOOLEAN or name not in KNOWN_FLAGS:
                 value = "true"
+            elif i < len(args) and not expand(args[i]).startswith("--"):  # "--flag value", as kingpin reads it
+                value = expand(args[i])
+                i += 1
+            else:
+                problems.append(f"flag --{name} has no value")
+                continue
         if name not in KNOWN_FLAGS:
             problems.append(f"flag --{name} is not supported by homeplane (ignored)")
             continue
@@ -216,11 +244,19 @@ def _parse_flags(args: list[str], env: Mapping[str, str | None], problems: list[
     return flags
 
 
-def instance_from_values(name: str, namespace: str, values: dict[str, Any], file: str = "", line: int | None = None) -> Instance:
+def _version(text: str) -> tuple[int, ...] | None:
+    m = re.match(r"v?(\d+)\.(\d+)", text or "")
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def instance_from_values(name: str, namespace: str, values: dict[str, Any], file: str = "", line: int | None = None,
+                         chart_version: str = "") -> Instance:
     problems: list[str] = []
+    fatal: list[str] = []
     env = _env_list(values.get("env"))
     provider = values.get("provider")
-    webhook = (provider.get("webhook") or {}) if isinstance(provider, dict) else {}
+    webhook = provider.get("webhook") if isinstance(provider, dict) else None
+    webhook = webhook if isinstance(webhook, dict) else {}
     webhook_env = _env_list(webhook.get("env"))
     image = webhook.get("image") or {}
     webhook_image = str(image.get("repository") or "") if isinstance(image, dict) else ""
@@ -241,10 +277,27 @@ def instance_from_values(name: str, namespace: str, values: dict[str, Any], file
         problems.append(f"policy {policy!r} is not one of sync, upsert-only, create-only; using upsert-only")
         policy = "upsert-only"
     if one("registry", "txt") != "txt":
-        problems.append(f"registry {one('registry')!r}: homeplane keeps the TXT registry only")
+        fatal.append(f"registry {one('registry')!r}: homeplane keeps the TXT registry only")
     if values.get("txtPrefix") and values.get("txtSuffix"):
         problems.append("txtPrefix and txtSuffix are mutually exclusive (the chart refuses both); using txtPrefix")
-    prefixes = (one("annotation-prefix"),) if "annotation-prefix" in flags else (ALPHA_PREFIX, GA_PREFIX)
+    for s in flags.get("source", []):
+        if s not in SUPPORTED_SOURCES:
+            fatal.append(f"source {s!r} is not supported by homeplane (supported: {', '.join(SUPPORTED_SOURCES)}): "
+                         "its records would look unwanted, so nothing is changed")
+    from homeplane.externaldns.sources import parse_selector
+
+    for f in ("label-filter", "annotation-filter", "gateway-label-filter"):
+        if one(f):
+            try:
+                parse_selector(one(f))
+            except ValueError as e:
+                fatal.append(f"--{f}: {e}")
+    if "annotation-prefix" in flags:
+        prefixes: tuple[str, ...] = (one("annotation-prefix"),)
+    elif (v := _version(chart_version)) is not None:
+        prefixes = (GA_PREFIX,) if v >= GA_PREFIX_CHART else (ALPHA_PREFIX,)
+    else:
+        prefixes = (ALPHA_PREFIX, GA_PREFIX)
     managed = tuple(dict.fromkeys(flags.get("managed-record-types") or DEFAULT_MANAGED))
     return Instance(
         name=name, namespace=namespace, file=file, line=line,
@@ -259,25 +312,29 @@ def instance_from_values(name: str, namespace: str, values: dict[str, Any], file
         source_namespace=one("namespace"), label_filter=one("label-filter"), annotation_filter=one("annotation-filter"),
         annotation_prefixes=prefixes, managed=managed, exclude_types=tuple(flags.get("exclude-record-types", [])),
         flags=tuple((k, tuple(v)) for k, v in sorted(flags.items())),
-        env=env, webhook_env=webhook_env, problems=tuple(problems),
+        env=env, webhook_env=webhook_env, problems=tuple(problems), fatal=tuple(fatal), chart_version=chart_version,
     )
 
 
 def instances(objects: list[Any], by_url: Mapping[tuple[str, str], str] | None = None) -> list[Instance]:
     """Every external-dns HelmRelease in the objects, as an instance."""
-    sources = {("OCIRepository", o.namespace or "", o.name): str((o.raw.get("spec") or {}).get("url", ""))
+    sources = {(o.kind, o.namespace or "", o.name): o.raw.get("spec") or {}
                for o in objects if o.kind in ("OCIRepository", "HelmRepository")}
     out = []
     for o in objects:
         if o.kind != "HelmRelease":
             continue
         spec = o.raw.get("spec") or {}
-        chart = None
+        chart, version = None, ""
         ref = spec.get("chartRef")
         if isinstance(ref, dict):
-            chart = sources.get((str(ref.get("kind")), str(ref.get("namespace") or o.namespace or ""), str(ref.get("name"))))
+            src = sources.get((str(ref.get("kind")), str(ref.get("namespace") or o.namespace or ""), str(ref.get("name"))))
+            if isinstance(src, dict):
+                chart = str(src.get("url", ""))
+                version = str((src.get("ref") or {}).get("tag") or "") if isinstance(src.get("ref"), dict) else ""
         else:
-            chart = ((spec.get("chart") or {}).get("spec") or {}).get("chart")
+            cs = (spec.get("chart") or {}).get("spec") or {} if isinstance(spec.get("chart"), dict) else {}
+            chart, version = cs.get("chart"), str(cs.get("version") or "")
         if not is_external_dns(o, chart):
             continue
         values = spec.get("values") or {}
@@ -285,7 +342,7 @@ def instances(objects: list[Any], by_url: Mapping[tuple[str, str], str] | None =
             continue
         release = str(spec.get("releaseName") or o.name)
         out.append(instance_from_values(release, str(spec.get("targetNamespace") or o.namespace or "default"), values,
-                                        o.source.file, o.source.line))
+                                        o.source.file, o.source.line, version))
     return out
 
 
@@ -306,16 +363,7 @@ def resolve_env(inst: Instance, objects: list[Any], variables: Mapping[str, str]
     cannot be found are left out."""
     environ = os.environ if environ is None else environ
     variables = variables or {}
-    secrets: dict[tuple[str, str], dict[str, str]] = {}
-    for o in objects:
-        if o.kind == "Secret":
-            data = {str(k): str(v) for k, v in ((o.raw.get("stringData") or {}).items())}
-            for k, v in (o.raw.get("data") or {}).items():
-                try:
-                    data.setdefault(str(k), base64.b64decode(str(v)).decode())
-                except (ValueError, UnicodeDecodeError):
-                    pass
-            secrets[(o.namespace or "", o.name)] = data
+    secrets = {(o.namespace or "", o.name): secret_values(o.raw) for o in objects if o.kind == "Secret"}
     out: dict[str, str] = {}
     for e in inst.webhook_env if webhook else inst.env:
         value = e.value

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any, Callable, Mapping
 
@@ -115,35 +115,54 @@ class DNSController:
         objects = result.load.objects
         src = SourceInput.from_result(result)
         seen = set()
-        for inst in instances(objects):
+        try:
+            found = instances(objects)
+        except Exception:  # values no chart would render: keep the instances as they were
+            log.exception("external-dns: reading the instances failed; keeping the previous ones")
+            return
+        for inst in found:
             seen.add(inst.id)
-            st = self.states.get(inst.id)
-            env = resolve_env(inst, objects, self.variables, self.environ)
-            wenv = resolve_env(inst, objects, self.variables, self.environ, webhook=True)
-            key = (inst, tuple(sorted(env.items())), tuple(sorted(wenv.items())))
-            if st is None or st.fingerprint[:1] != (key,):
+            try:
+                await self._configure(inst, objects, src)
+            except Exception as e:  # one broken instance must not stop the others (or the reload)
+                log.exception("external-dns %s: configuring failed", inst.id)
+                st = self.states.get(inst.id)
                 if st is not None:
-                    await self._stop(st)
-                st = InstanceState(inst)
+                    st.last_error = f"internal error: {type(e).__name__}: {e}"
+        for gone in [k for k in self.states if k not in seen]:
+            await self._stop(self.states.pop(gone))
+
+    async def _configure(self, inst: Instance, objects: list[Any], src: SourceInput) -> None:
+        st = self.states.get(inst.id)
+        env = resolve_env(inst, objects, self.variables, self.environ)
+        wenv = resolve_env(inst, objects, self.variables, self.environ, webhook=True)
+        # where the HelmRelease sits in its file is not configuration: moving it restarts nothing
+        key = (replace(inst, file="", line=None), tuple(sorted(env.items())), tuple(sorted(wenv.items())))
+        if st is None or st.fingerprint[:1] != (key,):
+            if st is not None:
+                await self._stop(st)
+            st = InstanceState(inst)
+            if inst.fatal:
+                st.provider_error = "not synced: " + "; ".join(inst.fatal)
+            else:
                 try:
                     st.provider = make_provider(inst, env, wenv, self.webhook_urls, self.timeout)
                 except ProviderError as e:
                     st.provider_error = str(e)
-                    log.warning("external-dns %s not started: %s", inst.id, e)
-                self.states[inst.id] = st
-                st.fingerprint = (key,)
-            eps, _ = desired(inst, src, st.provider)
-            wanted = tuple(sorted((e.key, e.targets, e.ttl, e.provider_specific) for e in eps))
-            changed = st.fingerprint[1:] != (wanted,)
-            st.fingerprint = (key, wanted)
-            st.src = src
-            if self._running and st.provider is not None:
-                if st.task is None:
-                    st.task = asyncio.create_task(self._loop(st))
-                elif changed:
-                    st.wake.set()
-        for gone in [k for k in self.states if k not in seen]:
-            await self._stop(self.states.pop(gone))
+            if st.provider_error:
+                log.warning("external-dns %s not started: %s", inst.id, st.provider_error)
+            self.states[inst.id] = st
+            st.fingerprint = (key,)
+        eps, _ = desired(inst, src, st.provider)
+        wanted = tuple(sorted((e.key, e.targets, e.ttl, e.provider_specific) for e in eps))
+        changed = st.fingerprint[1:] != (wanted,)
+        st.fingerprint = (key, wanted)
+        st.src = src
+        if self._running and st.provider is not None:
+            if st.task is None:
+                st.task = asyncio.create_task(self._loop(st))
+            elif changed:
+                st.wake.set()
 
     async def start(self) -> None:
         self._running = True

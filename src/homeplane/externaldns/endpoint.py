@@ -183,9 +183,15 @@ class DomainFilter:
     """``--domain-filter`` / ``--exclude-domains``: a name matches a filter when it is the filter
     or below it (a filter starting with "." matches only names below it); no filters match all."""
 
-    def __init__(self, include: list[str] | tuple[str, ...] = (), exclude: list[str] | tuple[str, ...] = ()):
+    def __init__(self, include: list[str] | tuple[str, ...] = (), exclude: list[str] | tuple[str, ...] = (),
+                 regex_include: str = "", regex_exclude: str = ""):
+        import re
+
         self.include = tuple(normalize(f) if not f.startswith(".") else "." + normalize(f[1:]) for f in include if f)
         self.exclude = tuple(normalize(f) if not f.startswith(".") else "." + normalize(f[1:]) for f in exclude if f)
+        # --regex-domain-filter / --regex-domain-exclusion: when set, they replace the lists
+        self.regex_include = re.compile(regex_include) if regex_include else None
+        self.regex_exclude = re.compile(regex_exclude) if regex_exclude else None
 
     @staticmethod
     def _any(filters: tuple[str, ...], name: str) -> bool:
@@ -199,4 +205,8 @@ class DomainFilter:
 
     def match(self, name: str) -> bool:
         n = normalize(name)
+        if self.regex_include is not None or self.regex_exclude is not None:
+            if self.regex_exclude is not None and self.regex_exclude.search(n):
+                return False
+            return self.regex_include is None or bool(self.regex_include.search(n))
         return (not self.include or self._any(self.include, n)) and not self._any(self.exclude, n)

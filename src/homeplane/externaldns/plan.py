@@ -43,18 +43,23 @@ class Changes:
         return len(self.create) + len(self.update_new) + len(self.delete)
 
     def to_json(self) -> dict[str, list[dict]]:
-        """The webhook protocol's body for POST /records."""
+        """The webhook protocol's body for POST /records (external-dns >= 0.18 spells the keys
+        in lower camel case; Go webhooks read them case-insensitively)."""
         return {
-            "Create": [e.to_json() for e in self.create],
-            "UpdateOld": [e.to_json() for e in self.update_old],
-            "UpdateNew": [e.to_json() for e in self.update_new],
-            "Delete": [e.to_json() for e in self.delete],
+            "create": [e.to_json() for e in self.create],
+            "updateOld": [e.to_json() for e in self.update_old],
+            "updateNew": [e.to_json() for e in self.update_new],
+            "delete": [e.to_json() for e in self.delete],
         }
 
     @classmethod
     def from_json(cls, doc: dict) -> Changes:
-        get = lambda k: [Endpoint.from_json(e) for e in (doc.get(k) or [])]  # noqa: E731
-        return cls(get("Create"), get("UpdateOld"), get("UpdateNew"), get("Delete"))
+        """Either spelling of the keys (older external-dns sent ``Create``, ``UpdateOld`` …)."""
+        if not isinstance(doc, dict):
+            raise ValueError("changes must be a JSON object")
+        lower = {str(k).lower(): v for k, v in doc.items()}
+        get = lambda k: [Endpoint.from_json(e) for e in (lower.get(k) or [])]  # noqa: E731
+        return cls(get("create"), get("updateold"), get("updatenew"), get("delete"))
 
 
 @dataclass

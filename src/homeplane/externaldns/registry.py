@@ -137,8 +137,9 @@ class TXTRegistry:
     owner: str
     mapper: NameMapper
     managed: tuple[str, ...]
-    # TXT names seen at the last records(): a create skips the TXT when it is already there
-    _existing_txt: frozenset[str] = frozenset()
+    # TXT records seen at the last records(), by (name, set identifier): a create skips its TXT
+    # when that one is already there
+    _existing_txt: frozenset[tuple[str, str]] = frozenset()
 
     def records(self, provider_records: list[Endpoint]) -> list[Endpoint]:
         """The provider's records without the registry TXTs, each labelled with its owner (and
@@ -147,6 +148,7 @@ class TXTRegistry:
         plain: list[Endpoint] = []
         claims: dict[tuple[str, str, str], dict[str, str]] = {}
         txt_names: set[str] = set()
+        txt_keys: set[tuple[str, str]] = set()
         for r in provider_records:
             if r.record_type != TXT or not r.targets:
                 if r.record_type != TXT:
@@ -160,7 +162,8 @@ class TXTRegistry:
             name, rtype = self.mapper.to_endpoint_name(r.dns_name)
             claims[(name, rtype, r.set_identifier)] = labels
             txt_names.add(normalize(r.dns_name))
-        self._existing_txt = frozenset(txt_names)
+            txt_keys.add((normalize(r.dns_name), r.set_identifier))
+        self._existing_txt = frozenset(txt_keys)
         out = []
         for ep in plain:
             parts = normalize(ep.dns_name).split(".")
@@ -194,7 +197,7 @@ class TXTRegistry:
         create = [e.with_labels(**{OWNER: self.owner}) for e in changes.create]
         update_old, update_new, delete = mine(changes.update_old), mine(changes.update_new), mine(changes.delete)
         out = Changes(
-            create=create + [t for t in map(self.txt_for, create) if normalize(t.dns_name) not in self._existing_txt],
+            create=create + [t for t in map(self.txt_for, create) if (normalize(t.dns_name), t.set_identifier) not in self._existing_txt],
             update_old=update_old + [self.txt_for(e) for e in update_old],
             update_new=update_new + [self.txt_for(e) for e in update_new],
             delete=delete + [self.txt_for(e) for e in delete],

@@ -37,6 +37,7 @@ ROUTE_SOURCES = {
 }
 SUPPORTED_SOURCES = (*ROUTE_SOURCES, "service", "crd")
 CONTROLLER_VALUE = "dns-controller"
+CLOUDFLARE_PROPERTIES = ("cloudflare-proxied", "cloudflare-record-comment", "cloudflare-tags")
 _DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 
@@ -147,7 +148,7 @@ class Annotations:
                 attr = k[len(p):]
                 if attr == "set-identifier":
                     set_id = set_id or v
-                elif attr.startswith("cloudflare-"):
+                elif attr in CLOUDFLARE_PROPERTIES:  # the ones external-dns turns into properties (and homeplane serves)
                     props.append((self.prefixes[0] + attr, v))
                 elif attr.startswith("webhook-"):
                     props.append(("webhook/" + attr[len("webhook-"):], v))
@@ -392,20 +393,30 @@ def crd_endpoints(inst: Instance, src: SourceInput) -> list[Endpoint]:
 
 
 def desired_endpoints(inst: Instance, src: SourceInput) -> tuple[list[Endpoint], list[str]]:
-    """Every record the instance's sources want (merged as external-dns merges them), and the
-    problems met on the way (an unsupported source, a selector that does not parse)."""
+    """Every record the instance's sources want, and the problems met on the way. Each source's
+    records are merged within that source, then the sources' lists are concatenated (exact
+    duplicates dropped), as external-dns's multi-source does: two sources wanting one name are
+    two candidates for the planner to choose between."""
     out: list[Endpoint] = []
     problems: list[str] = []
+    seen: set[tuple] = set()
     for source in inst.sources:
         try:
             if source in ROUTE_SOURCES:
-                out += gateway_route_endpoints(inst, src, source)
+                eps = gateway_route_endpoints(inst, src, source)
             elif source == "service":
-                out += service_endpoints(inst, src)
+                eps = service_endpoints(inst, src)
             elif source == "crd":
-                out += crd_endpoints(inst, src)
+                eps = crd_endpoints(inst, src)
             else:
                 problems.append(f"source {source!r} is not supported by homeplane (supported: {', '.join(SUPPORTED_SOURCES)})")
+                continue
         except ValueError as e:
             problems.append(f"source {source}: {e}")
-    return merge_endpoints(out), problems
+            continue
+        for e in merge_endpoints(eps):
+            k = (e.key, e.targets, e.ttl, e.provider_specific, tuple(sorted(e.labels.items())))
+            if k not in seen:
+                seen.add(k)
+                out.append(e)
+    return out, problems

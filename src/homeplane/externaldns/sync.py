@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from homeplane.externaldns.config import Instance
 from homeplane.externaldns.endpoint import Endpoint
 from homeplane.externaldns.plan import Changes, calculate, unowned_conflicts
+from homeplane.externaldns.providers import provider_kind
 from homeplane.externaldns.providers.base import Provider
 from homeplane.externaldns.registry import NameMapper, TXTRegistry
 from homeplane.externaldns.sources import SourceInput, desired_endpoints
@@ -67,11 +68,11 @@ class PlanResult:
 def desired(inst: Instance, src: SourceInput, provider: Provider | None) -> tuple[list[Endpoint], list[str]]:
     eps, problems = desired_endpoints(inst, src)
     problems = list(inst.problems) + problems
+    eps = [retain_provider_properties(e, provider_kind(inst)) for e in eps]
     if provider is not None:
         eps = provider.adjust_endpoints(eps)
+        return _in_scope(inst, eps, provider), problems
     else:
-        from homeplane.externaldns.providers import provider_kind
-
         if provider_kind(inst) == "cloudflare":
             from homeplane.externaldns.providers.cloudflare import offline_adjust
 
@@ -79,23 +80,47 @@ def desired(inst: Instance, src: SourceInput, provider: Provider | None) -> tupl
     return _in_scope(inst, eps), problems
 
 
-def _in_scope(inst: Instance, eps: list[Endpoint]) -> list[Endpoint]:
+def retain_provider_properties(ep: Endpoint, kind: str) -> Endpoint:
+    """external-dns's RetainProviderProperties: properties meant for another provider (a name
+    with "/" not under ``<provider>/``) are dropped, so a record shared by a Cloudflare and a
+    UniFi instance does not look changed to UniFi on every loop. (Cloudflare's properties are
+    annotation keys: for Cloudflare only those are kept.)"""
+    if not ep.provider_specific:
+        return ep
+    if kind == "cloudflare":
+        keep = tuple((k, v) for k, v in ep.provider_specific if "/cloudflare-" in k)
+    else:
+        name = "webhook" if kind == "unifi" else kind
+        keep = tuple((k, v) for k, v in ep.provider_specific if "/" not in k or k.startswith(name + "/"))
+    return replace(ep, provider_specific=tuple(sorted(keep)))
+
+
+def _in_scope(inst: Instance, eps: list[Endpoint], provider: Provider | None = None) -> list[Endpoint]:
     df = inst.domain_filter
-    return [e for e in eps if df.match(e.dns_name) and e.record_type in inst.managed and e.record_type not in inst.exclude_types]
+    pdf = getattr(provider, "domain_filter", None)
+    return [e for e in eps if df.match(e.dns_name) and (pdf is None or pdf.match(e.dns_name))
+            and e.record_type in inst.managed and e.record_type not in inst.exclude_types]
 
 
 async def plan(inst: Instance, src: SourceInput, provider: Provider | None) -> tuple[PlanResult, TXTRegistry]:
     """Desired records, and when a provider is given, its current records and the changes."""
     reg = registry_for(inst)
     eps, problems = desired(inst, src, provider)
+    if inst.fatal:
+        result = PlanResult(inst, eps, [reg.txt_for(e.with_labels(owner=inst.owner)) for e in eps], problems + list(inst.fatal))
+        result.error = "not synced: " + "; ".join(inst.fatal)
+        return result, reg
+    if provider is not None and getattr(provider, "domain_filter", None) is None and hasattr(provider, "negotiate"):
+        await provider.negotiate()  # a webhook's own domain filter, before anything is planned
     adjust_remote = getattr(provider, "adjust_remote", None)
     if adjust_remote is not None:  # a webhook adjusts on its side
-        eps = _in_scope(inst, await adjust_remote(eps))
+        eps = _in_scope(inst, await adjust_remote(eps), provider)
     owned = [e.with_labels(owner=inst.owner) for e in eps]
     result = PlanResult(inst, eps, [reg.txt_for(e) for e in owned], problems)
     if provider is None:
         return result, reg
-    current = reg.records(await provider.records())
+    pdf = getattr(provider, "domain_filter", None)
+    current = [c for c in reg.records(await provider.records()) if pdf is None or pdf.match(c.dns_name)]
     result.current = current
     ch = calculate(current, eps, inst.owner, inst.policy, inst.domain_filter, inst.managed, inst.exclude_types)
     result.changes = reg.apply(ch)

@@ -14,14 +14,17 @@ checks are accepted and have no effect here.
 
 from __future__ import annotations
 
-import base64
-import binascii
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from homeplane.api.diagnostics import Diagnostics
-from homeplane.api.substitute import SUBSTITUTE_ANNOTATION, SubstitutionError, substitute
+from homeplane.api.secrets import secret_values
+from homeplane.api.substitute import (
+    SUBSTITUTE_ANNOTATION,
+    SubstitutionError,
+    substitute,
+)
 from homeplane.api.yamlio import YamlSyntaxError, dump, load
 from homeplane.importer.docs import Doc, is_flux_kustomization
 from homeplane.importer.kustomize import Builder
@@ -73,21 +76,7 @@ def substitute_doc(d: Doc, variables: dict[str, str], diags: Diagnostics, owner:
 
 
 def _secret_values(d: Doc) -> dict[str, str]:
-    out: dict[str, str] = {}
-    data = d.data
-    if isinstance(data.get("sops"), dict):
-        return out  # encrypted: the user supplies these values
-    for k, v in (data.get("stringData") or {}).items():
-        out[str(k)] = str(v)
-    for k, v in (data.get("data") or {}).items():
-        if d.kind == "Secret":
-            try:
-                out[str(k)] = base64.b64decode(str(v), validate=True).decode()
-            except (binascii.Error, UnicodeDecodeError):
-                continue
-        else:
-            out[str(k)] = str(v)
-    return {k: v for k, v in out.items() if not v.startswith("ENC[")}
+    return secret_values(d.data, d.kind)
 
 
 class FluxProcessor:

@@ -109,6 +109,9 @@ def adjust(endpoints: list[Endpoint], by_default: bool, key: str) -> list[Endpoi
     for ep in endpoints:
         proxied = should_be_proxied(ep, by_default, key)
         props = tuple((k, v) for k, v in ep.provider_specific if k not in PROXIED_KEYS and k != key)
+        # tags compare in order (external-dns sorts them)
+        props = tuple((k, ",".join(sorted(t.strip() for t in v.split(",") if t.strip())) if k.endswith("/cloudflare-tags") else v)
+                      for k, v in props)
         if ep.record_type not in NOT_PROXIABLE:
             props += ((key, "true" if proxied else "false"),)
         # a proxied record's TTL is Cloudflare's to choose: not compared
@@ -157,6 +160,8 @@ class CloudflareProvider:
             body = r.json()
         except ValueError:
             body = {}
+        if not isinstance(body, dict):
+            body = {}
         if r.status_code == 429:
             ra = r.headers.get("retry-after")
             raise ProviderError(f"cloudflare: rate limited on {method} {path}", retry_after=float(ra) if ra and ra.isdigit() else 60.0)
@@ -171,9 +176,16 @@ class CloudflareProvider:
         page = 1
         while True:
             body = await self._call("GET", path, params={**(params or {}), "page": page, "per_page": per_page})
-            out += body.get("result") or []
-            info = body.get("result_info") or {}
-            if page >= int(info.get("total_pages") or 1) or not body.get("result"):
+            result = body.get("result") or []
+            if not isinstance(result, list) or not all(isinstance(r, dict) for r in result):
+                raise ProviderError(f"cloudflare: GET {path}: result is not a list of objects")
+            out += result
+            info = body.get("result_info") if isinstance(body.get("result_info"), dict) else {}
+            try:
+                pages = int(info.get("total_pages") or 1)
+            except (TypeError, ValueError):
+                raise ProviderError(f"cloudflare: GET {path}: result_info.total_pages is not a number") from None
+            if page >= pages or not result or page >= 100_000:
                 return out
             page += 1
 
@@ -209,6 +221,12 @@ class CloudflareProvider:
         return best
 
     async def records(self) -> list[Endpoint]:
+        try:
+            return await self._records()
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ProviderError(f"cloudflare: an answer is not what the API documents: {type(e).__name__}: {e}") from None
+
+    async def _records(self) -> list[Endpoint]:
         self._ids = {}
         grouped: dict[tuple[str, str], list[dict[str, Any]]] = {}
         for z in await self.zones():
@@ -222,6 +240,11 @@ class CloudflareProvider:
             props: tuple[tuple[str, str], ...] = ()
             if rtype not in NOT_PROXIABLE:
                 props = ((self.cfg.proxied_key, "true" if first.get("proxied") else "false"),)
+            prefix = self.cfg.proxied_key.rsplit("/", 1)[0] + "/"
+            if first.get("comment"):
+                props += ((prefix + "cloudflare-record-comment", str(first["comment"])),)
+            if first.get("tags"):
+                props += ((prefix + "cloudflare-tags", ",".join(sorted(str(t) for t in first["tags"]))),)
             out.append(Endpoint(name, rtype, tuple(str(r.get("content", "")) for r in recs), int(first.get("ttl") or 0), "", {}, props))
         return out
 
@@ -239,6 +262,11 @@ class CloudflareProvider:
                                 "ttl": AUTO_TTL if proxied or not ep.ttl else ep.ttl}
         if ep.record_type not in NOT_PROXIABLE:
             body["proxied"] = proxied
+        for k, v in ep.provider_specific:
+            if k.endswith("/cloudflare-record-comment"):
+                body["comment"] = v
+            elif k.endswith("/cloudflare-tags"):
+                body["tags"] = sorted(t.strip() for t in v.split(",") if t.strip())
         return body
 
     async def apply_changes(self, changes: Changes) -> None:

@@ -17,7 +17,7 @@ from typing import Any, Mapping
 import httpx
 
 from homeplane.externaldns.config import Instance
-from homeplane.externaldns.endpoint import CNAME, Endpoint, normalize
+from homeplane.externaldns.endpoint import CNAME, DomainFilter, Endpoint, normalize
 from homeplane.externaldns.plan import Changes
 from homeplane.externaldns.providers.base import ProviderError
 
@@ -34,6 +34,7 @@ class UnifiConfig:
     external_controller: bool = False
     verify_tls: bool = False
     timeout: float = 10.0
+    domain_filter: DomainFilter | None = None  # the webhook's DOMAIN_FILTER / REGEXP_DOMAIN_FILTER env
 
 
 def _bool(v: str | None, default: bool) -> bool:
@@ -47,7 +48,14 @@ def unifi_config(inst: Instance, env: Mapping[str, str], timeout: float = 10.0) 
     if not env.get("UNIFI_API_KEY") and not (env.get("UNIFI_USER") and env.get("UNIFI_PASS")):
         raise ProviderError(f"{inst.id}: UniFi needs UNIFI_API_KEY (or UNIFI_USER and UNIFI_PASS): set it in the "
                             "webhook's env Secret, with --set/--vars, or in the environment", permanent=True)
+    split = lambda k: [x.strip() for x in env.get(k, "").split(",") if x.strip()]  # noqa: E731
+    try:
+        df = DomainFilter(split("DOMAIN_FILTER"), split("EXCLUDE_DOMAIN_FILTER"), env.get("REGEXP_DOMAIN_FILTER", ""),
+                          env.get("REGEXP_DOMAIN_FILTER_EXCLUSION", "") if env.get("REGEXP_DOMAIN_FILTER") else "")
+    except Exception as e:  # re.error
+        raise ProviderError(f"{inst.id}: REGEXP_DOMAIN_FILTER does not parse: {e}", permanent=True) from None
     return UnifiConfig(
+        domain_filter=df if (df.include or df.exclude or df.regex_include or df.regex_exclude) else None,
         host=host.rstrip("/"), api_key=env.get("UNIFI_API_KEY", ""), user=env.get("UNIFI_USER", ""),
         password=env.get("UNIFI_PASS", ""), site=env.get("UNIFI_SITE") or "default",
         external_controller=_bool(env.get("UNIFI_EXTERNAL_CONTROLLER"), False),
@@ -61,6 +69,7 @@ class UnifiProvider:
     def __init__(self, cfg: UnifiConfig, transport: httpx.AsyncBaseTransport | None = None):
         self.cfg = cfg
         self.calls = 0
+        self.domain_filter = cfg.domain_filter
         headers = {"Accept": "application/json"}
         if cfg.api_key:
             headers["X-Api-Key"] = cfg.api_key
@@ -123,6 +132,8 @@ class UnifiProvider:
         self._ids = {}
         grouped: dict[tuple[str, str], list[dict[str, Any]]] = {}
         for r in doc:
+            if not isinstance(r, dict):
+                raise ProviderError(f"unifi: GET {self._records_path}: a record is not an object")
             rtype = str(r.get("record_type", ""))
             if rtype not in SUPPORTED or not isinstance(r.get("key"), str):
                 continue
@@ -132,7 +143,13 @@ class UnifiProvider:
             key = normalize(r["key"])
             self._ids.setdefault((key, rtype, value), []).append(str(r.get("_id")))
             grouped.setdefault((key, rtype), []).append({**r, "value": value})
-        return [Endpoint(name, rtype, tuple(x["value"] for x in recs), int(recs[0].get("ttl") or 0))
+        def ttl(v: object) -> int:
+            try:
+                return int(v or 0)  # type: ignore[call-overload]
+            except (TypeError, ValueError):
+                return 0
+
+        return [Endpoint(name, rtype, tuple(x["value"] for x in recs), ttl(recs[0].get("ttl")))
                 for (name, rtype), recs in grouped.items()]
 
     def adjust_endpoints(self, endpoints: list[Endpoint]) -> list[Endpoint]:

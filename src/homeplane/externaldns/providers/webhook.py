@@ -30,10 +30,10 @@ class WebhookProvider:
     name = "webhook"
 
     def __init__(self, url: str, timeout: float = 10.0, transport: httpx.AsyncBaseTransport | None = None):
-        self.url = url.rstrip("/")
+        self.url = _redact(url.rstrip("/"))  # for messages: no user:password@
         self.calls = 0
         self.domain_filter: DomainFilter | None = None
-        self._http = httpx.AsyncClient(base_url=self.url, timeout=timeout, transport=transport,
+        self._http = httpx.AsyncClient(base_url=url.rstrip("/"), timeout=timeout, transport=transport,
                                        headers={"Accept": MEDIA_TYPE})
 
     async def close(self) -> None:
@@ -59,7 +59,12 @@ class WebhookProvider:
     async def negotiate(self) -> DomainFilter:
         doc = await self._call("GET", "/", 200)
         doc = doc if isinstance(doc, dict) else {}
-        self.domain_filter = DomainFilter(doc.get("include") or doc.get("filters") or (), doc.get("exclude") or ())
+        lists = lambda v: [str(x) for x in v] if isinstance(v, list) else []  # noqa: E731
+        try:
+            self.domain_filter = DomainFilter(lists(doc.get("include") or doc.get("filters")), lists(doc.get("exclude")),
+                                              str(doc.get("regexInclude") or ""), str(doc.get("regexExclude") or ""))
+        except Exception as e:  # re.error
+            raise ProviderError(f"webhook {self.url}: its domain filter does not parse: {e}", permanent=True) from None
         return self.domain_filter
 
     async def records(self) -> list[Endpoint]:
@@ -68,7 +73,7 @@ class WebhookProvider:
         doc = await self._call("GET", "/records", 200)
         try:
             return [Endpoint.from_json(e) for e in doc or []]
-        except (ValueError, TypeError, AttributeError) as e:
+        except (ValueError, TypeError, AttributeError, KeyError) as e:
             raise ProviderError(f"webhook {self.url}: GET /records: {e}") from None
 
     async def apply_changes(self, changes: Changes) -> None:
@@ -86,6 +91,16 @@ class WebhookProvider:
             raise ProviderError(f"webhook {self.url}: POST /adjustendpoints: {e}") from None
 
 
+def _redact(url: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.username or parts.password:
+        host = parts.hostname or ""
+        return urlunsplit(parts._replace(netloc=f"***@{host}" + (f":{parts.port}" if parts.port else "")))
+    return url
+
+
 def webhook_routes(provider: Provider, domain_filter: DomainFilter) -> dict[str, Any]:
     """The webhook API's handlers over a provider, for :class:`AdminServer.api_route`."""
 
@@ -95,7 +110,10 @@ def webhook_routes(provider: Provider, domain_filter: DomainFilter) -> dict[str,
     async def negotiate(method: str, _target: str, _body: bytes) -> tuple[int, str, bytes]:
         if method != "GET":
             return reply(400)
-        return reply(200, {k: v for k, v in {"include": sorted(domain_filter.include), "exclude": sorted(domain_filter.exclude)}.items() if v})
+        doc = {"include": sorted(domain_filter.include), "exclude": sorted(domain_filter.exclude),
+               "regexInclude": domain_filter.regex_include.pattern if domain_filter.regex_include else "",
+               "regexExclude": domain_filter.regex_exclude.pattern if domain_filter.regex_exclude else ""}
+        return reply(200, {k: v for k, v in doc.items() if v})
 
     async def records(method: str, _target: str, body: bytes) -> tuple[int, str, bytes]:
         try:

@@ -246,6 +246,10 @@ def run(
         "(an instance without credentials reports so in /status and does nothing)."
     ),
     dns_webhook: list[str] = typer.Option([], "--dns-webhook", help="Drive a webhook provider: INSTANCE=http://HOST:PORT."),
+    certificates: bool = typer.Option(
+        True, "--certificates/--no-certificates", help="Issue and renew the repo's cert-manager Certificates (and the "
+        "Gateway shim's) into the state store; a Secret of the same name in the manifests wins."
+    ),
 ) -> None:
     """Serve the manifests: load, translate, publish, and re-apply on every change."""
     from homeplane.gateway.server import BindPlan, DataPlane, Settings, default_port_map
@@ -276,8 +280,9 @@ def run(
     if not host or not port.isdigit():
         _fail(f"--admin {admin!r}: expected host:port")
     if state is None:
-        base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
-        state = base / "homeplane" / "state.db"
+        from homeplane.certs.controller import default_state_path
+
+        state = default_state_path()
     try:
         store = SQLiteStore(state)
     except StoreError as e:
@@ -368,6 +373,27 @@ def run(
             rt.on_start.append(edns.start)
             rt.on_stop.append(edns.close)
             rt.status_extras["externalDNS"] = edns.status
+        if certificates:
+            from homeplane.certs.controller import CertController
+
+            certs = CertController(lambda: rt.current, store, lambda: rt.reload("certificate issued"), inputs.variables,
+                                   registry=rt.registry)
+            rt.subscribe(certs.apply)
+            rt.on_start.append(certs.start)
+            rt.on_stop.append(certs.close)
+            rt.status_extras["certificates"] = certs.status
+
+            async def renew_api(method: str, target: str, _body: bytes) -> tuple[int, str, bytes]:
+                from urllib.parse import parse_qs, urlsplit
+
+                if method != "POST":
+                    return 405, "text/plain", b"POST only\n"
+                cid = (parse_qs(urlsplit(target).query).get("name") or [""])[0]
+                if not certs.renew(cid):
+                    return 404, "text/plain", f"no Certificate {cid}\n".encode()
+                return 202, "application/json", json.dumps({"renewing": cid}).encode()
+
+            rt.admin.api_route("/api/certificates/renew", renew_api)
         await rt.run()
 
     asyncio.run(main_async())
@@ -453,6 +479,9 @@ def dig(
 from homeplane.externaldns.cli import app as _dns_app  # noqa: E402
 
 app.add_typer(_dns_app, name="dns")
+from homeplane.certs.cli import app as _certs_app  # noqa: E402
+
+app.add_typer(_certs_app, name="certs")
 
 
 @app.command()

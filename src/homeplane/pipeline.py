@@ -68,10 +68,21 @@ def run_pipeline(
     previous_cluster_ips: Mapping[tuple[str, str], str] | None = None,
     previous_lb_ips: Mapping[tuple[str, str], list[str]] | None = None,
     previous_bindings: Mapping[str, str] | None = None,
+    issued_secrets: Mapping[tuple[str, str], Mapping[str, Any]] | None = None,
+    solver_objects: list[dict[str, Any]] | None = None,
 ) -> Result:
     """Load, run the address controllers (ClusterIPs, LB IPAM, where Gateways listen; each
-    keeping what it handed out before), translate."""
+    keeping what it handed out before), translate. ``issued_secrets`` are the certificates the
+    certificate controller holds: each becomes a TLS Secret unless the manifests have one of
+    that name (bring your own wins)."""
     load = _load(inputs)
+    if issued_secrets:
+        _add_issued(load, issued_secrets)
+    if solver_objects:
+        from homeplane.api.loader import add_object
+
+        for doc in solver_objects:  # HTTP-01 challenge routes while an order is in flight
+            add_object(doc, ISSUED_FILE, LoadOptions(variables=None), load, 0, 0)
     requests = [
         ServiceRequest((o.namespace or "", o.name), o.model.spec.cluster_ip)
         for o in load.objects
@@ -173,6 +184,19 @@ def _load(inputs: Inputs) -> LoadResult:
     if inputs.endpoints is not None:
         _add_endpoints(load, inputs.endpoints)
     return load
+
+
+ISSUED_FILE = "(issued by homeplane)"
+
+
+def _add_issued(load: LoadResult, issued: Mapping[tuple[str, str], Mapping[str, Any]]) -> None:
+    from homeplane.api.loader import add_object
+    from homeplane.certs.controller import secret_manifest
+
+    have = {(o.namespace or "default", o.name) for o in load.objects if o.kind == "Secret"}
+    for (ns, name), doc in sorted(issued.items()):
+        if (ns, name) not in have:
+            add_object(secret_manifest(ns, name, dict(doc)), ISSUED_FILE, LoadOptions(variables=None), load, 0, 0)
 
 
 def _add_endpoints(load: LoadResult, path: Path) -> None:

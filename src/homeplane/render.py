@@ -110,6 +110,15 @@ def render_check(report: dict[str, Any]) -> str:
             targets = ", ".join(p["targets"]) or "(no target)"
             state = "accepted" if p["accepted"] else f"NOT ACCEPTED: {p['message']}"
             out.append(f"  {p['kind']} {p['namespace']}/{p['name']} -> {targets}  {state}")
+    if report.get("certificates"):
+        out.append("")
+        out.append("Certificates")
+        for c in report["certificates"]:
+            where = ", ".join(c["listeners"]) or "no listener names its Secret"
+            out.append(f"  {c['namespace']}/{c['name']} -> Secret {c['secretName']}  issuer {c['issuer']}  [{' '.join(c['dnsNames'])}]")
+            out.append(f"      served by {where}" + (f"  (made by {c['createdBy']})" if c.get("createdBy") else ""))
+            for p in c.get("problems", []):
+                out.append(f"      problem: {p}")
     out.append("")
     out.extend(render_diagnostics(report["diagnostics"]))
     return "\n".join(out)

@@ -199,6 +199,12 @@ def _authenticates(sec: Any) -> bool:
     )
 
 
+def _certificates(objects: list[Obj]) -> list[dict[str, Any]]:
+    from homeplane.certs.spec import report as certificates_report
+
+    return certificates_report(objects)
+
+
 def build_report(objects: list[Obj], load_diags: Diagnostics, translation: Translation, files: int) -> dict[str, Any]:
     snap = translation.snapshot
     pools = dict(snap.pools)
@@ -405,5 +411,6 @@ def build_report(objects: list[Obj], load_diags: Diagnostics, translation: Trans
         "routes": routes,
         "services": services,
         "policies": policies,
+        "certificates": _certificates(objects),
         "diagnostics": [d.to_json() for d in diags],
     }

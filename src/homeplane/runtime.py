@@ -184,7 +184,12 @@ class Runtime:
                 for e in self.store.list(_LB_PREFIX)
             }
             previous_bindings = {e.key[len(_BINDING_PREFIX):]: e.value.decode() for e in self.store.list(_BINDING_PREFIX)}
-            result = await asyncio.to_thread(run_pipeline, self.inputs, self.version + 1, previous, previous_lb, previous_bindings)
+            from homeplane.certs.controller import http01_objects, issued_secrets
+
+            result = await asyncio.to_thread(
+                run_pipeline, self.inputs, self.version + 1, previous, previous_lb, previous_bindings,
+                issued_secrets(self.store), http01_objects(self.store),
+            )
             new_errors = self._new_load_errors(result)
             if self.current is not None and new_errors:
                 self.rejected = {

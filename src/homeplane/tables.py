@@ -33,6 +33,33 @@ def _parents(status: dict[str, Any]) -> str:
     return " ".join(parents) or "-"
 
 
+def _certificate_row(o: Obj, result: Result, wide: bool) -> list[str]:
+    """READY from the manifests' own Secret (bring your own) or what a homeplane state store holds
+    (the default one, as ``run`` uses it), with the validity and renewal times."""
+    import datetime as dt
+
+    from cryptography import x509
+
+    from homeplane.certs.controller import read_issued
+    from homeplane.certs.spec import from_certificate, renewal_time
+
+    req = from_certificate(o)
+    byo = any(x.kind == "Secret" and x.name == req.secret_name and (x.namespace or "default") == req.namespace
+              and not (x.source.file or "").startswith("(issued") for x in result.load.objects)
+    issuer = f"{req.issuer_kind}/{req.issuer_name}"
+    names = [",".join(req.dns_names)] if wide else []
+    if byo:
+        return ["True (manifests)", req.secret_name, issuer, "-", "-"] + names
+    doc = read_issued().get((req.namespace, req.secret_name))
+    if not doc:
+        return ["False", req.secret_name, issuer, "-", "-"] + names
+    cert = x509.load_pem_x509_certificate(doc["tls.crt"].encode())
+    nb, na = cert.not_valid_before_utc, cert.not_valid_after_utc
+    ok = doc.get("fingerprint") == req.fingerprint() and dt.datetime.now(dt.timezone.utc) < na
+    fmt = lambda t: t.replace(microsecond=0).isoformat().replace("+00:00", "Z")  # noqa: E731
+    return [str(ok), req.secret_name, issuer, fmt(na), fmt(renewal_time(nb, na, req))] + names
+
+
 def rows_for(kind: str, objs: list[Obj], result: Result, wide: bool) -> tuple[list[str], list[list[str]]]:
     status = result.translation.status
     snap = result.translation.snapshot
@@ -92,6 +119,8 @@ def rows_for(kind: str, objs: list[Obj], result: Result, wide: bool) -> tuple[li
             if wide:
                 row.append(",".join(f"{r.kind}/{r.name}{'#' + r.section_name if r.section_name else ''}" for r in spec.target_refs))
             rows.append(row)
+        elif kind == "Certificate":
+            rows.append(base + _certificate_row(o, result, wide))
         else:
             rows.append(base)
     if kind == "GatewayClass":
@@ -108,6 +137,8 @@ def rows_for(kind: str, objs: list[Obj], result: Result, wide: bool) -> tuple[li
         headers += ["ACCEPTED"] + (["TARGETS"] if wide else [])
     elif kind == "BackendTLSPolicy":
         headers += ["ACCEPTED", "HOSTNAME"] + (["TARGETS"] if wide else [])
+    elif kind == "Certificate":
+        headers += ["READY", "SECRET", "ISSUER", "NOT AFTER", "RENEWAL"] + (["DNS NAMES"] if wide else [])
     # drop the namespace column for cluster-scoped kinds
     if rows and all(r[0] == "" for r in rows):
         headers = headers[1:]

@@ -218,3 +218,55 @@ def test_cors_filter_and_backend_filters(backend: Backend) -> None:
         assert resolved["status"] == "False" and resolved["reason"] == "UnsupportedRefValue"
     finally:
         g.close()
+
+
+def test_envoy_gateway_httproutefilter_direct_response(backend: Backend) -> None:
+    """Envoy Gateway's HTTPRouteFilter: a rule whose ExtensionRef names one with directResponse
+    answers by itself (inline body or a ConfigMap's), with its status and content type."""
+    filters = """
+---
+apiVersion: gateway.envoyproxy.io/v1alpha1
+kind: HTTPRouteFilter
+metadata: {name: maintenance, namespace: apps}
+spec:
+  directResponse:
+    contentType: application/json
+    statusCode: 503
+    body: {type: Inline, inline: '{"status": "maintenance"}'}
+---
+apiVersion: gateway.envoyproxy.io/v1alpha1
+kind: HTTPRouteFilter
+metadata: {name: robots, namespace: apps}
+spec:
+  directResponse:
+    body: {type: ValueRef, valueRef: {kind: ConfigMap, name: robots}}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: robots, namespace: apps}
+data: {robots.txt: "User-agent: *\\nDisallow: /\\n"}
+"""
+    rules = """
+    - matches: [{path: {type: PathPrefix, value: /down}}]
+      filters: [{type: ExtensionRef, extensionRef: {group: gateway.envoyproxy.io, kind: HTTPRouteFilter, name: maintenance}}]
+    - matches: [{path: {type: Exact, value: /robots.txt}}]
+      filters: [{type: ExtensionRef, extensionRef: {group: gateway.envoyproxy.io, kind: HTTPRouteFilter, name: robots}}]
+    - matches: [{path: {type: PathPrefix, value: /missing}}]
+      filters: [{type: ExtensionRef, extensionRef: {group: gateway.envoyproxy.io, kind: HTTPRouteFilter, name: nope}}]
+    - matches: [{path: {type: PathPrefix, value: /}}]
+      backendRefs: [{name: a, port: 80}]
+"""
+    g = Gateway(ROUTE + rules + service("a", backend.port) + filters)
+    try:
+        status, headers, body = get(g, "/down/now")
+        assert (status, headers[b"content-type"], json.loads(body)) == (503, b"application/json", {"status": "maintenance"})
+        status, headers, body = get(g, "/robots.txt")
+        assert (status, headers[b"content-type"], body) == (200, b"text/plain", b"User-agent: *\nDisallow: /\n")
+        assert get(g, "/missing")[0] == 500  # a filter that does not exist: the rule is not served
+        assert get(g, "/other")[0] == 200 and len(backend.requests) == 1
+        st = g.translate(ROUTE + rules + service("a", backend.port) + filters).status
+        route = next(v for k, v in st.items() if k[1] == "HTTPRoute")
+        refs = next(c for c in route["parents"][0]["conditions"] if c["type"] == "ResolvedRefs")
+        assert refs["status"] == "False" and "HTTPRouteFilter apps/nope not found" in refs["message"]
+    finally:
+        g.close()

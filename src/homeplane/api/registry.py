@@ -43,15 +43,16 @@ SERVED_KINDS: tuple[KindInfo, ...] = (
     KindInfo(_EG, "BackendTrafficPolicy", ("v1alpha1",), envoy.BackendTrafficPolicy),
     KindInfo(_EG, "EnvoyExtensionPolicy", ("v1alpha1",), envoy.EnvoyExtensionPolicy),
     KindInfo(_EG, "Backend", ("v1alpha1",), envoy.Backend),
+    KindInfo(_EG, "HTTPRouteFilter", ("v1alpha1",), envoy.EnvoyHTTPRouteFilter),
     KindInfo("cilium.io", "CiliumLoadBalancerIPPool", ("v2alpha1", "v2"), cilium.CiliumLoadBalancerIPPool, namespaced=False),
     KindInfo("cilium.io", "CiliumL2AnnouncementPolicy", ("v2alpha1",), cilium.CiliumL2AnnouncementPolicy, namespaced=False, enforced=False),
     KindInfo("cilium.io", "CiliumNetworkPolicy", ("v2",), cilium.CiliumNetworkPolicy, enforced=False),
     KindInfo("cilium.io", "CiliumClusterwideNetworkPolicy", ("v2",), cilium.CiliumClusterwideNetworkPolicy, namespaced=False, enforced=False),
     KindInfo("networking.k8s.io", "NetworkPolicy", ("v1",), networking.NetworkPolicy, enforced=False),
-    KindInfo("cert-manager.io", "Certificate", ("v1",), certmanager.Certificate, enforced=False),
-    KindInfo("cert-manager.io", "Issuer", ("v1",), certmanager.Issuer, enforced=False),
-    KindInfo("cert-manager.io", "ClusterIssuer", ("v1",), certmanager.ClusterIssuer, namespaced=False, enforced=False),
-    KindInfo("externaldns.k8s.io", "DNSEndpoint", ("v1alpha1",), externaldns.DNSEndpoint, enforced=False),
+    KindInfo("cert-manager.io", "Certificate", ("v1",), certmanager.Certificate),
+    KindInfo("cert-manager.io", "Issuer", ("v1",), certmanager.Issuer),
+    KindInfo("cert-manager.io", "ClusterIssuer", ("v1",), certmanager.ClusterIssuer, namespaced=False),
+    KindInfo("externaldns.k8s.io", "DNSEndpoint", ("v1alpha1",), externaldns.DNSEndpoint),
 )
 
 _BY_GROUP_KIND = {(k.group, k.kind): k for k in SERVED_KINDS}

@@ -164,6 +164,9 @@ def build_action(rule: ir.RouteRule, settings: Settings) -> RouteAction:
     a = RouteAction(rule=rule, route_id=rule.id)
     if rule.direct_status is not None:
         a.direct_status = rule.direct_status
+        a.direct_body = rule.direct_body
+        if rule.direct_content_type:
+            a.direct_headers = [(b"content-type", rule.direct_content_type.encode())]
         return a
     f = rule.filters
     a.redirect = f.redirect

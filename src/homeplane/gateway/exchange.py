@@ -82,6 +82,7 @@ class RouteAction:
     route_id: str
     direct_status: int | None = None
     direct_body: bytes = b""
+    direct_headers: list[tuple[bytes, bytes]] | None = None
     redirect: ir.Redirect | None = None
     rewrite_host: bytes | None = None
     rewrite_path_type: str | None = None
@@ -336,7 +337,8 @@ class Exchange:
             self.conn.protocol, self.conn.sni, hmap,
         )
         if action.direct_status is not None:
-            self.respond_simple(action.direct_status, action.direct_body)
+            self.respond_simple(action.direct_status, action.direct_body,
+                                list(action.direct_headers) if action.direct_headers else None)
             return
         if action.redirect is not None:
             self._redirect(action, lt)

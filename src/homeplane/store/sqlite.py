@@ -8,6 +8,7 @@ worker threads.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from pathlib import Path
@@ -33,6 +34,12 @@ class SQLiteStore:
         self.path = Path(path)
         if str(path) != ":memory:":
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            # private keys live here: owner-only (SQLite gives its -wal and -shm files the same mode)
+            try:
+                os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
+                os.chmod(self.path, 0o600)
+            except OSError as e:
+                raise StoreError(f"cannot open state store {path}: {e}") from None
         try:
             self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=10)
             self._db.execute("PRAGMA journal_mode=WAL")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 from homeplane.api.diagnostics import Diagnostics
 from homeplane.api.models.gateway import (
@@ -105,6 +105,7 @@ def _compile_filters(
     redirect = rewrite = None
     mirrors: list[ir.Mirror] = []
     cors: CorsSettings | None = None
+    direct: ir.DirectResponse | None = None
     fatal: str | None = None
     for f in filters:
         if f.type == "RequestHeaderModifier":
@@ -150,13 +151,48 @@ def _compile_filters(
             elif m.fraction is not None:
                 percent = 100.0 * m.fraction.numerator / m.fraction.denominator
             mirrors.append(ir.Mirror(res.pool, percent))
+        elif f.type == "ExtensionRef" and f.extension_ref is not None:
+            found, problem = _extension_filter(ctx, route, f.extension_ref)
+            direct = found or direct
+            if problem:
+                fatal = problem
+                ref_problems.append(("InvalidKind" if "kind" in problem else "BackendNotFound", problem))
         else:
             fatal = f"filter type {f.type} is not supported by homeplane"
             problems.append(fatal)
     if redirect is not None and rewrite is not None:
         fatal = "RequestRedirect and URLRewrite cannot be used in the same rule"
         problems.append(fatal)
-    return ir.Filters(req, resp, redirect, rewrite, tuple(mirrors), cors), fatal
+    return ir.Filters(req, resp, redirect, rewrite, tuple(mirrors), cors, direct), fatal
+
+
+def _extension_filter(ctx: Context, route: Obj, ref: Any) -> tuple[ir.DirectResponse | None, str | None]:
+    """An ``ExtensionRef`` to Envoy Gateway's HTTPRouteFilter (same namespace as the route)."""
+    from homeplane.api.models.envoy import EnvoyHTTPRouteFilter
+
+    group, kind = getattr(ref, "group", ""), getattr(ref, "kind", "")
+    if (group, kind) != ("gateway.envoyproxy.io", "HTTPRouteFilter"):
+        return None, f"extensionRef kind {group}/{kind} is not supported (gateway.envoyproxy.io/HTTPRouteFilter is)"
+    f = ctx.model("gateway.envoyproxy.io", "HTTPRouteFilter", route.namespace, ref.name, EnvoyHTTPRouteFilter)
+    if f is None:
+        return None, f"HTTPRouteFilter {route.namespace}/{ref.name} not found"
+    d = f.spec.direct_response
+    if d is None:
+        what = "urlRewrite" if f.spec.url_rewrite else ("credentialInjection" if f.spec.credential_injection else "nothing")
+        return None, f"HTTPRouteFilter {route.namespace}/{ref.name}: {what} is not supported (directResponse is)"
+    body = b""
+    if d.body is not None:
+        if d.body.type == "Inline":
+            body = (d.body.inline or "").encode()
+        elif d.body.value_ref is not None:
+            from homeplane.api.models.core import ConfigMap
+
+            cm = ctx.model("", "ConfigMap", route.namespace, d.body.value_ref.name, ConfigMap)
+            data = (cm.data or {}) if cm is not None else None
+            if not data:
+                return None, f"HTTPRouteFilter {route.namespace}/{ref.name}: ConfigMap {d.body.value_ref.name} not found or empty"
+            body = str(next(iter(data.values()))).encode()  # Envoy Gateway reads the ConfigMap's single entry
+    return ir.DirectResponse(d.status_code, body, d.content_type or ("text/plain" if body else "")), None
 
 
 # Envoy Gateway's filters on a backendRef: header modifiers and a hostname rewrite; anything
@@ -256,6 +292,8 @@ def _compile_rule(
     direct_reason = ""
     if fatal:
         direct, direct_reason = 500, fatal
+    elif filters.direct is not None:
+        direct, direct_reason = filters.direct.status, "directResponse (HTTPRouteFilter)"
     elif filters.redirect is None:
         valid_weight = sum(b.weight for b in backends if b.pool is not None)
         if not backends:
@@ -308,6 +346,8 @@ def _compile_rule(
                 backends=tuple(backends),
                 direct_status=d,
                 direct_reason=dr,
+                direct_body=filters.direct.body if filters.direct is not None and d == filters.direct.status and dr.startswith("directResponse") else b"",
+                direct_content_type=filters.direct.content_type if filters.direct is not None and dr.startswith("directResponse") else "",
                 timeout_request=timeout_req,
                 timeout_backend_request=timeout_be,
                 rule_name=rule.name,

@@ -123,6 +123,15 @@ class Mirror:
 
 
 @dataclass(frozen=True, slots=True)
+class DirectResponse:
+    """Envoy Gateway's HTTPRouteFilter directResponse: the rule answers by itself."""
+
+    status: int
+    body: bytes = b""
+    content_type: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Filters:
     request_headers: HeaderOps | None = None
     response_headers: HeaderOps | None = None
@@ -130,6 +139,7 @@ class Filters:
     rewrite: Rewrite | None = None
     mirrors: tuple[Mirror, ...] = ()
     cors: CorsSettings | None = None  # the HTTPRoute CORS filter (GEP-1767): over a SecurityPolicy's cors
+    direct: DirectResponse | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,6 +241,8 @@ class RouteRule:
     # SecurityPolicy (fail closed); None otherwise.
     direct_status: int | None = None
     direct_reason: str = ""
+    direct_body: bytes = b""
+    direct_content_type: str = ""
     timeout_request: float | None = None  # seconds; 0.0 means the route disabled the timeout
     timeout_backend_request: float | None = None
     security: SecurityIR | None = None

@@ -558,3 +558,34 @@ __all__ = [
     "EnvoyProxy",
     "SecurityPolicy",
 ]
+
+
+class ValueRef(Model):
+    group: str = ""
+    kind: str = "ConfigMap"
+    name: str
+
+
+class CustomResponseBody(Model):
+    type: Literal["Inline", "ValueRef"] = "Inline"
+    inline: str | None = None
+    value_ref: ValueRef | None = None
+
+
+class DirectResponse(Model):
+    content_type: str | None = None
+    status_code: int = Field(default=200, ge=200, le=599)
+    body: CustomResponseBody | None = None
+
+
+class HTTPRouteFilterSpec(Model):
+    direct_response: DirectResponse | None = None
+    url_rewrite: dict | None = None
+    credential_injection: dict | None = None
+
+
+class EnvoyHTTPRouteFilter(Resource):
+    """gateway.envoyproxy.io/v1alpha1 HTTPRouteFilter, used from an HTTPRoute rule's
+    ``ExtensionRef`` filter (Envoy Gateway's directResponse; other fields are reported)."""
+
+    spec: HTTPRouteFilterSpec = Field(default_factory=HTTPRouteFilterSpec)

@@ -184,9 +184,19 @@ def get(
     typer.echo(table(rows, headers))
 
 
+GIT_URL = ("https://", "http://", "ssh://", "git://", "file://")
+
+
+def _is_git_url(text: str) -> bool:
+    import re
+
+    return text.startswith(GIT_URL) or bool(re.match(r"^[\w.-]+@[\w.-]+:", text))
+
+
 @app.command()
 def run(
-    paths: list[Path] = PathsArg,
+    paths: list[str] = typer.Argument(..., help="Manifest files or folders, or a Git URL (https://, ssh://, git@host:…, git://) "
+                                       "to follow as Flux does."),
     set_: list[str] = SetOpt,
     vars_: list[Path] = VarsOpt,
     namespace: str = NamespaceOpt,
@@ -246,6 +256,14 @@ def run(
         "(an instance without credentials reports so in /status and does nothing)."
     ),
     dns_webhook: list[str] = typer.Option([], "--dns-webhook", help="Drive a webhook provider: INSTANCE=http://HOST:PORT."),
+    ref: str = typer.Option("", "--ref", help="Git: BRANCH, tag:NAME, semver:RANGE or commit:SHA (default: the remote's HEAD)."),
+    git_path: str = typer.Option("", "--path", help="Git: the folder inside the repo (default kubernetes/ when present)."),
+    interval: str = typer.Option("1m", "--interval", help="Git: how often to fetch (Flux's default 1m)."),
+    git_ssh_key: Optional[Path] = typer.Option(None, "--git-ssh-key", help="Git over SSH: a deploy key file."),
+    git_known_hosts: Optional[Path] = typer.Option(None, "--git-known-hosts", help="Git over SSH: known_hosts to verify the server."),
+    git_username: str = typer.Option("", "--git-username", help="Git over HTTPS: basic-auth user (password: --git-password-file or $GIT_PASSWORD)."),
+    git_password_file: Optional[Path] = typer.Option(None, "--git-password-file", help="Git over HTTPS: a file holding the password."),
+    git_token_file: Optional[Path] = typer.Option(None, "--git-token-file", help="Git over HTTPS: a bearer token file (or $GIT_TOKEN)."),
     certificates: bool = typer.Option(
         True, "--certificates/--no-certificates", help="Issue and renew the repo's cert-manager Certificates (and the "
         "Gateway shim's) into the state store; a Secret of the same name in the manifests wins."
@@ -257,7 +275,17 @@ def run(
     from homeplane.store import SQLiteStore, StoreError
 
     _logging(log_level)
-    inputs = _inputs(paths, set_, vars_, namespace, no_substitute, False, endpoints, mode, merge_gateways)
+    follower = None
+    if paths and _is_git_url(paths[0]):
+        follower = _git_follower(paths[0], ref, git_path, interval, state, git_ssh_key, git_known_hosts, git_username,
+                                 git_password_file, git_token_file)
+        try:
+            first = follower.first()
+        except Exception as e:
+            _fail(f"{paths[0]}: {e}", 1)
+            return
+        paths = [str(first)] + list(paths[1:])
+    inputs = _inputs([Path(p) for p in paths], set_, vars_, namespace, no_substitute, False, endpoints, mode, merge_gateways)
     try:
         import ipaddress
 
@@ -318,7 +346,21 @@ def run(
         _fail("--dns-rrl must be 0 (off) or more")
 
     async def main_async() -> None:
-        rt = Runtime(inputs, store, admin_host=host, admin_port=int(port))
+        rt = Runtime(inputs, store, admin_host=host, admin_port=int(port), watch_files=follower is None)
+        if follower is not None:
+            follower.rt = rt
+            rt.registry.register(follower.m_cond)
+            rt.on_start.append(follower.start)
+            rt.on_stop.append(follower.close)
+            rt.status_extras["flux"] = follower.status
+
+            async def reconcile_api(method: str, _target: str, _body: bytes) -> tuple[int, str, bytes]:
+                if method != "POST":
+                    return 405, "text/plain", b"POST only\n"
+                follower.reconcile()
+                return 202, "application/json", b'{"reconciling": true}'
+
+            rt.admin.api_route("/api/reconcile", reconcile_api)
         settings = Settings(access_log=access_log, reuse_port=workers > 1, max_memory=budget)
         dp = DataPlane(settings, BindPlan(pmap))
         rt.subscribe(dp.apply)
@@ -397,6 +439,30 @@ def run(
         await rt.run()
 
     asyncio.run(main_async())
+
+
+def _git_follower(url: str, ref: str, path: str, interval: str, state: Optional[Path], ssh_key: Optional[Path],
+                  known_hosts: Optional[Path], username: str, password_file: Optional[Path], token_file: Optional[Path]):  # noqa: ANN202
+    from homeplane.api.units import parse_duration
+    from homeplane.certs.controller import default_state_path
+    from homeplane.sources.follow import GitFollower
+    from homeplane.sources.git import Auth, GitError, GitRef, GitSource
+
+    try:
+        git_ref = GitRef.parse(ref)
+        every = parse_duration(interval)
+    except (GitError, ValueError) as e:
+        _fail(str(e))
+        raise
+    read = lambda p: p.read_text().strip() if p else ""  # noqa: E731
+    auth = Auth(ssh_key=ssh_key, known_hosts=known_hosts, username=username,
+                password=read(password_file) or os.environ.get("GIT_PASSWORD", ""),
+                bearer_token=read(token_file) or os.environ.get("GIT_TOKEN", ""))
+    import hashlib
+
+    # the working tree lives beside the state store, not in it
+    work = (state or default_state_path()).parent / "git" / hashlib.sha256(url.encode()).hexdigest()[:16]
+    return GitFollower(None, GitSource(url, git_ref, work, auth), path, every)
 
 
 def parse_port_map(text: str) -> dict[int, int]:
@@ -482,6 +548,24 @@ app.add_typer(_dns_app, name="dns")
 from homeplane.certs.cli import app as _certs_app  # noqa: E402
 
 app.add_typer(_certs_app, name="certs")
+
+
+@app.command()
+def reconcile(
+    admin: str = typer.Option("127.0.0.1:9901", "--admin", help="The running homeplane's admin endpoint (host:port)."),
+) -> None:
+    """Fetch the followed Git repository now and apply a new revision (like ``flux reconcile source git``)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(urllib.request.Request(f"http://{admin}/api/reconcile", method="POST"), timeout=10):
+            pass
+    except urllib.error.HTTPError as e:
+        _fail(f"{admin}: {'homeplane is not following a Git repository' if e.code == 404 else f'HTTP {e.code}'}", 1)
+    except OSError as e:
+        _fail(f"no running homeplane at {admin} ({e})")
+    typer.echo("► annotating GitRepository flux-system\n◎ waiting for the revision to be fetched and applied (see /status runtime.flux)")
 
 
 @app.command()

@@ -50,6 +50,7 @@ class Runtime:
     admin_host: str = "127.0.0.1"
     admin_port: int = 9901
     debounce_ms: int = 300
+    watch_files: bool = True  # off when the manifests come from a followed Git repository
     current: Result | None = None
     rejected: dict[str, Any] | None = None
     version: int = 0
@@ -213,6 +214,17 @@ class Runtime:
                 log.error("%s", d)
             return True
 
+    async def try_inputs(self, inputs: Inputs, reason: str) -> bool:
+        """Load and apply other inputs (a new Git revision) as a whole; when they fail to load,
+        the previous inputs and configuration stay. True when they are in force afterwards."""
+        old = self.inputs
+        self.inputs = inputs
+        await self.reload(reason)
+        if self.rejected is not None:
+            self.inputs = old
+            return False
+        return True
+
     def _new_load_errors(self, result: Result) -> list[Any]:
         """Load errors the configuration being served did not have: only these refuse a reload
         (a problem that was already there when it was applied is part of that configuration;
@@ -273,7 +285,7 @@ class Runtime:
             loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload("SIGHUP")))
         except (NotImplementedError, RuntimeError):
             pass
-        watcher = asyncio.create_task(self.watch())
+        watcher = asyncio.create_task(self.watch() if self.watch_files else asyncio.Event().wait())
         try:
             await stop.wait()
         finally:

@@ -31,26 +31,31 @@ def acme(tmp_path):
     knot.stop()
 
 
-def issuer(pebble: Pebble, knot: Knot) -> str:
+def acme_issuer(pebble: Pebble, name: str, solvers: str) -> str:
+    """A ClusterIssuer for this Pebble (its listener's CA as caBundle) with these solvers (YAML list items)."""
     return f"""
 apiVersion: cert-manager.io/v1
 kind: ClusterIssuer
-metadata: {{name: letsencrypt-production}}
+metadata: {{name: {name}}}
 spec:
   acme:
     server: {pebble.directory}
     email: ops@home.example
     caBundle: {base64.b64encode(pebble.listener_ca).decode()}
-    privateKeySecretRef: {{name: letsencrypt-production}}
+    privateKeySecretRef: {{name: {name}}}
     solvers:
-      - dns01:
+{solvers}"""
+
+
+def issuer(pebble: Pebble, knot: Knot) -> str:
+    return acme_issuer(pebble, "letsencrypt-production", f"""      - dns01:
           rfc2136:
             nameserver: 127.0.0.1:{knot.port}
             tsigKeyName: {KEY_NAME}
             tsigAlgorithm: HMACSHA256
             tsigSecretSecretRef: {{name: rfc2136-tsig, key: secret}}
         selector: {{dnsZones: [home.example]}}
----
+""") + f"""---
 apiVersion: v1
 kind: Secret
 metadata: {{name: rfc2136-tsig, namespace: cert-manager}}
@@ -139,18 +144,8 @@ def test_dns01_through_the_cloudflare_api(tmp_path, monkeypatch):
         cf._create = spy
         pebble = Pebble(tmp_path / "pebble", "127.0.0.1:1", always_valid=True)
         try:
-            cf_issuer = f"""
-apiVersion: cert-manager.io/v1
-kind: ClusterIssuer
-metadata: {{name: letsencrypt-production}}
-spec:
-  acme:
-    server: {pebble.directory}
-    caBundle: {base64.b64encode(pebble.listener_ca).decode()}
-    privateKeySecretRef: {{name: letsencrypt-production}}
-    solvers:
-      - dns01: {{cloudflare: {{apiTokenSecretRef: {{name: cloudflare-issuer-secret, key: api-token}}}}}}
-"""
+            cf_issuer = acme_issuer(pebble, "letsencrypt-production",
+                                    "      - dns01: {cloudflare: {apiTokenSecretRef: {name: cloudflare-issuer-secret, key: api-token}}}\n")
             repo = m.write(tmp_path / "repo", {"issuer.yaml": cf_issuer + WILDCARD})
             result = run_pipeline(Inputs(paths=(repo,)))
             c = CertController(lambda: result, SQLiteStore(tmp_path / "state.db"), None, variables={"api-token": "cf-token"},
@@ -221,27 +216,17 @@ def test_http01_answered_by_the_running_gateway(tmp_path):
     knot = Knot(tmp_path / "knot", extra_records="www IN A 127.0.0.1\n")
     knot.start()
     pebble = Pebble(tmp_path / "pebble", f"127.0.0.1:{knot.port}")
-    http_issuer = f"""
-apiVersion: cert-manager.io/v1
-kind: ClusterIssuer
-metadata: {{name: letsencrypt-http}}
-spec:
-  acme:
-    server: {pebble.directory}
-    caBundle: {base64.b64encode(pebble.listener_ca).decode()}
-    privateKeySecretRef: {{name: letsencrypt-http}}
-    solvers:
-      - http01:
+    http_issuer = acme_issuer(pebble, "letsencrypt-http", """      - http01:
           gatewayHTTPRoute:
-            parentRefs: [{{name: envoy-external, namespace: network, sectionName: http, kind: Gateway}}]
----
+            parentRefs: [{name: envoy-external, namespace: network, sectionName: http, kind: Gateway}]
+""") + """---
 apiVersion: cert-manager.io/v1
 kind: Certificate
-metadata: {{name: www, namespace: network}}
+metadata: {name: www, namespace: network}
 spec:
   secretName: www-tls
   dnsNames: [www.home.example]
-  issuerRef: {{name: letsencrypt-http, kind: ClusterIssuer}}
+  issuerRef: {name: letsencrypt-http, kind: ClusterIssuer}
 """
     repo = m.write(tmp_path / "repo", {"gw.yaml": m.GATEWAYS, "issuer.yaml": http_issuer, "cluster-secrets.env": "",
                                        "redirect.yaml": REDIRECT})

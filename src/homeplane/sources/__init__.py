@@ -1,0 +1,1 @@
+"""Where manifests come from besides a folder: a Git repository followed as Flux follows it."""

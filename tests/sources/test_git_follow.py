@@ -1,0 +1,190 @@
+"""``homeplane run git://…``: following a repository served by a real ``git daemon`` on loopback,
+as Flux does — new revisions applied, a broken one refused (the last good keeps serving),
+``homeplane reconcile``, a force-pushed rollback, an unreachable remote."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from homeplane.sources.git import GitRef, semver_match
+from tests.conftest import EXAMPLE
+from tests.integration.test_run import free_port, wait_for
+
+NEW_ROUTE = """
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: newapp, namespace: selfhosted}
+spec:
+  parentRefs: [{name: envoy-internal, namespace: network, sectionName: https}]
+  hostnames: [newapp.${SECRET_DOMAIN}]
+  rules: [{backendRefs: [{name: whoami, port: 80}]}]
+"""
+
+
+def git(cwd: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True,
+                          env={"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+                               "GIT_COMMITTER_EMAIL": "t@t", "HOME": str(cwd), "PATH": "/usr/bin:/bin"}).stdout.strip()
+
+
+class Remote:
+    """A bare repository served by git daemon, and a clone to push from."""
+
+    def __init__(self, tmp: Path):
+        self.srv = tmp / "srv"
+        self.bare = self.srv / "home.git"
+        self.bare.mkdir(parents=True)
+        git(self.bare, "init", "--bare", "-q", "-b", "main")
+        self.work = tmp / "work"
+        self.work.mkdir()
+        git(self.work, "init", "-q", "-b", "main")
+        git(self.work, "remote", "add", "origin", str(self.bare))
+        shutil.copytree(EXAMPLE, self.work / "kubernetes")
+        self.port = free_port()
+        self.daemon: subprocess.Popen | None = None
+        self.start()
+
+    def start(self) -> None:
+        self.daemon = subprocess.Popen(["git", "daemon", "--reuseaddr", "--listen=127.0.0.1", f"--port={self.port}",
+                                        f"--base-path={self.srv}", "--export-all", str(self.srv)],
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(lambda: subprocess.run(["git", "ls-remote", self.url], capture_output=True).returncode == 0, what="git daemon")
+
+    def stop(self) -> None:
+        if self.daemon:
+            self.daemon.terminate()
+            self.daemon.wait(5)
+
+    @property
+    def url(self) -> str:
+        return f"git://127.0.0.1:{self.port}/home.git"
+
+    def commit(self, message: str, files: dict[str, str | None] | None = None, force_to: str | None = None) -> str:
+        for name, text in (files or {}).items():
+            p = self.work / "kubernetes" / name
+            if text is None:
+                p.unlink()
+            else:
+                p.parent.mkdir(parents=True, exist_ok=True)
+                p.write_text(text)
+        if force_to:
+            git(self.work, "reset", "-q", "--hard", force_to)
+        else:
+            git(self.work, "add", "-A")
+            git(self.work, "commit", "-q", "-m", message)
+        git(self.work, "push", "-q", "--force", "origin", "main")
+        return git(self.work, "rev-parse", "HEAD")
+
+
+@pytest.fixture
+def remote(tmp_path):
+    r = Remote(tmp_path)
+    yield r
+    r.stop()
+
+
+class Follower:
+    def __init__(self, remote: Remote, tmp: Path, interval: str):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        (tmp / "vars.env").write_text("SECRET_DOMAIN=home.example\n")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "homeplane", "run", remote.url, "--interval", interval, "--vars", str(tmp / "vars.env"),
+             "--admin", f"127.0.0.1:{self.port}", "--state", str(tmp / "state" / "state.db"),
+             "--gateway-address", "network/envoy-external=127.0.0.1", "--gateway-address", "network/envoy-internal=127.0.0.1",
+             "--port-map", f"80={free_port()},443={free_port()}", "--no-external-dns", "--no-certificates"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        wait_for(lambda: httpx.get(self.url + "/readyz").status_code == 200, what="readyz")
+
+    def flux(self) -> dict:
+        return httpx.get(self.url + "/status").json()["runtime"]["flux"]
+
+    def routes(self) -> set[str]:
+        return {r["name"] for r in httpx.get(self.url + "/status").json()["routes"]}
+
+    def stop(self) -> str:
+        self.proc.send_signal(signal.SIGTERM)
+        out, _ = self.proc.communicate(timeout=15)
+        return out
+
+
+def test_follows_pushes_refuses_broken_revisions_and_rolls_back(remote, tmp_path):
+    first = remote.commit("initial")
+    hp = Follower(remote, tmp_path, "1s")
+    try:
+        flux = hp.flux()
+        assert flux["gitRepository"]["artifact"]["revision"] == f"main@sha1:{first}"
+        assert flux["kustomization"]["lastAppliedRevision"] == f"main@sha1:{first}"
+        assert flux["gitRepository"]["conditions"][0]["reason"] == "Succeeded"
+        # a new route: served on the next fetch
+        second = remote.commit("add newapp", {"selfhosted/newapp.yaml": NEW_ROUTE})
+        wait_for(lambda: hp.flux()["kustomization"]["lastAppliedRevision"] == f"main@sha1:{second}", what="second revision")
+        assert "newapp" in hp.routes()
+        # a broken manifest: refused, the last good revision keeps serving, the status names it
+        bad = remote.commit("broken", {"selfhosted/broken.yaml": "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x\n"})
+        ks = wait_for(lambda: (k := hp.flux()["kustomization"])["conditions"][0]["reason"] == "BuildFailed" and k, what="refused")
+        assert bad in ks["conditions"][0]["message"] and "broken.yaml" in ks["conditions"][0]["message"]
+        assert ks["lastAppliedRevision"] == f"main@sha1:{second}" and ks["lastAttemptedRevision"] == f"main@sha1:{bad}"
+        assert "newapp" in hp.routes()
+        # a fix is applied
+        fixed = remote.commit("fix", {"selfhosted/broken.yaml": None})
+        wait_for(lambda: hp.flux()["kustomization"]["lastAppliedRevision"] == f"main@sha1:{fixed}", what="fix applied")
+        # a force-pushed rollback to the first commit: its tree is served again
+        remote.commit("", force_to=first)
+        wait_for(lambda: hp.flux()["kustomization"]["lastAppliedRevision"] == f"main@sha1:{first}", what="rollback")
+        assert "newapp" not in hp.routes()
+        # the remote goes away: the status says why, the last good revision keeps serving
+        remote.stop()
+        cond = wait_for(lambda: (c := hp.flux()["gitRepository"]["conditions"][0])["reason"] == "GitOperationFailed" and c, what="fetch failure")
+        assert "127.0.0.1" in cond["message"]
+        assert hp.flux()["kustomization"]["lastAppliedRevision"] == f"main@sha1:{first}"
+        assert 'gotk_reconcile_condition{kind="GitRepository",name="flux-system",namespace="flux-system",status="False",type="Ready"} 1.0' in \
+            httpx.get(hp.url + "/metrics").text
+    finally:
+        hp.stop()
+
+
+def test_reconcile_fetches_now(remote, tmp_path):
+    remote.commit("initial")
+    hp = Follower(remote, tmp_path, "1h")
+    try:
+        second = remote.commit("add newapp", {"selfhosted/newapp.yaml": NEW_ROUTE})
+        out = subprocess.run([sys.executable, "-m", "homeplane", "reconcile", "--admin", f"127.0.0.1:{hp.port}"],
+                             capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        wait_for(lambda: hp.flux()["kustomization"]["lastAppliedRevision"] == f"main@sha1:{second}", timeout=15, what="reconcile")
+    finally:
+        hp.stop()
+
+
+def test_refs_and_semver():
+    assert GitRef.parse("main").branch == "main" and GitRef.parse("tag:v1.2.0").tag == "v1.2.0"
+    assert GitRef.parse("semver:>=1.0.0 <2.0.0").semver == ">=1.0.0 <2.0.0"
+    assert semver_match((1, 4, 2), ">=1.0.0 <2.0.0") and not semver_match((2, 0, 0), ">=1.0.0 <2.0.0")
+    assert semver_match((1, 2, 9), "~1.2") and not semver_match((1, 3, 0), "~1.2")
+    assert semver_match((1, 9, 0), "^1.2.0") and not semver_match((2, 0, 0), "^1.2.0")
+    assert semver_match((3, 1, 0), "1.x || 3.1.x") and not semver_match((2, 0, 0), "1.x || 3.1.x")
+
+
+def test_tag_and_semver_refs_fetch_the_right_tree(remote, tmp_path):
+    from homeplane.sources.git import GitSource
+
+    remote.commit("initial")
+    git(remote.work, "tag", "v1.0.0")
+    remote.commit("newer", {"selfhosted/newapp.yaml": NEW_ROUTE})
+    git(remote.work, "tag", "v1.1.0")
+    remote.commit("unreleased", {"selfhosted/other.yaml": NEW_ROUTE.replace("newapp", "other")})
+    git(remote.work, "push", "-q", "origin", "--tags")
+    rev, tree = GitSource(remote.url, GitRef(semver="~1.0"), tmp_path / "a").fetch()
+    assert rev.startswith("v1.0.0@sha1:") and not (tree / "kubernetes/selfhosted/newapp.yaml").exists()
+    rev, tree = GitSource(remote.url, GitRef(semver=">=1.0.0"), tmp_path / "b").fetch()
+    assert rev.startswith("v1.1.0@sha1:") and (tree / "kubernetes/selfhosted/newapp.yaml").exists()
+    assert not (tree / "kubernetes/selfhosted/other.yaml").exists()

@@ -264,6 +264,8 @@ def run(
     git_username: str = typer.Option("", "--git-username", help="Git over HTTPS: basic-auth user (password: --git-password-file or $GIT_PASSWORD)."),
     git_password_file: Optional[Path] = typer.Option(None, "--git-password-file", help="Git over HTTPS: a file holding the password."),
     git_token_file: Optional[Path] = typer.Option(None, "--git-token-file", help="Git over HTTPS: a bearer token file (or $GIT_TOKEN)."),
+    receiver_address: Optional[str] = typer.Option(None, "--receiver-address", help="Git: serve the repo's Flux Receivers "
+                                                   "(webhooks that reconcile at once) on HOST:PORT (Flux's port is 9292)."),
     certificates: bool = typer.Option(
         True, "--certificates/--no-certificates", help="Issue and renew the repo's cert-manager Certificates (and the "
         "Gateway shim's) into the state store; a Secret of the same name in the manifests wins."
@@ -354,13 +356,17 @@ def run(
             rt.on_stop.append(follower.close)
             rt.status_extras["flux"] = follower.status
 
-            async def reconcile_api(method: str, _target: str, _body: bytes) -> tuple[int, str, bytes]:
+            async def reconcile_api(method: str, _target: str, _body: bytes, _headers: dict[str, str]) -> tuple[int, str, bytes]:
                 if method != "POST":
                     return 405, "text/plain", b"POST only\n"
                 follower.reconcile()
                 return 202, "application/json", b'{"reconciling": true}'
 
             rt.admin.api_route("/api/reconcile", reconcile_api)
+            if receiver_address:
+                from homeplane.sources.receiver import attach
+
+                attach(rt, follower, receiver_address, inputs.variables)
         settings = Settings(access_log=access_log, reuse_port=workers > 1, max_memory=budget)
         dp = DataPlane(settings, BindPlan(pmap))
         rt.subscribe(dp.apply)
@@ -425,7 +431,7 @@ def run(
             rt.on_stop.append(certs.close)
             rt.status_extras["certificates"] = certs.status
 
-            async def renew_api(method: str, target: str, _body: bytes) -> tuple[int, str, bytes]:
+            async def renew_api(method: str, target: str, _body: bytes, _headers: dict[str, str]) -> tuple[int, str, bytes]:
                 from urllib.parse import parse_qs, urlsplit
 
                 if method != "POST":

@@ -91,7 +91,7 @@ def remote(tmp_path):
 
 
 class Follower:
-    def __init__(self, remote: Remote, tmp: Path, interval: str):
+    def __init__(self, remote: Remote, tmp: Path, interval: str, extra: list[str] | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         (tmp / "vars.env").write_text("SECRET_DOMAIN=home.example\n")
@@ -99,7 +99,7 @@ class Follower:
             [sys.executable, "-m", "homeplane", "run", remote.url, "--interval", interval, "--vars", str(tmp / "vars.env"),
              "--admin", f"127.0.0.1:{self.port}", "--state", str(tmp / "state" / "state.db"),
              "--gateway-address", "network/envoy-external=127.0.0.1", "--gateway-address", "network/envoy-internal=127.0.0.1",
-             "--port-map", f"80={free_port()},443={free_port()}", "--no-external-dns", "--no-certificates"],
+             "--port-map", f"80={free_port()},443={free_port()}", "--no-external-dns", "--no-certificates", *(extra or [])],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
         wait_for(lambda: httpx.get(self.url + "/readyz").status_code == 200, what="readyz")
@@ -188,3 +188,46 @@ def test_tag_and_semver_refs_fetch_the_right_tree(remote, tmp_path):
     rev, tree = GitSource(remote.url, GitRef(semver=">=1.0.0"), tmp_path / "b").fetch()
     assert rev.startswith("v1.1.0@sha1:") and (tree / "kubernetes/selfhosted/newapp.yaml").exists()
     assert not (tree / "kubernetes/selfhosted/other.yaml").exists()
+
+
+RECEIVER = """
+apiVersion: notification.toolkit.fluxcd.io/v1
+kind: Receiver
+metadata: {name: flux-system, namespace: flux-system}
+spec:
+  type: github
+  events: [ping, push]
+  secretRef: {name: github-webhook-token-secret}
+  resources: [{apiVersion: source.toolkit.fluxcd.io/v1, kind: GitRepository, name: flux-system, namespace: flux-system}]
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: github-webhook-token-secret, namespace: flux-system}
+stringData: {token: s3cret}
+"""
+
+
+def test_a_github_receiver_reconciles_at_once(remote, tmp_path):
+    import hashlib
+    import hmac
+
+    remote.commit("initial", {"flux/receiver.yaml": RECEIVER})
+    hook_port = free_port()
+    hp = Follower(remote, tmp_path, "1h", ["--receiver-address", f"127.0.0.1:{hook_port}"])
+    try:
+        second = remote.commit("add newapp", {"selfhosted/newapp.yaml": NEW_ROUTE})
+        path = "/hook/" + hashlib.sha256(b"s3cret" + b"flux-system" + b"flux-system").hexdigest()
+        body = b'{"ref": "refs/heads/main"}'
+        sign = lambda key: "sha256=" + hmac.new(key, body, hashlib.sha256).hexdigest()  # noqa: E731
+        url = f"http://127.0.0.1:{hook_port}"
+        # a path for another token: 404, and nothing is fetched
+        other = "/hook/" + hashlib.sha256(b"wrong" + b"flux-system" + b"flux-system").hexdigest()
+        assert httpx.post(url + other, content=body).status_code == 404
+        assert httpx.post(url + path, content=body, headers={"X-Hub-Signature-256": sign(b"wrong"), "X-GitHub-Event": "push"}).status_code == 401
+        assert httpx.post(url + path, content=body, headers={"X-Hub-Signature-256": sign(b"s3cret"), "X-GitHub-Event": "ping"}).text == "pong\n"
+        assert hp.flux()["kustomization"]["lastAppliedRevision"] != f"main@sha1:{second}"
+        r = httpx.post(url + path, content=body, headers={"X-Hub-Signature-256": sign(b"s3cret"), "X-GitHub-Event": "push"})
+        assert r.status_code == 200
+        wait_for(lambda: hp.flux()["kustomization"]["lastAppliedRevision"] == f"main@sha1:{second}", timeout=10, what="webhook reconcile")
+    finally:
+        hp.stop()

@@ -16,8 +16,8 @@ import h11
 log = logging.getLogger("homeplane.admin")
 
 Handler = Callable[[str], tuple[int, str, bytes]]
-# method, target, body -> status, content type, body (for APIs that take requests with bodies)
-AsyncHandler = Callable[[str, str, bytes], Awaitable[tuple[int, str, bytes]]]
+# method, target, body, headers -> status, content type, body (for APIs that take requests with bodies)
+AsyncHandler = Callable[[str, str, bytes, dict[str, str]], Awaitable[tuple[int, str, bytes]]]
 
 _MAX_REQUEST = 16 * 1024
 
@@ -35,6 +35,7 @@ class AdminServer:
         self.routes[path] = handler
 
     def api_route(self, path: str, handler: AsyncHandler) -> None:
+        """``path`` ending in "/" serves every path under it."""
         self.api_routes[path] = handler
 
     async def start(self) -> None:
@@ -99,11 +100,15 @@ class AdminServer:
 
     async def _dispatch_any(self, req: h11.Request, body: bytes) -> tuple[int, str, bytes]:
         target = req.target.decode("latin-1")
-        api = self.api_routes.get(target.split("?", 1)[0])
+        path = target.split("?", 1)[0]
+        api = self.api_routes.get(path)
+        if api is None and "/" in path[1:]:
+            api = self.api_routes.get(path[: path.index("/", 1) + 1])
         if api is None:
             return self._dispatch(req)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in req.headers}
         try:
-            return await api(req.method.decode("latin-1"), target, body)
+            return await api(req.method.decode("latin-1"), target, body, headers)
         except Exception:  # a handler bug must not take the process down
             log.exception("API handler for %s failed", target)
             return 500, "text/plain", b"internal error\n"

@@ -107,7 +107,7 @@ def webhook_routes(provider: Provider, domain_filter: DomainFilter) -> dict[str,
     def reply(status: int, doc: Any = None) -> tuple[int, str, bytes]:
         return status, MEDIA_TYPE, b"" if doc is None else json.dumps(doc).encode()
 
-    async def negotiate(method: str, _target: str, _body: bytes) -> tuple[int, str, bytes]:
+    async def negotiate(method: str, _target: str, _body: bytes, _headers: dict[str, str]) -> tuple[int, str, bytes]:
         if method != "GET":
             return reply(400)
         doc = {"include": sorted(domain_filter.include), "exclude": sorted(domain_filter.exclude),
@@ -115,7 +115,7 @@ def webhook_routes(provider: Provider, domain_filter: DomainFilter) -> dict[str,
                "regexExclude": domain_filter.regex_exclude.pattern if domain_filter.regex_exclude else ""}
         return reply(200, {k: v for k, v in doc.items() if v})
 
-    async def records(method: str, _target: str, body: bytes) -> tuple[int, str, bytes]:
+    async def records(method: str, _target: str, body: bytes, _headers: dict[str, str]) -> tuple[int, str, bytes]:
         try:
             if method == "GET":
                 return reply(200, [e.to_json() for e in await provider.records()])
@@ -132,7 +132,7 @@ def webhook_routes(provider: Provider, domain_filter: DomainFilter) -> dict[str,
             return reply(500)
         return reply(400)
 
-    async def adjust(method: str, _target: str, body: bytes) -> tuple[int, str, bytes]:
+    async def adjust(method: str, _target: str, body: bytes, _headers: dict[str, str]) -> tuple[int, str, bytes]:
         if method != "POST":
             return reply(400)
         try:

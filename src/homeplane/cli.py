@@ -139,6 +139,8 @@ def get(
     mode: str = ModeOpt,
     log_level: str = LogLevelOpt,
     merge_gateways: bool = MergeOpt,
+    state: Optional[Path] = typer.Option(None, "--state", help="The state store `run` uses (certificates: READY and dates); "
+                                         "default as for run."),
 ) -> None:
     """Show objects like `kubectl get`, with the status conditions homeplane computed."""
     _logging(log_level)
@@ -177,7 +179,7 @@ def get(
         _fail("--output must be table, wide, yaml or json")
     from homeplane.tables import rows_for
 
-    headers, rows = rows_for(info.kind, objs, result, wide=output == "wide")
+    headers, rows = rows_for(info.kind, objs, result, wide=output == "wide", state=state)
     if not rows:
         typer.echo(f"No {info.kind} found.", err=True)
         return
@@ -424,7 +426,7 @@ def run(
         if certificates:
             from homeplane.certs.controller import CertController
 
-            certs = CertController(lambda: rt.current, store, lambda: rt.reload("certificate issued"), inputs.variables,
+            certs = CertController(lambda: rt.current, store, lambda: rt.reload("certificates", controller=True), inputs.variables,
                                    registry=rt.registry)
             rt.subscribe(certs.apply)
             rt.on_start.append(certs.start)

@@ -70,12 +70,20 @@ def run_pipeline(
     previous_bindings: Mapping[str, str] | None = None,
     issued_secrets: Mapping[tuple[str, str], Mapping[str, Any]] | None = None,
     solver_objects: list[dict[str, Any]] | None = None,
+    base_load: LoadResult | None = None,
 ) -> Result:
     """Load, run the address controllers (ClusterIPs, LB IPAM, where Gateways listen; each
     keeping what it handed out before), translate. ``issued_secrets`` are the certificates the
     certificate controller holds: each becomes a TLS Secret unless the manifests have one of
-    that name (bring your own wins)."""
-    load = _load(inputs)
+    that name (bring your own wins). ``base_load`` reuses objects loaded before (the last good
+    configuration) instead of reading the files again."""
+    if base_load is not None:
+        from homeplane.api.diagnostics import Diagnostics
+
+        load = LoadResult([o for o in base_load.objects if o.source.file != ISSUED_FILE],
+                          Diagnostics(list(base_load.diagnostics.items)), list(base_load.files))
+    else:
+        load = _load(inputs)
     if issued_secrets:
         _add_issued(load, issued_secrets)
     if solver_objects:

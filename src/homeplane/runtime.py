@@ -172,8 +172,12 @@ class Runtime:
             self.version, snap.digest, gw, routes, len(snap.services), s["errors"], s["warnings"],
         )
 
-    async def reload(self, reason: str = "change") -> bool:
-        """Load and translate again; apply unless the manifests fail to load. Returns True if applied."""
+    async def reload(self, reason: str = "change", controller: bool = False) -> bool:
+        """Load and translate again; apply unless the manifests fail to load. Returns True if applied.
+
+        ``controller``: a controller's state changed (a certificate issued, a challenge route). When
+        the files on disk do not load right now, that state still reaches the data planes, on top
+        of the last good configuration's objects."""
         async with self._reload_lock:
             started = time.monotonic()
             previous = {
@@ -187,11 +191,14 @@ class Runtime:
             previous_bindings = {e.key[len(_BINDING_PREFIX):]: e.value.decode() for e in self.store.list(_BINDING_PREFIX)}
             from homeplane.certs.controller import http01_objects, issued_secrets
 
-            result = await asyncio.to_thread(
-                run_pipeline, self.inputs, self.version + 1, previous, previous_lb, previous_bindings,
-                issued_secrets(self.store), http01_objects(self.store),
-            )
+            args = (self.inputs, self.version + 1, previous, previous_lb, previous_bindings,
+                    issued_secrets(self.store), http01_objects(self.store))
+            result = await asyncio.to_thread(run_pipeline, *args)
             new_errors = self._new_load_errors(result)
+            still_rejected = None
+            if new_errors and controller and self.current is not None:
+                result = await asyncio.to_thread(run_pipeline, *args, self.current.load)
+                new_errors, still_rejected = [], self.rejected  # the files' problem is still there
             if self.current is not None and new_errors:
                 self.rejected = {
                     "time": _now_rfc3339(),
@@ -203,10 +210,10 @@ class Runtime:
                     log.error("reload rejected, still serving version %d: %s", self.version, d)
                 return False
             if self.current is not None and result.translation.snapshot.digest == self.current.translation.snapshot.digest:
-                self.rejected = None
+                self.rejected = still_rejected
                 self.m_reloads.labels("unchanged").inc()
                 return False
-            self.rejected = None
+            self.rejected = still_rejected
             await self.apply(result)
             self.m_reloads.labels("applied").inc()
             log.info("reload (%s) took %.0f ms", reason, (time.monotonic() - started) * 1000)
@@ -245,7 +252,10 @@ class Runtime:
 
         async for changes in awatch(*paths, debounce=self.debounce_ms, watch_filter=relevant, recursive=True):
             names = sorted({Path(p).name for _, p in changes})
-            await self.reload("files changed: " + ", ".join(names[:5]))
+            try:
+                await self.reload("files changed: " + ", ".join(names[:5]))
+            except Exception:  # the watcher must outlive any one bad change
+                log.exception("reload after a change failed; still serving version %d", self.version)
 
     # --- admin handlers ---------------------------------------------------------
 

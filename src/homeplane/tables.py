@@ -33,7 +33,7 @@ def _parents(status: dict[str, Any]) -> str:
     return " ".join(parents) or "-"
 
 
-def _certificate_row(o: Obj, result: Result, wide: bool) -> list[str]:
+def _certificate_row(o: Obj, result: Result, wide: bool, state: Any = None) -> list[str]:
     """READY from the manifests' own Secret (bring your own) or what a homeplane state store holds
     (the default one, as ``run`` uses it), with the validity and renewal times."""
     import datetime as dt
@@ -50,7 +50,7 @@ def _certificate_row(o: Obj, result: Result, wide: bool) -> list[str]:
     names = [",".join(req.dns_names)] if wide else []
     if byo:
         return ["True (manifests)", req.secret_name, issuer, "-", "-"] + names
-    doc = read_issued().get((req.namespace, req.secret_name))
+    doc = read_issued(state).get((req.namespace, req.secret_name))
     if not doc:
         return ["False", req.secret_name, issuer, "-", "-"] + names
     cert = x509.load_pem_x509_certificate(doc["tls.crt"].encode())
@@ -60,7 +60,7 @@ def _certificate_row(o: Obj, result: Result, wide: bool) -> list[str]:
     return [str(ok), req.secret_name, issuer, fmt(na), fmt(renewal_time(nb, na, req))] + names
 
 
-def rows_for(kind: str, objs: list[Obj], result: Result, wide: bool) -> tuple[list[str], list[list[str]]]:
+def rows_for(kind: str, objs: list[Obj], result: Result, wide: bool, state: Any = None) -> tuple[list[str], list[list[str]]]:
     status = result.translation.status
     snap = result.translation.snapshot
     headers = ["NAMESPACE", "NAME"]
@@ -120,7 +120,7 @@ def rows_for(kind: str, objs: list[Obj], result: Result, wide: bool) -> tuple[li
                 row.append(",".join(f"{r.kind}/{r.name}{'#' + r.section_name if r.section_name else ''}" for r in spec.target_refs))
             rows.append(row)
         elif kind == "Certificate":
-            rows.append(base + _certificate_row(o, result, wide))
+            rows.append(base + _certificate_row(o, result, wide, state))
         else:
             rows.append(base)
     if kind == "GatewayClass":

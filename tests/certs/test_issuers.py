@@ -82,7 +82,9 @@ spec:
     after, renew = (dt.datetime.fromisoformat(app[k].replace("Z", "+00:00")) for k in ("notAfter", "renewalTime"))
     assert after - renew == dt.timedelta(hours=240)
     doc = issued_secrets(store)[("default", "app-tls")]
-    leaf, ca = x509.load_pem_x509_certificates(doc["tls.crt"].encode())
+    # as cert-manager: tls.crt the leaf (the CA is a root, so no intermediates), ca.crt the root
+    (leaf,) = x509.load_pem_x509_certificates(doc["tls.crt"].encode())
+    ca = x509.load_pem_x509_certificate(doc["ca.crt"].encode())
     assert leaf.issuer == ca.subject and ca.extensions.get_extension_for_oid(ExtensionOID.BASIC_CONSTRAINTS).value.ca
     assert leaf.extensions.get_extension_for_oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME).value.get_values_for_type(x509.DNSName) == ["app.home.example"]
     assert isinstance(x509.load_pem_x509_certificate(doc["tls.crt"].encode()).public_key(), rsa.RSAPublicKey)
@@ -93,6 +95,31 @@ spec:
     before = len(issued)
     asyncio.run(c.reconcile())
     assert len(issued) == before
+    # a CA that is an intermediate: the chain carries it, ca.crt is the root
+    inter = """
+---
+apiVersion: cert-manager.io/v1
+kind: Certificate
+metadata: {name: inter, namespace: cert-manager}
+spec: {isCA: true, commonName: inter, secretName: inter, issuerRef: {name: home-ca, kind: ClusterIssuer}}
+---
+apiVersion: cert-manager.io/v1
+kind: ClusterIssuer
+metadata: {name: inter}
+spec: {ca: {secretName: inter}}
+---
+apiVersion: cert-manager.io/v1
+kind: Certificate
+metadata: {name: deep, namespace: default}
+spec: {secretName: deep-tls, dnsNames: [deep.home.example], issuerRef: {name: inter, kind: ClusterIssuer}}
+"""
+    (repo / "issuers.yaml").write_text(ISSUERS + cert + inter)
+    c._current = lambda: run_pipeline(Inputs(paths=(repo,)), issued_secrets=issued_secrets(store))
+    asyncio.run(c.reconcile())
+    asyncio.run(c.reconcile())
+    deep = issued_secrets(store)[("default", "deep-tls")]
+    subjects = [x.subject.rfc4514_string() for x in x509.load_pem_x509_certificates(deep["tls.crt"].encode())]
+    assert subjects == ["", "CN=inter"] and x509.load_pem_x509_certificate(deep["ca.crt"].encode()).subject.rfc4514_string() == "CN=home-ca"
     # a spec change re-issues (revision 2)
     (repo / "issuers.yaml").write_text(ISSUERS + cert.replace("[app.home.example]", "[app.home.example, www.home.example]"))
     c._current = lambda: run_pipeline(Inputs(paths=(repo,)), issued_secrets=issued_secrets(store))
@@ -113,24 +140,82 @@ apiVersion: cert-manager.io/v1
 kind: Certificate
 metadata: {name: lost, namespace: default}
 spec: {secretName: lost-tls, dnsNames: [b.home.example], issuerRef: {name: nowhere, kind: ClusterIssuer}}
+---
+apiVersion: cert-manager.io/v1
+kind: ClusterIssuer
+metadata: {name: down}
+spec:
+  acme:
+    server: https://127.0.0.1:1/directory
+    privateKeySecretRef: {name: down-account}
+    solvers: [{dns01: {rfc2136: {nameserver: 127.0.0.1}}}]
+---
+apiVersion: cert-manager.io/v1
+kind: Certificate
+metadata: {name: unlucky, namespace: default}
+spec: {secretName: unlucky-tls, dnsNames: [c.home.example], issuerRef: {name: down, kind: ClusterIssuer}}
+---
+apiVersion: cert-manager.io/v1
+kind: Certificate
+metadata: {name: poison, namespace: default}
+spec: {secretName: poison-tls, ipAddresses: [192.168.1.300], issuerRef: {name: selfsigned, kind: ClusterIssuer}}
+---
+apiVersion: cert-manager.io/v1
+kind: Certificate
+metadata: {name: good, namespace: default}
+spec: {secretName: good-tls, dnsNames: [g.home.example], issuerRef: {name: selfsigned, kind: ClusterIssuer}}
 """
     repo = m.write(tmp_path / "repo", {"i.yaml": ISSUERS + "\n---" + byo + cert})
     store = SQLiteStore(tmp_path / "state.db")
+    now = [dt.datetime.now(dt.timezone.utc)]
     c, _ = _controller(repo, store)
+    c.now = lambda: now[0]
     asyncio.run(c.reconcile())
     st = c.status()
     assert "bring your own" in st["network/tls"]["conditions"][0]["message"]
     assert ("network", "tls") not in issued_secrets(store)
-    lost = st["default/lost"]
-    issuing = next(x for x in lost["conditions"] if x["type"] == "Issuing")
-    assert issuing["status"] == "False" and issuing["reason"] == "Failed" and "ClusterIssuer nowhere not found" in issuing["message"]
-    assert lost["failedIssuanceAttempts"] == 1
+    # an issuer that does not exist: pending, as cert-manager keeps the request (no failure, no backoff)
+    lost = {x["type"]: x for x in st["default/lost"]["conditions"]}
+    assert lost["Issuing"]["status"] == "True" and "Waiting on issuer" in lost["Issuing"]["message"]
+    assert "failedIssuanceAttempts" not in st["default/lost"]
+    # one broken Certificate fails alone; the others are issued
+    assert st["default/poison"]["failedIssuanceAttempts"] == 1 and ("default", "good-tls") in issued_secrets(store)
+    # a CA that cannot be reached: a failure, then backoff
+    unlucky = st["default/unlucky"]
+    issuing = next(x for x in unlucky["conditions"] if x["type"] == "Issuing")
+    assert issuing["status"] == "False" and issuing["reason"] == "Failed" and unlucky["failedIssuanceAttempts"] == 1
+    now[0] += dt.timedelta(seconds=20)
     asyncio.run(c.reconcile())  # within the backoff: no second attempt
-    assert c.status()["default/lost"]["failedIssuanceAttempts"] == 1
+    assert c.status()["default/unlucky"]["failedIssuanceAttempts"] == 1
+    # a manual renew is one attempt, then normal backoff again (no loop)
+    assert c.renew("default/unlucky")
+    asyncio.run(c.reconcile())
+    asyncio.run(c.reconcile())
+    now[0] += dt.timedelta(seconds=15)
+    asyncio.run(c.reconcile())
+    assert c.status()["default/unlucky"]["failedIssuanceAttempts"] == 2
     # the failure count survives a restart (state store)
     c2, _ = _controller(repo, store)
+    c2.now = lambda: now[0]
     asyncio.run(c2.reconcile())
-    assert c2.status()["default/lost"]["failedIssuanceAttempts"] == 1
+    assert c2.status()["default/unlucky"]["failedIssuanceAttempts"] == 2
+    # a spec change since the failure: tried again at once (cert-manager re-issues on a new spec)
+    (repo / "i.yaml").write_text((repo / "i.yaml").read_text().replace("[c.home.example]", "[c2.home.example]"))
+    c3, _ = _controller(repo, store)
+    c3.now = lambda: now[0]
+    asyncio.run(c3.reconcile())
+    assert c3.status()["default/unlucky"]["failedIssuanceAttempts"] == 1
+
+
+def test_a_bad_shim_annotation_is_a_problem_not_a_crash(tmp_path):
+    from homeplane.certs.spec import report
+
+    gw = m.GATEWAYS.replace("  name: envoy-internal\n  namespace: network\n", "  name: envoy-internal\n  namespace: network\n"
+                            "  annotations: {cert-manager.io/cluster-issuer: selfsigned, cert-manager.io/duration: 90d}\n")
+    repo = m.write(tmp_path / "repo", {"g.yaml": gw + "\n---\n" + ISSUERS})
+    objects = run_pipeline(Inputs(paths=(repo,))).load.objects
+    problems = [p for c in report(objects) for p in c.get("problems", [])]
+    assert any("Gateway network/envoy-internal: cert-manager annotations" in p for p in problems)
 
 
 def test_renewal_time_rules():
@@ -218,7 +303,36 @@ spec: {secretName: short-tls, dnsNames: [s.home.example], duration: 1h, issuerRe
     assert st["revision"] == 2
     second = issued_secrets(store)[("default", "short-tls")]
     assert second["tls.key"] != first["tls.key"]  # rotationPolicy Always: a new key
+    # kubectl's view, from the state store run uses
+    from typer.testing import CliRunner
+
+    from homeplane.cli import app
+
+    out = CliRunner().invoke(app, ["get", "certificates", "-f", str(repo), "--state", str(tmp_path / "state.db"), "-n", "default"]).output
+    row = next(line for line in out.splitlines() if line.startswith("default") and " short " in line)
+    assert row.split()[2:4] == ["True", "short-tls"]
     # cmctl renew: a manual trigger re-issues at once
     assert c2.renew("default/short") and not c2.renew("default/nope")
     asyncio.run(c2.reconcile())
     assert c2.status()["default/short"]["revision"] == 3
+
+
+def test_issued_certificates_reach_the_data_planes_while_the_files_do_not_load(tmp_path):
+    """A certificate issued while someone's edit has broken the files is still served, on top
+    of the last good configuration (and the files' problem stays reported)."""
+    from homeplane.runtime import Runtime
+
+    repo = m.write(tmp_path / "repo", {"issuers.yaml": ISSUERS})
+    store = SQLiteStore(tmp_path / "state.db")
+
+    async def go() -> None:
+        rt = Runtime(Inputs(paths=(repo,)), store, admin_port=0)
+        assert await rt.reload("start")
+        (repo / "broken.yaml").write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x\n")
+        assert not await rt.reload("files changed") and rt.rejected is not None
+        c = CertController(lambda: rt.current, store, lambda: rt.reload("certificates", controller=True), environ={})
+        await c.reconcile()  # issues the CA certificate, then reloads as the controller
+        assert any(o.kind == "Secret" and o.name == "home-ca" for o in rt.current.load.objects)
+        assert rt.rejected is not None
+
+    asyncio.run(go())

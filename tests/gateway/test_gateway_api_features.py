@@ -244,7 +244,7 @@ spec:
 apiVersion: v1
 kind: ConfigMap
 metadata: {name: robots, namespace: apps}
-data: {robots.txt: "User-agent: *\\nDisallow: /\\n"}
+data: {a-note: "for humans", response.body: "User-agent: *\\nDisallow: /\\n"}
 """
     rules = """
     - matches: [{path: {type: PathPrefix, value: /down}}]

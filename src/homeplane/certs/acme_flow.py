@@ -115,6 +115,10 @@ def order(
         return done.fullchain_pem
     except messages.Error as e:
         raise ACMEError(f"ACME server said: {e}", permanent=e.typ.endswith(("rejectedIdentifier", "unsupportedIdentifier", "caa"))) from None
+    except ACMEError:
+        raise
+    except Exception as e:  # requests' errors, the library's IssuanceError, a key it cannot use
+        raise ACMEError(f"ACME order with {server}: {type(e).__name__}: {e}") from None
     finally:
         for ch in presented:
             try:

@@ -39,6 +39,7 @@ SECRET_PREFIX = "certs/secret/"
 ACCOUNT_PREFIX = "certs/acme-account/"
 STATUS_PREFIX = "certs/status/"
 MAX_BACKOFF = dt.timedelta(hours=32)
+MIN_ATTEMPT_GAP = 10.0  # seconds between two attempts for one Certificate, whatever woke the controller
 ORDERS_PREFIX = "certs/orders/"
 HTTP01_PREFIX = "certs/http01/"  # HTTP-01 challenges in flight: served by the gateway while they last
 # Let's Encrypt's production limit on duplicate certificates: 5 for one exact set of names per 7 days
@@ -142,6 +143,7 @@ class CertState:
     failures: int = 0
     last_failure: dt.datetime | None = None
     last_failure_message: str = ""
+    last_attempt: dt.datetime | None = None
     bring_your_own: bool = False
 
     def cond(self, type_: str, status: bool, reason: str, message: str) -> None:
@@ -161,6 +163,26 @@ class CertState:
             doc["failedIssuanceAttempts"] = self.failures
             doc["lastFailureTime"] = _ts(self.last_failure)
         return doc
+
+
+async def _in_daemon_thread(fn: Callable[..., Any], *args: Any) -> Any:
+    """Run blocking work (an ACME order) in a daemon thread: a shutdown does not wait for it."""
+    import threading
+
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future = loop.create_future()
+
+    def work() -> None:
+        try:
+            result = fn(*args)
+        except BaseException as e:  # noqa: BLE001 - handed to the awaiting task
+            err = e
+            loop.call_soon_threadsafe(lambda: fut.done() or fut.set_exception(err))
+        else:
+            loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(result))
+
+    threading.Thread(target=work, name="acme-order", daemon=True).start()
+    return await fut
 
 
 class IssuerNotReady(Exception):
@@ -198,6 +220,8 @@ class CertController:
         self._wake.set()
 
     async def start(self) -> None:
+        for e in self.store.list(HTTP01_PREFIX):  # challenges of a process that stopped mid-order
+            self.store.delete(e.key)
         self._task = asyncio.create_task(self._loop())
 
     async def close(self) -> None:
@@ -264,22 +288,26 @@ class CertController:
                 if self.now() < retry_at and req.id not in self._renew:
                     next_due = min(next_due, (retry_at - self.now()).total_seconds())
                     continue
+            if st.last_attempt and req.id not in self._renew and (self.now() - st.last_attempt).total_seconds() < MIN_ATTEMPT_GAP:
+                next_due = min(next_due, MIN_ATTEMPT_GAP)
+                continue  # whatever woke us (a reload, a renew), never two attempts within the gap
             issuer = issuer_for(req, all_issuers)
             st.cond("Issuing", True, reason, message)
-            if issuer is None:
-                self._failed(st, f"{req.issuer_kind} {req.issuer_name} not found")
-                continue
-            if issuer.problems:
-                self._failed(st, f"{issuer.id}: {'; '.join(issuer.problems)}")
-                continue
             try:
+                if issuer is None:
+                    raise IssuerNotReady(f"{req.issuer_kind} {req.issuer_name} not found")
+                if issuer.problems:
+                    raise IssuerNotReady(f"{issuer.id}: {'; '.join(issuer.problems)}")
+                st.last_attempt = self.now()
                 doc = await self._issue(req, issuer, lookup, held.get((req.namespace, req.secret_name)))
             except IssuerNotReady as e:
+                # cert-manager keeps the request pending until the issuer is ready: no backoff
                 st.cond("Issuing", True, reason, f"Waiting on issuer: {e}")
-                next_due = min(next_due, 10.0)
+                next_due = min(next_due, 30.0)
                 continue
-            except (ACMEError, keys.KeyError_) as e:
-                self._failed(st, str(e))
+            except Exception as e:  # any failure of one Certificate is its own, with backoff
+                msg = str(e) if isinstance(e, (ACMEError, keys.KeyError_)) else f"{type(e).__name__}: {e}"
+                self._failed(st, msg)
                 next_due = min(next_due, self.backoff_base.total_seconds())
                 continue
             self._save(st, doc)
@@ -298,6 +326,8 @@ class CertController:
         if raw:
             try:
                 d = json.loads(raw.value)
+                if d.get("fingerprint") not in (None, req.fingerprint()):
+                    return st  # the spec changed since the last failure: no backoff (cert-manager re-issues)
                 st.failures = int(d.get("failedIssuanceAttempts", 0))
                 st.last_failure = _parse_ts(d.get("lastFailureTime"))
                 st.last_failure_message = d.get("message", "")
@@ -333,12 +363,14 @@ class CertController:
         return False, "", ""
 
     def _failed(self, st: CertState, message: str) -> None:
+        self._renew.discard(st.req.id)  # a manual renewal is one attempt, then normal backoff
         st.failures += 1
         st.last_failure = self.now()
         st.last_failure_message = message
         st.cond("Issuing", False, "Failed", f"The certificate request has failed to complete and will be retried: {message}")
         self.store.put(STATUS_PREFIX + st.req.id, json.dumps({
-            "failedIssuanceAttempts": st.failures, "lastFailureTime": _ts(st.last_failure), "message": message}).encode())
+            "failedIssuanceAttempts": st.failures, "lastFailureTime": _ts(st.last_failure), "message": message,
+            "fingerprint": st.req.fingerprint()}).encode())
         log.warning("certificate %s: %s (attempt %d)", st.req.id, message, st.failures)
 
     def _save(self, st: CertState, doc: dict[str, Any]) -> None:
@@ -398,7 +430,7 @@ class CertController:
         return keys.Subject(req.common_name, req.dns_names, req.ip_addresses, req.uris, req.emails, req.usages, req.is_ca)
 
     async def _issue(self, req: CertRequest, issuer: IssuerConfig, lookup: SecretLookup, old: dict[str, Any] | None) -> dict[str, Any]:
-        key = self._key(req, old)
+        key = await asyncio.to_thread(self._key, req, old)  # RSA keys take long: not on the event loop
         key_pem = keys.key_pem(key, req.key_encoding).decode()
         subject = self._subject(req)
         if issuer.type == "selfSigned":
@@ -411,14 +443,21 @@ class CertController:
             if not ca_doc or not ca_doc.get("tls.crt") or not ca_doc.get("tls.key"):
                 raise IssuerNotReady(f"the CA Secret {ns}/{issuer.ca_secret} does not exist yet or has no tls.crt/tls.key")
             try:
-                ca_cert = x509.load_pem_x509_certificate(ca_doc["tls.crt"].encode())
+                bundle = x509.load_pem_x509_certificates(ca_doc["tls.crt"].encode())
                 ca_key = keys.load_key(ca_doc["tls.key"].encode())
             except ValueError as e:
                 raise ACMEError(f"the CA Secret {ns}/{issuer.ca_secret}: {e}", permanent=True) from None
+            ca_cert = bundle[0]
             duration = min(req.duration, ca_cert.not_valid_after_utc - self.now())
             cert = keys.sign(subject, key.public_key(), ca_key, ca_cert, duration, self.now())
-            ca_pem = keys.cert_pem(ca_cert).decode()
-            return {"tls.crt": keys.cert_pem(cert).decode() + ca_pem, "tls.key": key_pem, "ca.crt": ca_pem}
+            # as cert-manager: tls.crt is the leaf and the intermediates, ca.crt the root of the chain
+            roots = [c for c in bundle if c.issuer == c.subject]
+            chain = [cert] + [c for c in bundle if c.issuer != c.subject]
+            if ca_doc.get("ca.crt") and not roots:
+                roots = x509.load_pem_x509_certificates(ca_doc["ca.crt"].encode())[-1:]
+            root = roots[-1] if roots else bundle[-1]
+            return {"tls.crt": "".join(keys.cert_pem(c).decode() for c in chain), "tls.key": key_pem,
+                    "ca.crt": keys.cert_pem(root).decode()}
         if issuer.type == "acme":
             chain = await self._acme(req, issuer, lookup, key)
             return {"tls.crt": chain, "tls.key": key_pem}
@@ -470,20 +509,25 @@ class CertController:
             coro = self._cleanup_http01(ch) if ch.type == "http-01" else self._cleanup(ch, dns_solvers)
             asyncio.run_coroutine_threadsafe(coro, loop).result()
 
-        self._rate_limit(issuer, req)
-        ca_bundle = base64.b64decode(issuer.acme_ca_bundle) if issuer.acme_ca_bundle else None
+        issued = self._rate_limit(issuer, req)
+        try:
+            ca_bundle = base64.b64decode(issuer.acme_ca_bundle, validate=True) if issuer.acme_ca_bundle else None
+        except ValueError:
+            raise ACMEError(f"{issuer.id}: spec.acme.caBundle is not base64", permanent=True) from None
         account = self._account_key(issuer, lookup)
         csr = keys.csr_pem(key, self._subject(req))
         try:
-            return await asyncio.to_thread(
+            chain = await _in_daemon_thread(
                 acme_flow.order, issuer.acme_server, account, issuer.acme_email, csr, challenge_types, present, cleanup,
                 ca_bundle, issuer.acme_skip_tls_verify, self.acme_timeout,
             )
+            issued()
+            return chain
         finally:
             for s in dns_solvers.values():
                 await s.provider.close()
 
-    def _rate_limit(self, issuer: IssuerConfig, req: CertRequest) -> None:
+    def _rate_limit(self, issuer: IssuerConfig, req: CertRequest) -> Callable[[], Any]:
         """Never hammer Let's Encrypt: refuse a sixth certificate for the same names within a week
         (its duplicate-certificate limit) instead of sending an order it would reject."""
         import hashlib
@@ -495,14 +539,14 @@ class CertController:
             nxt = min(_parse_ts(t) for t in times) + LE_WINDOW  # type: ignore[operator,type-var]
             raise ACMEError(f"Let's Encrypt issues at most {LE_DUPLICATES} certificates for the same names per week; "
                             f"the next is possible after {_ts(nxt)}")
-        self.store.put(key, json.dumps(times + [_ts(self.now())]).encode())
+        return lambda: self.store.put(key, json.dumps(times + [_ts(self.now())]).encode())  # on success only
 
     async def _present(self, ch: Challenge, solvers: dict[str, Any], dns_solvers: dict[str, Any], ns: str, lookup: SecretLookup) -> None:
         solver = solvers.get(("*." if ch.wildcard else "") + ch.domain) or solvers.get(ch.domain)
         async with self._dns_lock:
             s = dns_solvers.get(ch.name)
             if s is None:
-                s = dns_solver(solver, ch.name, ns, lookup)
+                s = await asyncio.to_thread(dns_solver, solver, ch.name, ns, lookup)  # it may ask DNS for the zone
                 dns_solvers[ch.name] = s
             values = self._txt.setdefault(ch.name, [])
             values.append(ch.value)

@@ -131,16 +131,24 @@ def from_gateway(o: Any) -> list[CertRequest]:
     return out
 
 
-def requests(objects: list[Any]) -> list[CertRequest]:
-    """Every Certificate the manifests ask for; an explicit Certificate wins over the shim's."""
+def requests(objects: list[Any], problems: list[str] | None = None) -> list[CertRequest]:
+    """Every Certificate the manifests ask for; an explicit Certificate wins over the shim's. One
+    that cannot be read (a duration that does not parse …) is a problem, and the others go on."""
     out: dict[tuple[str, str], CertRequest] = {}
     for o in objects:
         if isinstance(o.model, Gateway):
-            for r in from_gateway(o):
-                out.setdefault((r.namespace, r.name), r)
+            try:
+                for r in from_gateway(o):
+                    out.setdefault((r.namespace, r.name), r)
+            except (ValueError, TypeError) as e:
+                (problems if problems is not None else []).append(f"Gateway {o.namespace}/{o.name}: cert-manager annotations: {e}")
     for o in objects:
         if isinstance(o.model, Certificate):
-            r = from_certificate(o)
+            try:
+                r = from_certificate(o)
+            except (ValueError, TypeError) as e:
+                (problems if problems is not None else []).append(f"Certificate {o.namespace}/{o.name}: {e}")
+                continue
             out[(r.namespace, r.name)] = r
     return [out[k] for k in sorted(out)]
 
@@ -165,13 +173,22 @@ class Solver:
         which beats one with no selector; None when the selector excludes the domain."""
         if any(labels.get(k) != v for k, v in self.match_labels):
             return None
+        if self.kind == "http01-gateway" and domain.startswith("*."):
+            return None  # ACME offers no HTTP-01 for a wildcard: another solver must take it
         d = domain.lower().removeprefix("*.")
-        if self.dns_names:
-            return 10_000 + len(self.match_labels) if domain.lower() in (n.lower() for n in self.dns_names) else None
+        score = 0
+        if self.dns_names:  # every part of the selector must match
+            if domain.lower() not in (n.lower() for n in self.dns_names):
+                return None
+            score += 10_000
         if self.dns_zones:
             best = max((len(z) for z in self.dns_zones if d == z.lower() or d.endswith("." + z.lower())), default=None)
-            return None if best is None else 1_000 + best + len(self.match_labels)
-        return 100 + len(self.match_labels) if self.match_labels else 0
+            if best is None:
+                return None
+            score += 1_000 + best
+        if self.match_labels:
+            score += 100 + len(self.match_labels)
+        return score
 
 
 @dataclass(frozen=True)
@@ -269,7 +286,8 @@ def report(objects: list[Any]) -> list[dict[str, Any]]:
                     if (ref.kind or "Secret") == "Secret":
                         serving.setdefault((ref.namespace or o.namespace or "default", ref.name), []).append(f"{o.namespace}/{o.name}/{ls.name}")
     out = []
-    for r in requests(objects):
+    problems_all: list[str] = []
+    for r in requests(objects, problems_all):
         iss = issuer_for(r, all_issuers)
         entry: dict[str, Any] = {
             "namespace": r.namespace, "name": r.name, "secretName": r.secret_name, "dnsNames": list(r.dns_names),
@@ -287,4 +305,6 @@ def report(objects: list[Any]) -> list[dict[str, Any]]:
         if problems:
             entry["problems"] = problems
         out.append(entry)
+    for p in problems_all:
+        out.append({"namespace": "", "name": "", "secretName": "", "dnsNames": [], "issuer": "", "listeners": [], "problems": [p]})
     return out

@@ -188,10 +188,17 @@ def _extension_filter(ctx: Context, route: Obj, ref: Any) -> tuple[ir.DirectResp
             from homeplane.api.models.core import ConfigMap
 
             cm = ctx.model("", "ConfigMap", route.namespace, d.body.value_ref.name, ConfigMap)
-            data = (cm.data or {}) if cm is not None else None
-            if not data:
+            if cm is None or not (cm.data or cm.binary_data):
                 return None, f"HTTPRouteFilter {route.namespace}/{ref.name}: ConfigMap {d.body.value_ref.name} not found or empty"
-            body = str(next(iter(data.values()))).encode()  # Envoy Gateway reads the ConfigMap's single entry
+            # as Envoy Gateway: the key response.body, else the first entry, else the first binaryData entry
+            if "response.body" in cm.data:
+                body = cm.data["response.body"].encode()
+            elif cm.data:
+                body = str(next(iter(cm.data.values()))).encode()
+            else:
+                import base64
+
+                body = base64.b64decode(next(iter(cm.binary_data.values())))
     return ir.DirectResponse(d.status_code, body, d.content_type or ("text/plain" if body else "")), None
 
 

@@ -268,6 +268,10 @@ def run(
     git_token_file: Optional[Path] = typer.Option(None, "--git-token-file", help="Git over HTTPS: a bearer token file (or $GIT_TOKEN)."),
     receiver_address: Optional[str] = typer.Option(None, "--receiver-address", help="Git: serve the repo's Flux Receivers "
                                                    "(webhooks that reconcile at once) on HOST:PORT (Flux's port is 9292)."),
+    dns01_nameservers: str = typer.Option(
+        "", "--dns01-recursive-nameservers", help="Certificates: HOST:PORT,... where DNS-01 records made through an API "
+        "(Cloudflare) must be visible before the CA is asked (cert-manager's flag; default: the zone's authoritative servers)."
+    ),
     certificates: bool = typer.Option(
         True, "--certificates/--no-certificates", help="Issue and renew the repo's cert-manager Certificates (and the "
         "Gateway shim's) into the state store; a Secret of the same name in the manifests wins."
@@ -426,8 +430,13 @@ def run(
         if certificates:
             from homeplane.certs.controller import CertController
 
+            try:
+                ns01 = tuple(parse_host_port(x.strip(), "--dns01-recursive-nameservers", {}) if ":" in x else (x.strip(), 53)
+                             for x in dns01_nameservers.split(",") if x.strip())
+            except ValueError as e:
+                _fail(str(e))
             certs = CertController(lambda: rt.current, store, lambda: rt.reload("certificates", controller=True), inputs.variables,
-                                   registry=rt.registry)
+                                   registry=rt.registry, dns01_nameservers=ns01)
             rt.subscribe(certs.apply)
             rt.on_start.append(certs.start)
             rt.on_stop.append(certs.close)

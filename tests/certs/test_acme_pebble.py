@@ -148,8 +148,17 @@ def test_dns01_through_the_cloudflare_api(tmp_path, monkeypatch):
                                     "      - dns01: {cloudflare: {apiTokenSecretRef: {name: cloudflare-issuer-secret, key: api-token}}}\n")
             repo = m.write(tmp_path / "repo", {"issuer.yaml": cf_issuer + WILDCARD})
             result = run_pipeline(Inputs(paths=(repo,)))
+            # the records must show at the zone's nameservers before the CA is asked: a nameserver
+            # that never shows them fails the attempt
+            silent = CertController(lambda: result, SQLiteStore(tmp_path / "silent.db"), None, variables={"api-token": "cf-token"},
+                                    environ={}, acme_timeout=60, dns01_nameservers=(("127.0.0.1", 9),), propagation_timeout=1)
+            asyncio.run(silent.reconcile())
+            failed = next(x for x in silent.status()["network/home-example"]["conditions"] if x["type"] == "Issuing")
+            assert "not yet propagated" in failed["message"]
+            assert cf.find("_acme-challenge.home.example") == []  # cleaned up after the failure too
+            seen.clear()
             c = CertController(lambda: result, SQLiteStore(tmp_path / "state.db"), None, variables={"api-token": "cf-token"},
-                               environ={}, acme_timeout=60)
+                               environ={}, acme_timeout=60, dns01_nameservers=(("127.0.0.1", cf.serve_dns()),))
             asyncio.run(c.reconcile())
             assert c.status()["network/home-example"]["conditions"][0]["reason"] == "Ready"
         finally:

@@ -65,6 +65,7 @@ kind: Certificate
 metadata: {name: app, namespace: default}
 spec:
   secretName: app-tls
+  secretTemplate: {labels: {team: home}, annotations: {reflector.v1.k8s.emberstack.com/reflection-allowed: "true"}}
   dnsNames: [app.home.example]
   duration: 720h
   renewBefore: 240h
@@ -92,6 +93,8 @@ spec:
     # the certificate reaches the Gateway's view of Secrets; nothing more to do on the next pass
     secret = [o for o in c._current().load.objects if o.kind == "Secret" and o.name == "app-tls"]
     assert secret and secret[0].source.file == "(issued by homeplane)"
+    assert secret[0].labels == {"team": "home"} and secret[0].annotations["cert-manager.io/certificate-name"] == "app"
+    assert secret[0].annotations["reflector.v1.k8s.emberstack.com/reflection-allowed"] == "true"
     before = len(issued)
     asyncio.run(c.reconcile())
     assert len(issued) == before

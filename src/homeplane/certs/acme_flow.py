@@ -98,8 +98,8 @@ def order(
                 ch = Challenge(domain, "http-01", body.chall.path, body.chall.validation(jwk), wildcard)
             else:
                 raise ACMEError(f"challenge type {want} is not supported", permanent=True)
+            presented.append(ch)  # cleaned up even when presenting fails half way
             present(ch)
-            presented.append(ch)
             acme.answer_challenge(body, body.chall.response(jwk))
         deadline = dt.datetime.now() + dt.timedelta(seconds=timeout)
         try:

@@ -30,8 +30,16 @@ from prometheus_client import CollectorRegistry, Gauge
 from homeplane.certs import acme_flow, keys
 from homeplane.certs.acme_flow import ACMEError, Challenge
 from homeplane.certs.solvers import CLUSTER_RESOURCE_NAMESPACE, SecretLookup, dns_solver
-from homeplane.certs.spec import CertRequest, IssuerConfig, issuer_for, issuers, renewal_time, requests
+from homeplane.certs.spec import (
+    CertRequest,
+    IssuerConfig,
+    issuer_for,
+    issuers,
+    renewal_time,
+    requests,
+)
 from homeplane.store import StateStore
+from homeplane.tasks import cancel_and_wait
 
 log = logging.getLogger("homeplane.certs")
 
@@ -128,8 +136,12 @@ def secret_manifest(ns: str, name: str, doc: dict[str, Any]) -> dict[str, Any]:
            "cert-manager.io/issuer-name": doc.get("issuerName", ""), "cert-manager.io/issuer-kind": doc.get("issuerKind", ""),
            "cert-manager.io/issuer-group": "cert-manager.io", "cert-manager.io/common-name": doc.get("commonName") or "",
            "cert-manager.io/alt-names": ",".join(doc.get("dnsNames") or [])}
+    tmpl = doc.get("secretTemplate") if isinstance(doc.get("secretTemplate"), dict) else {}
+    labels = {str(k): str(v) for k, v in (tmpl.get("labels") or {}).items()} if isinstance(tmpl.get("labels"), dict) else {}
+    if isinstance(tmpl.get("annotations"), dict):  # spec.secretTemplate, as cert-manager copies it
+        ann = {**{str(k): str(v) for k, v in tmpl["annotations"].items()}, **ann}
     return {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
-            "metadata": {"name": name, "namespace": ns, "annotations": ann}, "data": data}
+            "metadata": {"name": name, "namespace": ns, "annotations": ann, **({"labels": labels} if labels else {})}, "data": data}
 
 
 @dataclass
@@ -193,9 +205,12 @@ class CertController:
     def __init__(self, current: Callable[[], Any], store: StateStore, on_issued: Callable[[], Awaitable[None]] | None = None,
                  variables: Mapping[str, str] | None = None, environ: Mapping[str, str] | None = None,
                  registry: CollectorRegistry | None = None, backoff_base: dt.timedelta = dt.timedelta(hours=1),
-                 acme_timeout: float = 120.0, clock: Callable[[], dt.datetime] = _now):
+                 acme_timeout: float = 120.0, clock: Callable[[], dt.datetime] = _now,
+                 dns01_nameservers: tuple[tuple[str, int], ...] = (), propagation_timeout: float = 60.0):
         self._current = current
         self.now = clock  # injected by tests to drive renewal
+        self.dns01_nameservers = dns01_nameservers  # cert-manager's --dns01-recursive-nameservers
+        self.propagation_timeout = propagation_timeout
         self.store = store
         self.on_issued = on_issued
         self.variables = dict(variables or {})
@@ -225,12 +240,7 @@ class CertController:
         self._task = asyncio.create_task(self._loop())
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
+        await cancel_and_wait(self._task)
 
     async def _loop(self) -> None:
         while True:
@@ -377,7 +387,8 @@ class CertController:
         req = st.req
         st.revision += 1
         doc.update(revision=st.revision, certificate=req.id, fingerprint=req.fingerprint(), issuerName=req.issuer_name,
-                   issuerKind=req.issuer_kind, commonName=req.common_name, dnsNames=list(req.dns_names))
+                   issuerKind=req.issuer_kind, commonName=req.common_name, dnsNames=list(req.dns_names),
+                   secretTemplate=req.secret_template or {})
         self.store.put(f"{SECRET_PREFIX}{req.namespace}/{req.secret_name}", json.dumps(doc).encode())
         self.store.delete(STATUS_PREFIX + req.id)
         self._renew.discard(req.id)
@@ -546,7 +557,8 @@ class CertController:
         async with self._dns_lock:
             s = dns_solvers.get(ch.name)
             if s is None:
-                s = await asyncio.to_thread(dns_solver, solver, ch.name, ns, lookup)  # it may ask DNS for the zone
+                s = await asyncio.to_thread(dns_solver, solver, ch.name, ns, lookup, self.dns01_nameservers)  # it may ask DNS
+                s.propagation_timeout = self.propagation_timeout
                 dns_solvers[ch.name] = s
             values = self._txt.setdefault(ch.name, [])
             values.append(ch.value)

@@ -60,6 +60,7 @@ class DNSSolver:
     provider: Provider
     txt_quoted: bool  # RFC 2136 writes TXT rdata in zone-file syntax (quoted); Cloudflare takes the text
     check: Callable[[str, str], bool] | None  # (name, value) -> visible at the authoritative server
+    propagation_timeout: float = 60.0
 
     def _record(self, ch: Challenge, values: tuple[str, ...]) -> Endpoint:
         return Endpoint(ch.name.rstrip("."), "TXT", tuple(f'"{v}"' if self.txt_quoted else v for v in values), 60)
@@ -72,10 +73,10 @@ class DNSSolver:
         else:
             await self.provider.apply_changes(Changes(create=[self._record(ch, values)]))
         if self.check is not None:
-            deadline = time.monotonic() + 60
+            deadline = time.monotonic() + self.propagation_timeout
             while not await asyncio.to_thread(self.check, ch.name, ch.value):
                 if time.monotonic() > deadline:
-                    raise ACMEError(f"DNS record for {ch.name} not yet propagated (waited 60 s)")
+                    raise ACMEError(f"DNS record for {ch.name} not yet propagated (waited {self.propagation_timeout:.0f} s)")
                 await asyncio.sleep(0.2)
 
     async def cleanup(self, ch: Challenge, remaining: tuple[str, ...]) -> None:
@@ -124,7 +125,33 @@ def txt_visible(host: str, port: int) -> Callable[[str, str], bool]:
     return check
 
 
-def dns_solver(solver: Solver, fqdn: str, namespace: str, secrets: SecretLookup) -> DNSSolver:
+def authoritative_check(fqdn: str, nameservers: tuple[tuple[str, int], ...]) -> Callable[[str, str], bool]:
+    """cert-manager's propagation check for providers reached by API: the record must be visible
+    at the zone's authoritative servers (found through the system resolver), or at
+    ``--dns01-recursive-nameservers`` when given."""
+    def servers() -> list[tuple[str, int]]:
+        if nameservers:
+            return list(nameservers)
+        import dns.resolver
+
+        name = dns.name.from_text(fqdn).parent()
+        while len(name.labels) > 1:
+            try:
+                ns = dns.resolver.resolve(name, "NS", lifetime=3)
+                return [(str(a), 53) for rr in ns for a in dns.resolver.resolve(rr.target, "A", lifetime=3)]
+            except dns.exception.DNSException:
+                name = name.parent()
+        return []
+
+    def check(name: str, value: str) -> bool:
+        found = servers()
+        return bool(found) and all(txt_visible(h, p)(name, value) for h, p in found)
+
+    return check
+
+
+def dns_solver(solver: Solver, fqdn: str, namespace: str, secrets: SecretLookup,
+               nameservers: tuple[tuple[str, int], ...] = ()) -> DNSSolver:
     cfg = solver.config
     if solver.kind == "dns01-rfc2136":
         from homeplane.externaldns.providers.rfc2136 import RFC2136Config, RFC2136Provider
@@ -150,5 +177,5 @@ def dns_solver(solver: Solver, fqdn: str, namespace: str, secrets: SecretLookup)
         return DNSSolver(CloudflareProvider(CloudflareConfig(
             token=token, api_key=key, email=str(cfg.get("email") or ""), domains=(zone_hint,),
             base_url=os.environ.get("HOMEPLANE_CLOUDFLARE_API_URL", API),
-        )), False, None)
+        )), False, authoritative_check(fqdn, nameservers))
     raise ACMEError(f"solver {solver.kind} is not a DNS-01 solver", permanent=True)

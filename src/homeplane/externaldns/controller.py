@@ -25,6 +25,7 @@ from homeplane.externaldns.providers import make_provider, provider_kind
 from homeplane.externaldns.providers.base import Provider, ProviderError
 from homeplane.externaldns.sources import SourceInput
 from homeplane.externaldns.sync import PlanResult, desired, plan
+from homeplane.tasks import cancel_and_wait
 
 log = logging.getLogger("homeplane.externaldns")
 
@@ -174,13 +175,8 @@ class DNSController:
             await self._stop(st)
 
     async def _stop(self, st: InstanceState) -> None:
-        if st.task is not None:
-            st.task.cancel()
-            try:
-                await st.task
-            except (asyncio.CancelledError, Exception):
-                pass
-            st.task = None
+        await cancel_and_wait(st.task)
+        st.task = None
         if st.provider is not None:
             await st.provider.close()
 

@@ -21,6 +21,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Gauge
 
 from homeplane.sources.git import GitError, GitSource
+from homeplane.tasks import cancel_and_wait
 
 log = logging.getLogger("homeplane.git")
 
@@ -74,12 +75,7 @@ class GitFollower:
         self._task = asyncio.create_task(self._loop())
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
+        await cancel_and_wait(self._task)
 
     def reconcile(self) -> None:
         """``homeplane reconcile`` / a Receiver webhook: fetch now."""

@@ -44,6 +44,51 @@ class FakeCloudflare(JsonServer):
         self.fail_with: int | None = None  # answer every call with this HTTP status (an outage)
         self.url = self.base + "/client/v4"
 
+    def serve_dns(self) -> int:
+        """Answer DNS (UDP) for the zones from the records, as Cloudflare's nameservers would;
+        returns the port."""
+        import socket
+        import threading
+
+        import dns.message
+        import dns.rcode
+        import dns.rdatatype
+        import dns.rrset
+
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(("127.0.0.1", 0))
+        self._dns_sock = sock
+
+        def serve() -> None:
+            while True:
+                try:
+                    data, addr = sock.recvfrom(4096)
+                except OSError:
+                    return
+                try:
+                    q = dns.message.from_wire(data)
+                except Exception:
+                    continue
+                r = dns.message.make_response(q)
+                qn = q.question[0].name.to_text().rstrip(".").lower()
+                qt = dns.rdatatype.to_text(q.question[0].rdtype)
+                with self.lock:
+                    hits = [x for x in self.records.values() if x["name"] == qn and x["type"] == qt]
+                if hits:
+                    texts = [(f'"{h["content"]}"' if qt == "TXT" and not h["content"].startswith('"') else h["content"]) for h in hits]
+                    r.answer.append(dns.rrset.from_text_list(q.question[0].name, 60, "IN", qt, texts))
+                elif not any(qn == z or qn.endswith("." + z) for z in self.zones.values()):
+                    r.set_rcode(dns.rcode.REFUSED)
+                sock.sendto(r.to_wire(), addr)
+
+        threading.Thread(target=serve, daemon=True).start()
+        return sock.getsockname()[1]
+
+    def __exit__(self, *exc: Any) -> None:
+        if getattr(self, "_dns_sock", None) is not None:
+            self._dns_sock.close()
+        super().__exit__(*exc)
+
     def zone_id(self, name: str) -> str:
         return next(k for k, v in self.zones.items() if v == name)
 

@@ -290,7 +290,7 @@ def run(
         try:
             first = follower.first()
         except Exception as e:
-            _fail(f"{paths[0]}: {e}", 1)
+            _fail(f"{follower.source.safe_url}: {e}", 1)
             return
         paths = [str(first)] + list(paths[1:])
     inputs = _inputs([Path(p) for p in paths], set_, vars_, namespace, no_substitute, False, endpoints, mode, merge_gateways)
@@ -472,8 +472,11 @@ def _git_follower(url: str, ref: str, path: str, interval: str, state: Optional[
         _fail(str(e))
         raise
     read = lambda p: p.read_text().strip() if p else ""  # noqa: E731
-    auth = Auth(ssh_key=ssh_key, known_hosts=known_hosts, username=username,
-                password=read(password_file) or os.environ.get("GIT_PASSWORD", ""),
+    from homeplane.sources.git import split_credentials
+
+    url, url_user, url_password = split_credentials(url)  # user:password@ in the URL: out of git's argv
+    auth = Auth(ssh_key=ssh_key, known_hosts=known_hosts, username=username or url_user,
+                password=read(password_file) or os.environ.get("GIT_PASSWORD", "") or url_password,
                 bearer_token=read(token_file) or os.environ.get("GIT_TOKEN", ""))
     import hashlib
 

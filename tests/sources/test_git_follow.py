@@ -172,6 +172,16 @@ def test_refs_and_semver():
     assert semver_match((1, 2, 9), "~1.2") and not semver_match((1, 3, 0), "~1.2")
     assert semver_match((1, 9, 0), "^1.2.0") and not semver_match((2, 0, 0), "^1.2.0")
     assert semver_match((3, 1, 0), "1.x || 3.1.x") and not semver_match((2, 0, 0), "1.x || 3.1.x")
+    # Masterminds' rules, as Flux applies them: missing parts are wildcards, carets at 0.x
+    table = [("^0", (0, 5, 0), True), ("^0.0", (0, 0, 7), True), ("^0.0", (0, 1, 0), False), (">1", (1, 0, 1), False),
+             (">1", (2, 0, 0), True), (">1.2", (1, 2, 5), False), ("<=1.2", (1, 2, 5), True), ("!=1.2", (1, 2, 5), False),
+             (">= 1.0.0", (1, 0, 0), True), ("1.2 - 1.4.5", (1, 4, 5), True), ("1.2 - 1.4.5", (1, 4, 6), False),
+             ("~>1.2", (1, 2, 9), True), ("1.X", (1, 9, 9), True), ("^0.2.3", (0, 3, 0), False), ("^0.0.3", (0, 0, 4), False),
+             ("<=2.x", (3, 0, 0), False), ("*", (0, 0, 1), True)]
+    assert [c for c, v, want in table if semver_match(v, c) != want] == []
+    for bad in ("semver:", "tag:", "commit:", "commit:refs/remotes/origin/main"):
+        with pytest.raises(Exception):
+            GitRef.parse(bad)
 
 
 def test_tag_and_semver_refs_fetch_the_right_tree(remote, tmp_path):
@@ -231,3 +241,22 @@ def test_a_github_receiver_reconciles_at_once(remote, tmp_path):
         wait_for(lambda: hp.flux()["kustomization"]["lastAppliedRevision"] == f"main@sha1:{second}", timeout=10, what="webhook reconcile")
     finally:
         hp.stop()
+
+
+def test_the_export_is_the_tree_of_regular_files(remote, tmp_path):
+    """As Flux's artifact: symlinks (even to outside the tree) and .gitattributes export rules
+    play no part; a commit pinned after following the branch shallowly is fetched all the same."""
+    import os
+
+    from homeplane.sources.git import GitSource
+
+    first = remote.commit("initial")
+    os.symlink("/etc/passwd", remote.work / "kubernetes" / "passwd-link")
+    (remote.work / ".gitattributes").write_text("kubernetes/network/** export-ignore\n")
+    remote.commit("attributes and a link")
+    rev, tree = GitSource(remote.url, GitRef(branch="main"), tmp_path / "w").fetch()
+    assert not (tree / "kubernetes" / "passwd-link").exists()
+    assert sorted(p.name for p in (tree / "kubernetes" / "network").iterdir()) == sorted(
+        p.name for p in (remote.work / "kubernetes" / "network").iterdir())
+    rev, tree = GitSource(remote.url, GitRef(commit=first), tmp_path / "w").fetch()
+    assert rev == f"sha1:{first}" and not (tree / ".gitattributes").exists()

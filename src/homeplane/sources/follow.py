@@ -99,7 +99,10 @@ class GitFollower:
     async def once(self) -> None:
         protect = (self.served_dir,) if self.served_dir else ()
         try:
-            revision, tree = await asyncio.to_thread(self.source.fetch, protect)
+            try:
+                revision, tree = await asyncio.to_thread(self.source.fetch, protect)
+            except (OSError, ValueError) as e:  # anything else that goes wrong fetching is a failed fetch too
+                raise GitError(f"{type(e).__name__}: {e}") from None
         except GitError as e:
             self.failures += 1
             self.source_ready = {"type": "Ready", "status": "False", "reason": "GitOperationFailed", "message": str(e)}

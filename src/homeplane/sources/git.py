@@ -17,8 +17,6 @@ import os
 import re
 import shutil
 import subprocess
-import tarfile
-import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,7 +41,11 @@ class GitRef:
         if not sep:
             return cls(branch=text) if text else cls()
         if kind in ("branch", "tag", "semver", "commit"):
-            return cls(**{kind: value})
+            if not value.strip():
+                raise GitError(f"--ref {text!r}: the {kind} is empty")
+            if kind == "commit" and not re.fullmatch(r"[0-9a-f]{7,40}", value):
+                raise GitError(f"--ref {text!r}: a commit is its hexadecimal SHA-1")
+            return cls(**{kind: value.strip()})
         raise GitError(f"--ref {text!r}: expected BRANCH, branch:NAME, tag:NAME, semver:RANGE or commit:SHA")
 
     def __str__(self) -> str:
@@ -77,37 +79,90 @@ class Auth:
         return env
 
 
+def _redact(text: str) -> str:
+    return re.sub(r"//[^/@\s]*@", "//***@", text)
+
+
+def split_credentials(url: str) -> tuple[str, str, str]:
+    """(URL without user:password@, user, password): credentials in an https URL move into the
+    environment git reads (http.extraHeader), so they are in no process's arguments."""
+    from urllib.parse import unquote, urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not (parts.username or parts.password):
+        return url, "", ""
+    host = parts.hostname or ""
+    netloc = host + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc)), unquote(parts.username or ""), unquote(parts.password or "")
+
+
 def _semver(tag: str) -> tuple[int, int, int] | None:
-    m = re.fullmatch(r"v?(\d+)\.(\d+)\.(\d+)", tag)
-    return (int(m.group(1)), int(m.group(2)), int(m.group(3))) if m else None
+    """A release tag's version (``v1.2.3``, ``1.2``; pre-releases and builds are not releases)."""
+    m = re.fullmatch(r"v?(\d+)(?:\.(\d+))?(?:\.(\d+))?", tag)
+    return (int(m.group(1)), int(m.group(2) or 0), int(m.group(3) or 0)) if m else None
+
+
+_CONSTRAINT = re.compile(r"(=>|=<|>=|<=|!=|~>|>|<|=|~|\^)?\s*v?(\d+|[xX*])(?:\.(\d+|[xX*]))?(?:\.(\d+|[xX*]))?")
 
 
 def semver_match(version: tuple[int, int, int], constraint: str) -> bool:
-    """Masterminds-style ranges as Flux takes them: comparators (``>=1.0.0 <2.0.0``, commas and
-    spaces are AND, ``||`` is OR), ``~1.2`` (same minor), ``^1.2`` (same major), ``1.2.x``."""
-    def one(c: str) -> bool:
-        c = c.strip()
-        if not c or c in ("*", "x"):
-            return True
-        m = re.fullmatch(r"(>=|<=|>|<|=|!=|~|\^)?\s*v?(\d+|x|\*)(?:\.(\d+|x|\*))?(?:\.(\d+|x|\*))?", c)
-        if not m:
-            raise GitError(f"semver range {constraint!r}: cannot read {c!r}")
-        op = m.group(1) or "="
-        parts = [m.group(i) for i in (2, 3, 4)]
-        wild = next((i for i, p in enumerate(parts) if p is None or p in ("x", "*")), 3)
-        nums = tuple(int(p) if p and p not in ("x", "*") else 0 for p in parts)
-        if op == "=" and wild < 3:
-            return version[:wild] == nums[:wild]
+    """Masterminds semver constraints, as Flux evaluates ``spec.ref.semver``: comparators joined
+    by commas or spaces (AND) and ``||`` (OR), hyphen ranges ``1.2 - 1.4.5``, ``~``/``~>``, ``^``,
+    and wildcards ``x``/``X``/``*`` or missing parts (``>1`` means 2.0.0 or later, ``<=1.2`` any
+    1.2.x, ``^0.0`` below 0.1.0)."""
+    def one(op: str, parts: list[str | None]) -> bool:
+        wild = next((i for i, p in enumerate(parts) if p is None or p in ("x", "X", "*")), 3)
+        low = tuple(int(p) if i < wild else 0 for i, p in enumerate(parts))  # type: ignore[arg-type]
+        if wild == 0:
+            up = None  # no upper bound
+        else:
+            b = list(low[:wild])
+            b[-1] += 1
+            up = tuple(b + [0] * (3 - len(b)))
+        within = low <= version and (up is None or version < up)
+        op = {"=>": ">=", "=<": "<=", "~>": "~"}.get(op, op or "=")
+        if op == "=":
+            return version == low if wild == 3 else within
+        if op == "!=":
+            return not (version == low if wild == 3 else within)
+        if op == ">":
+            return version > low if wild == 3 else (up is not None and version >= up)
+        if op == ">=":
+            return version >= low
+        if op == "<":
+            return version < low
+        if op == "<=":
+            return version <= low if wild == 3 else (up is None or version < up)
         if op == "~":
-            return version >= nums and version[:2 if wild > 1 else 1] == nums[:2 if wild > 1 else 1]
-        if op == "^":
-            head = next((i for i, n in enumerate(nums) if n), 2)
-            return version >= nums and version[:head + 1] == nums[:head + 1]
-        return {"=": version == nums, "!=": version != nums, ">": version > nums, ">=": version >= nums,
-                "<": version < nums, "<=": version <= nums}[op]
+            top = (low[0] + 1, 0, 0) if wild <= 1 else (low[0], low[1] + 1, 0)
+            return low <= version < top
+        # ^: the left-most non-zero part may not change
+        if low[0] > 0 or wild <= 1:
+            top = (low[0] + 1, 0, 0)
+        elif low[1] > 0 or wild == 2:
+            top = (0, low[1] + 1, 0)
+        else:
+            top = (0, 0, low[2] + 1)
+        return low <= version < top
 
-    return any(all(one(c) for c in re.split(r"[,\s]+(?=[<>=!~^\dv])", alt.strip()) if c.strip())
-               for alt in constraint.split("||"))
+    def conj(text: str) -> bool:
+        text = re.sub(r"(\S+)\s+-\s+(\S+)", r">=\1, <=\2", text.strip())  # hyphen range
+        pos, ok, seen = 0, True, False
+        while pos < len(text):
+            if text[pos] in " ,":
+                pos += 1
+                continue
+            m = _CONSTRAINT.match(text, pos)
+            if not m or m.end() == pos:
+                raise GitError(f"semver range {constraint!r}: cannot read {text[pos:]!r}")
+            ok = ok and one(m.group(1) or "", [m.group(2), m.group(3), m.group(4)])
+            seen = True
+            pos = m.end()
+        if not seen:
+            raise GitError(f"semver range {constraint!r} is empty")
+        return ok
+
+    return any(conj(alt) for alt in constraint.split("||"))
 
 
 class GitSource:
@@ -119,20 +174,27 @@ class GitSource:
         self.timeout = timeout
         self.repo = workdir / "repo.git"
 
-    def _git(self, *args: str, cwd: Path | None = None, binary: bool = False) -> str | bytes:
+    def _git(self, *args: str, cwd: Path | None = None, binary: bool = False, stdin: bytes | None = None) -> str | bytes:
         env = {**os.environ, **self.auth.env()}
+        # its own process group, so a timeout also stops git's remote helpers (and ssh)
+        p = subprocess.Popen(["git", "-c", "http.lowSpeedLimit=1000", "-c", "http.lowSpeedTime=30", *args], cwd=cwd or self.repo,
+                             env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
         try:
-            p = subprocess.run(["git", *args], cwd=cwd or self.repo, env=env, capture_output=True, timeout=self.timeout)
+            out, err_b = p.communicate(stdin, timeout=self.timeout)
         except subprocess.TimeoutExpired:
+            import signal
+
+            os.killpg(p.pid, signal.SIGKILL)
+            p.communicate()
             raise GitError(f"git {args[0]}: no answer from {self.safe_url} in {self.timeout:.0f} s") from None
         if p.returncode != 0:
-            err = p.stderr.decode(errors="replace").strip().splitlines()
+            err = _redact(err_b.decode(errors="replace")).strip().splitlines()
             raise GitError(f"git {args[0]} {self.safe_url}: {err[-1] if err else 'failed'}")
-        return p.stdout if binary else p.stdout.decode()
+        return out if binary else out.decode()
 
     @property
     def safe_url(self) -> str:
-        return re.sub(r"//[^/@]*@", "//***@", self.url)
+        return _redact(self.url)
 
     def _init(self) -> None:
         if not (self.repo / "HEAD").exists():
@@ -175,7 +237,11 @@ class GitSource:
         self._init()
         ref, name = self.resolve()
         if self.ref.commit:
-            self._git("fetch", "-q", "--no-tags", self.url, "+refs/heads/*:refs/remotes/origin/*")
+            try:  # the commit itself, shallow (servers allow it for full SHAs)
+                self._git("fetch", "-q", "--no-tags", "--depth", "1", self.url, self.ref.commit)
+            except GitError:  # an abbreviated SHA: the history, unshallowed if an earlier fetch was shallow
+                deepen = ["--unshallow"] if (self.repo / "shallow").exists() else []
+                self._git("fetch", "-q", "--no-tags", *deepen, self.url, "+refs/heads/*:refs/remotes/origin/*")
             sha = str(self._git("rev-parse", "--verify", f"{self.ref.commit}^{{commit}}")).strip()
         else:
             self._git("fetch", "-q", "--no-tags", "--depth", "1", "--force", self.url, f"+{ref}:refs/homeplane/fetched")
@@ -185,14 +251,45 @@ class GitSource:
         if not out.exists():
             tmp = out.with_name(sha + ".tmp")
             shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-            data = self._git("archive", "--format=tar", sha, binary=True)
-            with tarfile.open(fileobj=io.BytesIO(data)) as tar:  # type: ignore[arg-type]
-                tar.extractall(tmp, filter="data")
-            tmp.rename(out)
+            try:
+                self._export(sha, tmp)
+                tmp.rename(out)
+            except OSError as e:
+                raise GitError(f"revision {sha[:12]}: cannot write its tree: {e}") from None
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
         os.utime(out)
         self._prune(keep=(out, *protect))
         return revision, out
+
+    def _export(self, sha: str, dest: Path) -> None:
+        """The revision's regular files, byte for byte, as Flux's artifact holds them: symlinks,
+        submodules and ``.gitattributes`` export rules play no part."""
+        listing = bytes(self._git("ls-tree", "-r", "-z", "--full-tree", sha, binary=True))
+        blobs: list[tuple[str, str, str]] = []
+        for entry in listing.split(b"\0"):
+            if not entry:
+                continue
+            meta, _, path = entry.partition(b"\t")
+            mode, kind, obj = meta.decode().split()
+            name = path.decode(errors="replace")
+            parts = Path(name).parts
+            if kind != "blob" or mode not in ("100644", "100755") or ".." in parts or Path(name).is_absolute():
+                continue
+            blobs.append((mode, obj, name))
+        data = bytes(self._git("cat-file", "--batch", binary=True, stdin="".join(f"{o}\n" for _, o, _ in blobs).encode()))
+        pos = 0
+        dest.mkdir(parents=True)
+        for mode, obj, name in blobs:
+            header_end = data.index(b"\n", pos)
+            size = int(data[pos:header_end].split()[2])
+            content = data[header_end + 1:header_end + 1 + size]
+            pos = header_end + 1 + size + 1
+            target = dest / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(content)
+            if mode == "100755":
+                target.chmod(0o755)
 
     def _prune(self, keep: tuple[Path, ...]) -> None:
         """Old revisions go; the newest ones and those in use (the one served) stay."""

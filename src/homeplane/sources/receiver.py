@@ -66,7 +66,8 @@ def receivers(objects: list[Any], variables: Mapping[str, str] | None = None,
 def _hmac_ok(token: str, body: bytes, signature: str) -> bool:
     algo, _, digest = signature.partition("=")
     fn = {"sha1": hashlib.sha1, "sha256": hashlib.sha256, "sha512": hashlib.sha512}.get(algo.lower())
-    return fn is not None and hmac.compare_digest(hmac.new(token.encode(), body, fn).hexdigest(), digest.strip().lower())
+    return fn is not None and hmac.compare_digest(hmac.new(token.encode(), body, fn).hexdigest().encode(),
+                                                  digest.strip().lower().encode(errors="replace"))
 
 
 def verify(r: Receiver, headers: Mapping[str, str], body: bytes) -> tuple[int, bool, str]:
@@ -85,7 +86,7 @@ def verify(r: Receiver, headers: Mapping[str, str], body: bytes) -> tuple[int, b
         if r.events and event not in r.events:
             return 400, False, f"event {event!r} is not among {list(r.events)}"
     elif r.type == "gitlab":
-        if not hmac.compare_digest(h.get("x-gitlab-token", ""), r.token):
+        if not hmac.compare_digest(h.get("x-gitlab-token", "").encode(errors="replace"), r.token.encode()):
             return 401, False, "the X-Gitlab-Token does not match"
         event = h.get("x-gitlab-event", "")
         if r.events and event not in r.events:

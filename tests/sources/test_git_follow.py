@@ -236,6 +236,9 @@ def test_a_github_receiver_reconciles_at_once(remote, tmp_path):
         assert httpx.post(url + path, content=body, headers={"X-Hub-Signature-256": sign(b"wrong"), "X-GitHub-Event": "push"}).status_code == 401
         assert httpx.post(url + path, content=body, headers={"X-Hub-Signature-256": sign(b"s3cret"), "X-GitHub-Event": "ping"}).text == "pong\n"
         assert hp.flux()["kustomization"]["lastAppliedRevision"] != f"main@sha1:{second}"
+        served = httpx.get(hp.url + "/status").json()["runtime"]["receivers"]["served"]
+        assert served == [{"name": "flux-system/flux-system", "type": "github", "webhookPath": path}]
+        assert "s3cret" not in httpx.get(hp.url + "/status").text
         r = httpx.post(url + path, content=body, headers={"X-Hub-Signature-256": sign(b"s3cret"), "X-GitHub-Event": "push"})
         assert r.status_code == 200
         wait_for(lambda: hp.flux()["kustomization"]["lastAppliedRevision"] == f"main@sha1:{second}", timeout=10, what="webhook reconcile")

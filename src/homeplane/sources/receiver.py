@@ -127,5 +127,6 @@ def attach(rt: Any, follower: Any, address: str, variables: Mapping[str, str] | 
 
     rt.on_start.append(start)
     rt.on_stop.append(server.close)
-    rt.status_extras["receivers"] = lambda: {"address": f"{server.host}:{server.port}",
-                                             "served": [f"{r.namespace}/{r.name} ({r.type})" for r in current()]}
+    # the webhook path is what Flux shows as status.webhookPath (a hash: the token stays secret)
+    rt.status_extras["receivers"] = lambda: {"address": f"{server.host}:{server.port}", "served": [
+        {"name": f"{r.namespace}/{r.name}", "type": r.type, "webhookPath": r.path} for r in current()]}

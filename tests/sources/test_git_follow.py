@@ -263,3 +263,24 @@ def test_the_export_is_the_tree_of_regular_files(remote, tmp_path):
         p.name for p in (remote.work / "kubernetes" / "network").iterdir())
     rev, tree = GitSource(remote.url, GitRef(commit=first), tmp_path / "w").fetch()
     assert rev == f"sha1:{first}" and not (tree / ".gitattributes").exists()
+
+
+def test_receiver_verification_with_hostile_headers():
+    """Attacker's input: missing, malformed, non-ASCII and doubly-encoded signatures never pass and
+    never raise."""
+    import hashlib
+    import hmac
+
+    from homeplane.sources.receiver import Receiver, verify
+
+    gh = Receiver("flux-system", "r", "github", ("push",), "tok", True)
+    body = b'{"a": 1}'
+    good = "sha256=" + hmac.new(b"tok", body, hashlib.sha256).hexdigest()
+    assert verify(gh, {"X-Hub-Signature-256": good, "X-GitHub-Event": "push"}, body)[:2] == (200, True)
+    for sig in ("", "sha256=", "sha256=é" * 10, "md5=" + "0" * 32, "sha256=" + good, good + "\x00"):
+        assert verify(gh, {"X-Hub-Signature-256": sig, "X-GitHub-Event": "push"}, body)[0] == 401, sig
+    assert verify(gh, {"X-Hub-Signature-256": good.upper(), "X-GitHub-Event": "push"}, body)[0] == 200  # hex either case, as go-github
+    assert verify(gh, {"X-Hub-Signature-256": good, "X-GitHub-Event": "delete"}, body)[0] == 400
+    gl = Receiver("flux-system", "r", "gitlab", (), "tok", True)
+    assert verify(gl, {"X-Gitlab-Token": "tök"}, body)[0] == 401 and verify(gl, {}, body)[0] == 401
+    assert verify(gl, {"x-gitlab-token": "tok"}, body)[:2] == (200, True)

@@ -9,7 +9,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import typer
 
@@ -41,6 +41,8 @@ MergeOpt = typer.Option(
     False, "--merge-gateways", help="Envoy Gateway's merged gateways for every class: Gateways share one address, "
     "listeners on a port told apart by hostname/SNI (as EnvoyProxy mergeGateways: true does for its class)."
 )
+AgeKeyOpt = typer.Option([], "--age-key", help="An age key file for SOPS-encrypted files (repeatable; "
+                         "also $SOPS_AGE_KEY_FILE, $SOPS_AGE_KEY).")
 LogLevelOpt = typer.Option("warning", "--log-level", help="debug shows tracebacks of internal errors too.")
 
 
@@ -67,13 +69,17 @@ def _inputs(
     endpoints: Path | None = None,
     mode: str = "auto",
     merge_gateways: bool = False,
+    age_keys: Sequence[Path] = (),
 ) -> Inputs:
+    from homeplane.importer.sops import Decryptor, KeyFileError, user_identities
+
     variables: dict[str, str] = {}
     try:
+        identities = user_identities(list(age_keys))
         for f in vars_:
-            variables.update(load_vars_file(Path(f)))
+            variables.update(load_vars_file(Path(f), Decryptor(identities)))
         variables.update(parse_set(set_))
-    except VariablesError as e:
+    except (VariablesError, KeyFileError) as e:
         _fail(str(e))
     for p in paths:
         if not Path(p).exists():
@@ -92,6 +98,7 @@ def _inputs(
         mode=mode,
         endpoints=Path(endpoints) if endpoints else None,
         translate=TranslateOptions(merge_gateways=merge_gateways),
+        age_identities=tuple(identities),
     )
 
 
@@ -108,6 +115,7 @@ def check(
     mode: str = ModeOpt,
     log_level: str = LogLevelOpt,
     merge_gateways: bool = MergeOpt,
+    age_key: list[Path] = AgeKeyOpt,
 ) -> None:
     """Load manifests, resolve references and print what would be served, with every problem found.
 
@@ -116,7 +124,7 @@ def check(
     _logging(log_level)
     if output not in ("text", "json"):
         _fail("--output must be text or json")
-    result = run_pipeline(_inputs(paths, set_, vars_, namespace, no_substitute, strict, endpoints, mode, merge_gateways))
+    result = run_pipeline(_inputs(paths, set_, vars_, namespace, no_substitute, strict, endpoints, mode, merge_gateways, age_key))
     if output == "json":
         typer.echo(json.dumps(result.report, indent=2, default=str))
     else:
@@ -139,6 +147,7 @@ def get(
     mode: str = ModeOpt,
     log_level: str = LogLevelOpt,
     merge_gateways: bool = MergeOpt,
+    age_key: list[Path] = AgeKeyOpt,
     state: Optional[Path] = typer.Option(None, "--state", help="The state store `run` uses (certificates: READY and dates); "
                                          "default as for run."),
 ) -> None:
@@ -149,7 +158,7 @@ def get(
         known = ", ".join(sorted(k.kind for k in registry.SERVED_KINDS))
         _fail(f"unknown kind {kind!r}; served kinds: {known}")
     assert info is not None
-    result = run_pipeline(_inputs(path, set_, vars_, namespace, no_substitute, False, endpoints, mode, merge_gateways))
+    result = run_pipeline(_inputs(path, set_, vars_, namespace, no_substitute, False, endpoints, mode, merge_gateways, age_key))
     objs = [
         o
         for o in result.load.objects
@@ -164,6 +173,8 @@ def get(
         docs = []
         for o in objs:
             d = dict(o.raw)
+            if info.kind == "Secret":  # values (perhaps decrypted from SOPS) are never printed
+                d = _redacted_secret(d)
             if o.key in status:
                 d["status"] = status[o.key]
             docs.append(d)
@@ -186,6 +197,14 @@ def get(
     typer.echo(table(rows, headers))
 
 
+def _redacted_secret(d: dict[str, Any]) -> dict[str, Any]:
+    d = dict(d)
+    for field in ("data", "stringData"):
+        if isinstance(d.get(field), dict):
+            d[field] = {k: "(redacted)" for k in d[field]}
+    return d
+
+
 GIT_URL = ("https://", "http://", "ssh://", "git://", "file://")
 
 
@@ -206,6 +225,7 @@ def run(
     endpoints: Optional[Path] = EndpointsOpt,
     mode: str = ModeOpt,
     merge_gateways: bool = MergeOpt,
+    age_key: list[Path] = AgeKeyOpt,
     admin: str = typer.Option("127.0.0.1:9901", "--admin", help="Admin endpoint address (host:port; port 0 picks one)."),
     state: Optional[Path] = typer.Option(
         None, "--state", help="State store file (SQLite). Default: $XDG_STATE_HOME/homeplane/state.db"
@@ -293,7 +313,7 @@ def run(
             _fail(f"{follower.source.safe_url}: {e}", 1)
             return
         paths = [str(first)] + list(paths[1:])
-    inputs = _inputs([Path(p) for p in paths], set_, vars_, namespace, no_substitute, False, endpoints, mode, merge_gateways)
+    inputs = _inputs([Path(p) for p in paths], set_, vars_, namespace, no_substitute, False, endpoints, mode, merge_gateways, age_key)
     try:
         import ipaddress
 

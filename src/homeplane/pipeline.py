@@ -13,6 +13,7 @@ from homeplane.api.models.envoy import gateway_service_key
 from homeplane.api.models.gateway import Gateway
 from homeplane.importer.endpoints import endpoint_slices
 from homeplane.importer.repo import is_flux_repo, load_repo
+from homeplane.importer.sops import Decryptor
 from homeplane.ipam.binding import BindingOptions, Bindings
 from homeplane.ipam.binding import plan as plan_bindings
 from homeplane.ipam.clusterip import DEFAULT_SERVICE_CIDR, ServiceRequest, allocate_cluster_ips
@@ -38,6 +39,8 @@ class Inputs:
     service_cidr: str = DEFAULT_SERVICE_CIDR
     # where Gateways listen on this machine: decided only when serving (None for check/get)
     bindings: BindingOptions | None = None
+    # age identities for SOPS-encrypted files (secret: never printed)
+    age_identities: tuple[str, ...] = field(default=(), repr=False)
 
 
 @dataclass
@@ -161,7 +164,8 @@ def _load(inputs: Inputs) -> LoadResult:
     first = inputs.paths[0] if inputs.paths and inputs.paths[0].is_dir() else None
     if inputs.mode == "flux" or (inputs.mode == "auto" and first is not None and is_flux_repo(first)):
         assert first is not None, "a Flux repository is a folder"
-        load = load_repo(first, dict(inputs.variables or {}), inputs.endpoints, inputs.default_namespace)
+        load = load_repo(first, dict(inputs.variables or {}), inputs.endpoints, inputs.default_namespace,
+                         Decryptor(inputs.age_identities))
         extra = inputs.paths[1:]
         if extra:
             more = load_paths(extra, LoadOptions(

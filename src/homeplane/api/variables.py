@@ -3,7 +3,7 @@
 A vars file is either dotenv text (``NAME=value`` lines, ``#`` comments,
 optional ``export`` and quotes) or YAML holding a Kubernetes Secret or
 ConfigMap such as the ``cluster-secrets`` Secret of a Flux repo (``stringData``
-and base64 ``data`` are both read).
+and base64 ``data`` are both read) — SOPS-encrypted too, given an age key.
 """
 
 from __future__ import annotations
@@ -11,9 +11,13 @@ from __future__ import annotations
 import base64
 import binascii
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from homeplane.api.substitute import VAR_NAME_RE
 from homeplane.api.yamlio import YamlSyntaxError, parse_chunk, split_documents
+
+if TYPE_CHECKING:
+    from homeplane.importer.sops import Decryptor
 
 
 class VariablesError(ValueError):
@@ -36,13 +40,13 @@ def _check_name(name: str, where: str) -> None:
         raise VariablesError(f"{where}: variable name {name!r} is invalid, it must match {VAR_NAME_RE.pattern}")
 
 
-def load_vars_file(path: Path) -> dict[str, str]:
+def load_vars_file(path: Path, decryptor: Decryptor | None = None) -> dict[str, str]:
     try:
         text = path.read_text(encoding="utf-8-sig")
     except OSError as e:
         raise VariablesError(f"{path}: cannot read: {e.strerror}") from None
     if _looks_like_k8s_yaml(text):
-        return _from_k8s_yaml(text, str(path))
+        return _from_k8s_yaml(text, str(path), decryptor)
     return parse_dotenv(text, str(path))
 
 
@@ -50,7 +54,7 @@ def _looks_like_k8s_yaml(text: str) -> bool:
     return any(line.startswith(("apiVersion:", "kind:")) for line in text.splitlines())
 
 
-def _from_k8s_yaml(text: str, where: str) -> dict[str, str]:
+def _from_k8s_yaml(text: str, where: str, decryptor: Decryptor | None = None) -> dict[str, str]:
     out: dict[str, str] = {}
     for chunk in split_documents(text):
         try:
@@ -60,6 +64,13 @@ def _from_k8s_yaml(text: str, where: str) -> dict[str, str]:
         data = doc.data if doc else None
         if not isinstance(data, dict) or data.get("kind") not in ("Secret", "ConfigMap"):
             continue
+        if isinstance(data.get("sops"), dict):
+            from homeplane.importer.sops import DecryptError, Decryptor
+
+            try:
+                data = (decryptor or Decryptor(())).decrypt(data, chunk.text)
+            except DecryptError as e:
+                raise VariablesError(f"{where}: SOPS-encrypted, cannot decrypt: {e}") from None
         for key, value in (data.get("data") or {}).items():
             if data["kind"] == "Secret":
                 try:

@@ -14,6 +14,8 @@ class Doc:
     document: int = 0
     line: int = 1
     positions: dict[tuple, int] = field(default_factory=dict)
+    # the document as written in its file, kept for SOPS-encrypted ones (sops checks it whole)
+    text: str | None = field(default=None, repr=False, compare=False)
 
     @property
     def kind(self) -> str:
@@ -45,7 +47,7 @@ class Doc:
         return str(ns) if ns else None
 
     def copy(self) -> "Doc":
-        return Doc(copy.deepcopy(self.data), self.file, self.document, self.line, self.positions)
+        return Doc(copy.deepcopy(self.data), self.file, self.document, self.line, self.positions, self.text)
 
 
 def is_flux_kustomization(d: Doc) -> bool:

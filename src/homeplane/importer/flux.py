@@ -6,7 +6,10 @@ Each Flux Kustomization builds ``spec.path`` (from the repository root) with its
 substitution with, lowest first: the user's ``--vars``/``--set``, the
 ConfigMaps/Secrets named in ``substituteFrom`` (found in the repository;
 SOPS-encrypted values are skipped, since the user's variables stand in for
-them), and ``postBuild.substitute``. Flux Kustomizations produced by a build
+them), and ``postBuild.substitute``. SOPS-encrypted objects are decrypted first, as Flux does,
+in Kustomizations with ``spec.decryption.provider: sops`` and with the user's age keys plus the
+ones of the Secret ``spec.decryption.secretRef`` names (see :mod:`homeplane.importer.sops`);
+an encrypted ``substituteFrom`` Secret is decrypted with the same keys. Flux Kustomizations produced by a build
 (the per-app ``ks.yaml`` files) are processed in turn. ``dependsOn`` is checked
 for missing references and cycles; ``prune``, ``wait``, ``interval`` and health
 checks are accepted and have no effect here.
@@ -29,6 +32,7 @@ from homeplane.api.yamlio import YamlSyntaxError, dump, load
 from homeplane.importer.docs import Doc, is_flux_kustomization
 from homeplane.importer.kustomize import Builder
 from homeplane.importer.shapes import conform_flux
+from homeplane.importer.sops import DecryptError, Decryptor, identities_from_secret, is_encrypted, merge_plaintext
 
 
 @dataclass
@@ -75,16 +79,16 @@ def substitute_doc(d: Doc, variables: dict[str, str], diags: Diagnostics, owner:
         d.data = data
 
 
-def _secret_values(d: Doc) -> dict[str, str]:
-    return secret_values(d.data, d.kind)
-
-
 class FluxProcessor:
-    def __init__(self, root: Path, builder: Builder, user_vars: dict[str, str], diags: Diagnostics, sources: list[Doc]):
+    def __init__(self, root: Path, builder: Builder, user_vars: dict[str, str], diags: Diagnostics, sources: list[Doc],
+                 decryptor: Decryptor | None = None):
         self.root = root
         self.builder = builder
         self.user_vars = user_vars
         self.diags = diags
+        self.decryptor = decryptor or Decryptor(())
+        self.undecrypted: list[Doc] = []  # encrypted objects left as they are: no key given
+        self._failed: set[tuple[str, int]] = set()
         # ConfigMaps/Secrets anywhere in the repo, for substituteFrom (by name; namespace when known)
         self.sources = [d for d in sources if d.kind in ("ConfigMap", "Secret") and not d.group]
 
@@ -103,8 +107,58 @@ class FluxProcessor:
                         file=ks.file, line=ks.line, code="SubstituteFromMissing",
                     )
                 continue
-            out.update(_secret_values(found[0]))
+            src = found[0]
+            if is_encrypted(src.data):  # in a cluster, Flux reads it decrypted
+                src = self._decrypted(src, self.decryptor.with_identities(self._decryption_keys(ks)))
+            out.update(secret_values(src.data, src.kind))
         return out
+
+    def _decryption_keys(self, ks: Doc) -> list[str]:
+        """Age identities of the Secret ``spec.decryption.secretRef`` names, when the repository
+        holds it in the clear (usually it is created by hand at bootstrap and is not there)."""
+        ref = ((ks.data.get("spec") or {}).get("decryption") or {}).get("secretRef") or {}
+        name = ref.get("name") if isinstance(ref, dict) else None
+        if not name:
+            return []
+        for d in self.sources:
+            if d.kind == "Secret" and d.name == name and d.namespace in (ks.namespace or "flux-system", None) and not is_encrypted(d.data):
+                return identities_from_secret(secret_values(d.data, "Secret"))
+        return []
+
+    def _decrypted(self, d: Doc, decryptor: Decryptor) -> Doc:
+        """``d`` with its values decrypted; left encrypted (values from --set) when no key is
+        given at all, and an error naming the file when the keys given cannot open it."""
+        if not decryptor:
+            self.undecrypted.append(d)
+            return d
+        try:
+            plain = decryptor.decrypt(d.data, d.text)
+        except DecryptError as e:
+            if (d.file, d.document) not in self._failed:
+                self._failed.add((d.file, d.document))
+                self.diags.error(f"{d.kind} {d.name}: cannot decrypt with sops: {e}", file=d.file, line=d.line,
+                                 document=d.document, kind=d.kind, name=d.name, code="DecryptionFailed")
+            return d
+        out = d.copy()
+        out.data = merge_plaintext(d.data, plain)
+        out.text = None
+        return out
+
+    def _decrypt(self, ks: Doc, owner: str, docs: list[Doc]) -> list[Doc]:
+        encrypted = [x for x in docs if is_encrypted(x.data)]
+        if not encrypted:
+            return docs
+        decryption = (ks.data.get("spec") or {}).get("decryption") or {}
+        if decryption.get("provider") != "sops":
+            first = encrypted[0]
+            self.diags.warning(
+                f"Kustomization {owner} builds {len(encrypted)} SOPS-encrypted object(s) ({first.kind} {first.name} in {first.file}) "
+                "but has no spec.decryption with provider sops: Flux applies them encrypted, so they are not decrypted here",
+                file=ks.file, line=ks.line, code="DecryptionNotConfigured",
+            )
+            return docs
+        decryptor = self.decryptor.with_identities(self._decryption_keys(ks))
+        return [self._decrypted(x, decryptor) if is_encrypted(x.data) else x for x in docs]
 
     def run(self, roots: list[Doc]) -> FluxResult:
         result = FluxResult()
@@ -154,6 +208,7 @@ class FluxProcessor:
         if meta.get("annotations"):
             wrapper["commonAnnotations"] = meta["annotations"]
         docs = self.builder._transform(Doc(wrapper, ks.file, ks.document, ks.line), d, docs)
+        docs = self._decrypt(ks, owner, docs)
         post = spec.get("postBuild")
         if post is not None:
             variables = dict(self.user_vars)

@@ -127,7 +127,8 @@ class Builder:
             if doc.data.get("kind") == "List" and isinstance(doc.data.get("items"), list):
                 out += [Doc(i, name, chunk.index, doc.line) for i in doc.data["items"] if isinstance(i, dict)]
                 continue
-            out.append(Doc(doc.data, name, chunk.index, doc.line, doc.positions))
+            out.append(Doc(doc.data, name, chunk.index, doc.line, doc.positions,
+                           chunk.text if isinstance(doc.data.get("sops"), dict) else None))
         return out
 
     def kustomization_file(self, d: Path) -> Path | None:

@@ -15,6 +15,7 @@ from homeplane.importer.endpoints import endpoint_slices
 from homeplane.importer.flux import FluxProcessor
 from homeplane.importer.helm import merge_values, parse_values
 from homeplane.importer.kustomize import Builder
+from homeplane.importer.sops import Decryptor
 
 FLUX_MARKER = "kustomize.toolkit.fluxcd.io"
 RENDERED_FROM = "homeplane.dev/rendered-from"
@@ -54,7 +55,8 @@ def _find_root(path: Path, files: list[Path]) -> Path:
     return best
 
 
-def load_repo(path: Path, variables: dict[str, str], endpoints: Path | None = None, default_namespace: str = "default") -> LoadResult:
+def load_repo(path: Path, variables: dict[str, str], endpoints: Path | None = None, default_namespace: str = "default",
+              decryptor: Decryptor | None = None) -> LoadResult:
     started = time.monotonic()
     result = LoadResult()
     diags = result.diagnostics
@@ -85,7 +87,15 @@ def load_repo(path: Path, variables: dict[str, str], endpoints: Path | None = No
     if not roots:
         diags.error(f"no Flux Kustomization found under {path}", file=str(path), code="NoFluxRoot")
     result.files = [builder.rel(f) for f in files]
-    flux = FluxProcessor(root, builder, variables, diags, scanned).run(roots)
+    processor = FluxProcessor(root, builder, variables, diags, scanned, decryptor)
+    flux = processor.run(roots)
+    if processor.undecrypted:
+        names = sorted({d.file for d in processor.undecrypted})
+        diags.info(
+            f"{len(names)} SOPS-encrypted file(s) left encrypted, no age key given (--age-key FILE or $SOPS_AGE_KEY_FILE); "
+            f"their values are expected from --set/--vars: {', '.join(names[:5])}{' …' if len(names) > 5 else ''}",
+            code="NotDecrypted",
+        )
     objects = flux.objects + list(flux.kustomizations.values())
     objects += _render_helm_releases(flux.objects, diags)
     if endpoints is not None:

@@ -150,9 +150,17 @@ def get(
     age_key: list[Path] = AgeKeyOpt,
     state: Optional[Path] = typer.Option(None, "--state", help="The state store `run` uses (certificates: READY and dates); "
                                          "default as for run."),
+    admin: str = typer.Option("127.0.0.1:9901", "--admin", help="gitrepositories, kustomizations: the running homeplane to ask."),
 ) -> None:
-    """Show objects like `kubectl get`, with the status conditions homeplane computed."""
+    """Show objects like `kubectl get`, with the status conditions homeplane computed.
+
+    `gitrepositories` and `kustomizations` (`ks`) show Flux's view, like `flux get sources git`
+    and `flux get ks`: from the running homeplane at --admin, else (Kustomizations) from the files."""
     _logging(log_level)
+    if kind.lower() in FLUX_KINDS:
+        _get_flux(FLUX_KINDS[kind.lower()], name, admin, output,
+                  lambda: run_pipeline(_inputs(path, set_, vars_, namespace, no_substitute, False, endpoints, mode, False, age_key)))
+        return
     info = registry.resolve_kind_name(kind)
     if info is None:
         known = ", ".join(sorted(k.kind for k in registry.SERVED_KINDS))
@@ -195,6 +203,61 @@ def get(
         typer.echo(f"No {info.kind} found.", err=True)
         return
     typer.echo(table(rows, headers))
+
+
+FLUX_KINDS = {k: "GitRepository" for k in ("gitrepositories", "gitrepository", "gitrepos", "gitrepo")} | {
+    k: "Kustomization" for k in ("kustomizations", "kustomization", "ks")}
+
+
+def _get_flux(kind: str, name: Optional[str], admin: str, output: str, load: Any) -> None:
+    """Flux's GitRepository / Kustomizations as a running homeplane follows them (Kustomizations
+    also from the files when none runs: whether each one builds)."""
+    import urllib.request
+
+    from homeplane.sources.follow import kustomization_status
+
+    flux = None
+    try:
+        with urllib.request.urlopen(f"http://{admin}/status", timeout=5) as r:
+            flux = (json.loads(r.read()).get("runtime") or {}).get("flux")
+        running = True
+    except (OSError, ValueError):
+        running = False
+    if kind == "GitRepository":
+        if not flux:
+            _fail(f"{'the homeplane at ' + admin + ' is not following a Git repository' if running else 'no running homeplane at ' + admin}"
+                  " (homeplane run URL, or homeplane run ./clone --follow)", 1)
+        items = [flux["gitRepository"]]
+        revision = lambda i: (i.get("artifact") or {}).get("revision") or ""  # noqa: E731
+    else:
+        if flux:
+            items = flux.get("kustomizations") or [flux["kustomization"]]
+        else:
+            result = load()
+            items = kustomization_status(result.load.objects, [d.to_json() for d in result.load.diagnostics.errors], None, None)
+        revision = lambda i: i.get("lastAppliedRevision") or ""  # noqa: E731
+    if name is not None:
+        items = [i for i in items if i["name"].split("/", 1)[-1] == name or i["name"] == name]
+        if not items:
+            _fail(f"{kind} {name!r} not found", 1)
+    if output in ("json", "yaml"):
+        payload = items[0] if name is not None and len(items) == 1 else {"kind": f"{kind}List", "items": items}
+        if output == "json":
+            typer.echo(json.dumps(payload, indent=2, default=str))
+        else:
+            from homeplane.api.yamlio import dump
+
+            sys.stdout.write(dump(payload))
+        return
+    if output not in ("table", "wide"):
+        _fail("--output must be table, wide, yaml or json")
+    rows = []
+    for i in items:
+        ns, _, n = i["name"].partition("/")
+        cond = (i.get("conditions") or [{}])[0]
+        rows.append([ns, n, revision(i) or "-", "True" if i.get("suspended") else "False", cond.get("status", "Unknown"),
+                     cond.get("message", "")])
+    typer.echo(table(rows, ["NAMESPACE", "NAME", "REVISION", "SUSPENDED", "READY", "MESSAGE"]))
 
 
 def _redacted_secret(d: dict[str, Any]) -> dict[str, Any]:
@@ -278,9 +341,12 @@ def run(
         "(an instance without credentials reports so in /status and does nothing)."
     ),
     dns_webhook: list[str] = typer.Option([], "--dns-webhook", help="Drive a webhook provider: INSTANCE=http://HOST:PORT."),
-    ref: str = typer.Option("", "--ref", help="Git: BRANCH, tag:NAME, semver:RANGE or commit:SHA (default: the remote's HEAD)."),
+    ref: str = typer.Option("", "--ref", help="Git: BRANCH, tag:NAME, semver:RANGE, commit:SHA or refs/… (default: as the repo "
+                            "declares, else the remote's HEAD)."),
     git_path: str = typer.Option("", "--path", help="Git: the folder inside the repo (default kubernetes/ when present)."),
-    interval: str = typer.Option("1m", "--interval", help="Git: how often to fetch (Flux's default 1m)."),
+    interval: str = typer.Option("", "--interval", help="Git: how often to fetch (default: as the repo declares, else Flux's 1m)."),
+    follow: bool = typer.Option(False, "--follow", help="Git: PATH is a clone of the repo; follow the URL its own sync declaration "
+                                "names (FluxInstance, flux-instance values, or the flux-system GitRepository)."),
     git_ssh_key: Optional[Path] = typer.Option(None, "--git-ssh-key", help="Git over SSH: a deploy key file."),
     git_known_hosts: Optional[Path] = typer.Option(None, "--git-known-hosts", help="Git over SSH: known_hosts to verify the server."),
     git_username: str = typer.Option("", "--git-username", help="Git over HTTPS: basic-auth user (password: --git-password-file or $GIT_PASSWORD)."),
@@ -304,6 +370,17 @@ def run(
 
     _logging(log_level)
     follower = None
+    if follow:
+        from homeplane.sources.sync import find_sync
+
+        if not paths or _is_git_url(paths[0]) or not Path(paths[0]).is_dir():
+            _fail("--follow takes a folder: a clone of the repository whose sync declaration names the URL to follow")
+        declared = find_sync(Path(paths[0]))
+        if declared is None:
+            _fail(f"--follow: {paths[0]} declares no sync source (a FluxInstance with spec.sync, the flux-instance chart's "
+                  "values.instance.sync, or a GitRepository flux-system in flux-system)")
+        assert declared is not None
+        paths = [declared.url] + list(paths[1:])
     if paths and _is_git_url(paths[0]):
         follower = _git_follower(paths[0], ref, git_path, interval, state, git_ssh_key, git_known_hosts, git_username,
                                  git_password_file, git_token_file)
@@ -487,7 +564,7 @@ def _git_follower(url: str, ref: str, path: str, interval: str, state: Optional[
 
     try:
         git_ref = GitRef.parse(ref)
-        every = parse_duration(interval)
+        every = parse_duration(interval or "1m")
     except (GitError, ValueError) as e:
         _fail(str(e))
         raise
@@ -502,7 +579,8 @@ def _git_follower(url: str, ref: str, path: str, interval: str, state: Optional[
 
     # the working tree lives beside the state store, not in it
     work = (state or default_state_path()).parent / "git" / hashlib.sha256(url.encode()).hexdigest()[:16]
-    return GitFollower(None, GitSource(url, git_ref, work, auth), path, every)
+    pinned = frozenset(k for k, v in (("ref", ref), ("path", path), ("interval", interval)) if v)
+    return GitFollower(None, GitSource(url, git_ref, work, auth), path, every, pinned=pinned)
 
 
 def parse_port_map(text: str) -> dict[int, int]:

@@ -4,6 +4,7 @@ as Flux does — new revisions applied, a broken one refused (the last good keep
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import subprocess
@@ -14,7 +15,7 @@ import httpx
 import pytest
 
 from homeplane.sources.git import GitRef, semver_match
-from tests.conftest import EXAMPLE
+from tests.conftest import EXAMPLE, corpus_or_skip
 from tests.integration.test_run import free_port, wait_for
 
 NEW_ROUTE = """
@@ -91,12 +92,13 @@ def remote(tmp_path):
 
 
 class Follower:
-    def __init__(self, remote: Remote, tmp: Path, interval: str, extra: list[str] | None = None):
+    def __init__(self, remote: Remote, tmp: Path, interval: str | None, extra: list[str] | None = None, target: str | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         (tmp / "vars.env").write_text("SECRET_DOMAIN=home.example\n")
+        every = ["--interval", interval] if interval else []
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "homeplane", "run", remote.url, "--interval", interval, "--vars", str(tmp / "vars.env"),
+            [sys.executable, "-m", "homeplane", "run", target or remote.url, *every, "--vars", str(tmp / "vars.env"),
              "--admin", f"127.0.0.1:{self.port}", "--state", str(tmp / "state" / "state.db"),
              "--gateway-address", "network/envoy-external=127.0.0.1", "--gateway-address", "network/envoy-internal=127.0.0.1",
              "--port-map", f"80={free_port()},443={free_port()}", "--no-external-dns", "--no-certificates", *(extra or [])],
@@ -284,3 +286,83 @@ def test_receiver_verification_with_hostile_headers():
     gl = Receiver("flux-system", "r", "gitlab", (), "tok", True)
     assert verify(gl, {"X-Gitlab-Token": "tök"}, body)[0] == 401 and verify(gl, {}, body)[0] == 401
     assert verify(gl, {"x-gitlab-token": "tok"}, body)[:2] == (200, True)
+
+
+FLUX_INSTANCE = """\
+apiVersion: fluxcd.controlplane.io/v1
+kind: FluxInstance
+metadata: {{name: flux, namespace: flux-system}}
+spec:
+  distribution: {{version: "2.x"}}
+  sync: {{kind: GitRepository, url: "{url}", ref: {ref}, path: kubernetes, interval: 1s}}
+"""
+
+
+def _get(hp: Follower, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "homeplane", "get", *args, "--admin", f"127.0.0.1:{hp.port}"],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_follows_the_repos_own_sync_declaration(remote, tmp_path):
+    """``run ./clone --follow``: URL, ref, path and interval from the repo's FluxInstance; a
+    change of ``sync.ref`` pushed to the repo is followed; ``get gitrepositories`` / ``get ks``."""
+    (remote.work / "flux").mkdir()
+    (remote.work / "flux/instance.yaml").write_text(FLUX_INSTANCE.format(url=remote.url, ref="refs/heads/live"))
+    remote.commit("declare the sync")
+    git(remote.work, "checkout", "-q", "-b", "live")
+    live = remote.commit("live has newapp", {"selfhosted/newapp.yaml": NEW_ROUTE})
+    git(remote.work, "push", "-q", "origin", "live")
+    git(remote.work, "checkout", "-q", "main")
+    hp = Follower(remote, tmp_path, None, target=str(remote.work), extra=["--follow"])
+    try:
+        flux = hp.flux()
+        repo = flux["gitRepository"]
+        assert repo["artifact"]["revision"] == f"live@sha1:{live}" and repo["interval"] == 1.0
+        assert "FluxInstance flux-system/flux" in repo["declaredBy"] and repo["url"] == remote.url
+        assert "newapp" in hp.routes()
+        out = _get(hp, "gitrepositories")
+        assert out.returncode == 0 and f"live@sha1:{live}" in out.stdout and "stored artifact" in out.stdout, out.stderr
+        out = _get(hp, "ks", "flux-system", "-o", "json")
+        assert json.loads(out.stdout)["conditions"][0]["message"] == f"Applied revision: live@sha1:{live}"
+        # the branch followed declares main instead: followed at once, without a flag
+        git(remote.work, "checkout", "-q", "live")
+        (remote.work / "flux/instance.yaml").write_text(FLUX_INSTANCE.format(url=remote.url, ref="refs/heads/main"))
+        git(remote.work, "commit", "-q", "-am", "back to main")
+        git(remote.work, "push", "-q", "origin", "live")
+        main = git(remote.work, "rev-parse", "main")
+        wait_for(lambda: hp.flux()["kustomization"]["lastAppliedRevision"] == f"main@sha1:{main}", what="main followed")
+        assert "newapp" not in hp.routes()
+    finally:
+        hp.stop()
+
+
+def test_sync_declarations_of_each_form(tmp_path):
+    from homeplane.sources.sync import find_sync
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a/gotk-sync.yaml").write_text(
+        "apiVersion: source.toolkit.fluxcd.io/v1\nkind: GitRepository\nmetadata: {name: flux-system, namespace: flux-system}\n"
+        "spec: {url: ssh://git@github.com/me/home, interval: 10m, ref: {branch: main, tag: v1, name: refs/pull/1/head}}\n---\n"
+        "apiVersion: kustomize.toolkit.fluxcd.io/v1\nkind: Kustomization\nmetadata: {name: flux-system, namespace: flux-system}\n"
+        "spec: {path: ./clusters/home, sourceRef: {kind: GitRepository, name: flux-system}}\n")
+    spec = find_sync(tmp_path / "a")
+    assert spec and spec.url == "ssh://git@github.com/me/home" and spec.interval == 600 and spec.path == "clusters/home"
+    assert spec.ref == GitRef(name="refs/pull/1/head")  # Flux: name before semver, tag and branch
+    (tmp_path / "none").mkdir()
+    assert find_sync(tmp_path / "none") is None
+    # a real repo declares it through the flux-instance chart's values
+    spec = find_sync(corpus_or_skip() / "onedr0p-home-ops")
+    assert spec and spec.url == "https://github.com/onedr0p/home-ops" and spec.ref == GitRef(branch="main")
+    assert spec.path == "kubernetes/flux/cluster" and spec.interval == 3600
+
+
+def test_get_kustomizations_from_files_without_a_running_instance():
+    from tests.importer.test_fixture_repo import REPO
+
+    out = subprocess.run([sys.executable, "-m", "homeplane", "get", "ks", "-f", str(REPO), "--set", "SECRET_DOMAIN=x",
+                          "--admin", f"127.0.0.1:{free_port()}"], capture_output=True, text=True, timeout=60)
+    rows = {line.split()[1]: line for line in out.stdout.splitlines()[1:]}
+    assert "builds without errors" in rows["jellyfin"] and "dependsOn cycle" in rows["cycle-b"]
+    out = subprocess.run([sys.executable, "-m", "homeplane", "get", "gitrepositories", "--admin", f"127.0.0.1:{free_port()}"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and "no running homeplane" in out.stderr

@@ -7,6 +7,11 @@ keeps what it applied before. Status in Flux's terms: the GitRepository's fetche
 Ready condition (``Succeeded`` / ``GitOperationFailed``), the Kustomization's applied revision
 (``ReconciliationSucceeded`` / ``BuildFailed``), and ``gotk_reconcile_condition``. A failing fetch
 is retried with backoff (the interval's tenth, doubling, up to the interval).
+
+The repository's own sync declaration (a FluxInstance, the flux-instance chart's values, or the
+``flux-system`` GitRepository and Kustomization; see :mod:`homeplane.sources.sync`) sets the
+ref, path and interval wherever no flag did, read again from every revision as Flux does when it
+reconciles its own sync objects from the repository.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Gauge
 
 from homeplane.sources.git import GitError, GitSource
+from homeplane.sources.sync import SyncSpec, find_sync
 from homeplane.tasks import cancel_and_wait
 
 log = logging.getLogger("homeplane.git")
@@ -39,8 +45,12 @@ def content_path(revision_dir: Path, path: str) -> Path:
 
 class GitFollower:
     def __init__(self, runtime: Any, source: GitSource, path: str = "", interval: float = 60.0,
-                 name: str = "flux-system", namespace: str = "flux-system", registry: CollectorRegistry | None = None):
+                 name: str = "flux-system", namespace: str = "flux-system", registry: CollectorRegistry | None = None,
+                 pinned: frozenset[str] = frozenset({"ref", "path", "interval"})):
         self.rt = runtime
+        self.pinned = pinned  # what flags set ("ref", "path", "interval"); the rest the repo may declare
+        self.declared: SyncSpec | None = None
+        self._hopped = False
         self.source = source
         self.path = path
         self.interval = interval
@@ -62,6 +72,9 @@ class GitFollower:
     def first(self) -> Path:
         """Fetch synchronously at start; the folder to serve (``run`` cannot start without one)."""
         revision, tree = self.source.fetch()
+        if self._adopt(tree):  # the repo follows another ref than the one fetched first
+            revision, tree = self.source.fetch()
+            self._adopt(tree)
         self._fetched(revision)
         self.served_dir = tree
         self.applied = revision
@@ -111,6 +124,12 @@ class GitFollower:
             return
         self.failures = 0
         self._fetched(revision)
+        if self._adopt(tree) and not self._hopped:
+            self._hopped = True  # fetch the declared ref at once (once: two refs naming each other wait)
+            self._wake.set()
+            self._metrics()
+            return
+        self._hopped = False
         if revision == self.applied:
             self._metrics()
             return
@@ -129,6 +148,27 @@ class GitFollower:
             log.error("git: %s", msg)
         self._metrics()
 
+    def _adopt(self, tree: Path) -> bool:
+        """Take ref, path and interval from the revision's sync declaration where no flag set
+        them; True when the declared ref is not the one just fetched."""
+        try:
+            spec = find_sync(tree)
+        except Exception:  # a declaration that cannot be read changes nothing
+            log.exception("git: reading the repository's sync declaration failed")
+            return False
+        self.declared = spec
+        if spec is None:
+            return False
+        if "path" not in self.pinned:
+            self.path = spec.path
+        if "interval" not in self.pinned and spec.interval:
+            self.interval = spec.interval
+        if "ref" not in self.pinned and spec.ref != self.source.ref:
+            log.info("git: %s follows %s; fetching it", spec.origin, spec.ref)
+            self.source.ref = spec.ref
+            return True
+        return False
+
     def _fetched(self, revision: str) -> None:
         self.fetched = revision
         self.last_fetch = _now()
@@ -142,13 +182,51 @@ class GitFollower:
                 self.m_cond.labels(kind, self.name, self.namespace, "Ready", st).set(1 if cond["status"] == st else 0)
 
     def status(self) -> dict[str, Any]:
+        root = {"name": f"{self.namespace}/{self.name}", "path": self.path or "(kubernetes, else the root)",
+                "lastAppliedRevision": self.applied, "lastAttemptedRevision": self.fetched, "conditions": [self.ks_ready]}
         return {
             "gitRepository": {"name": f"{self.namespace}/{self.name}", "url": self.source.safe_url, "ref": str(self.source.ref),
-                              "interval": self.interval, "artifact": {"revision": self.fetched, "lastFetch": self.last_fetch},
+                              "interval": self.interval, "declaredBy": self.declared.origin if self.declared else None,
+                              "artifact": {"revision": self.fetched, "lastFetch": self.last_fetch},
                               "conditions": [self.source_ready]},
-            "kustomization": {"name": f"{self.namespace}/{self.name}", "path": self.path or "(kubernetes, else the root)",
-                              "lastAppliedRevision": self.applied, "lastAttemptedRevision": self.fetched,
-                              "conditions": [self.ks_ready]},
+            "kustomization": root,
+            "kustomizations": [root] + self._repo_kustomizations(),
         }
+
+    def _repo_kustomizations(self) -> list[dict[str, Any]]:
+        """The Flux Kustomizations of the revision served, each with its own Ready: one whose
+        files failed in a refused revision is ``BuildFailed`` with that error, the others are at
+        the revision applied."""
+        current = getattr(self.rt, "current", None)
+        if current is None:
+            return []
+        refused = (self.rt.rejected or {}).get("diagnostics") or [] if self.ks_ready["status"] == "False" else []
+        return kustomization_status(current.load.objects, refused, self.applied, self.fetched,
+                                    skip=frozenset({(self.namespace, self.name)}))
+
+
+def kustomization_status(objects: list[Any], errors: list[dict[str, Any]], applied: str | None,
+                         attempted: str | None, skip: frozenset[tuple[str, str]] = frozenset()) -> list[dict[str, Any]]:
+    """Flux-style status of each Flux Kustomization among ``objects``; ``errors`` (diagnostics as
+    JSON) are matched to the Kustomization whose path holds their file."""
+    out = []
+    for o in objects:
+        if o.kind != "Kustomization" or o.group != "kustomize.toolkit.fluxcd.io" or (o.namespace or "flux-system", o.name) in skip:
+            continue
+        spec = o.raw.get("spec") or {}
+        path = "/".join(x for x in str(spec.get("path") or "").split("/") if x not in ("", "."))
+        mine = [d for d in errors if d.get("file") and (d["file"] == o.source.file or (path and d["file"].startswith(path + "/")))]
+        if mine:
+            d = mine[0]
+            where = f"{d['file']}:{d.get('line') or ''}".rstrip(":")
+            cond = {"type": "Ready", "status": "False", "reason": "BuildFailed",
+                    "message": (f"revision {attempted}: " if attempted else "") + f"{where}: {d.get('message', '')}"}
+        elif applied:
+            cond = {"type": "Ready", "status": "True", "reason": "ReconciliationSucceeded", "message": f"Applied revision: {applied}"}
+        else:
+            cond = {"type": "Ready", "status": "True", "reason": "ReconciliationSucceeded", "message": "builds without errors"}
+        out.append({"name": f"{o.namespace or 'flux-system'}/{o.name}", "path": path, "suspended": bool(spec.get("suspend")),
+                    "lastAppliedRevision": applied, "conditions": [cond]})
+    return sorted(out, key=lambda k: k["name"])
 
 

@@ -33,14 +33,20 @@ class GitRef:
     tag: str = ""
     semver: str = ""
     commit: str = ""
+    name: str = ""  # a full reference, ``refs/heads/main``, ``refs/pull/1/head`` (Flux's spec.ref.name)
 
     @classmethod
     def parse(cls, text: str) -> GitRef:
-        """``main``, ``branch:main``, ``tag:v1``, ``semver:>=1.0 <2``, ``commit:<sha>``."""
+        """``main``, ``branch:main``, ``tag:v1``, ``semver:>=1.0 <2``, ``commit:<sha>``,
+        ``refs/heads/main`` (or ``name:refs/…``)."""
+        if text.startswith("refs/"):
+            return cls(name=text)
         kind, sep, value = text.partition(":")
         if not sep:
             return cls(branch=text) if text else cls()
-        if kind in ("branch", "tag", "semver", "commit"):
+        if kind == "name" and not value.startswith("refs/"):
+            raise GitError(f"--ref {text!r}: a reference name starts with refs/")
+        if kind in ("branch", "tag", "semver", "commit", "name"):
             if not value.strip():
                 raise GitError(f"--ref {text!r}: the {kind} is empty")
             if kind == "commit" and not re.fullmatch(r"[0-9a-f]{7,40}", value):
@@ -49,7 +55,7 @@ class GitRef:
         raise GitError(f"--ref {text!r}: expected BRANCH, branch:NAME, tag:NAME, semver:RANGE or commit:SHA")
 
     def __str__(self) -> str:
-        for k in ("commit", "semver", "tag", "branch"):
+        for k in ("commit", "name", "semver", "tag", "branch"):
             if getattr(self, k):
                 return f"{k}:{getattr(self, k)}"
         return "HEAD"
@@ -80,7 +86,20 @@ class Auth:
 
 
 def _redact(text: str) -> str:
-    return re.sub(r"//[^/@\s]*@", "//***@", text)
+    """Credentials out of URLs in text: any user info of http(s) (a token may be the user), a
+    password elsewhere (``ssh://git@`` keeps its user, which is no secret)."""
+    text = re.sub(r"(https?://)[^/@\s]*@", r"\1***@", text)
+    return re.sub(r"(\w://[^/:@\s]*):[^/@\s]*@", r"\1:***@", text)
+
+
+def _git_message(stderr: str) -> str:
+    """The lines of git's stderr that say what went wrong: up to its first ``fatal:`` (ssh's
+    reason comes just before it), without the advice that follows."""
+    lines = [ln.strip() for ln in _redact(stderr).splitlines() if ln.strip()]
+    fatal = next((i for i, ln in enumerate(lines) if ln.startswith("fatal:")), None)
+    if fatal is None:
+        return lines[-1] if lines else "failed"
+    return "; ".join(lines[max(0, fatal - 1):fatal + 1])
 
 
 def split_credentials(url: str) -> tuple[str, str, str]:
@@ -188,8 +207,7 @@ class GitSource:
             p.communicate()
             raise GitError(f"git {args[0]}: no answer from {self.safe_url} in {self.timeout:.0f} s") from None
         if p.returncode != 0:
-            err = _redact(err_b.decode(errors="replace")).strip().splitlines()
-            raise GitError(f"git {args[0]} {self.safe_url}: {err[-1] if err else 'failed'}")
+            raise GitError(f"git {args[0]} {self.safe_url}: {_git_message(err_b.decode(errors='replace'))}")
         return out if binary else out.decode()
 
     @property
@@ -214,6 +232,10 @@ class GitSource:
         r = self.ref
         if r.commit:
             return r.commit, f"sha1:{r.commit}"
+        if r.name:
+            if r.name not in refs:
+                raise GitError(f"reference {r.name!r} not found at {self.safe_url}")
+            return r.name, r.name
         if r.tag:
             name = f"refs/tags/{r.tag}"
             if name not in refs:

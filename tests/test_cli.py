@@ -182,12 +182,12 @@ def test_an_internal_error_is_one_line_naming_the_file(tmp_path: Path) -> None:
     )
     fixture = str(REPO / "tests" / "fixtures" / "fluxrepo" / "kubernetes")
     r = subprocess.run([sys.executable, "-c", code, fixture], capture_output=True, text=True)
-    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.returncode == 3 and "Traceback" not in r.stderr
     (line,) = r.stderr.strip().splitlines()
     assert line.startswith("homeplane: internal error while processing kubernetes/apps/media/jellyfin/app/helmrelease.yaml")
     assert "KeyError" in line
     r = subprocess.run([sys.executable, "-c", code, fixture, "--log-level", "debug"], capture_output=True, text=True)
-    assert "Traceback" in r.stderr and r.returncode == 2
+    assert "Traceback" in r.stderr and r.returncode == 3
 
 
 def test_a_repo_plus_extra_files_stays_a_flux_repo(tmp_path: Path) -> None:
@@ -222,3 +222,19 @@ def test_a_yaml_error_in_a_file_a_kustomization_builds_is_reported(tmp_path: Pat
     out = json.loads(hp("check", str(repo / "kubernetes"), "--set", "SECRET_DOMAIN=x.test", "-o", "json").stdout)
     errs = [d for d in out["diagnostics"] if d["severity"] == "error" and d["file"].endswith("broken.yaml")]
     assert len(errs) == 1 and errs[0]["code"] == "YAMLSyntax" and errs[0]["line"] == 4
+
+
+def test_a_busy_port_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        example = REPO / "examples" / "home"
+        r = subprocess.run([sys.executable, "-m", "homeplane", "run", str(example), "--vars", str(example / "cluster-secrets.env"),
+                            "--admin", f"127.0.0.1:{port}", "--state", str(tmp_path / "s.db"), "--no-external-dns",
+                            "--no-certificates", "--log-level", "error"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().splitlines()[-1] == f"homeplane: cannot listen on 127.0.0.1:{port}: address already in use"
+    assert "Traceback" not in r.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import json
 import logging
 import os
@@ -14,18 +15,30 @@ from typing import Any, Optional, Sequence
 import typer
 
 from homeplane import __version__
-from homeplane.api import registry
 from homeplane.api.variables import VariablesError, load_vars_file, parse_set
 from homeplane.pipeline import Inputs, Result, run_pipeline
 from homeplane.render import render_check, table
 from homeplane.translate import TranslateOptions
 
 app = typer.Typer(
-    add_completion=False,
+    add_completion=True,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     help="homeplane: serve a home-ops cluster's networking from its own Kubernetes manifests.",
 )
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"homeplane {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """homeplane: serve a home-ops cluster's networking from its own Kubernetes manifests."""
+
 
 PathsArg = typer.Argument(..., help="Manifest files or folders (searched recursively for *.yaml, *.yml).")
 SetOpt = typer.Option([], "--set", help="A substitution variable NAME=VALUE (repeatable).")
@@ -46,12 +59,14 @@ AgeKeyOpt = typer.Option([], "--age-key", help="An age key file for SOPS-encrypt
 LogLevelOpt = typer.Option("warning", "--log-level", help="debug shows tracebacks of internal errors too.")
 
 
-def _logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def _logging(level: str, log_format: str = "text") -> None:
+    """Process logs on stderr, one line each (text or JSON); the access log on stdout, each
+    line exactly as its format makes it (nothing before the ``{``), as Envoy writes it."""
+    from homeplane.observe.logs import setup_logging
+
+    if log_format not in ("text", "json"):
+        _fail("--log-format must be text or json")
+    setup_logging(getattr(logging, level.upper(), logging.INFO), log_format)
 
 
 def _fail(msg: str, code: int = 2) -> None:
@@ -134,11 +149,15 @@ def check(
 
 @app.command()
 def get(
-    kind: str = typer.Argument(..., help="Kind, kubectl style: gateways, httproute, svc, securitypolicies ..."),
+    kind: str = typer.Argument(..., help="Kind, kubectl style: gateways, httproute, svc, hr, cnp, cert … (KIND.GROUP to pick one)."),
     name: Optional[str] = typer.Argument(None),
-    path: list[Path] = typer.Option([Path(".")], "-f", "--filename", help="Manifest files or folders."),
+    path: list[Path] = typer.Option([], "-f", "--filename", help="Manifest files or folders (default: the current folder; "
+                                    "for gitrepositories/kustomizations, -f reads files instead of the running homeplane)."),
     ns: Optional[str] = typer.Option(None, "-n", "--namespace", help="Only this namespace."),
-    output: str = typer.Option("table", "-o", "--output", help="table, wide, yaml or json"),
+    all_namespaces: bool = typer.Option(False, "-A", "--all-namespaces", help="Every namespace (also the default: without "
+                                        "a cluster there is no current namespace)."),
+    selector: Optional[str] = typer.Option(None, "-l", "--selector", help="Label selector: app=x,tier!=db,env in (a,b),!legacy"),
+    output: str = typer.Option("table", "-o", "--output", help="table, wide, yaml, json, name or jsonpath=TEMPLATE"),
     set_: list[str] = SetOpt,
     vars_: list[Path] = VarsOpt,
     namespace: str = NamespaceOpt,
@@ -154,75 +173,151 @@ def get(
 ) -> None:
     """Show objects like `kubectl get`, with the status conditions homeplane computed.
 
-    `gitrepositories` and `kustomizations` (`ks`) show Flux's view, like `flux get sources git`
-    and `flux get ks`: from the running homeplane at --admin, else (Kustomizations) from the files."""
+    Every kind the manifests hold; served kinds with their status. `gitrepositories` and
+    `kustomizations` (`ks`) show Flux's view, like `flux get sources git` and `flux get ks`: from
+    the running homeplane at --admin, else (Kustomizations) from the files."""
+    from homeplane.api.selectors import parse_selector, selector_matches
+    from homeplane.kubectl import kinds
+    from homeplane.kubectl.jsonpath import JSONPathError, render
+    from homeplane.kubectl.output import jsonpath_template, print_table, resource_name
+
     _logging(log_level)
+    if all_namespaces:
+        ns = None
     if kind.lower() in FLUX_KINDS:
-        _get_flux(FLUX_KINDS[kind.lower()], name, admin, output,
-                  lambda: run_pipeline(_inputs(path, set_, vars_, namespace, no_substitute, False, endpoints, mode, False, age_key)))
+        _get_flux(FLUX_KINDS[kind.lower()], name, ns, admin if not path else None, output,
+                  lambda: run_pipeline(_inputs(path or [Path(".")], set_, vars_, namespace, no_substitute, False, endpoints, mode,
+                                               False, age_key)))
         return
-    info = registry.resolve_kind_name(kind)
-    if info is None:
-        known = ", ".join(sorted(k.kind for k in registry.SERVED_KINDS))
-        _fail(f"unknown kind {kind!r}; served kinds: {known}")
-    assert info is not None
-    result = run_pipeline(_inputs(path, set_, vars_, namespace, no_substitute, False, endpoints, mode, merge_gateways, age_key))
-    objs = [
-        o
-        for o in result.load.objects
-        if o.served and (o.group, o.kind) == (info.group, info.kind)
-        and (name is None or o.name == name)
-        and (ns is None or o.namespace == ns or o.namespace is None)
-    ]
+    template = jsonpath_template(output)
+    if template is None and output not in ("table", "wide", "yaml", "json", "name"):
+        _fail("--output must be table, wide, yaml, json, name or jsonpath=TEMPLATE")
+    try:
+        reqs = parse_selector(selector) if selector else None
+    except ValueError as e:
+        _fail(f"-l: {e}")
+        return
+    result = run_pipeline(_inputs(path or [Path(".")], set_, vars_, namespace, no_substitute, False, endpoints, mode,
+                                  merge_gateways, age_key))
+    present = {(o.group, o.kind) for o in result.load.objects}
+    resolved = kinds.resolve(kind, present)
+    if resolved is None:
+        loaded = ", ".join(sorted({k for _, k in present}))
+        _fail(f"unknown kind {kind!r}; the manifests' kinds: {loaded or 'none'}")
+        return
+    group, kname = resolved
+    objs = sorted(
+        (o for o in result.load.objects
+         if (o.group, o.kind) == resolved and (name is None or o.name == name)
+         and (ns is None or o.namespace == ns or o.namespace is None)
+         and (reqs is None or selector_matches(reqs, o.labels))),
+        key=lambda o: (o.namespace or "", o.name),
+    )
     if name is not None and not objs:
-        _fail(f"{info.kind} {name!r} not found", 1)
+        _fail(f"{kname} {name!r} not found", 1)
     status = result.translation.status
-    if output in ("yaml", "json"):
+    if output in ("yaml", "json") or template is not None:
         docs = []
         for o in objs:
             d = dict(o.raw)
-            if info.kind == "Secret":  # values (perhaps decrypted from SOPS) are never printed
+            if kname == "Secret":  # values (perhaps decrypted from SOPS) are never printed
                 d = _redacted_secret(d)
             if o.key in status:
                 d["status"] = status[o.key]
             docs.append(d)
         payload: Any = docs[0] if name is not None and len(docs) == 1 else {"apiVersion": "v1", "kind": "List", "items": docs}
-        if output == "json":
+        if template is not None:
+            try:
+                sys.stdout.write(render(template, payload))
+            except JSONPathError as e:
+                _fail(f"jsonpath: {e}")
+        elif output == "json":
             typer.echo(json.dumps(payload, indent=2, default=str))
         else:
             from homeplane.api.yamlio import dump
 
             sys.stdout.write(dump(payload))
         return
-    if output not in ("table", "wide"):
-        _fail("--output must be table, wide, yaml or json")
+    if output == "name":
+        for o in objs:
+            typer.echo(resource_name(o))
+        return
     from homeplane.tables import rows_for
 
-    headers, rows = rows_for(info.kind, objs, result, wide=output == "wide", state=state)
+    headers, rows = rows_for(kname, objs, result, wide=output == "wide", state=state)
+    if objs and not objs[0].served:  # kinds homeplane loads but does not serve: where each one is written
+        headers = headers + ["SOURCE"]
+        rows = [r + [f"{o.source.file}:{o.source.line or 1}"] for r, o in zip(rows, objs)]
     if not rows:
-        typer.echo(f"No {info.kind} found.", err=True)
+        typer.echo(f"No {kname} found.", err=True)
         return
-    typer.echo(table(rows, headers))
+    print_table(headers, rows)
+
+
+@app.command()
+def describe(
+    kind: str = typer.Argument(..., help="Kind, kubectl style: gateway, httproute, svc, hr …"),
+    name: str = typer.Argument(...),
+    path: list[Path] = typer.Option([Path(".")], "-f", "--filename", help="Manifest files or folders."),
+    ns: Optional[str] = typer.Option(None, "-n", "--namespace", help="Its namespace (needed when the name is in several)."),
+    set_: list[str] = SetOpt,
+    vars_: list[Path] = VarsOpt,
+    namespace: str = NamespaceOpt,
+    no_substitute: bool = NoSubstOpt,
+    endpoints: Optional[Path] = EndpointsOpt,
+    mode: str = ModeOpt,
+    log_level: str = LogLevelOpt,
+    merge_gateways: bool = MergeOpt,
+    age_key: list[Path] = AgeKeyOpt,
+) -> None:
+    """Show one object like `kubectl describe`: spec, status conditions, related objects, and the
+    problems found in it as events."""
+    from homeplane.kubectl import kinds
+    from homeplane.kubectl.describe import describe as render_describe
+
+    _logging(log_level)
+    result = run_pipeline(_inputs(path, set_, vars_, namespace, no_substitute, False, endpoints, mode, merge_gateways, age_key))
+    resolved = kinds.resolve(kind, {(o.group, o.kind) for o in result.load.objects})
+    if resolved is None:
+        _fail(f"unknown kind {kind!r}")
+        return
+    objs = [o for o in result.load.objects if (o.group, o.kind) == resolved and o.name == name
+            and (ns is None or o.namespace == ns or o.namespace is None)]
+    if not objs:
+        _fail(f"{resolved[1]} {name!r} not found{' in namespace ' + ns if ns else ''}", 1)
+    if len(objs) > 1:
+        _fail(f"{resolved[1]} {name!r} is in several namespaces ({', '.join(sorted(o.namespace or '-' for o in objs))}); "
+              "say which with -n", 2)
+    typer.echo(render_describe(objs[0], result, redact=resolved[1] == "Secret"), nl=False)
 
 
 FLUX_KINDS = {k: "GitRepository" for k in ("gitrepositories", "gitrepository", "gitrepos", "gitrepo")} | {
     k: "Kustomization" for k in ("kustomizations", "kustomization", "ks")}
 
 
-def _get_flux(kind: str, name: Optional[str], admin: str, output: str, load: Any) -> None:
-    """Flux's GitRepository / Kustomizations as a running homeplane follows them (Kustomizations
-    also from the files when none runs: whether each one builds)."""
+def _get_flux(kind: str, name: Optional[str], ns: Optional[str], admin: Optional[str], output: str, load: Any) -> None:
+    """Flux's GitRepository / Kustomizations as the running homeplane at ``admin`` follows them;
+    Kustomizations from the files (whether each one builds) with -f or when none runs."""
     import urllib.request
 
     from homeplane.sources.follow import kustomization_status
 
-    flux = None
-    try:
-        with urllib.request.urlopen(f"http://{admin}/status", timeout=5) as r:
-            flux = (json.loads(r.read()).get("runtime") or {}).get("flux")
-        running = True
-    except (OSError, ValueError):
-        running = False
+    flux, running = None, False
+    if admin is not None:
+        try:
+            with urllib.request.urlopen(f"http://{admin}/status", timeout=5) as r:
+                doc = json.loads(r.read())
+            running = True
+            flux = (doc.get("runtime") or {}).get("flux") if isinstance(doc, dict) else None
+            if flux is not None and not (isinstance(flux, dict) and isinstance(flux.get("gitRepository"), dict)
+                                         and all(isinstance(k, dict) and isinstance(k.get("name"), str)
+                                                 for k in flux.get("kustomizations") or [flux.get("kustomization")])
+                                         and isinstance(flux["gitRepository"].get("name"), str)):
+                _fail(f"{admin} did not answer as a homeplane does (its /status has no readable runtime.flux)", 1)
+        except (OSError, ValueError):
+            running = False
+    if admin is None and kind == "GitRepository":
+        _fail("gitrepositories come from a running homeplane (--admin), not from files", 2)
     if kind == "GitRepository":
         if not flux:
             _fail(f"{'the homeplane at ' + admin + ' is not following a Git repository' if running else 'no running homeplane at ' + admin}"
@@ -236,6 +331,8 @@ def _get_flux(kind: str, name: Optional[str], admin: str, output: str, load: Any
             result = load()
             items = kustomization_status(result.load.objects, [d.to_json() for d in result.load.diagnostics.errors], None, None)
         revision = lambda i: i.get("lastAppliedRevision") or ""  # noqa: E731
+    if ns is not None:
+        items = [i for i in items if i["name"].split("/", 1)[0] == ns]
     if name is not None:
         items = [i for i in items if i["name"].split("/", 1)[-1] == name or i["name"] == name]
         if not items:
@@ -261,10 +358,15 @@ def _get_flux(kind: str, name: Optional[str], admin: str, output: str, load: Any
 
 
 def _redacted_secret(d: dict[str, Any]) -> dict[str, Any]:
+    """A Secret for printing: its values and annotations (which SOPS may have encrypted too) as
+    ``(redacted)``."""
     d = dict(d)
     for field in ("data", "stringData"):
         if isinstance(d.get(field), dict):
             d[field] = {k: "(redacted)" for k in d[field]}
+    meta = d.get("metadata")
+    if isinstance(meta, dict) and isinstance(meta.get("annotations"), dict):
+        d["metadata"] = {**meta, "annotations": {k: "(redacted)" for k in meta["annotations"]}}
     return d
 
 
@@ -303,7 +405,12 @@ def run(
     bind_address: Optional[str] = typer.Option(
         None, "--bind-address", help="Address for every Gateway without one (default: its own 127.0.1.x)."
     ),
-    access_log: bool = typer.Option(True, "--access-log/--no-access-log", help="One JSON line per request on stderr."),
+    access_log: bool = typer.Option(True, "--access-log/--no-access-log", help="One line per request on stdout."),
+    access_log_format: str = typer.Option("json", "--access-log-format", help="json (Envoy Gateway's fields) or text "
+                                          "(Envoy's default line), where no EnvoyProxy telemetry.accessLog says."),
+    log_format: str = typer.Option("text", "--log-format", help="Process logs on stderr: text or json, one line each."),
+    access_log_dir: Optional[Path] = typer.Option(None, "--access-log-dir", help="Where an EnvoyProxy's accessLog File sinks "
+                                                  "may write (paths relative to it, or inside it); without it they go to stdout."),
     workers: int = typer.Option(1, "--workers", min=1, max=64, help="Data-plane processes sharing the listeners (SO_REUSEPORT)."),
     dns: list[str] = typer.Option(
         [], "--dns", help="Serve DNS on HOST:PORT (repeatable; port 53 follows --port-map). Off when not given."
@@ -368,7 +475,9 @@ def run(
     from homeplane.runtime import Runtime
     from homeplane.store import SQLiteStore, StoreError
 
-    _logging(log_level)
+    _logging(log_level, log_format)
+    if access_log_format not in ("json", "text"):
+        _fail("--access-log-format must be json or text")
     follower = None
     if follow:
         from homeplane.sources.sync import find_sync
@@ -380,6 +489,8 @@ def run(
             _fail(f"--follow: {paths[0]} declares no sync source (a FluxInstance with spec.sync, the flux-instance chart's "
                   "values.instance.sync, or a GitRepository flux-system in flux-system)")
         assert declared is not None
+        if not _is_git_url(declared.url):
+            _fail(f"--follow: {declared.origin} names {declared.url!r}, which is not a Git URL (https://, ssh://, git@host:…, git://)")
         paths = [declared.url] + list(paths[1:])
     if paths and _is_git_url(paths[0]):
         follower = _git_follower(paths[0], ref, git_path, interval, state, git_ssh_key, git_known_hosts, git_username,
@@ -470,7 +581,8 @@ def run(
                 from homeplane.sources.receiver import attach
 
                 attach(rt, follower, receiver_address, inputs.variables)
-        settings = Settings(access_log=access_log, reuse_port=workers > 1, max_memory=budget)
+        settings = Settings(access_log=access_log, access_log_format=access_log_format, reuse_port=workers > 1, max_memory=budget,
+                            access_log_dir=str(access_log_dir) if access_log_dir else None)
         dp = DataPlane(settings, BindPlan(pmap))
         rt.subscribe(dp.apply)
         rt.on_start.append(dp.start)
@@ -565,6 +677,10 @@ def _git_follower(url: str, ref: str, path: str, interval: str, state: Optional[
     try:
         git_ref = GitRef.parse(ref)
         every = parse_duration(interval or "1m")
+        if every < 1:
+            raise ValueError(f"--interval {interval}: at least 1s")
+        if ".." in Path(path).parts:
+            raise ValueError(f"--path {path}: a folder inside the repository")
     except (GitError, ValueError) as e:
         _fail(str(e))
         raise
@@ -688,32 +804,55 @@ def reconcile(
 
 @app.command()
 def version() -> None:
-    """Print the version."""
-    typer.echo(__version__)
+    """Print the version (as --version)."""
+    typer.echo(f"homeplane {__version__}")
 
 
 def main() -> None:
-    """Run a command. Anything unexpected inside one is reported in one line naming the file
-    being processed (exit 2); the traceback only with ``--log-level debug``."""
-    from homeplane.api.diagnostics import current_file
-
+    """Run a command. Exit codes: 0 clean, 1 problems found in the manifests, 2 usage or
+    environment (a busy port is one line), 3 internal error — one line naming the file being
+    processed; the traceback only with ``--log-level debug``."""
     try:
-        app()  # usage errors and exits are handled inside, as click does
+        app(prog_name="homeplane")  # usage errors and exits are handled inside, as click does
     except KeyboardInterrupt:
         sys.exit(130)
-    except Exception as e:
-        if _debug_requested(sys.argv):
-            import traceback
-
-            traceback.print_exc()
-        where = getattr(e, "failed_file", None) or current_file.get()
-        place = f" while processing {where}" if where else ""
-        typer.echo(
-            f"homeplane: internal error{place}: {type(e).__name__}: {e} "
-            "(a bug: please report it; --log-level debug shows the traceback)",
-            err=True,
-        )
+    except OSError as e:
+        if e.errno not in _ENVIRONMENT_ERRNOS:
+            _internal_error(e)
+        typer.echo(f"homeplane: {_environment_message(e)}", err=True)
         sys.exit(2)
+    except Exception as e:
+        _internal_error(e)
+
+
+# the machine, not homeplane: a port in use or not allowed, an address not here (exit 2)
+_ENVIRONMENT_ERRNOS = {errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL, errno.EPERM}
+
+
+def _environment_message(e: OSError) -> str:
+    import re
+
+    m = re.search(r"address \('?([^',]+)'?, (\d+)\)", str(e))
+    where = f" on {m.group(1)}:{m.group(2)}" if m else ""
+    return f"cannot listen{where}: {str(e).rsplit(': ', 1)[-1].lower()}" if m else str(e)
+
+
+def _internal_error(e: BaseException) -> None:
+    """Anything unexpected: one line naming the file being processed, exit 3."""
+    from homeplane.api.diagnostics import current_file
+
+    if _debug_requested(sys.argv):
+        import traceback
+
+        traceback.print_exception(e)
+    where = getattr(e, "failed_file", None) or current_file.get()
+    place = f" while processing {where}" if where else ""
+    typer.echo(
+        f"homeplane: internal error{place}: {type(e).__name__}: {e} "
+        "(a bug: please report it; --log-level debug shows the traceback)",
+        err=True,
+    )
+    sys.exit(3)
 
 
 def _debug_requested(argv: list[str]) -> bool:

@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from homeplane.observe.admin import AdminServer
+from homeplane.observe.systemd import notify
 from homeplane.pipeline import Inputs, Result, run_pipeline
 from homeplane.store import StateStore
 from homeplane.translate.snapshot import Snapshot
@@ -278,13 +279,22 @@ class Runtime:
 
     # --- lifecycle --------------------------------------------------------------
 
+    async def _sighup(self) -> None:
+        """``systemctl reload``: read the manifests again, telling systemd while it happens."""
+        notify(f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
+        try:
+            await self.reload("SIGHUP")
+        finally:
+            notify(f"READY=1\nSTATUS=serving snapshot {self.version}")
+
     async def run(self, stop: asyncio.Event | None = None) -> None:
         stop = stop or asyncio.Event()
+        await self.admin.start()  # first: a port that is taken stops homeplane before it serves anything
         for fn in self.on_start:
             await fn()
         await self.reload("start")
-        await self.admin.start()
         log.info("admin endpoint on http://%s:%d (/healthz /readyz /status /metrics)", self.admin_host, self.admin.port)
+        notify(f"READY=1\nSTATUS=serving snapshot {self.version}")  # systemd Type=notify
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
@@ -292,13 +302,14 @@ class Runtime:
             except (NotImplementedError, RuntimeError):
                 pass
         try:
-            loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload("SIGHUP")))
+            loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self._sighup()))
         except (NotImplementedError, RuntimeError):
             pass
         watcher = asyncio.create_task(self.watch() if self.watch_files else asyncio.Event().wait())
         try:
             await stop.wait()
         finally:
+            notify("STOPPING=1")
             watcher.cancel()
             for fn in self.on_stop:
                 await fn()

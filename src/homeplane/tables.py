@@ -29,6 +29,9 @@ def _parents(status: dict[str, Any]) -> str:
         pr = p["parentRef"]
         acc = next((c for c in p["conditions"] if c["type"] == "Accepted"), None)
         state = "Accepted" if acc and acc["status"] == "True" else (acc["reason"] if acc else "-")
+        refs = next((c for c in p["conditions"] if c["type"] == "ResolvedRefs"), None)
+        if refs and refs["status"] != "True":  # accepted, but a backend cannot be served
+            state += f",ResolvedRefs=False({refs['reason']})"
         parents.append(f"{pr['namespace']}/{pr['name']}{'/' + pr['sectionName'] if 'sectionName' in pr else ''}={state}")
     return " ".join(parents) or "-"
 

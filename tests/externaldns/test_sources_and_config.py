@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from homeplane.externaldns.config import instance_from_values, instances, resolve_env
-from homeplane.externaldns.sources import SourceInput, desired_endpoints, matching_host, parse_selector, selector_matches
+from homeplane.api.selectors import parse_selector, selector_matches
+from homeplane.externaldns.sources import SourceInput, desired_endpoints, matching_host
 from homeplane.pipeline import Inputs, run_pipeline
 from tests.externaldns import manifests as m
 

@@ -382,21 +382,24 @@ def test_access_log_lines_are_the_same_from_both_lanes(backend: Backend, caplog:
             caplog.clear()
             with caplog.at_level("INFO", logger="homeplane.access"):
                 before = fastlane.served()
-                exchange(g.port(80), b"POST /echo?x=1 HTTP/1.1\r\nHost: App.test\r\nX-Request-Id: rid-1\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello")
+                exchange(g.port(80), b"POST /echo?x=1 HTTP/1.1\r\nHost: App.test\r\nX-Request-Id: rid-1\r\nUser-Agent: probe/1.0\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello")
                 assert fastlane.served() == before + (1 if fast_lane else 0)
                 deadline = time.monotonic() + 5
                 while not caplog.records and time.monotonic() < deadline:
                     time.sleep(0.02)
             line = json.loads(caplog.records[0].getMessage())
-            assert line.pop("duration_ms") >= 0 and line.pop("time")
-            assert line.pop("bytes_out") > 100
+            assert line.pop("duration") >= 0 and line.pop("start_time").endswith("Z")
+            assert line.pop("bytes_sent") > 100
+            assert 0 <= line.pop("x-envoy-upstream-service-time") <= 5000
             lines.append(line)
         finally:
             g.close()
-    assert lines[0] == lines[1]
-    assert lines[0]["status"] == 200 and lines[0]["path"] == "/echo?x=1" and lines[0]["request_id"] == "rid-1"
-    assert lines[0]["bytes_in"] == 5 and lines[0]["method"] == "POST"
-    assert lines[0]["host"] == "app.test" and lines[0]["backend"] == f"127.0.0.1:{backend.port}"
+    assert lines[0] == lines[1]  # Envoy Gateway's fields, the same from both lanes
+    assert lines[0]["response_code"] == 200 and lines[0]["x-envoy-origin-path"] == "/echo?x=1"
+    assert lines[0]["x-request-id"] == "rid-1" and lines[0]["user-agent"] == "probe/1.0" and lines[0]["response_flags"] == "-"
+    assert lines[0]["bytes_received"] == 5 and lines[0]["method"] == "POST" and lines[0]["protocol"] == "HTTP/1.1"
+    assert lines[0][":authority"] == "app.test" and lines[0]["upstream_host"] == f"127.0.0.1:{backend.port}"
+    assert lines[0]["route_name"] and lines[0]["gateway"] and lines[0]["x-forwarded-for"] is None
 
 
 # --- differential fuzzing: whatever the fast lane accepts, it must treat as the Python path does ---

@@ -375,8 +375,8 @@ def test_tcp_streams_are_access_logged(caplog) -> None:
             while not [r for r in caplog.records if r.name == "homeplane.access"] and time.monotonic() < deadline:
                 time.sleep(0.05)
         line = json.loads(next(r for r in caplog.records if r.name == "homeplane.access").getMessage())
-        assert (line["protocol"], line["route"], line["backend"]) == ("TCP", "TCPRoute/apps/ssh", f"127.0.0.1:{a.port}")
-        assert (line["bytes_in"], line["bytes_out"], line["gateway"]) == (5, 7, "Gateway/network/gw")
+        assert (line["protocol"], line["route_name"], line["upstream_host"]) == ("TCP", "TCPRoute/apps/ssh", f"127.0.0.1:{a.port}")
+        assert (line["bytes_received"], line["bytes_sent"], line["gateway"]) == (5, 7, "Gateway/network/gw")
     finally:
         g.close()
         a.close()
@@ -454,7 +454,7 @@ def test_proxy_protocol_on_tcp_and_tls_listeners(caplog) -> None:
             while not [r for r in caplog.records if r.name == "homeplane.access"] and time.monotonic() < deadline:
                 time.sleep(0.05)
         line = json.loads(next(r for r in caplog.records if r.name == "homeplane.access").getMessage())
-        assert (line["client"], line["bytes_in"]) == ("198.51.100.7", 5)
+        assert (line["downstream_remote_address"], line["bytes_received"]) == ("198.51.100.7", 5)
         assert exchange(g.port(22), b"12345") == b""  # required: a stream without the header is refused
         # TLS after the header, in the same segment as the ClientHello
         ctx = ssl.create_default_context(cadata=base64.b64decode(crt).decode())
@@ -489,8 +489,8 @@ def test_udp_sessions_are_access_logged_when_they_end(caplog) -> None:
             while not [r for r in caplog.records if r.name == "homeplane.access"] and time.monotonic() < deadline:
                 time.sleep(0.05)
         line = json.loads(next(r for r in caplog.records if r.name == "homeplane.access").getMessage())
-        assert (line["protocol"], line["route"], line["backend"]) == ("UDP", "UDPRoute/apps/dns", f"127.0.0.1:{u.port}")
-        assert (line["client"], line["bytes_in"], line["bytes_out"]) == ("127.0.0.1", 10, 14)
+        assert (line["protocol"], line["route_name"], line["upstream_host"]) == ("UDP", "UDPRoute/apps/dns", f"127.0.0.1:{u.port}")
+        assert (line["downstream_remote_address"], line["bytes_received"], line["bytes_sent"]) == ("127.0.0.1", 10, 14)
         eps = [ep for cl in g.dp.clusters.values() for ep in cl.endpoints]
         assert [ep.active for ep in eps] == [0]
     finally:

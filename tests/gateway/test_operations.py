@@ -34,10 +34,12 @@ def test_access_log_has_one_structured_line_per_request(backend: Backend, caplog
                 time.sleep(0.05)
         lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "homeplane.access"]
         ok, missing = lines
-        assert ok["status"] == 200 and ok["method"] == "POST" and ok["path"] == "/echo?x=1"
-        assert ok["route"] and "apps/r" in ok["route"] and ok["backend"] and ok["bytes_in"] == 5 and ok["bytes_out"] > 0
-        assert ok["duration_ms"] >= 0 and ok["request_id"]
-        assert missing["status"] == 404 and missing["route"] is None and missing["backend"] is None
+        assert ok["response_code"] == 200 and ok["method"] == "POST" and ok["x-envoy-origin-path"] == "/echo?x=1"
+        assert ok["route_name"] and "apps/r" in ok["route_name"] and ok["upstream_host"]
+        assert ok["bytes_received"] == 5 and ok["bytes_sent"] > 0
+        assert ok["duration"] >= 0 and ok["x-request-id"]
+        assert missing["response_code"] == 404 and missing["route_name"] is None and missing["upstream_host"] is None
+        assert missing["response_flags"] == "NR"
     finally:
         g.close()
 

@@ -235,3 +235,76 @@ def test_cli_check_get_and_vars_never_print_plaintext(repo: tuple[Path, Path, Pa
     p = _cli("check", str(k), "--age-key", str(k / "missing.key"))
     assert p.returncode == 2 and "missing.key: cannot read" in p.stderr
     json.loads(_cli("check", str(k), "--age-key", str(key), "-o", "json").stdout)
+
+
+def test_only_age_keys_are_used_and_odd_files_are_errors_not_crashes(repo: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    """A file that also names a Vault server (or a KMS) is opened with age alone: sops asks no
+    one; a multi-document file is decrypted whole; metadata that is not sops' is one error; an
+    encrypted ConfigMap stays encrypted (Flux decrypts Secrets only)."""
+    import shutil
+    import socket
+    import threading
+
+    k, key, other = repo
+    copy = tmp_path / "kubernetes"
+    shutil.copytree(k, copy)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    hits: list[bytes] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                c, _ = listener.accept()
+            except OSError:
+                return
+            hits.append(c.recv(100))
+            c.close()
+    threading.Thread(target=accept, daemon=True).start()
+    f = copy / "apps/app-token.sops.yaml"
+    vault = (f"    hc_vault:\n        - vault_address: http://127.0.0.1:{listener.getsockname()[1]}\n"
+             "          engine_path: sops\n          key_name: firstkey\n          created_at: \"2026-01-01T00:00:00Z\"\n"
+             "          enc: vault:v1:abc\n")
+    f.write_text(f.read_text().replace("sops:\n", "sops:\n" + vault, 1))
+    recipient = subprocess.run(["age-keygen", "-y", str(key)], capture_output=True, text=True).stdout.strip()
+    multi = copy / "apps/two.sops.yaml"
+    multi.write_text(APP_TOKEN.replace("app-token", "one") + "---\n" + APP_TOKEN.replace("app-token", "two"))
+    encrypt(multi, recipient)
+    cm = copy / "apps/settings.sops.yaml"
+    cm.write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings}\ndata: {PASSWORD: cm-secret}\n")
+    subprocess.run([sops_binary(), "encrypt", "--age", recipient, "--encrypted-regex", "^data$", "-i", str(cm)],
+                   check=True, capture_output=True)
+    (copy / "apps/odd.sops.yaml").write_text(
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: odd}\nstringData: {A: 'ENC[AES256_GCM,data:x,iv:y,tag:z,type:str]'}\n"
+        "sops: {age: 5}\n")
+    (copy / "apps/kustomization.yaml").write_text(
+        KUSTOMIZE + "namespace: selfhosted\nresources: [route.yaml, app-token.sops.yaml, two.sops.yaml, settings.sops.yaml, odd.sops.yaml]\n")
+    r = load_repo(copy, {}, decryptor=Decryptor(user_identities([other], environ={})))  # a key that cannot open it
+    assert hits == []  # no one was asked
+    (fail,) = [d for d in r.diagnostics if d.code == "DecryptionFailed" and "app-token" in d.file]
+    assert "none of the age keys given" in fail.message
+    r = load_repo(copy, {}, decryptor=Decryptor(user_identities([key], environ={})))
+    assert hits == []
+    assert _obj(r, "Secret", "app-token").raw["stringData"]["TOKEN"] == "s3cr3t-t0ken-value"
+    assert _obj(r, "Secret", "one").raw["stringData"]["TOKEN"] == _obj(r, "Secret", "two").raw["stringData"]["TOKEN"] == "s3cr3t-t0ken-value"
+    assert _obj(r, "ConfigMap", "settings").raw["data"]["PASSWORD"].startswith("ENC[")
+    assert any("ConfigMap settings" in m for m in _codes(r)["DecryptionNotSupported"])
+    assert [d.file for d in r.diagnostics if d.code == "DecryptionFailed"] == ["kubernetes/apps/odd.sops.yaml"]
+    listener.close()
+
+
+def test_encrypted_dotenv_vars_and_a_bom_key_file(tmp_path: Path) -> None:
+    from homeplane.api.variables import VariablesError, load_vars_file
+
+    key = tmp_path / "k.txt"
+    recipient = keygen(key)
+    bom = tmp_path / "bom.txt"
+    bom.write_bytes(b"\xef\xbb\xbf" + key.read_bytes())
+    env = tmp_path / "cluster.sops.env"
+    env.write_text("SECRET_DOMAIN=dotenv.example\nTOKEN=abc\n")
+    subprocess.run([sops_binary(), "encrypt", "--age", recipient, "-i", str(env)], check=True, capture_output=True)
+    assert "dotenv.example" not in env.read_text()
+    assert load_vars_file(env, Decryptor(user_identities([bom], environ={}))) == {"SECRET_DOMAIN": "dotenv.example", "TOKEN": "abc"}
+    with pytest.raises(VariablesError, match="SOPS-encrypted, cannot decrypt: no age key"):
+        load_vars_file(env)

@@ -366,3 +366,55 @@ def test_get_kustomizations_from_files_without_a_running_instance():
     out = subprocess.run([sys.executable, "-m", "homeplane", "get", "gitrepositories", "--admin", f"127.0.0.1:{free_port()}"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 1 and "no running homeplane" in out.stderr
+
+
+def test_a_hostile_sync_declaration_is_refused_part_by_part(tmp_path, remote):
+    """Refs reach git's command line and paths the file system: a declared ref that is an
+    option, a path that climbs out of the revision, an interval that would fetch in a loop are
+    each dropped (and said), never used."""
+    from homeplane.sources.git import GitError, GitSource
+    from homeplane.sources.sync import find_sync
+
+    marker = tmp_path / "PWNED"
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d/sync.yaml").write_text(
+        "apiVersion: source.toolkit.fluxcd.io/v1\nkind: GitRepository\nmetadata: {name: flux-system, namespace: flux-system}\n"
+        f"spec: {{url: '{remote.url}', interval: 1ms, ref: {{commit: '--upload-pack=touch {marker};'}}}}\n---\n"
+        "apiVersion: kustomize.toolkit.fluxcd.io/v1\nkind: Kustomization\nmetadata: {name: flux-system, namespace: flux-system}\n"
+        "spec: {path: ../../../../etc, sourceRef: {kind: GitRepository, name: flux-system}}\n")
+    spec = find_sync(tmp_path / "d")
+    assert spec and spec.ref == GitRef() and spec.path == "" and spec.interval is None
+    assert len(spec.problems) == 3 and "hexadecimal" in spec.problems[0] and "leaves the repository" in spec.problems[1]
+    remote.commit("initial")
+    with pytest.raises(GitError):
+        GitSource(f"file://{remote.bare}", GitRef(commit=f"--upload-pack=touch {marker};"), tmp_path / "w").fetch()
+    with pytest.raises(GitError):
+        GitSource(f"file://{remote.bare}", GitRef(branch="--upload-pack=x"), tmp_path / "w").fetch()
+    assert not marker.exists()
+    # the flags are checked the same way
+    for bad in (["--ref", "commit:--upload-pack=x"], ["--path", "../x"], ["--interval", "1ms"]):
+        out = subprocess.run([sys.executable, "-m", "homeplane", "run", remote.url, *bad, "--state", str(tmp_path / "s.db")],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 2 and "Traceback" not in out.stderr, (bad, out.stderr)
+    # --follow on a declaration whose URL is a local path, not a Git URL
+    (tmp_path / "e").mkdir()
+    (tmp_path / "e/sync.yaml").write_text(
+        "apiVersion: source.toolkit.fluxcd.io/v1\nkind: GitRepository\nmetadata: {name: flux-system, namespace: flux-system}\n"
+        "spec: {url: /etc}\n")
+    out = subprocess.run([sys.executable, "-m", "homeplane", "run", str(tmp_path / "e"), "--follow"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "not a Git URL" in out.stderr
+
+
+def test_get_ks_blames_only_the_kustomization_at_fault(tmp_path):
+    k = tmp_path / "kubernetes"
+    (k / "flux/cluster").mkdir(parents=True)
+    (k / "apps").mkdir()
+    (k / "flux/cluster/ks.yaml").write_text("".join(
+        f"---\napiVersion: kustomize.toolkit.fluxcd.io/v1\nkind: Kustomization\nmetadata: {{name: {n}, namespace: flux-system}}\n"
+        f"spec: {{path: {p}, sourceRef: {{kind: GitRepository, name: flux-system}}}}\n"
+        for n, p in (("good", "./kubernetes/apps"), ("broken", "./kubernetes/nothere"))))
+    (k / "apps/cm.yaml").write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x, namespace: default}\ndata: {a: b}\n")
+    out = subprocess.run([sys.executable, "-m", "homeplane", "get", "ks", "-f", str(tmp_path), "-o", "json"],
+                         capture_output=True, text=True, timeout=60)
+    ready = {i["name"]: i["conditions"][0]["status"] for i in json.loads(out.stdout)["items"]}
+    assert ready == {"flux-system/good": "True", "flux-system/broken": "False"}

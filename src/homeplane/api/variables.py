@@ -47,7 +47,30 @@ def load_vars_file(path: Path, decryptor: Decryptor | None = None) -> dict[str, 
         raise VariablesError(f"{path}: cannot read: {e.strerror}") from None
     if _looks_like_k8s_yaml(text):
         return _from_k8s_yaml(text, str(path), decryptor)
+    fmt = _sops_format(text)
+    if fmt is not None:  # a SOPS-encrypted dotenv file, or a plain YAML map of variables
+        from homeplane.importer.sops import DecryptError, Decryptor
+
+        try:
+            plain = (decryptor or Decryptor(())).decrypt({}, text, None, fmt)
+        except DecryptError as e:
+            raise VariablesError(f"{path}: SOPS-encrypted, cannot decrypt: {e}") from None
+        out: dict[str, str] = {}
+        for key, value in plain.items():
+            if key == "sops" or key.startswith("sops_"):
+                continue
+            _check_name(str(key), f"{path}: key")
+            out[str(key)] = str(value)
+        return out
     return parse_dotenv(text, str(path))
+
+
+def _sops_format(text: str) -> str | None:
+    if "ENC[AES256_GCM," not in text:
+        return None
+    if any(line.startswith("sops_mac=") for line in text.splitlines()):
+        return "dotenv"
+    return "yaml" if any(line.rstrip() == "sops:" for line in text.splitlines()) else None
 
 
 def _looks_like_k8s_yaml(text: str) -> bool:

@@ -214,6 +214,25 @@ def _cluster_records(snap: ir.Snapshot, cfg: DNSConfig, b: _Builder, zone: Zone,
             b.add(base, 33, ttl, wire.srv_rdata(0, 100, p.port, base), zone, [glue])
 
 
+def _listening_addresses(gw: ir.Gateway) -> list[str]:
+    """What a client of this server should use: where the Gateway listens on this machine when
+    that is not one of its own addresses (they are not here: it was given a loopback address
+    of its own), else its addresses; a Snapshot made without a machine (check, dig -f) has no
+    bind address and answers the Gateway's addresses."""
+    import ipaddress
+
+    def ip(a: str) -> bool:
+        try:
+            ipaddress.ip_address(a)
+            return True
+        except ValueError:
+            return False
+    bound = gw.bind_address
+    if bound and ip(bound) and bound not in gw.addresses and bound not in ("0.0.0.0", "::"):
+        return [bound]
+    return [a for a in gw.reachable_addresses if ip(a)]  # a hostname is no A record
+
+
 def _gateway_records(snap: ir.Snapshot, cfg: DNSConfig, b: _Builder, zone: Zone, data: ZoneData) -> None:
     ttl = cfg.gateway_ttl
     dom = zone.apex.decode()
@@ -222,7 +241,7 @@ def _gateway_records(snap: ir.Snapshot, cfg: DNSConfig, b: _Builder, zone: Zone,
         key = f"{gw.ref.namespace}/{gw.ref.name}"
         if cfg.gateways and key not in cfg.gateways and gw.ref.name not in cfg.gateways:
             continue
-        addrs = list(gw.reachable_addresses)  # a Gateway without an address answers with where it listens
+        addrs = _listening_addresses(gw)
         if not addrs:
             continue
         for ls in gw.listeners:

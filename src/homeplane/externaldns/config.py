@@ -284,7 +284,7 @@ def instance_from_values(name: str, namespace: str, values: dict[str, Any], file
         if s not in SUPPORTED_SOURCES:
             fatal.append(f"source {s!r} is not supported by homeplane (supported: {', '.join(SUPPORTED_SOURCES)}): "
                          "its records would look unwanted, so nothing is changed")
-    from homeplane.externaldns.sources import parse_selector
+    from homeplane.api.selectors import parse_selector
 
     for f in ("label-filter", "annotation-filter", "gateway-label-filter"):
         if one(f):

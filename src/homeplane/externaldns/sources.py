@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from homeplane.api.models.envoy import gateway_service_key
+from homeplane.api.selectors import parse_selector, selector_matches
 from homeplane.api.models.gateway import Gateway
 from homeplane.externaldns.config import Instance
 from homeplane.externaldns.endpoint import Endpoint, endpoints_for_hostname, merge_endpoints, normalize, suitable_type
@@ -53,53 +54,6 @@ class SourceInput:
     @classmethod
     def from_result(cls, result: Any) -> SourceInput:
         return cls(result.load.objects, result.translation.status, result.lb_ips, result.cluster_ips)
-
-
-# --- label selectors in kubectl's string form (--label-filter, --annotation-filter) ----------
-
-_REQ = re.compile(
-    r"\s*(?:(?P<not>!)\s*(?P<nkey>[^\s,=!()]+)"
-    r"|(?P<key>[^\s,=!()]+)\s*(?:(?P<op>==|=|!=)\s*(?P<val>[^\s,()]*)"
-    r"|\s+(?P<setop>in|notin)\s*\((?P<set>[^)]*)\))?)\s*(?:,|$)"
-)
-
-
-def parse_selector(text: str) -> list[tuple[str, str, tuple[str, ...]]]:
-    """``a=b,c!=d,e in (x,y),!f,g`` as (key, op, values); ValueError when it does not parse."""
-    out: list[tuple[str, str, tuple[str, ...]]] = []
-    pos, text = 0, text.strip()
-    while pos < len(text):
-        m = _REQ.match(text, pos)
-        if not m or m.end() == pos:
-            raise ValueError(f"cannot parse selector {text!r} at {text[pos:]!r}")
-        pos = m.end()
-        if m.group("not"):
-            out.append((m.group("nkey"), "!", ()))
-        elif m.group("op"):
-            out.append((m.group("key"), "!=" if m.group("op") == "!=" else "=", (m.group("val"),)))
-        elif m.group("setop"):
-            out.append((m.group("key"), m.group("setop"), tuple(v.strip() for v in m.group("set").split(",") if v.strip())))
-        else:
-            out.append((m.group("key"), "exists", ()))
-    return out
-
-
-def selector_matches(reqs: list[tuple[str, str, tuple[str, ...]]], labels: Mapping[str, str]) -> bool:
-    for key, op, vals in reqs:
-        have = labels.get(key)
-        if op == "=" and have != vals[0]:
-            return False
-        if op == "!=" and have == vals[0]:
-            return False
-        if op == "in" and have not in vals:
-            return False
-        if op == "notin" and have in vals:
-            return False
-        if op == "exists" and have is None:
-            return False
-        if op == "!" and have is not None:
-            return False
-    return True
 
 
 # --- annotations -----------------------------------------------------------------------------

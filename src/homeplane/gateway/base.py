@@ -34,6 +34,8 @@ class Settings:
     max_connections: int = 10_000  # above it new connections are closed at once (overload)
     max_memory: int | None = None  # bytes of RSS; see Overload
     access_log: bool = True
+    access_log_format: str = "json"  # json (Envoy Gateway's fields) or text (Envoy's default line), when no EnvoyProxy says
+    access_log_dir: str | None = None  # where an EnvoyProxy's File sinks may write (none: stdout only)
     reuse_port: bool = False
     fast_lane: bool = True  # simple HTTP/1.1 requests served by _fastlane.c when it is built
     native_h2: bool = True  # HTTP/2 on nghttp2 (frontends/http2.c) with the fast lane, when it is built

@@ -169,7 +169,7 @@ class Exchange:
         "attempts", "tried", "upgrade", "request_id", "client_ip", "info", "resp_ops", "head_only", "req_head",
         "upstream_paused", "_task", "error", "weighted", "chunked_upload", "listener_conf", "pending",
         "pending_bytes", "body_paused", "encoder", "accept_encoding", "cors_headers", "mirror_pending",
-        "lua_call", "gateway",
+        "lua_call", "gateway", "upstream_started", "upstream_time",
     )
 
     def __init__(
@@ -237,6 +237,8 @@ class Exchange:
         self.accept_encoding: bytes | None = None
         self.lua_call: Any = None  # the Lua scripts' view of this request (lua.Call)
         self.gateway = table.gateway  # the Gateway of the listener that took it (merged gateways share ports)
+        self.upstream_started = 0.0
+        self.upstream_time: float | None = None  # Envoy's x-envoy-upstream-service-time, in seconds
 
     # --- start: route and decide ----------------------------------------------------
 
@@ -533,10 +535,12 @@ class Exchange:
         assert cluster is not None
         ep = cluster.pick(self._hash_key(), self.tried)
         if ep is None:
+            self.error = "no healthy upstream"
             self.respond_simple(503, b"no healthy upstream\n")
             return
         self.endpoint = ep
         self.attempts += 1
+        self.upstream_started = time.monotonic()
         ep.active += 1
         a = self.action
         if a is not None and a.backend_timeout:
@@ -633,6 +637,7 @@ class Exchange:
     def upstream_head(self, status: int, headers: list[tuple[bytes, bytes]], keep_alive: bool) -> None:
         if self.state != _WAITING:
             return
+        self.upstream_time = time.monotonic() - self.upstream_started
         a = self.action
         if (
             a is not None
@@ -904,6 +909,8 @@ class Exchange:
             return
         self.state = _DONE
         self.status = status
+        if status == 400 and self.action is None and not self.error:
+            self.error = body.decode("latin-1").strip()  # a request the proxy refused to read (DPE in the log)
         hdrs = headers if headers is not None else []
         if body and not any(n == b"content-type" for n, _ in hdrs):
             hdrs = hdrs + [(b"content-type", b"text/plain")]
@@ -919,6 +926,18 @@ class Exchange:
         self.sink.respond_end()
         self.dp.finished(self)
 
+    def _addressed_mapped_port(self, listener_port: int) -> bool:
+        """Whether the client named the port --port-map moved this listener to (its Host says
+        :8080 for the listener on 80): then the other listeners' mapped ports reach it too. A
+        client that came through a port forward from 80 names no port, and keeps 443."""
+        local = self.dp.bind.port_map.get(listener_port)
+        if local is None:
+            return False
+        for n, v in self.headers:
+            if n == b"host":
+                return v.rsplit(b":", 1)[-1] == str(local).encode() if b":" in v.rsplit(b"]", 1)[-1] else False
+        return False
+
     def _redirect(self, action: RouteAction, lt: ListenerTable | None) -> None:
         r = action.redirect
         assert r is not None
@@ -931,5 +950,6 @@ class Exchange:
             self.path.decode("latin-1"),
             self.query.decode("latin-1"),
             action.matched_prefix.decode("latin-1") if action.matched_prefix is not None else None,
+            self.dp.bind.port_map if self._addressed_mapped_port(listener_port) else None,
         )
         self.respond_simple(r.status_code, b"", [(b"location", loc.encode("latin-1"))])

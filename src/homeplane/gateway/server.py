@@ -10,7 +10,6 @@ their pooled connections) survive swaps when their endpoints do.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import socket
@@ -27,6 +26,7 @@ from homeplane.gateway.exchange import Exchange
 from homeplane.gateway.frontends.fastlane import Hooks, compile_table, make_native_context, native_tls_available, set_ticket_secret, tls_connection
 from homeplane.gateway.frontends.fastlane import enabled as fastlane_enabled
 from homeplane.gateway.upstreams.health import run_checks
+from homeplane.observe.accesslog import AccessLogs, Record, first_values, request_headers
 from homeplane.gateway.frontends.http1 import Http1Connection
 from homeplane.gateway.frontends.late_tls import start_tls_after
 from homeplane.gateway.frontends.streams import GatewayL4, PassthroughTable, spliced
@@ -37,14 +37,31 @@ from homeplane.l4.relay import Splice, Stream
 from homeplane.translate import snapshot as ir
 
 log = logging.getLogger("homeplane.gateway")
-access_log = logging.getLogger("homeplane.access")
 
 
 def default_port_map() -> dict[int, int]:
-    """Without root, privileged listener ports move up by 8000 (80 -> 8080, 443 -> 8443)."""
-    if os.geteuid() == 0:
+    """Ports this process may not bind move up by 8000 (80 -> 8080, 443 -> 8443): none for root
+    or with CAP_NET_BIND_SERVICE (a systemd unit's AmbientCapabilities, a container's
+    --cap-add), and only those below the kernel's ip_unprivileged_port_start otherwise."""
+    if os.geteuid() == 0 or _has_capability(10):  # CAP_NET_BIND_SERVICE
         return {}
-    return {p: p + 8000 for p in range(1, 1024)}
+    try:
+        with open("/proc/sys/net/ipv4/ip_unprivileged_port_start") as f:
+            start = int(f.read().strip())
+    except (OSError, ValueError):
+        start = 1024
+    return {p: p + 8000 for p in range(1, min(start, 1024))}
+
+
+def _has_capability(bit: int) -> bool:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> bit & 1)
+    except (OSError, ValueError):
+        pass
+    return False
 
 
 # --- TLS ---------------------------------------------------------------------------------
@@ -397,6 +414,7 @@ class DataPlane:
         self._sweeper: asyncio.Task[None] | None = None
         self._health: dict[str, asyncio.Task[None]] = {}
         self.stats = {"requests": 0, "protocol_errors": 0, "streams": 0}
+        self.access = AccessLogs(self.settings.access_log_format, self.settings.access_log_dir)
         self.l4 = GatewayL4(self)  # TCP and UDP listeners (TCPRoute, UDPRoute)
         self.overload = Overload(self.settings.max_memory)
         self.rss: Callable[[], int] = _rss  # the overload check's memory reading
@@ -406,6 +424,7 @@ class DataPlane:
     async def apply(self, snapshot: ir.Snapshot) -> None:
         # 1. compile everything before touching anything that serves traffic
         plan = compile_snapshot(snapshot, self.bind, self.settings)
+        self.access.configure(snapshot.gateways)
         for problem in plan.problems:
             log.error("%s", problem)
         wanted, bindings, cluster_policies = plan.ports, plan.bindings, plan.clusters
@@ -496,6 +515,7 @@ class DataPlane:
         self.l4.close()
         for c in self.clusters.values():
             c.close()
+        self.access.close()
 
     async def _sweep(self) -> None:
         """Timeouts for every connection and exchange, checked twice a second."""
@@ -579,65 +599,53 @@ class DataPlane:
         self.stats["requests"] += 1
         if self.settings.access_log:
             a = ex.action
+            gateway = str(ex.gateway)
+            ua = xff = None
+            headers = None
+            for n, v in ex.headers:  # the first of each, as Envoy's %REQ(...)% reads them
+                if n == b"user-agent" and ua is None:
+                    ua = v.decode("latin-1")
+                elif n == b"x-forwarded-for" and xff is None:
+                    xff = v.decode("latin-1")
+            if gateway in self.access.header_hungry:  # a format that reads other request headers
+                headers = request_headers(ex.req_head) if isinstance(ex.req_head, bytes) and ex.req_head else first_values(ex.headers)
             self.access_line(
-                gateway=str(ex.gateway), client=ex.client_ip, method=ex.method.decode("latin-1"),
+                gateway=gateway, client=ex.client_ip, method=ex.method.decode("latin-1"),
                 host=ex.host.decode("latin-1"), path=ex.target.decode("latin-1"), protocol=ex.conn.protocol,
                 status=ex.status, route=a.route_id if a else None, backend=ex.endpoint.name if ex.endpoint else None,
                 duration=time.monotonic() - ex.started, bytes_in=ex.bytes_in, bytes_out=ex.bytes_out,
                 request_id=ex.request_id.decode("latin-1") if ex.request_id else None, error=ex.error,
+                user_agent=ua, xff=xff, attempts=ex.attempts,
+                upstream_time=ex.upstream_time, cluster=ex.cluster.name if ex.cluster is not None else None, headers=headers,
             )
 
     def access_line(
         self, *, gateway: str, client: str, method: str, host: str, path: str, protocol: str, status: int,
         route: str | None, backend: str | None, duration: float, bytes_in: int, bytes_out: int,
-        request_id: str | None, error: str | None,
+        request_id: str | None, error: str | None, user_agent: str | None = None, xff: str | None = None,
+        attempts: int = 0, upstream_time: float | None = None, cluster: str | None = None,
+        headers: dict[str, str] | None = None, sni: str | None = None,
     ) -> None:
-        """One structured line per request, whichever lane served it."""
-        access_log.info(
-            json.dumps(
-                {
-                    "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                    "gateway": gateway,
-                    "client": client,
-                    "method": method,
-                    "host": host,
-                    "path": path,  # as Envoy's %REQ(:PATH)%: with the query
-                    "protocol": protocol,
-                    "status": status,
-                    "route": route,
-                    "backend": backend,
-                    "duration_ms": round(duration * 1000, 2),
-                    "bytes_in": bytes_in,
-                    "bytes_out": bytes_out,
-                    "request_id": request_id,
-                    **({"error": error} if error else {}),
-                },
-                separators=(",", ":"),
-            )
-        )
+        """One access log record per request, whichever lane served it, in the format the
+        Gateway's EnvoyProxy asks for (else the default)."""
+        self.access.write(Record(
+            start=time.time() - duration, duration=duration, gateway=gateway, route=route, method=method, path=path,
+            authority=host, protocol=protocol, status=status, bytes_in=bytes_in, bytes_out=bytes_out, client=client,
+            request_id=request_id, user_agent=user_agent, xff=xff, upstream_host=backend, upstream_cluster=cluster,
+            upstream_time=upstream_time, error=error or None, attempts=attempts, headers=headers, sni=sni,
+        ))
 
     def stream_finished(self, splice: Stream, gateway: ir.Ref, protocol: str, route: ir.Ref | None, endpoint: Any, sni: str | None) -> None:
         """A TCP stream (TCPRoute, TLS terminated or passed through) or a UDP session ended: one
         access log line."""
         self.stats["streams"] += 1
         if self.settings.access_log:
-            access_log.info(
-                json.dumps(
-                    {
-                        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                        "gateway": str(gateway),
-                        "client": splice.peer[0],
-                        "protocol": protocol,
-                        **({"sni": sni} if sni else {}),
-                        "route": str(route) if route else None,
-                        "backend": endpoint.name if endpoint is not None else None,
-                        "duration_ms": round((time.monotonic() - splice.started) * 1000, 2),
-                        "bytes_in": splice.bytes_in,
-                        "bytes_out": splice.bytes_out,
-                        **({} if endpoint is not None else {"error": "no backend connected"}),
-                    },
-                    separators=(",", ":"),
-                )
-            )
+            duration = time.monotonic() - splice.started
+            self.access.write(Record(
+                start=time.time() - duration, duration=duration, gateway=str(gateway), route=str(route) if route else None,
+                protocol=protocol, client=splice.peer[0], sni=sni, bytes_in=splice.bytes_in, bytes_out=splice.bytes_out,
+                upstream_host=endpoint.name if endpoint is not None else None,
+                error=None if endpoint is not None else "no healthy upstream: no backend connected",
+            ))
 
 

@@ -35,7 +35,19 @@ def configure(ctx: ssl.SSLContext, cert: ir.TLSCert, conf: ListenerConf, h2: boo
         alpn = [p for p in conf.alpn if p != "h2" or h2]
         ctx.set_alpn_protocols(alpn or ["http/1.1"])
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
-    # ssl loads key material from files only: write them to a private file, load, remove.
+    # ssl loads key material from files only: anonymous in-memory files (memfd), so a private
+    # key (perhaps decrypted from SOPS) never reaches a disk; a private temporary folder where
+    # there is no memfd
+    if hasattr(os, "memfd_create"):
+        fds = [os.memfd_create(name, os.MFD_CLOEXEC) for name in ("tls.crt", "tls.key")]
+        try:
+            os.write(fds[0], cert.cert_pem)
+            os.write(fds[1], bytes(cert.key_pem))
+            ctx.load_cert_chain(f"/proc/self/fd/{fds[0]}", f"/proc/self/fd/{fds[1]}")
+        finally:
+            for fd in fds:
+                os.close(fd)
+        return ctx
     with tempfile.TemporaryDirectory(prefix="homeplane-tls-") as d:
         os.chmod(d, 0o700)
         crt, key = os.path.join(d, "tls.crt"), os.path.join(d, "tls.key")

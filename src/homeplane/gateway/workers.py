@@ -101,7 +101,9 @@ async def _worker_main(index: int) -> None:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s worker-{sys.argv[1]} %(name)s: %(message)s")
+    from homeplane.observe.logs import setup_logging
+
+    setup_logging(logging.INFO, prefix=f"worker-{sys.argv[1]}")
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     import uvloop
 

@@ -14,8 +14,9 @@ class Doc:
     document: int = 0
     line: int = 1
     positions: dict[tuple, int] = field(default_factory=dict)
-    # the document as written in its file, kept for SOPS-encrypted ones (sops checks it whole)
-    text: str | None = field(default=None, repr=False, compare=False)
+    # SOPS-encrypted ones: their file as written and, when it holds several documents, this
+    # one's place in it (sops authenticates what it encrypted as a whole)
+    sops_source: tuple[str, int | None] | None = field(default=None, repr=False, compare=False)
 
     @property
     def kind(self) -> str:
@@ -47,7 +48,7 @@ class Doc:
         return str(ns) if ns else None
 
     def copy(self) -> "Doc":
-        return Doc(copy.deepcopy(self.data), self.file, self.document, self.line, self.positions, self.text)
+        return Doc(copy.deepcopy(self.data), self.file, self.document, self.line, self.positions, self.sops_source)
 
 
 def is_flux_kustomization(d: Doc) -> bool:

@@ -79,6 +79,10 @@ def substitute_doc(d: Doc, variables: dict[str, str], diags: Diagnostics, owner:
         d.data = data
 
 
+def is_secret(d: Doc) -> bool:
+    return d.kind == "Secret" and d.api_version == "v1"
+
+
 class FluxProcessor:
     def __init__(self, root: Path, builder: Builder, user_vars: dict[str, str], diags: Diagnostics, sources: list[Doc],
                  decryptor: Decryptor | None = None):
@@ -108,7 +112,7 @@ class FluxProcessor:
                     )
                 continue
             src = found[0]
-            if is_encrypted(src.data):  # in a cluster, Flux reads it decrypted
+            if is_encrypted(src.data) and is_secret(src):  # in a cluster, Flux reads it decrypted
                 src = self._decrypted(src, self.decryptor.with_identities(self._decryption_keys(ks)))
             out.update(secret_values(src.data, src.kind))
         return out
@@ -132,7 +136,8 @@ class FluxProcessor:
             self.undecrypted.append(d)
             return d
         try:
-            plain = decryptor.decrypt(d.data, d.text)
+            text, index = d.sops_source or (None, None)
+            plain = decryptor.decrypt(d.data, text, index)
         except DecryptError as e:
             if (d.file, d.document) not in self._failed:
                 self._failed.add((d.file, d.document))
@@ -141,13 +146,23 @@ class FluxProcessor:
             return d
         out = d.copy()
         out.data = merge_plaintext(d.data, plain)
-        out.text = None
+        out.sops_source = None
         return out
 
     def _decrypt(self, ks: Doc, owner: str, docs: list[Doc]) -> list[Doc]:
         encrypted = [x for x in docs if is_encrypted(x.data)]
         if not encrypted:
             return docs
+        others = [x for x in encrypted if not is_secret(x)]
+        if others:  # Flux's decryptor opens v1 Secrets only; anything else is applied as it is
+            x = others[0]
+            self.diags.warning(
+                f"Kustomization {owner}: {x.kind} {x.name} is SOPS-encrypted, but Flux decrypts only Secrets; left encrypted",
+                file=x.file, line=x.line, kind=x.kind, name=x.name, code="DecryptionNotSupported",
+            )
+            encrypted = [x for x in encrypted if is_secret(x)]
+            if not encrypted:
+                return docs
         decryption = (ks.data.get("spec") or {}).get("decryption") or {}
         if decryption.get("provider") != "sops":
             first = encrypted[0]
@@ -158,7 +173,7 @@ class FluxProcessor:
             )
             return docs
         decryptor = self.decryptor.with_identities(self._decryption_keys(ks))
-        return [self._decrypted(x, decryptor) if is_encrypted(x.data) else x for x in docs]
+        return [self._decrypted(x, decryptor) if is_encrypted(x.data) and is_secret(x) else x for x in docs]
 
     def run(self, roots: list[Doc]) -> FluxResult:
         result = FluxResult()

@@ -111,7 +111,8 @@ class Builder:
             self.diags.error(f"cannot read file: {e}", file=name, code="FileUnreadable")
             return []
         out = []
-        for chunk in split_documents(text):
+        chunks = split_documents(text)
+        for chunk in chunks:
             try:
                 doc = parse_chunk(chunk)
             except YamlSyntaxError as e:
@@ -127,8 +128,9 @@ class Builder:
             if doc.data.get("kind") == "List" and isinstance(doc.data.get("items"), list):
                 out += [Doc(i, name, chunk.index, doc.line) for i in doc.data["items"] if isinstance(i, dict)]
                 continue
+            sops = (chunk.text, None) if len(chunks) == 1 else (text, chunk.index)
             out.append(Doc(doc.data, name, chunk.index, doc.line, doc.positions,
-                           chunk.text if isinstance(doc.data.get("sops"), dict) else None))
+                           sops if isinstance(doc.data.get("sops"), dict) else None))
         return out
 
     def kustomization_file(self, d: Path) -> Path | None:

@@ -12,7 +12,7 @@ from homeplane.api.loader import LoadOptions, LoadResult, add_object, find_manif
 from homeplane.importer.charts import RENDERERS, route_like_values
 from homeplane.importer.docs import Doc, is_flux_kustomization
 from homeplane.importer.endpoints import endpoint_slices
-from homeplane.importer.flux import FluxProcessor
+from homeplane.importer.flux import FluxProcessor, is_secret
 from homeplane.importer.helm import merge_values, parse_values
 from homeplane.importer.kustomize import Builder
 from homeplane.importer.sops import Decryptor
@@ -87,6 +87,8 @@ def load_repo(path: Path, variables: dict[str, str], endpoints: Path | None = No
     if not roots:
         diags.error(f"no Flux Kustomization found under {path}", file=str(path), code="NoFluxRoot")
     result.files = [builder.rel(f) for f in files]
+    if decryptor:  # sops runs are independent: decrypt the repo's encrypted Secrets side by side first
+        decryptor.prefetch((d.data, *d.sops_source) for d in scanned if d.sops_source and is_secret(d))
     processor = FluxProcessor(root, builder, variables, diags, scanned, decryptor)
     flux = processor.run(roots)
     if processor.undecrypted:

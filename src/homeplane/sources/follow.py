@@ -39,6 +39,8 @@ def _now() -> str:
 def content_path(revision_dir: Path, path: str) -> Path:
     """The folder to serve inside a revision: ``--path``, else ``kubernetes`` when the repo has one."""
     if path:
+        if ".." in Path(path).parts:
+            raise GitError(f"path {path!r} leaves the repository")
         return revision_dir / path.strip("/")
     return revision_dir / "kubernetes" if (revision_dir / "kubernetes").is_dir() else revision_dir
 
@@ -72,9 +74,9 @@ class GitFollower:
     def first(self) -> Path:
         """Fetch synchronously at start; the folder to serve (``run`` cannot start without one)."""
         revision, tree = self.source.fetch()
-        if self._adopt(tree):  # the repo follows another ref than the one fetched first
+        if self._adopt(tree, revision):  # the repo follows another ref than the one fetched first
             revision, tree = self.source.fetch()
-            self._adopt(tree)
+            self._adopt(tree, revision)
         self._fetched(revision)
         self.served_dir = tree
         self.applied = revision
@@ -124,7 +126,7 @@ class GitFollower:
             return
         self.failures = 0
         self._fetched(revision)
-        if self._adopt(tree) and not self._hopped:
+        if self._adopt(tree, revision) and not self._hopped:
             self._hopped = True  # fetch the declared ref at once (once: two refs naming each other wait)
             self._wake.set()
             self._metrics()
@@ -148,7 +150,7 @@ class GitFollower:
             log.error("git: %s", msg)
         self._metrics()
 
-    def _adopt(self, tree: Path) -> bool:
+    def _adopt(self, tree: Path, revision: str) -> bool:
         """Take ref, path and interval from the revision's sync declaration where no flag set
         them; True when the declared ref is not the one just fetched."""
         try:
@@ -156,9 +158,15 @@ class GitFollower:
         except Exception:  # a declaration that cannot be read changes nothing
             log.exception("git: reading the repository's sync declaration failed")
             return False
+        if spec is not None and spec.problems and (self.declared is None or self.declared.problems != spec.problems):
+            for problem in spec.problems:
+                log.warning("git: %s", problem)
         self.declared = spec
         if spec is None:
             return False
+        if spec.ref.branch and not any(getattr(self.source.ref, k) for k in ("branch", "tag", "semver", "commit", "name")) \
+                and revision.startswith(f"{spec.ref.branch}@"):
+            self.source.ref = spec.ref  # the remote's HEAD is the declared branch: nothing to fetch again
         if "path" not in self.pinned:
             self.path = spec.path
         if "interval" not in self.pinned and spec.interval:
@@ -187,6 +195,7 @@ class GitFollower:
         return {
             "gitRepository": {"name": f"{self.namespace}/{self.name}", "url": self.source.safe_url, "ref": str(self.source.ref),
                               "interval": self.interval, "declaredBy": self.declared.origin if self.declared else None,
+                              "declarationProblems": list(self.declared.problems) if self.declared else [],
                               "artifact": {"revision": self.fetched, "lastFetch": self.last_fetch},
                               "conditions": [self.source_ready]},
             "kustomization": root,
@@ -207,15 +216,35 @@ class GitFollower:
 
 def kustomization_status(objects: list[Any], errors: list[dict[str, Any]], applied: str | None,
                          attempted: str | None, skip: frozenset[tuple[str, str]] = frozenset()) -> list[dict[str, Any]]:
-    """Flux-style status of each Flux Kustomization among ``objects``; ``errors`` (diagnostics as
-    JSON) are matched to the Kustomization whose path holds their file."""
+    """Flux-style status of each Flux Kustomization among ``objects``. Each error (a diagnostic
+    as JSON) belongs to one Kustomization: the one its message names, else the one written where
+    it points, else the one with the deepest ``spec.path`` holding its file."""
+    ks = [o for o in objects if o.kind == "Kustomization" and o.group == "kustomize.toolkit.fluxcd.io"]
+    paths = {id(o): "/".join(x for x in str((o.raw.get("spec") or {}).get("path") or "").split("/") if x not in ("", "."))
+             for o in ks}
+
+    def owner(d: dict[str, Any]) -> Any:
+        message, file = str(d.get("message", "")), str(d.get("file") or "")
+        for o in ks:
+            if message.startswith(f"Kustomization {o.namespace or 'flux-system'}/{o.name}:"):
+                return o
+        for o in ks:
+            if file == o.source.file and d.get("line") == o.source.line:
+                return o
+        holders = [o for o in ks if paths[id(o)] and file.startswith(paths[id(o)] + "/")]
+        return max(holders, key=lambda o: len(paths[id(o)]), default=None)
+
+    owned: dict[int, list[dict[str, Any]]] = {}
+    for d in errors:
+        o = owner(d)
+        if o is not None:
+            owned.setdefault(id(o), []).append(d)
     out = []
-    for o in objects:
-        if o.kind != "Kustomization" or o.group != "kustomize.toolkit.fluxcd.io" or (o.namespace or "flux-system", o.name) in skip:
+    for o in ks:
+        if (o.namespace or "flux-system", o.name) in skip:
             continue
         spec = o.raw.get("spec") or {}
-        path = "/".join(x for x in str(spec.get("path") or "").split("/") if x not in ("", "."))
-        mine = [d for d in errors if d.get("file") and (d["file"] == o.source.file or (path and d["file"].startswith(path + "/")))]
+        mine = owned.get(id(o))
         if mine:
             d = mine[0]
             where = f"{d['file']}:{d.get('line') or ''}".rstrip(":")
@@ -225,7 +254,7 @@ def kustomization_status(objects: list[Any], errors: list[dict[str, Any]], appli
             cond = {"type": "Ready", "status": "True", "reason": "ReconciliationSucceeded", "message": f"Applied revision: {applied}"}
         else:
             cond = {"type": "Ready", "status": "True", "reason": "ReconciliationSucceeded", "message": "builds without errors"}
-        out.append({"name": f"{o.namespace or 'flux-system'}/{o.name}", "path": path, "suspended": bool(spec.get("suspend")),
+        out.append({"name": f"{o.namespace or 'flux-system'}/{o.name}", "path": paths[id(o)], "suspended": bool(spec.get("suspend")),
                     "lastAppliedRevision": applied, "conditions": [cond]})
     return sorted(out, key=lambda k: k["name"])
 

@@ -27,6 +27,10 @@ class GitError(RuntimeError):
     pass
 
 
+# what a branch, tag or reference name may hold here (git allows more; none of it starts an option)
+_REF_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._/+@-]*")
+
+
 @dataclass(frozen=True)
 class GitRef:
     branch: str = ""
@@ -40,19 +44,32 @@ class GitRef:
         """``main``, ``branch:main``, ``tag:v1``, ``semver:>=1.0 <2``, ``commit:<sha>``,
         ``refs/heads/main`` (or ``name:refs/…``)."""
         if text.startswith("refs/"):
-            return cls(name=text)
+            return cls(name=text).checked()
         kind, sep, value = text.partition(":")
         if not sep:
-            return cls(branch=text) if text else cls()
+            return cls(branch=text).checked() if text else cls()
         if kind == "name" and not value.startswith("refs/"):
             raise GitError(f"--ref {text!r}: a reference name starts with refs/")
         if kind in ("branch", "tag", "semver", "commit", "name"):
             if not value.strip():
                 raise GitError(f"--ref {text!r}: the {kind} is empty")
-            if kind == "commit" and not re.fullmatch(r"[0-9a-f]{7,40}", value):
-                raise GitError(f"--ref {text!r}: a commit is its hexadecimal SHA-1")
-            return cls(**{kind: value.strip()})
+            return cls(**{kind: value.strip()}).checked()
         raise GitError(f"--ref {text!r}: expected BRANCH, branch:NAME, tag:NAME, semver:RANGE or commit:SHA")
+
+    def checked(self) -> GitRef:
+        """Itself, when each part is what it claims to be: refs reach git's command line, so a
+        value that is not a plain reference (an option, a revision expression) is refused."""
+        if self.commit and not re.fullmatch(r"[0-9a-f]{7,40}", self.commit):
+            raise GitError(f"ref commit {self.commit!r}: a commit is its hexadecimal SHA-1")
+        for kind in ("branch", "tag", "name"):
+            value = getattr(self, kind)
+            if value and (not _REF_NAME.fullmatch(value) or ".." in value or value.endswith((".lock", "/", "."))):
+                raise GitError(f"ref {kind} {value!r} is not a valid Git reference name")
+        if self.name and not self.name.startswith("refs/"):
+            raise GitError(f"ref name {self.name!r}: a reference name starts with refs/")
+        if self.semver.startswith("-"):
+            raise GitError(f"ref semver {self.semver!r} is not a version range")
+        return self
 
     def __str__(self) -> str:
         for k in ("commit", "name", "semver", "tag", "branch"):
@@ -88,8 +105,10 @@ class Auth:
 def _redact(text: str) -> str:
     """Credentials out of URLs in text: any user info of http(s) (a token may be the user), a
     password elsewhere (``ssh://git@`` keeps its user, which is no secret)."""
-    text = re.sub(r"(https?://)[^/@\s]*@", r"\1***@", text)
-    return re.sub(r"(\w://[^/:@\s]*):[^/@\s]*@", r"\1:***@", text)
+    text = re.sub(r"(?i)(https?://)[^/\s]*@", r"\1***@", text)  # up to the last @ before the path
+    text = re.sub(r"(?i)([?&](?:access_token|token|private_token|password)=)[^&\s]*", r"\1***", text)
+    text = re.sub(r"(\w://[^/:@\s]*):[^/\s]*@", r"\1:***@", text)
+    return re.sub(r"(?<![\w/])([\w.-]+):[^@\s/:]+@", r"\1:***@", text)  # user:password@host, as git echoes it
 
 
 def _git_message(stderr: str) -> str:
@@ -222,7 +241,7 @@ class GitSource:
     def resolve(self) -> tuple[str, str]:
         """(the ref to fetch, Flux's name for the revision) from the remote's refs."""
         refs = {}
-        for line in str(self._git("ls-remote", "--symref", self.url, cwd=self.workdir)).splitlines():
+        for line in str(self._git("ls-remote", "--symref", "--", self.url, cwd=self.workdir)).splitlines():
             if line.startswith("ref: "):
                 target, name = line[5:].split("\t")
                 refs["symref:" + name] = target
@@ -255,18 +274,21 @@ class GitSource:
 
     def fetch(self, protect: tuple[Path, ...] = ()) -> tuple[str, Path]:
         """Fetch the ref; returns (revision as Flux writes it, the folder holding that revision's tree)."""
+        self.ref.checked()
+        if self.url.startswith("-"):
+            raise GitError(f"{self.safe_url!r} is not a Git URL")
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._init()
         ref, name = self.resolve()
         if self.ref.commit:
             try:  # the commit itself, shallow (servers allow it for full SHAs)
-                self._git("fetch", "-q", "--no-tags", "--depth", "1", self.url, self.ref.commit)
+                self._git("fetch", "-q", "--no-tags", "--depth", "1", "--", self.url, self.ref.commit)
             except GitError:  # an abbreviated SHA: the history, unshallowed if an earlier fetch was shallow
                 deepen = ["--unshallow"] if (self.repo / "shallow").exists() else []
-                self._git("fetch", "-q", "--no-tags", *deepen, self.url, "+refs/heads/*:refs/remotes/origin/*")
+                self._git("fetch", "-q", "--no-tags", *deepen, "--", self.url, "+refs/heads/*:refs/remotes/origin/*")
             sha = str(self._git("rev-parse", "--verify", f"{self.ref.commit}^{{commit}}")).strip()
         else:
-            self._git("fetch", "-q", "--no-tags", "--depth", "1", "--force", self.url, f"+{ref}:refs/homeplane/fetched")
+            self._git("fetch", "-q", "--no-tags", "--depth", "1", "--force", "--", self.url, f"+{ref}:refs/homeplane/fetched")
             sha = str(self._git("rev-parse", "refs/homeplane/fetched^{commit}")).strip()
         revision = f"sha1:{sha}" if self.ref.commit else f"{name}@sha1:{sha}"
         out = self.workdir / "revisions" / sha

@@ -16,13 +16,16 @@ user needs to hand over.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 from homeplane.api.units import parse_duration
 from homeplane.api.yamlio import YamlSyntaxError, parse_chunk, split_documents
-from homeplane.sources.git import GitRef
+from homeplane.sources.git import GitError, GitRef
+
+log = logging.getLogger("homeplane.git")
 
 _MARKERS = ("FluxInstance", "GitRepository", "instance:")
 _SKIP_DIRS = {".git", "node_modules", ".venv"}
@@ -33,11 +36,31 @@ _MAX_FILE = 1 << 20
 class SyncSpec:
     url: str
     ref: GitRef
-    path: str
+    path: str | None  # None (before checked()): it leaves the repository
     interval: float | None
     name: str
     namespace: str
     origin: str  # "kind namespace/name (file:line)"
+    # what of it cannot be used (a ref that is not one, a path outside the repo, an interval
+    # that is not positive): those parts are left to the flags and defaults
+    problems: tuple[str, ...] = field(default=())
+
+    def checked(self) -> SyncSpec:
+        """Itself with its unusable parts dropped and named in ``problems``."""
+        problems = list(self.problems)
+        ref, path, interval = self.ref, self.path, self.interval
+        try:
+            ref.checked()
+        except GitError as e:
+            problems.append(f"{self.origin}: {e}")
+            ref = GitRef()
+        if path is None:
+            problems.append(f"{self.origin}: the sync path leaves the repository")
+            path = ""
+        if interval is not None and interval < MIN_INTERVAL:
+            problems.append(f"{self.origin}: interval {interval:g}s is below {MIN_INTERVAL:g}s")
+            interval = None
+        return SyncSpec(self.url, ref, path, interval, self.name, self.namespace, self.origin, tuple(problems))
 
 
 def _interval(text: Any) -> float | None:
@@ -47,10 +70,14 @@ def _interval(text: Any) -> float | None:
         return None
 
 
-def _clean_path(p: Any) -> str:
-    """A sync path as a folder inside the repo: ``./kubernetes/flux`` -> ``kubernetes/flux``; the root is ``""``."""
+MIN_INTERVAL = 1.0  # a declared interval below this would fetch in a loop
+
+
+def _clean_path(p: Any) -> Any:
+    """A sync path as a folder inside the repo: ``./kubernetes/flux`` -> ``kubernetes/flux``; the
+    root is ``""``; None when it climbs out of the repository."""
     parts = [x for x in str(p or "").split("/") if x not in ("", ".")]
-    return "/".join(parts)
+    return None if ".." in parts else "/".join(parts)
 
 
 def ref_from_fluxinstance(ref: str) -> GitRef:
@@ -109,7 +136,13 @@ def _from_instance_sync(sync: Any, origin: str, name: str, namespace: str) -> Sy
 
 
 def find_sync(root: Path) -> SyncSpec | None:
-    """The repository's sync declaration, searched for in every YAML file under ``root``."""
+    """The repository's sync declaration, searched for in every YAML file under ``root``, with
+    its unusable parts dropped (see :meth:`SyncSpec.checked`)."""
+    found = _find(root)
+    return found.checked() if found is not None else None
+
+
+def _find(root: Path) -> SyncSpec | None:
     instances: list[SyncSpec] = []
     charts: list[SyncSpec] = []
     gitrepos: dict[tuple[str, str], tuple[dict[str, Any], str]] = {}
@@ -135,7 +168,12 @@ def find_sync(root: Path) -> SyncSpec | None:
         elif kind == "Kustomization" and str(data.get("apiVersion", "")).startswith("kustomize.toolkit.fluxcd.io/"):
             kustomizations[(ns, name)] = data
     if instances or charts:
-        return (instances or charts)[0]
+        chosen = (instances or charts)[0]
+        others = [s.origin for s in instances + charts if s is not chosen]
+        if others:  # several: the first in path order, said
+            return SyncSpec(chosen.url, chosen.ref, chosen.path, chosen.interval, chosen.name, chosen.namespace,
+                            chosen.origin, (f"several sync declarations; using {chosen.origin}, not {', '.join(others)}",))
+        return chosen
     repo = gitrepos.get(("flux-system", "flux-system"))
     if repo is None or not isinstance(repo[0].get("spec"), dict) or not repo[0]["spec"].get("url"):
         return None

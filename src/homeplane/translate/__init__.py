@@ -19,7 +19,13 @@ from homeplane.api.objects import Obj, ObjectKey
 from homeplane.translate import snapshot as ir
 from homeplane.translate.backendtls import apply_backend_tls
 from homeplane.translate.context import Context, TranslateOptions, age_key
-from homeplane.translate.gateways import GatewayState, gateway_status, process_gateway_classes, process_gateways
+from homeplane.translate.gateways import (
+    GatewayState,
+    envoyproxy_access_log,
+    gateway_status,
+    process_gateway_classes,
+    process_gateways,
+)
 from homeplane.translate.policies import attachments_summary, effective_l4, effective_rule, finish_policies, process_policies
 from homeplane.translate.routes import build_vhosts, process_l4_routes, process_routes
 from homeplane.translate.services import build_services
@@ -91,6 +97,7 @@ def translate(objects: list[Obj], options: TranslateOptions | None = None, versi
                 programmed=any(ls.ready for ls in listeners),
                 bind_address=_bind_address(ctx, gw, gateways),
                 merge_group=gw.class_name if gw.merged else None,
+                access_log=envoyproxy_access_log(ctx, gw, diags),
             )
         )
     finish_policies(ctx, policies)

@@ -10,6 +10,7 @@ Routes are attached afterwards by :mod:`homeplane.translate.routes`, which fills
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from homeplane.api.diagnostics import Diagnostics
 from homeplane.api.models.core import Secret
@@ -176,6 +177,31 @@ def merged_classes(ctx: Context) -> set[str]:
         if ctx.options.merge_gateways or (ep is not None and ep.model is not None and ep.model.spec.merge_gateways):  # type: ignore[union-attr]
             out.add(o.name)
     return out
+
+
+def envoyproxy_access_log(ctx: Context, gw: GatewayState, diags: Diagnostics) -> dict[str, Any] | None:
+    """The ``telemetry.accessLog`` of the EnvoyProxy that applies to a Gateway: its own
+    ``infrastructure.parametersRef``, else its class's; formats or sinks homeplane cannot
+    honour are warnings on the EnvoyProxy."""
+    from homeplane.observe.accesslog import settings_from_envoyproxy
+
+    ref = gw.model.spec.infrastructure.parameters_ref if gw.model.spec.infrastructure else None
+    ep = ctx.get(ENVOY_GROUP, "EnvoyProxy", gw.obj.namespace or "default", ref.name) if ref is not None and ref.name else None
+    if ep is None:
+        cls = next((o for o in ctx.kind(GATEWAY_GROUP, "GatewayClass") if o.name == gw.class_name), None)
+        pref = cls.model.spec.parameters_ref if cls is not None else None  # type: ignore[union-attr]
+        ep = ctx.get(ENVOY_GROUP, "EnvoyProxy", pref.namespace or "default", pref.name) if pref is not None else None
+    if ep is None or ep.model is None:
+        return None
+    telemetry = ep.model.spec.telemetry  # type: ignore[union-attr]
+    access = (telemetry or {}).get("accessLog") if isinstance(telemetry, dict) else None
+    if not isinstance(access, dict):
+        return None
+    compiled = settings_from_envoyproxy(telemetry)
+    for problem in compiled[1] if compiled else []:
+        diags.warning(f"EnvoyProxy {ep.namespace}/{ep.name}: {problem}", file=ep.source.file, line=ep.source.line,
+                      kind="EnvoyProxy", namespace=ep.namespace, name=ep.name, code="AccessLogUnsupported")
+    return access
 
 
 def _parameters_problem(ctx: Context, o: Obj, gw: Gateway, merged: bool) -> str:

@@ -342,6 +342,9 @@ class Gateway:
     # merged gateways (EnvoyProxy mergeGateways): the class whose Gateways share listeners and
     # one address; None when the Gateway stands alone
     merge_group: str | None = None
+    # the EnvoyProxy's spec.telemetry.accessLog that applies to it (the Gateway's
+    # infrastructure.parametersRef, else its class's); None: the default access log
+    access_log: Mapping[str, Any] | None = None
 
     @property
     def key(self) -> str:

@@ -341,7 +341,8 @@ struct Conn {
     double headers_timeout, idle_timeout;  /* the data plane's settings, read once */
     /* the exchange in flight */
     PyObject *route, *cluster, *endpoint, *req_head, *task;
-    PyObject *method, *target, *host, *request_id, *xff;
+    PyObject *method, *target, *host, *request_id, *xff, *ua;
+    double sent_at, up_time;           /* the attempt sent upstream; its response head after (s; -1: none) */
     PyObject *accept_enc;              /* Accept-Encoding on a route with a compressor, else NULL */
     PyObject *encoder;                 /* the response's compression.Encoder, when it is compressed */
     PyObject *tried;                   /* endpoints that failed this request (retries go elsewhere) */
@@ -592,6 +593,7 @@ static Py_ssize_t up_head(Up *u, Conn *c, const char *p, Py_ssize_t n, const cha
     if (http10 && ka10 && !te) close = 0;
     u->status = status;
     c->status = status;
+    c->up_time = now_mono() - c->sent_at;
     int no_body = u->head_only || status == 204 || status == 304;
     PyObject *compressed = NULL;  /* the client's header list when the body gets compressed */
     if (c->accept_enc && !no_body) {
@@ -928,6 +930,7 @@ static void conn_clear_exchange(Conn *c) {
     Py_CLEAR(c->host);
     Py_CLEAR(c->request_id);
     Py_CLEAR(c->xff);
+    Py_CLEAR(c->ua);
     Py_CLEAR(c->accept_enc);
     Py_CLEAR(c->encoder);
     Py_CLEAR(c->tried);
@@ -1198,7 +1201,8 @@ static void exchange_begin(Conn *c, PyObject *route, PyObject *ep, int head_only
     c->started_response = 0;
     c->status = 0;
     c->bytes_out = 0;
-    c->started = now_mono();
+    c->started = c->sent_at = now_mono();
+    c->up_time = -1;
     c->attempts = 1;
     c->seq++;
     if (PyTuple_GET_SIZE(PyTuple_GET_ITEM(route, ROUTE_COMPRESSION)) > 0 && accept_enc)
@@ -1232,12 +1236,13 @@ static void add_forwarding(Conn *c, Buf *h, const Field *xff, const Field *host,
 
 /* What the access log needs, only when it is on (host: a new reference, taken). */
 static void keep_for_log(Conn *c, const char *m, Py_ssize_t mlen, const char *t, Py_ssize_t tlen, Buf *h, Py_ssize_t rid_at,
-                         Py_ssize_t rid_len, const Field *xff, PyObject *host) {
+                         Py_ssize_t rid_len, const Field *xff, const Field *ua, PyObject *host) {
     if (!c->access_log) { Py_DECREF(host); return; }
     c->method = PyBytes_FromStringAndSize(m, mlen);
     c->target = PyBytes_FromStringAndSize(t, tlen);
     c->request_id = PyBytes_FromStringAndSize(h->data + rid_at, rid_len);
     c->xff = xff ? PyBytes_FromStringAndSize(xff->value, xff->vlen) : Py_NewRef(Py_None);
+    c->ua = ua ? PyBytes_FromStringAndSize(ua->value, ua->vlen) : Py_NewRef(Py_None);
     c->host = host;
 }
 
@@ -1272,7 +1277,7 @@ static int conn_start(Conn *c) {
     int nf = fields_start > e ? 0 : parse_fields(fields_start, e, f, MAX_HEADERS, 1);
     if (nf < 0) return -1;
     Py_ssize_t hbytes = 0;
-    int ihost = -1, ixff = -1, irid = -1, icl = -1, iae = -1, nconn = 0;
+    int ihost = -1, ixff = -1, irid = -1, icl = -1, iae = -1, iua = -1, nconn = 0;
     long long cl = 0;
     Field conn[8];
     int close = 0;
@@ -1309,6 +1314,7 @@ static int conn_start(Conn *c) {
             break;
         case 'u':
             if (ieq(x->name, x->nlen, "upgrade")) return -1;
+            if (iua < 0 && ieq(x->name, x->nlen, "user-agent")) iua = i;
             break;
         case 'x':
             if (ieq(x->name, x->nlen, "x-forwarded-for")) { if (ixff >= 0) return -1; ixff = i; }
@@ -1349,7 +1355,7 @@ static int conn_start(Conn *c) {
     }
     if (buf_str(&h, "\r\n") < 0) { buf_free(&h); return -1; }
     c->req_head = PyBytes_FromStringAndSize(h.data, h.len);
-    keep_for_log(c, p, sp - p, t, te - t, &h, rid_at, rid_len, ixff >= 0 ? &f[ixff] : NULL, host);
+    keep_for_log(c, p, sp - p, t, te - t, &h, rid_at, rid_len, ixff >= 0 ? &f[ixff] : NULL, iua >= 0 ? &f[iua] : NULL, host);
     buf_free(&h);
     buf_consume(&c->in, e + 4 - p);
     if (!c->req_head) { PyErr_Clear(); conn_finish(c, 0, "out of memory", 1); return 1; }
@@ -1625,6 +1631,7 @@ static PyObject *Conn_retry(Conn *c, PyObject *arg) {
     } else {
         c->endpoint = ep;
         c->attempts++;
+        c->sent_at = now_mono();
         double bt = PyFloat_AsDouble(PyTuple_GET_ITEM(c->route, ROUTE_BACKEND_TIMEOUT));
         c->attempt_deadline = bt > 0 ? now_mono() + bt : 0;
         c->body_pending.len = 0;
@@ -1799,6 +1806,10 @@ static PyMemberDef Conn_members[] = {
     {"host", T_OBJECT, offsetof(Conn, host), READONLY, NULL},
     {"request_id", T_OBJECT, offsetof(Conn, request_id), READONLY, NULL},
     {"xff", T_OBJECT, offsetof(Conn, xff), READONLY, NULL},
+    {"ua", T_OBJECT, offsetof(Conn, ua), READONLY, "User-Agent, for the access log."},
+    {"up_time", T_DOUBLE, offsetof(Conn, up_time), READONLY, "Seconds from the request sent upstream to its response head; -1: none."},
+    {"attempts", T_INT, offsetof(Conn, attempts), READONLY, NULL},
+    {"req_head", T_OBJECT, offsetof(Conn, req_head), READONLY, "The request head sent upstream (for access log formats)."},
     {"started", T_DOUBLE, offsetof(Conn, started), READONLY, NULL},
     {NULL},
 };

@@ -46,6 +46,7 @@ import os
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
+from homeplane.observe.accesslog import request_headers
 from homeplane.gateway.base import (
     DEFAULT_CONNECTION_WINDOW,
     DEFAULT_MAX_STREAMS,
@@ -340,12 +341,18 @@ class Hooks:
         if conf is not None and conf.xff_enabled:
             xff = conn.xff
             client = detect_client_ip(client, xff.decode("latin-1") if xff else None, conf.xff_hops, conf.xff_trusted)
+        gateway = route.gateway or str(table.gateway)
+        headers = None
+        if gateway in self.dp.access.header_hungry and conn.req_head:
+            headers = request_headers(conn.req_head)  # as sent upstream: what %REQ(...)% reads in Envoy
         self.dp.access_line(
-            gateway=route.gateway or str(table.gateway), client=client, method=conn.method.decode("latin-1"),
+            gateway=gateway, client=client, method=conn.method.decode("latin-1"),
             host=conn.host.decode("latin-1"), path=conn.target.decode("latin-1"), protocol=conn.protocol,
             status=status, route=route.route_id, backend=ep.name if ep is not None else None,
             duration=duration, bytes_in=bytes_in, bytes_out=bytes_out,
             request_id=conn.request_id.decode("latin-1") if conn.request_id else None, error=error,
+            user_agent=conn.ua.decode("latin-1") if conn.ua else None, xff=conn.xff.decode("latin-1") if conn.xff else None,
+            attempts=conn.attempts, upstream_time=conn.up_time if conn.up_time >= 0 else None, cluster=route.cluster.name, headers=headers,
         )
 
 

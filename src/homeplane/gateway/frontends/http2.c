@@ -314,7 +314,7 @@ static int h2_fast_start(H2Sess *s, H2Stream *st, Span method, Span path, Span a
         if ((unsigned char)path.p[i] <= 0x20 || (unsigned char)path.p[i] >= 0x7f) return 0;
     /* fields the lane treats specially, each at most once; a Host field next to :authority
      * (which wins is the Python lane's business), a body length or Expect go to Python */
-    Field xff = {0}, rid = {0}, ae = {0};
+    Field xff = {0}, rid = {0}, ae = {0}, ua = {0};
     int ncookies = 0;
     const char *q = st->hdrs.data, *end = st->hdrs.data + st->hdrs.len;
     while (q < end) {
@@ -330,6 +330,7 @@ static int h2_fast_start(H2Sess *s, H2Stream *st, Span method, Span path, Span a
         else if (ieq(x.name, x.nlen, "accept-encoding")) slot = &ae;
         else if (ieq(x.name, x.nlen, "host") || ieq(x.name, x.nlen, "content-length") || ieq(x.name, x.nlen, "expect")) return 0;
         else if (ieq(x.name, x.nlen, "cookie")) ncookies++;
+        else if (!ua.name && ieq(x.name, x.nlen, "user-agent")) ua = x;  /* for the access log; the field is forwarded as it is */
         if (slot) {
             if (slot->name) return 0;
             *slot = x;
@@ -402,7 +403,7 @@ static int h2_fast_start(H2Sess *s, H2Stream *st, Span method, Span path, Span a
     add_forwarding(c, &h, xff.name ? &xff : NULL, &host_field, rid.name ? &rid : NULL, &rid_at, &rid_len);
     if (buf_str(&h, "\r\n") < 0) { buf_free(&h); conn_simple(c, 503, "out of memory"); return 1; }
     c->req_head = PyBytes_FromStringAndSize(h.data, h.len);
-    keep_for_log(c, method.p, method.n, path.p, path.n, &h, rid_at, rid_len, xff.name ? &xff : NULL, host);
+    keep_for_log(c, method.p, method.n, path.p, path.n, &h, rid_at, rid_len, xff.name ? &xff : NULL, ua.name ? &ua : NULL, host);
     buf_free(&h);
     if (!c->req_head) { PyErr_Clear(); conn_simple(c, 503, "out of memory"); return 1; }
     conn_send(c, 0);

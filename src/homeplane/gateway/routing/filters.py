@@ -6,6 +6,7 @@ Header lists are ``list[tuple[bytes, bytes]]`` with lower-case names, in order.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Mapping
 
 from homeplane.gateway.routing.headers import Part, RequestInfo, compile_value, render
 from homeplane.translate import snapshot as ir
@@ -66,11 +67,14 @@ def redirect_location(
     path: str,
     query: str,
     matched_prefix: str | None,
+    port_map: Mapping[int, int] | None = None,
 ) -> str:
     """Location for a RequestRedirect, per the Gateway API port rules.
 
     No port given: the well-known port of the redirect scheme if the scheme is set,
-    else the listener port; a well-known port is left out of the Location.
+    else the listener port; a well-known port is left out of the Location. A redirect to this
+    same host whose port ``--port-map`` moved names the port it was moved to (the listener on
+    443 that answers on 8443 here is reached there).
     """
     new_scheme = r.scheme or scheme
     new_host = r.hostname or host
@@ -81,5 +85,7 @@ def redirect_location(
     else:
         port = listener_port
     new_path = replace_path(path, r.path_type, r.path_value, matched_prefix)
+    if port_map and new_host == host and port in port_map:
+        port = port_map[port]
     netloc = new_host if port == _DEFAULT_PORT.get(new_scheme) else f"{new_host}:{port}"
     return f"{new_scheme}://{netloc}{new_path}" + (f"?{query}" if query else "")

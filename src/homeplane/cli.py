@@ -392,9 +392,15 @@ def run(
     merge_gateways: bool = MergeOpt,
     age_key: list[Path] = AgeKeyOpt,
     admin: str = typer.Option("127.0.0.1:9901", "--admin", help="Admin endpoint address (host:port; port 0 picks one)."),
-    state: Optional[Path] = typer.Option(
-        None, "--state", help="State store file (SQLite). Default: $XDG_STATE_HOME/homeplane/state.db"
+    state: Optional[str] = typer.Option(
+        None, "--state", help="State store: a SQLite file (default $XDG_STATE_HOME/homeplane/state.db), or "
+        "etcd://HOST:PORT[,HOST:PORT…][/PREFIX] to share it with other nodes."
     ),
+    etcd_cacert: Optional[Path] = typer.Option(None, "--etcd-cacert", help="etcd over TLS: the CA that signed its certificates."),
+    etcd_cert: Optional[Path] = typer.Option(None, "--etcd-cert", help="etcd over TLS: this node's client certificate."),
+    etcd_key: Optional[Path] = typer.Option(None, "--etcd-key", help="etcd over TLS: its key."),
+    etcd_user: Optional[str] = typer.Option(None, "--etcd-user", help="etcd authentication: USER (password from "
+                                            "$ETCD_PASSWORD)."),
     log_level: str = typer.Option("info", "--log-level"),
     port_map: Optional[str] = typer.Option(
         None, "--port-map", help="Listener port mapping, e.g. 80=8080,443=8443. Default: none as root, +8000 below 1024 otherwise."
@@ -473,7 +479,7 @@ def run(
     """Serve the manifests: load, translate, publish, and re-apply on every change."""
     from homeplane.gateway.server import BindPlan, DataPlane, Settings, default_port_map
     from homeplane.runtime import Runtime
-    from homeplane.store import SQLiteStore, StoreError
+    from homeplane.store import StoreError
 
     _logging(log_level, log_format)
     if access_log_format not in ("json", "text"):
@@ -493,7 +499,8 @@ def run(
             _fail(f"--follow: {declared.origin} names {declared.url!r}, which is not a Git URL (https://, ssh://, git@host:…, git://)")
         paths = [declared.url] + list(paths[1:])
     if paths and _is_git_url(paths[0]):
-        follower = _git_follower(paths[0], ref, git_path, interval, state, git_ssh_key, git_known_hosts, git_username,
+        local_state = Path(state) if state and not state.startswith("etcd://") else None
+        follower = _git_follower(paths[0], ref, git_path, interval, local_state, git_ssh_key, git_known_hosts, git_username,
                                  git_password_file, git_token_file)
         try:
             first = follower.first()
@@ -523,12 +530,8 @@ def run(
     host, _, port = admin.rpartition(":")
     if not host or not port.isdigit():
         _fail(f"--admin {admin!r}: expected host:port")
-    if state is None:
-        from homeplane.certs.controller import default_state_path
-
-        state = default_state_path()
     try:
-        store = SQLiteStore(state)
+        store = open_store(state, etcd_cacert, etcd_cert, etcd_key, etcd_user)
     except StoreError as e:
         _fail(str(e))
         return
@@ -665,6 +668,24 @@ def run(
         await rt.run()
 
     asyncio.run(main_async())
+
+
+def open_store(state: Optional[str], cacert: Optional[Path] = None, cert: Optional[Path] = None, key: Optional[Path] = None,
+               user: Optional[str] = None) -> Any:
+    """The state store ``--state`` names: etcd (shared by several nodes) or a SQLite file."""
+    from homeplane.store import SQLiteStore
+
+    if state and state.startswith("etcd://"):
+        from homeplane.store.etcd import EtcdOptions, EtcdStore
+
+        return EtcdStore(EtcdOptions.parse(state, ca_file=str(cacert) if cacert else None, cert_file=str(cert) if cert else None,
+                                           key_file=str(key) if key else None, username=user,
+                                           password=os.environ.get("ETCD_PASSWORD") if user else None))
+    if state is None:
+        from homeplane.certs.controller import default_state_path
+
+        return SQLiteStore(default_state_path())
+    return SQLiteStore(Path(state))
 
 
 def _git_follower(url: str, ref: str, path: str, interval: str, state: Optional[Path], ssh_key: Optional[Path],

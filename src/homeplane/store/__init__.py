@@ -1,8 +1,7 @@
 """State store: what controllers persist (IP allocations, certificates, DNS registry).
 
 :class:`StateStore` is the interface; :class:`SQLiteStore` is the embedded
-implementation. An etcd implementation will provide the same calls (with
-watches and leases) for multi-node operation.
+implementation, :class:`homeplane.store.etcd.EtcdStore` the one several nodes share.
 """
 
 from homeplane.store.base import StateStore, StoreError, Txn

@@ -152,3 +152,88 @@ def test_two_run_nodes_share_their_allocations(etcd: Etcd, tmp_path: Path) -> No
     out = subprocess.run([sys.executable, "-m", "homeplane", "run", str(example), "--state", f"etcd://127.0.0.1:{free_port()}",
                           "--admin", f"127.0.0.1:{free_port()}"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "no etcd endpoint answered" in out.stderr and time.monotonic() - t0 < 30
+
+
+def test_an_allocation_another_node_made_meanwhile_wins(tmp_path: Path) -> None:
+    """Addresses are written by compare-and-swap against what they were computed from: when
+    another node wrote first (here, just before this node's write), this node allocates again
+    from what is in the store, and serves that."""
+    import asyncio
+
+    from homeplane.api.variables import load_vars_file
+    from homeplane.pipeline import Inputs
+    from homeplane.runtime import Runtime
+
+    class Racing:
+        def __init__(self, inner: SQLiteStore):
+            self.inner, self.raced = inner, False
+
+        def __getattr__(self, name: str):
+            return getattr(self.inner, name)
+
+        def commit(self, txn: Txn) -> bool:
+            if not self.raced and any(k.startswith("ipam/cluster-ip/") for k, _ in txn.puts):
+                self.raced = True
+                self.inner.put("ipam/cluster-ip/downloads/sonarr", b"10.43.0.99")  # the other node's choice
+            return self.inner.commit(txn)
+
+    example = REPO / "examples" / "home"
+    store = Racing(SQLiteStore(tmp_path / "state.db"))
+
+    async def go() -> dict:
+        rt = Runtime(Inputs(paths=(example,), variables=load_vars_file(example / "cluster-secrets.env")), store, admin_port=0)
+        assert await rt.reload("start")
+        return rt.current.cluster_ips
+
+    ips = asyncio.run(go())
+    assert store.raced and ips[("downloads", "sonarr")] == "10.43.0.99"
+    assert store.get("ipam/cluster-ip/downloads/sonarr").value == b"10.43.0.99"
+    assert len(set(ips.values())) == len(ips)  # and no address twice
+
+
+def test_one_leader_at_a_time_and_a_handover_when_it_dies(etcd: Etcd, tmp_path: Path) -> None:
+    """Two nodes on one etcd: one leads the controllers (DNS automation, certificates), the
+    other stands by; `get nodes` lists both; the leader is killed (SIGKILL: no goodbye) and the
+    other takes over when its lease runs out, and the dead node leaves the list."""
+    import json as jsonlib
+    import signal
+
+    example = REPO / "examples" / "home"
+    spec = f"etcd://{etcd.url}/lead-{tmp_path.name}"
+
+    def start(name: str) -> tuple[subprocess.Popen, int]:
+        port = free_port()
+        p = subprocess.Popen([sys.executable, "-m", "homeplane", "run", str(example), "--vars", str(example / "cluster-secrets.env"),
+                              "--admin", f"127.0.0.1:{port}", "--state", spec, "--node-name", name, "--leader-lease", "2",
+                              "--port-map", f"80={free_port()},443={free_port()}", "--bind-address", "127.0.0.1",
+                              "--no-external-dns", "--log-level", "warning"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200, what=f"node {name}")
+        return p, port
+
+    def leader(port: int) -> dict:
+        return httpx.get(f"http://127.0.0.1:{port}/status").json()["runtime"]["leader"]
+
+    def get_nodes() -> dict[str, bool]:
+        out = subprocess.run([sys.executable, "-m", "homeplane", "get", "nodes", "--state", spec, "-o", "json"],
+                             capture_output=True, text=True, timeout=60)
+        return {n["name"]: n["leader"] for n in jsonlib.loads(out.stdout)["items"]}
+
+    a, pa = start("node-a")
+    b = None
+    try:
+        wait_for(lambda: leader(pa)["isLeader"], what="node-a elected")
+        b, pb = start("node-b")
+        wait_for(lambda: leader(pb)["leader"] == "node-a", what="node-b sees node-a lead")
+        assert not leader(pb)["isLeader"]
+        wait_for(lambda: get_nodes() == {"node-a": True, "node-b": False}, what="both nodes listed")
+        table = subprocess.run([sys.executable, "-m", "homeplane", "get", "nodes", "--state", spec], capture_output=True, text=True).stdout
+        assert table.splitlines()[0].split() == ["NAME", "STATUS", "ROLES", "AGE", "VERSION", "ADDRESS"]
+        a.send_signal(signal.SIGKILL)
+        a.wait(10)
+        wait_for(lambda: leader(pb)["isLeader"], timeout=30, what="node-b takes over")
+        wait_for(lambda: get_nodes() == {"node-b": True}, timeout=30, what="node-a leaves the list")
+    finally:
+        for p in (a, b):
+            if p is not None and p.poll() is None:
+                p.terminate()
+                p.wait(20)

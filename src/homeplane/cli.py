@@ -8,6 +8,7 @@ import errno
 import json
 import logging
 import os
+import socket
 import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -167,8 +168,8 @@ def get(
     log_level: str = LogLevelOpt,
     merge_gateways: bool = MergeOpt,
     age_key: list[Path] = AgeKeyOpt,
-    state: Optional[Path] = typer.Option(None, "--state", help="The state store `run` uses (certificates: READY and dates); "
-                                         "default as for run."),
+    state: Optional[str] = typer.Option(None, "--state", help="The state store `run` uses (certificates: READY and dates; "
+                                        "nodes: an etcd://… store); default as for run."),
     admin: str = typer.Option("127.0.0.1:9901", "--admin", help="gitrepositories, kustomizations: the running homeplane to ask."),
 ) -> None:
     """Show objects like `kubectl get`, with the status conditions homeplane computed.
@@ -184,6 +185,9 @@ def get(
     _logging(log_level)
     if all_namespaces:
         ns = None
+    if kind.lower() in ("nodes", "node", "no"):
+        _get_nodes(state, output)
+        return
     if kind.lower() in FLUX_KINDS:
         _get_flux(FLUX_KINDS[kind.lower()], name, ns, admin if not path else None, output,
                   lambda: run_pipeline(_inputs(path or [Path(".")], set_, vars_, namespace, no_substitute, False, endpoints, mode,
@@ -244,7 +248,8 @@ def get(
         return
     from homeplane.tables import rows_for
 
-    headers, rows = rows_for(kname, objs, result, wide=output == "wide", state=state)
+    local_state = Path(state) if state and not state.startswith("etcd://") else None
+    headers, rows = rows_for(kname, objs, result, wide=output == "wide", state=local_state)
     if objs and not objs[0].served:  # kinds homeplane loads but does not serve: where each one is written
         headers = headers + ["SOURCE"]
         rows = [r + [f"{o.source.file}:{o.source.line or 1}"] for r, o in zip(rows, objs)]
@@ -289,6 +294,46 @@ def describe(
         _fail(f"{resolved[1]} {name!r} is in several namespaces ({', '.join(sorted(o.namespace or '-' for o in objs))}); "
               "say which with -n", 2)
     typer.echo(render_describe(objs[0], result, redact=resolved[1] == "Secret"), nl=False)
+
+
+def _get_nodes(state: Optional[str], output: str) -> None:
+    """The nodes sharing a state store, as ``kubectl get nodes`` lists a cluster's."""
+    import datetime as dt
+
+    from homeplane.store import StoreError
+    from homeplane.store.leader import nodes
+
+    if not state or not state.startswith("etcd://"):
+        _fail("nodes live in a shared state store: --state etcd://HOST:PORT (one machine is one node)")
+        return
+    try:
+        store = open_store(state)
+        items = nodes(store)
+        store.close()
+    except StoreError as e:
+        _fail(str(e))
+        return
+    if output == "json":
+        typer.echo(json.dumps({"kind": "NodeList", "items": items}, indent=2))
+        return
+    from homeplane.kubectl.output import print_table
+
+    now = dt.datetime.now().timestamp()
+    rows = [[n["name"], "Ready", "leader" if n["leader"] else "<none>", _age(now - (n["started"] or now)), n["version"], n["address"]]
+            for n in sorted(items, key=lambda n: n["name"])]
+    if not rows:
+        typer.echo("No nodes found.", err=True)
+        return
+    print_table(["NAME", "STATUS", "ROLES", "AGE", "VERSION", "ADDRESS"], rows)
+
+
+def _age(seconds: float) -> str:
+    """kubectl's AGE: 45s, 12m, 3h, 2d."""
+    s = int(max(0, seconds))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s >= size:
+            return f"{s // size}{unit}"
+    return f"{s}s"
 
 
 FLUX_KINDS = {k: "GitRepository" for k in ("gitrepositories", "gitrepository", "gitrepos", "gitrepo")} | {
@@ -401,6 +446,8 @@ def run(
     etcd_key: Optional[Path] = typer.Option(None, "--etcd-key", help="etcd over TLS: its key."),
     etcd_user: Optional[str] = typer.Option(None, "--etcd-user", help="etcd authentication: USER (password from "
                                             "$ETCD_PASSWORD)."),
+    leader_lease: int = typer.Option(15, "--leader-lease", min=2, help="Several nodes: seconds a leader's lease lasts "
+                                     "(renewed every third); the longest a dead leader's controllers stay unrun."),
     log_level: str = typer.Option("info", "--log-level"),
     port_map: Optional[str] = typer.Option(
         None, "--port-map", help="Listener port mapping, e.g. 80=8080,443=8443. Default: none as root, +8000 below 1024 otherwise."
@@ -630,14 +677,14 @@ def run(
             rt.on_stop.append(svc.close)
             rt.registry.register(svc)
             rt.status_extras["dns"] = svc.status
+        controllers: list[Any] = []  # acting on the outside world: on the elected node only
         if external_dns:
             from homeplane.externaldns.cli import _webhooks
             from homeplane.externaldns.controller import DNSController
 
             edns = DNSController(lambda: rt.current, inputs.variables, webhook_urls=_webhooks(dns_webhook), registry=rt.registry)
             rt.subscribe(edns.apply)
-            rt.on_start.append(edns.start)
-            rt.on_stop.append(edns.close)
+            controllers.append(edns)
             rt.status_extras["externalDNS"] = edns.status
         if certificates:
             from homeplane.certs.controller import CertController
@@ -650,8 +697,7 @@ def run(
             certs = CertController(lambda: rt.current, store, lambda: rt.reload("certificates", controller=True), inputs.variables,
                                    registry=rt.registry, dns01_nameservers=ns01)
             rt.subscribe(certs.apply)
-            rt.on_start.append(certs.start)
-            rt.on_stop.append(certs.close)
+            controllers.append(certs)
             rt.status_extras["certificates"] = certs.status
 
             async def renew_api(method: str, target: str, _body: bytes, _headers: dict[str, str]) -> tuple[int, str, bytes]:
@@ -665,6 +711,21 @@ def run(
                 return 202, "application/json", json.dumps({"renewing": cid}).encode()
 
             rt.admin.api_route("/api/certificates/renew", renew_api)
+        from homeplane.store.leader import Elector
+
+        async def lead() -> None:
+            for c in controllers:
+                await c.start()
+
+        async def follow() -> None:
+            for c in controllers:
+                await c.close()
+
+        elector = Elector(store, node_name or socket.gethostname(), leader_lease, address=admin, on_elected=lead, on_lost=follow,
+                          on_store_changed=lambda: rt.reload("the shared state store changed", controller=True))
+        rt.on_start.append(elector.start)
+        rt.on_stop.append(elector.close)
+        rt.status_extras["leader"] = elector.status
         await rt.run()
 
     asyncio.run(main_async())

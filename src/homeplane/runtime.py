@@ -36,6 +36,7 @@ Subscriber = Callable[[Snapshot], "Awaitable[None] | None"]
 _VERSION_KEY = "runtime/snapshot-version"
 _CLUSTER_IP_PREFIX = "ipam/cluster-ip/"
 _LB_PREFIX = "ipam/lb/"
+ALLOCATION_ATTEMPTS = 5  # compare-and-swap rounds against other nodes' allocations per reload
 _BINDING_PREFIX = "gateway-address/"  # loopback addresses Gateways were given (ipam/binding.py)
 _TRANSITIONS_KEY = "runtime/condition-transitions"
 
@@ -128,26 +129,44 @@ class Runtime:
         self._transitions = seen
         self.store.put(_TRANSITIONS_KEY, json.dumps(seen).encode())
 
-    def _persist_cluster_ips(self, result: Result) -> None:
+    def _persist_cluster_ips(self, result: Result, seen: dict[str, int]) -> bool:
         """The address controllers' state: every ClusterIP, LB IP and loopback binding is kept, so
-        restarts and reorders never move one."""
+        restarts and reorders never move one. Written by compare-and-swap against what the
+        allocation was computed from (``seen``: key -> mod_revision): False, and nothing written,
+        when another node changed any of it meanwhile (a shared store)."""
         from homeplane.store import Txn
 
-        current = {e.key: e.value for e in self.store.list(_CLUSTER_IP_PREFIX)}
-        current.update({e.key: e.value for e in self.store.list(_LB_PREFIX)})
+        current = {e.key: e for e in self.store.list(_CLUSTER_IP_PREFIX)}
+        current.update({e.key: e for e in self.store.list(_LB_PREFIX)})
         wanted = {f"{_CLUSTER_IP_PREFIX}{ns}/{name}": ip.encode() for (ns, name), ip in result.cluster_ips.items()}
         wanted.update({f"{_LB_PREFIX}{ns}/{name}": ",".join(ips).encode() for (ns, name), ips in result.lb_ips.items()})
-        puts = [(k, v) for k, v in wanted.items() if current.get(k) != v]
+        puts = [(k, v) for k, v in wanted.items() if k not in current or current[k].value != v]
         deletes = [k for k in current if k not in wanted]
         # loopback bindings are kept even when a Gateway goes away for a while (never reused)
-        bound = {e.key: e.value for e in self.store.list(_BINDING_PREFIX)}
-        puts += [(_BINDING_PREFIX + k, v.encode()) for k, v in result.bindings.loopback.items() if bound.get(_BINDING_PREFIX + k) != v.encode()]
-        if puts or deletes:
-            self.store.commit(Txn(puts=puts, deletes=deletes))
+        bound = {e.key: e for e in self.store.list(_BINDING_PREFIX)}
+        for k, v in result.bindings.loopback.items():
+            key = _BINDING_PREFIX + k
+            if key not in bound or bound[key].value != v.encode():
+                puts.append((key, v.encode()))
+        if not puts and not deletes:
+            return True
+        changed = [k for k in {k for k, _ in puts} | set(deletes)]
+        compares = [(k, seen.get(k, 0)) for k in changed]
+        return self.store.commit(Txn(compares=compares, puts=puts, deletes=deletes))
+
+    def _read_allocations(self) -> tuple[dict, dict, dict, dict[str, int]]:
+        """What the allocators start from: ClusterIPs, LB IPs, Gateway bindings, and the
+        revision each key was read at (for the compare-and-swap that writes the result)."""
+        entries = [*self.store.list(_CLUSTER_IP_PREFIX), *self.store.list(_LB_PREFIX), *self.store.list(_BINDING_PREFIX)]
+        seen = {e.key: e.mod_revision for e in entries}
+        cluster = {tuple(e.key[len(_CLUSTER_IP_PREFIX):].split("/", 1)): e.value.decode()
+                   for e in entries if e.key.startswith(_CLUSTER_IP_PREFIX)}
+        lb = {tuple(e.key[len(_LB_PREFIX):].split("/", 1)): e.value.decode().split(",") for e in entries if e.key.startswith(_LB_PREFIX)}
+        bindings = {e.key[len(_BINDING_PREFIX):]: e.value.decode() for e in entries if e.key.startswith(_BINDING_PREFIX)}
+        return cluster, lb, bindings, seen
 
     async def apply(self, result: Result) -> None:
         snap = result.translation.snapshot
-        self._persist_cluster_ips(result)
         self.version = snap.version
         self.store.put(_VERSION_KEY, str(self.version).encode())
         report = result.report
@@ -181,38 +200,38 @@ class Runtime:
         of the last good configuration's objects."""
         async with self._reload_lock:
             started = time.monotonic()
-            previous = {
-                tuple(e.key[len(_CLUSTER_IP_PREFIX):].split("/", 1)): e.value.decode()  # type: ignore[misc]
-                for e in self.store.list(_CLUSTER_IP_PREFIX)
-            }
-            previous_lb = {
-                tuple(e.key[len(_LB_PREFIX):].split("/", 1)): e.value.decode().split(",")  # type: ignore[misc]
-                for e in self.store.list(_LB_PREFIX)
-            }
-            previous_bindings = {e.key[len(_BINDING_PREFIX):]: e.value.decode() for e in self.store.list(_BINDING_PREFIX)}
             from homeplane.certs.controller import http01_objects, issued_secrets
 
-            args = (self.inputs, self.version + 1, previous, previous_lb, previous_bindings,
-                    issued_secrets(self.store), http01_objects(self.store))
-            result = await asyncio.to_thread(run_pipeline, *args)
-            new_errors = self._new_load_errors(result)
-            still_rejected = None
-            if new_errors and controller and self.current is not None:
-                result = await asyncio.to_thread(run_pipeline, *args, self.current.load)
-                new_errors, still_rejected = [], self.rejected  # the files' problem is still there
-            if self.current is not None and new_errors:
-                self.rejected = {
-                    "time": _now_rfc3339(),
-                    "reason": reason,
-                    "diagnostics": [d.to_json() for d in new_errors],
-                }
-                self.m_reloads.labels("rejected").inc()
-                for d in new_errors:
-                    log.error("reload rejected, still serving version %d: %s", self.version, d)
-                return False
-            if self.current is not None and result.translation.snapshot.digest == self.current.translation.snapshot.digest:
-                self.rejected = still_rejected
-                self.m_reloads.labels("unchanged").inc()
+            for attempt in range(ALLOCATION_ATTEMPTS):
+                previous, previous_lb, previous_bindings, seen = self._read_allocations()
+                args = (self.inputs, self.version + 1, previous, previous_lb, previous_bindings,
+                        issued_secrets(self.store), http01_objects(self.store))
+                result = await asyncio.to_thread(run_pipeline, *args)
+                new_errors = self._new_load_errors(result)
+                still_rejected = None
+                if new_errors and controller and self.current is not None:
+                    result = await asyncio.to_thread(run_pipeline, *args, self.current.load)
+                    new_errors, still_rejected = [], self.rejected  # the files' problem is still there
+                if self.current is not None and new_errors:
+                    self.rejected = {
+                        "time": _now_rfc3339(),
+                        "reason": reason,
+                        "diagnostics": [d.to_json() for d in new_errors],
+                    }
+                    self.m_reloads.labels("rejected").inc()
+                    for d in new_errors:
+                        log.error("reload rejected, still serving version %d: %s", self.version, d)
+                    return False
+                if self.current is not None and result.translation.snapshot.digest == self.current.translation.snapshot.digest:
+                    self.rejected = still_rejected
+                    self.m_reloads.labels("unchanged").inc()
+                    return False
+                if self._persist_cluster_ips(result, seen):
+                    break
+                # another node allocated meanwhile (a shared store): start again from what it wrote
+                log.info("address allocations changed on another node; allocating again (%d)", attempt + 1)
+            else:
+                log.error("address allocations kept changing under this node; serving version %d", self.version)
                 return False
             self.rejected = still_rejected
             await self.apply(result)

@@ -141,7 +141,7 @@ def test_envoyproxy_telemetry_access_log(backend: Backend, tmp_path: Path, caplo
         doc = json.loads(line)
         assert doc["code"] == 200 and doc["who"] == "abcdef" and re.fullmatch(r"served \d+ ms", doc["what"])
         deadline = time.monotonic() + 5
-        while not sink.exists() or not sink.read_text() and time.monotonic() < deadline:
+        while (not sink.exists() or not sink.read_text()) and time.monotonic() < deadline:
             time.sleep(0.02)
         assert re.fullmatch(r"GET 200 - HTTPRoute/apps/r\S* abc\n", sink.read_text())
         # disable: no line at all; an unsupported operator is a warning on the EnvoyProxy
@@ -195,6 +195,9 @@ def test_file_sinks_stay_in_the_log_dir_and_never_block(backend: Backend, tmp_pa
             lines = _lines(caplog, 3)
             assert _send(g, "app.test") == 200  # the data plane still answers
         assert lines[:3] == ["200 - /echo"] * 3  # outside, fifo, /dev/full: to stdout instead
+        deadline = time.monotonic() + 5  # the line is written once the answer is sent
+        while (logs / "ok.log").read_text().count("\n") < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
         assert (logs / "ok.log").read_text() == "200 - /echo\n" * 2 and not outside.exists()
         tr = g.translate(_with_envoyproxy(base, body))
         assert any("%DYNAMIC_METADATA% is not supported; it prints -" in d.message for d in tr.diagnostics)

@@ -146,3 +146,36 @@ class EtcdStore:
 
     def close(self) -> None:
         self._http.close()
+
+    # --- leases: one leader among the nodes, and who is alive -------------------------------
+
+    def campaign(self, key: str, value: bytes, ttl: int) -> int | None:
+        """Hold ``key`` (with ``value``) under a new lease of ``ttl`` seconds, unless someone holds
+        it: the lease ID, or None."""
+        lease = int(self._call("/v3/lease/grant", {"TTL": str(ttl)}).get("ID", 0))
+        doc = self._call("/v3/kv/txn", {
+            "compare": [{"key": _b64(self._key(key)), "target": "CREATE", "result": "EQUAL", "create_revision": "0"}],
+            "success": [{"request_put": {"key": _b64(self._key(key)), "value": _b64(value), "lease": str(lease)}}],
+        })
+        if doc.get("succeeded"):
+            return lease
+        self.revoke(lease)
+        return None
+
+    def attach(self, key: str, value: bytes, lease: int) -> None:
+        """Put ``key`` under an existing lease (it goes when the lease does)."""
+        self._call("/v3/kv/put", {"key": _b64(self._key(key)), "value": _b64(value), "lease": str(lease)})
+
+    def grant(self, ttl: int) -> int:
+        return int(self._call("/v3/lease/grant", {"TTL": str(ttl)}).get("ID", 0))
+
+    def keep_alive(self, lease: int) -> bool:
+        """Renew a lease; False when it is gone (expired: whatever it held is gone too)."""
+        doc = self._call("/v3/lease/keepalive", {"ID": str(lease)})
+        return int((doc.get("result") or {}).get("TTL", 0)) > 0
+
+    def revoke(self, lease: int) -> None:
+        try:
+            self._call("/v3/lease/revoke", {"ID": str(lease)})
+        except StoreError:
+            pass

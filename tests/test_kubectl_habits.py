@@ -150,3 +150,32 @@ def test_kind_group_and_selector_units() -> None:
             parse_selector(bad)
     d = {"items": [{"spec": {"ports": [{"port": 80}]}, "n": "a"}, {"spec": {"ports": [{"port": 81}]}, "n": "b"}, {"n": "c"}]}
     assert render("{.items[?(@.spec.ports[0].port==80)].n}", d) == "a" and render("{.items[0:3:2].n}", d) == "a c"
+
+
+GOLDEN = {
+    ("httproutes", "-o", "wide"): """\
+NAMESPACE    NAME             HOSTNAMES             PARENTS
+downloads    sonarr           sonarr.home.example   network/envoy-internal/https=Accepted
+network      https-redirect   *                     network/envoy-external/http=Accepted network/envoy-internal/http=Accepted
+selfhosted   whoami           whoami.home.example   network/envoy-external/https=Accepted
+""",
+    ("svc", "-o", "wide"): """\
+NAMESPACE    NAME                TYPE        CLUSTER-IP      EXTERNAL-IP   PORT(S)    ENDPOINTS   ALGORITHM   SOURCE          SELECTOR
+downloads    sonarr              ClusterIP   10.43.137.125   <none>        80/TCP     1/1         maglev      Endpoints       <none>
+security     authentik-outpost   ClusterIP   10.43.24.181    <none>        9000/TCP   1/1         maglev      Endpoints       <none>
+selfhosted   whoami              ClusterIP   10.43.228.71    <none>        80/TCP     1/1         maglev      EndpointSlice   <none>
+""",
+    ("securitypolicies", "-o", "wide"): """\
+NAMESPACE    NAME     ACCEPTED   TARGETS
+selfhosted   whoami   True       HTTPRoute/whoami
+""",
+    ("gateways", "-o", "name"): "gateway.gateway.networking.k8s.io/envoy-external\ngateway.gateway.networking.k8s.io/envoy-internal\n",
+    ("ns", "-o", "jsonpath={.items[*].metadata.name}"): "downloads network security selfhosted",
+}
+
+
+@pytest.mark.parametrize("args", list(GOLDEN), ids=[" ".join(a) for a in GOLDEN])
+def test_get_forms_against_golden_output(args: tuple[str, ...]) -> None:
+    """ClusterIPs are the allocator's, deterministic for these manifests (no state store)."""
+    r = hp("get", *args, *VARS)
+    assert r.returncode == 0 and r.stdout == GOLDEN[args], r.stdout + r.stderr

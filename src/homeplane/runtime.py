@@ -64,6 +64,7 @@ class Runtime:
     _reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def __post_init__(self) -> None:
+        self.published = 0  # the version the data planes were last given
         self.registry = CollectorRegistry()
         self.m_version = Gauge("homeplane_snapshot_version", "Version of the Snapshot being served", registry=self.registry)
         self.m_reloads = Counter(
@@ -182,6 +183,7 @@ class Runtime:
         for kind, n in s["notServed"].items():
             self.m_objects.labels(kind, "false").set(n)
         await self._publish(snap)
+        self.published = snap.version  # the data planes have it: ready
         gw = len(snap.gateways)
         # HTTPRoutes, and TCP/UDP/TLS routes (listed per listener in the report)
         routes = len(report["routes"]) + len(
@@ -280,7 +282,7 @@ class Runtime:
     # --- admin handlers ---------------------------------------------------------
 
     def _readyz(self, _: str) -> tuple[int, str, bytes]:
-        if self.current is None:
+        if self.current is None or not self.published:
             return 503, "text/plain", b"not ready: no configuration applied yet\n"
         return 200, "text/plain", b"ok\n"
 

@@ -21,6 +21,29 @@ class JSONPathError(ValueError):
 _MISSING = object()
 
 
+def _closing(text: str, pos: int, opening: str, closing: str, escapes: bool = False) -> int:
+    """The index of the ``closing`` that balances the ``opening`` at ``pos`` (they nest; quotes hide
+    them; with ``escapes`` a backslash hides the next character inside quotes)."""
+    depth, quote, i = 0, "", pos
+    while i < len(text):
+        ch = text[i]
+        if quote:
+            if escapes and ch == "\\":
+                i += 1
+            elif ch == quote:
+                quote = ""
+        elif ch in "\"'":
+            quote = ch
+        elif ch == opening:
+            depth += 1
+        elif ch == closing:
+            depth -= 1
+            if depth == 0:
+                return i
+        i += 1
+    raise JSONPathError(f"unclosed {opening} in {text!r}")
+
+
 def _blocks(template: str) -> list[tuple[str, str]]:
     """("text", literal) and ("expr", inside-the-braces) in order."""
     out: list[tuple[str, str]] = []
@@ -32,51 +55,13 @@ def _blocks(template: str) -> list[tuple[str, str]]:
             break
         if start > pos:
             out.append(("text", template[pos:start]))
-        depth, i, quote = 0, start, ""
-        while i < len(template):
-            ch = template[i]
-            if quote:
-                if ch == "\\":
-                    i += 1
-                elif ch == quote:
-                    quote = ""
-            elif ch in "\"'":
-                quote = ch
-            elif ch == "{":
-                depth += 1
-            elif ch == "}":
-                depth -= 1
-                if depth == 0:
-                    break
-            i += 1
-        if depth != 0:
-            raise JSONPathError(f"unclosed brace in {template!r}")
-        out.append(("expr", template[start + 1:i].strip()))
-        pos = i + 1
+        end = _closing(template, start, "{", "}", escapes=True)
+        out.append(("expr", template[start + 1:end].strip()))
+        pos = end + 1
     return out
 
 
 _STEP = re.compile(r"""\.\.(?P<deep>(?:[^.\[\\]|\\.)+)|\.(?P<key>(?:[^.\[\\]|\\.)+)""")
-
-
-def _bracket(expr: str, pos: int) -> int:
-    """The index just past the ``]`` that closes the ``[`` at ``pos`` (brackets nest; quotes hide them)."""
-    depth, quote, i = 0, "", pos
-    while i < len(expr):
-        ch = expr[i]
-        if quote:
-            if ch == quote:
-                quote = ""
-        elif ch in "\"'":
-            quote = ch
-        elif ch == "[":
-            depth += 1
-        elif ch == "]":
-            depth -= 1
-            if depth == 0:
-                return i + 1
-        i += 1
-    raise JSONPathError(f"unclosed [ in {expr!r}")
 
 
 def _steps(expr: str) -> list[tuple[str, str]]:
@@ -87,9 +72,9 @@ def _steps(expr: str) -> list[tuple[str, str]]:
     pos = 0
     while pos < len(expr):
         if expr[pos] == "[":
-            end = _bracket(expr, pos)
-            out.append(("bracket", expr[pos + 1:end - 1].strip()))
-            pos = end
+            end = _closing(expr, pos, "[", "]")
+            out.append(("bracket", expr[pos + 1:end].strip()))
+            pos = end + 1
             continue
         m = _STEP.match(expr, pos)
         if not m:

@@ -16,6 +16,10 @@ Rows (``--rows`` picks some):
   handshake  a new TLS connection (full handshake) per request, wrk with Connection: close
   resume13   TLS 1.3 resumption (session tickets): openssl s_time -reuse, one request each
   resume12   TLS 1.2 resumption (session tickets), the same
+  h3         HTTP/3 over QUIC (ClientTrafficPolicy http3), bench/_h3load.py -m10: no peer here
+             serves HTTP/3 as a reverse proxy (Debian's nginx is built without it) and h2load has
+             no QUIC, so the row is compared to homeplane's own HTTPS HTTP/2 row of the same run
+             (CPU per request; the Python load generator shares the 2 cores)
 
 The proxy's CPU time (user+system, all its processes) is read from /proc before and after.
 Reported: requests/s, p99 (h2load: mean), errors, CPU µs per request and the homeplane/nginx
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import json
 import os
 import shutil
 import subprocess
@@ -40,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import descendants, free_port, measure, run_h2load, run_s_time, run_wrk, stop_all, wait_port  # noqa: E402
 
 ROUTES = 12
-ROWS = ("plain", "https", "h2", "h2c", "handshake", "resume13", "resume12")
+ROWS = ("plain", "https", "h2", "h2c", "handshake", "resume13", "resume12", "h3")
 
 
 def make_certificate(root: Path) -> tuple[Path, Path]:
@@ -148,6 +153,13 @@ def manifests(root: Path, backend_port: int, crt: Path, key: Path, policy: bool 
                   tls: {{certificateRefs: [{{name: bench-tls}}]}}
                   allowedRoutes: {{namespaces: {{from: All}}}}
             ---
+            apiVersion: gateway.envoyproxy.io/v1alpha1
+            kind: ClientTrafficPolicy
+            metadata: {{name: bench-h3, namespace: network}}
+            spec:
+              targetRefs: [{{group: gateway.networking.k8s.io, kind: Gateway, name: bench}}]
+              http3: {{}}
+            ---
             apiVersion: v1
             kind: Secret
             metadata: {{name: bench-tls, namespace: network}}
@@ -209,6 +221,8 @@ def runner(row: str):
         return run_wrk
     if row in ("h2", "h2c"):
         return run_h2load
+    if row == "h3":
+        return run_h3load
     if row == "handshake":
         return lambda url, seconds, connections, host=None: run_wrk(url, seconds, connections, host=host, close=True)
     version = "-tls1_3" if row == "resume13" else "-tls1_2"
@@ -223,7 +237,16 @@ DESCRIPTION = {
     "handshake": "HTTPS, new TLS connection per request (wrk, Connection: close)",
     "resume13": "TLS 1.3 resumption, one request per connection (s_time -reuse)",
     "resume12": "TLS 1.2 resumption, one request per connection (s_time -reuse)",
+    "h3": "HTTP/3 over QUIC (_h3load.py -m10; ratio: to homeplane's h2 row)",
 }
+
+
+def run_h3load(url: str, seconds: int, connections: int, host: str | None = None) -> dict[str, float]:
+    out = subprocess.run(
+        [sys.executable, str(Path(__file__).parent / "_h3load.py"), url, str(seconds), str(connections), *(["--host", host] if host else [])],
+        capture_output=True, text=True, check=True, timeout=seconds * 3 + 30,
+    ).stdout
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -283,13 +306,23 @@ def main() -> None:
         policy = ", gateway-wide BackendTrafficPolicy (compression, retries)" if args.policy else ""
         print(f"{ROUTES} HTTPRoutes{policy}, homeplane workers={args.workers}, {args.connections} connections, {args.seconds} s per run, ECDSA P-256")
         print(f"{'traffic':<66} {'proxy':<10} {'req/s':>9} {'p99 ms':>7} {'CPU µs/req':>10} {'errors':>6} {'CPU ratio':>9}")
+        h2_cpu: float | None = None  # homeplane's CPU per request on the h2 row, for the h3 row's ratio
         for row in rows:
             run = runner(row)
+            if row == "h3":
+                r = measure(lambda: descendants(hp.pid), url(row, hp_port, hp_port, hp_tls), args.seconds, min(args.connections, 10), host, run=run)
+                if h2_cpu is None:
+                    h2_cpu = measure(lambda: descendants(hp.pid), url("h2", hp_port, hp_port, hp_tls), args.seconds, args.connections, host, run=run_h2load)["cpu_us_per_req"]
+                errs = int(r["non2xx"] + r["socket_errors"])
+                print(f"{DESCRIPTION[row]:<66} {'homeplane':<10} {r['rps']:>9.0f} {r['p99_ms']:>7.2f} {r['cpu_us_per_req']:>10.1f} {errs:>6} {r['cpu_us_per_req'] / h2_cpu:>9.2f}")
+                continue
             results = {
                 "homeplane": measure(lambda: descendants(hp.pid), url(row, hp_port, hp_port, hp_tls), args.seconds, args.connections, host, run=run),
                 "nginx": measure(lambda: descendants(ng.pid), url(row, ng_port, ng_h2c, ng_tls), args.seconds, args.connections, host, run=run),
             }
             n = results["nginx"]
+            if row == "h2":
+                h2_cpu = results["homeplane"]["cpu_us_per_req"]
             for name, r in results.items():
                 errs = int(r["non2xx"] + r["socket_errors"])
                 ratio = f"{r['cpu_us_per_req'] / n['cpu_us_per_req']:.2f}" if name != "nginx" else ""

@@ -651,6 +651,7 @@ def run(
             rt.subscribe(fan_out)
             rt.on_stop.append(stop_workers)
         rt.status_extras["listeners"] = lambda: dp.bindings
+        rt.status_patches.append(dp.patch_status)
         if l4 == "userspace":
             from homeplane.l4.proxy import UserspaceProxy
 

@@ -108,7 +108,7 @@ def render_check(report: dict[str, Any]) -> str:
         out.append("Policies")
         for p in report["policies"]:
             targets = ", ".join(p["targets"]) or "(no target)"
-            state = "accepted" if p["accepted"] else f"NOT ACCEPTED: {p['message']}"
+            state = ("accepted" + (f"; {p['message']}" if p["message"] else "")) if p["accepted"] else f"NOT ACCEPTED: {p['message']}"
             out.append(f"  {p['kind']} {p['namespace']}/{p['name']} -> {targets}  {state}")
     if report.get("certificates"):
         out.append("")

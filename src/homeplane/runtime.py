@@ -58,6 +58,7 @@ class Runtime:
     version: int = 0
     subscribers: list[Subscriber] = field(default_factory=list)
     status_extras: dict[str, Callable[[], Any]] = field(default_factory=dict)
+    status_patches: list[Callable[[dict[str, Any]], None]] = field(default_factory=list)  # runtime facts over translation's status
     on_start: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     _transitions: dict[str, list[str]] = field(default_factory=dict)
@@ -293,6 +294,10 @@ class Runtime:
         doc["runtime"] = {"servingVersion": self.version, "rejected": self.rejected}
         for name, fn in self.status_extras.items():
             doc["runtime"][name] = fn()
+        if self.status_patches:
+            doc = json.loads(json.dumps(doc, default=str))  # a copy: the report itself stays translation's
+            for patch in self.status_patches:
+                patch(doc)
         return 200, "application/json", json.dumps(doc, indent=2, default=str).encode() + b"\n"
 
     def _metrics(self, _: str) -> tuple[int, str, bytes]:

@@ -295,3 +295,22 @@ def test_old_problems_do_not_block_reloads_new_ones_do(repo: Path, tmp_path: Pat
     finally:
         out = hp.stop()
     assert "new-broken.yaml" in out and out.count("reload rejected") == 1
+
+
+def test_http3_where_the_client_traffic_policy_asks(hp: Homeplane) -> None:
+    """The example's ClientTrafficPolicy has ``http3: {}``: `homeplane run` serves QUIC on each
+    HTTPS port and advertises it on the TCP answers."""
+    from tests.gateway import h3client
+
+    listeners = hp.status()["runtime"]["listeners"]
+    https = [b for b in listeners if b["protocol"] == "HTTPS"]
+    assert https and all(b["http3"]["listening"] for b in https)
+    (port,) = [b["boundPort"] for b in https if b["gateway"] == "network/envoy-external"]
+    over_tcp = httpx.get(f"https://127.0.0.1:{port}/", headers={"host": "whoami.home.example"}, verify=False)
+    assert over_tcp.headers["alt-svc"] == f'h3=":{port}"; ma=86400'
+    answer = h3client.get(port, "whoami.home.example", "/")
+    # the same answer over QUIC as over TCP, from the same route and policies
+    assert (answer.status, answer.body) == (over_tcp.status_code, over_tcp.content)
+    assert answer.headers["alt-svc"] == over_tcp.headers["alt-svc"]
+    out = hp.stop()
+    assert f"HTTP/3 (QUIC) listening on udp 127.0.0.1:{port}" in out

@@ -39,6 +39,9 @@ class Settings:
     reuse_port: bool = False
     fast_lane: bool = True  # simple HTTP/1.1 requests served by _fastlane.c when it is built
     native_h2: bool = True  # HTTP/2 on nghttp2 (frontends/http2.c) with the fast lane, when it is built
+    # QUIC (HTTP/3) where a ClientTrafficPolicy asks for it; extra workers (--workers) leave it
+    # to the main process, since the kernel's UDP reuseport spreading knows no connection IDs
+    http3: bool = True
     # the secret TLS session ticket keys are derived from; shared with the workers (set by the
     # main process's DataPlane when None)
     ticket_secret: bytes | None = None
@@ -63,6 +66,8 @@ class ListenerConf:
     connection_limit: int | None = None  # clientTrafficPolicy connection.connectionLimit.value
     buffer_limit: int | None = None  # connection.bufferLimit: request body kept for retries/mirrors
     path: PathSettings = DEFAULT_PATH_SETTINGS  # path.escapedSlashesAction / disableMergeSlashes
+    http3: bool = False  # clientTrafficPolicy http3: this HTTPS listener also serves QUIC on its port
+    alt_svc: bytes | None = None  # the Alt-Svc value TCP answers carry then (h3=":<bound port>"; ma=86400)
 
 
 @dataclass(slots=True)
@@ -86,6 +91,24 @@ class ExchangeState(IntEnum):
     TUNNEL = 4  # an upgraded connection (WebSocket): bytes both ways
     DONE = 5
 
+
+
+class NoUpgrade:
+    """The tunnel side of a sink for protocols without Upgrade (HTTP/2, HTTP/3; RFC 9113 §8.6,
+    RFC 9114 §4.4): a backend's 101 resets the stream."""
+
+    __slots__ = ()
+
+    def respond_abort(self) -> None: ...
+
+    def start_tunnel(self, exchange: Any) -> None:
+        self.respond_abort()
+
+    def tunnel_write(self, data: bytes) -> None:
+        pass
+
+    def tunnel_close(self) -> None:
+        pass
 
 
 class DataPlaneHooks(Protocol):

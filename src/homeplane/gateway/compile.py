@@ -90,6 +90,11 @@ def compile_snapshot(snapshot: ir.Snapshot, bind: BindPlan, settings: Settings) 
                         cfg = m.action.cluster_config if name in [wc.cluster for wc in m.action.backends] else None
                         cluster_policies[name] = (snapshot.pools[pool], policy, cfg)
             bport = bind.port_for(port)
+            for lt in table.listeners:
+                if lt.conf is not None and lt.conf.http3:
+                    # Envoy Gateway's advertisement: the port the client must use (here the
+                    # bound one, after --port-map), remembered for a day
+                    lt.conf.alt_svc = b'h3=":%d"; ma=86400' % bport
             key = (addr, bport)
             if key in wanted:
                 if gw.merge_group is not None and groups.get(key) == gw.merge_group and wanted[key].protocol == table.protocol:
@@ -153,7 +158,7 @@ def listener_conf(ls: ir.Listener) -> ListenerConf:
         proxy_protocol_optional=s.proxy_protocol_optional, h2_max_streams=s.h2_max_streams,
         h2_stream_window=s.h2_stream_window, h2_connection_window=s.h2_connection_window,
         connection_limit=s.connection_limit, buffer_limit=s.buffer_limit,
-        path=PathSettings(s.escaped_slashes, s.merge_slashes),
+        path=PathSettings(s.escaped_slashes, s.merge_slashes), http3=s.http3 and ls.protocol == "HTTPS",
     )
 
 

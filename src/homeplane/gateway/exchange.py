@@ -161,6 +161,13 @@ def _with_cors(headers: list[tuple[bytes, bytes]], cors: list[tuple[bytes, bytes
     return [h for h in headers if h[0] not in names] + cors
 
 
+def _with_alt_svc(headers: list[tuple[bytes, bytes]], value: bytes) -> list[tuple[bytes, bytes]]:
+    """HTTP/3 advertised (ClientTrafficPolicy http3), unless the backend advertises its own."""
+    if any(n == b"alt-svc" for n, _ in headers):
+        return headers
+    return headers + [(b"alt-svc", value)]
+
+
 class Exchange:
     __slots__ = (
         "dp", "sink", "conn", "table", "listener", "method", "target", "headers", "http_version", "has_body",
@@ -702,6 +709,9 @@ class Exchange:
                 out = [h for h in out if h[0] != b"etag"] + [(b"content-encoding", token), (b"vary", b"accept-encoding")]
                 length = None
         self.state = _STREAMING
+        conf = self.listener_conf
+        if conf is not None and conf.alt_svc is not None:
+            out = _with_alt_svc(out, conf.alt_svc)
         self.sink.respond_head(status, out, length if has_body else (length if self.head_only else None), has_body)
 
     def _retriable_status(self, status: int) -> bool:
@@ -919,6 +929,9 @@ class Exchange:
         if self.resp_ops is None and self.action is not None:
             self.resp_ops = self.action.resp_ops
         has_body = not self.head_only and status not in (204, 304)
+        conf = self.listener_conf
+        if conf is not None and conf.alt_svc is not None:
+            hdrs = _with_alt_svc(hdrs, conf.alt_svc)
         self.sink.respond_head(status, hdrs, len(body), has_body)
         if body and has_body:
             self.sink.respond_data(body)

@@ -28,6 +28,8 @@ from homeplane.gateway.frontends.fastlane import enabled as fastlane_enabled
 from homeplane.gateway.upstreams.health import run_checks
 from homeplane.observe.accesslog import AccessLogs, Record, first_values, request_headers
 from homeplane.gateway.frontends.http1 import Http1Connection
+from homeplane.gateway.frontends.http3 import new_session
+from homeplane.gateway.frontends.quic import QuicEndpoint
 from homeplane.gateway.frontends.late_tls import start_tls_after
 from homeplane.gateway.frontends.streams import GatewayL4, PassthroughTable, spliced
 from homeplane.gateway.routing.router import ListenerTable, PortTable
@@ -90,6 +92,9 @@ class PortServer:
         self.native_default: Any = None
         self._native: list[tuple[str | None, list[tuple[ir.TLSCert, Any]]]] = []
         self._native_cache: dict[str, Any] = {}
+        self.quic: QuicEndpoint | None = None  # HTTP/3 on this port's UDP twin (ClientTrafficPolicy http3)
+        self.http3_status: dict[str, Any] | None = None  # for /status: listening, or why not
+        self.http3_policies: list[ir.Ref] = []  # the ClientTrafficPolicies asking for it here
 
     @property
     def tls(self) -> bool:
@@ -212,6 +217,43 @@ class PortServer:
         )
         self._nodelay()
 
+    async def sync_quic(self) -> None:
+        """Serve QUIC on this port's address and port (UDP) while a listener on it asks for
+        HTTP/3, with those listeners' certificates; stop when none does. A port that cannot be
+        had or a certificate aioquic cannot use is reported (``http3_status``), and TCP serves
+        on regardless."""
+        h3 = [lt for lt in self.table.listeners if lt.conf is not None and lt.conf.http3 and lt.listener.tls_certs]
+        self.http3_policies = [lt.listener.client_traffic.policy for lt in h3 if lt.listener.client_traffic is not None]
+        if not (self.dp.settings.http3 and self.tls and h3):
+            if self.quic is not None:
+                self.quic.drain()
+                self.quic = None
+                log.info("stopped HTTP/3 on udp %s:%d", self.host, self.port)
+            asked = any(lt.conf is not None and lt.conf.http3 for lt in self.table.listeners)
+            self.http3_status = {"listening": False, "reason": "NoCertificate", "message": "no listener asking for HTTP/3 has a usable certificate"} if (
+                asked and self.dp.settings.http3) else None
+            return
+        conf = h3[0].conf
+        assert conf is not None
+        endpoint = self.quic or QuicEndpoint(new_session(self), self.dp.settings.max_connections)
+        try:
+            endpoint.configure([(lt.listener.hostname, lt.listener.tls_certs) for lt in h3],
+                               conf.idle_timeout or self.dp.settings.idle_timeout, conf.h2_max_streams)
+        except (ValueError, TypeError) as e:
+            self.http3_status = {"listening": self.quic is not None, "reason": "InvalidCertificate", "message": f"certificate not usable for QUIC: {e}"}
+            log.error("HTTP/3 on udp %s:%d: certificate not usable for QUIC: %s", self.host, self.port, e)
+            return
+        if self.quic is None:
+            try:
+                await endpoint.listen(self.host, self.port)
+            except OSError as e:
+                self.http3_status = {"listening": False, "reason": "PortUnavailable", "message": f"cannot listen on udp {self.host}:{self.port}: {e.strerror or e}"}
+                log.error("Gateway %s: HTTP/3 cannot listen on udp %s:%d: %s (HTTPS on TCP serves on)", self.table.gateway, self.host, self.port, e.strerror or e)
+                return
+            self.quic = endpoint
+            log.info("Gateway %s port %d: HTTP/3 (QUIC) listening on udp %s:%d", self.table.gateway, self.table.port, self.host, self.port)
+        self.http3_status = {"listening": True, "address": f"udp {self.host}:{self.port}", "listeners": [lt.listener.name for lt in h3]}
+
     def _nodelay(self) -> None:
         """Small writes (an answer) go out at once: TCP_NODELAY on the listening sockets, which
         the connections they accept inherit (Linux), instead of a system call per connection."""
@@ -226,6 +268,9 @@ class PortServer:
     def close(self) -> None:
         if self.server is not None:
             self.server.close()
+        if self.quic is not None:
+            self.quic.drain()
+            self.quic = None
         # the listener is gone (or the data plane stops): as Envoy drains a listener, HTTP/2
         # clients get a GOAWAY (no new streams here; those open finish) and idle HTTP/1.1
         # connections are closed; requests in flight finish
@@ -468,6 +513,7 @@ class DataPlane:
                     log.error("cannot listen on %s:%d for Gateway %s: %s", key[0], key[1], table.gateway, e)
                     continue
                 self.servers[key] = srv
+                await srv.sync_quic()
                 log.info(
                     "Gateway %s port %d (%s: %s) listening on %s:%d",
                     table.gateway, table.port, table.protocol,
@@ -490,12 +536,34 @@ class DataPlane:
                         log.error("cannot listen again on %s:%d: %s", key[0], key[1], e)
                     else:
                         log.info("port %s:%d now %s bytes before TLS (PROXY protocol, passthrough)", key[0], key[1], "reads" if srv.started_with_preamble else "no longer reads")
+                await srv.sync_quic()
         for key in [k for k in self.servers if k not in wanted]:
             self.servers.pop(key).close()
             log.info("stopped listening on %s:%d", *key)
         await self.l4.apply(wanted_l4)
+        for b in bindings:
+            srv = self.servers.get((b["address"], b["boundPort"]))
+            if srv is not None and srv.http3_status is not None:
+                b["http3"] = srv.http3_status
         self.bindings = bindings + l4_bindings
         self.snapshot = snapshot
+
+    def patch_status(self, doc: dict[str, Any]) -> None:
+        """What translation cannot know, in /status: a ClientTrafficPolicy whose HTTP/3 this
+        machine could not serve (the UDP port taken, a certificate QUIC cannot use) gets its
+        ``Programmed`` condition False with the reason."""
+        failed: dict[tuple[str, str], dict[str, Any]] = {}
+        for srv in self.servers.values():
+            st = srv.http3_status
+            if st is not None and not st["listening"] and st["reason"] != "NoCertificate":  # (that one translation reports)
+                for ref in srv.http3_policies:
+                    failed.setdefault((ref.namespace or "", ref.name), st)
+        for p in doc.get("policies", []):
+            st = failed.get((p.get("namespace") or "", p.get("name")))
+            if p.get("kind") != "ClientTrafficPolicy" or st is None:
+                continue
+            cond = {"type": "Programmed", "status": "False", "reason": st["reason"], "message": "HTTP/3 not served: " + st["message"]}
+            p["conditions"] = [c for c in p.get("conditions", []) if c.get("type") != "Programmed"] + [cond]
 
     # --- lifecycle ------------------------------------------------------------------------
 

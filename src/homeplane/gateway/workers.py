@@ -81,6 +81,7 @@ async def _worker_main(index: int) -> None:
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin.buffer)
     settings, port_map = await _read_frame(reader)
+    settings.http3 = False  # QUIC is the main process's (see Settings.http3)
     dp = DataPlane(settings, BindPlan(port_map, {}, None))
     await dp.start()
     stop = asyncio.Event()

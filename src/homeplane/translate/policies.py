@@ -54,6 +54,7 @@ class PolicyState:
     lua: list[tuple[str, str, str]] = field(default_factory=list)  # EnvoyExtensionPolicy: (name, source, filterContext)
     api_keys: dict[str, bytes] = field(default_factory=dict)  # apiKeyAuth: client id -> key
     lowered: Any = None  # ClientTrafficPolicy / BackendTrafficPolicy: its settings (translate/lower.py)
+    http3: dict[str, str] = field(default_factory=dict)  # ClientTrafficPolicy http3: listener -> "" (served) or why not
 
     @property
     def ref(self) -> ir.Ref:
@@ -280,6 +281,13 @@ def _apply_to_gateways(result: PolicyResult, gateways: list[GatewayState]) -> No
             ctp = result.client.lookup(("Gateway", gns, gname, ls.name), ("Gateway", gns, gname, None))
             if ctp is not None and not ctp.invalid:  # an invalid one is reported and not applied
                 ls.client_traffic = ir.ClientTrafficIR(ctp.ref, ctp.lowered)
+                if ctp.lowered.http3:
+                    where = f"{gns}/{gname}/{ls.name}"
+                    ctp.http3[where] = (
+                        "" if ls.spec.protocol == "HTTPS" and ls.certs and ls.ready
+                        else f"listener {where} is {ls.spec.protocol}, not HTTPS" if ls.spec.protocol != "HTTPS"
+                        else f"listener {where} has no usable certificate yet"
+                    )
                 broad = result.client.by_target.get(("Gateway", gns, gname, None))
                 if broad is not None and broad is not ctp:
                     broad.overridden_on.append(f"listener {ls.name} of Gateway {gns}/{gname} (by {ctp.obj.name})")
@@ -359,6 +367,8 @@ def _policy_status(ctx: Context, p: PolicyState) -> dict[str, Any]:
             msg += f" Targets not found: {', '.join(p.missing)}."
         accepted = st.cond(st.ACCEPTED, True, st.R_ACCEPTED, msg, gen)
     conditions = [accepted]
+    if p.http3 and accepted.status is True:
+        conditions.append(_http3_condition(p.http3, gen))
     if p.overridden_on:
         conditions.append(
             st.cond(st.OVERRIDDEN, True, st.R_OVERRIDDEN, "This policy is being overridden by other policies for: " + "; ".join(p.overridden_on), gen)
@@ -369,6 +379,18 @@ def _policy_status(ctx: Context, p: PolicyState) -> dict[str, Any]:
     if not ancestors:
         ancestors.append({"ancestorRef": None, "controllerName": st.CONTROLLER_NAME, "conditions": st.conditions_json(conditions)})
     return {"ancestors": ancestors}
+
+
+def _http3_condition(listeners: dict[str, str], gen: int | None) -> st.Condition:
+    """Whether the HTTP/3 the policy asks for is served: on its HTTPS listeners that have a
+    certificate (the QUIC listener needs one); the others are named with the reason."""
+    served = [name for name, why in listeners.items() if not why]
+    problems = [why for why in listeners.values() if why]
+    if served:
+        msg = "HTTP/3 (QUIC) served on " + ", ".join(served)
+        return st.cond(st.PROGRAMMED, True, st.R_PROGRAMMED, msg + ("; not on: " + "; ".join(problems) if problems else ""), gen)
+    no_https = all("not HTTPS" in why for why in problems)
+    return st.cond(st.PROGRAMMED, False, "NoHTTPSListener" if no_https else "NoCertificate", "HTTP/3 not served: " + "; ".join(problems), gen)
 
 
 def _ancestors(ctx: Context, p: PolicyState) -> list[dict[str, Any]]:
@@ -398,6 +420,8 @@ def attachments_summary(result: PolicyResult) -> tuple[ir.PolicyAttachment, ...]
         msg = p.invalid or ("; ".join(p.conflicted_on) if p.conflicted_on else "") or (
             f"targets not found: {', '.join(p.missing)}" if p.missing else ""
         )
+        if ok and p.http3 and all(p.http3.values()):
+            msg = _http3_condition(p.http3, None).message
         out.append(ir.PolicyAttachment(p.ref, targets, ok, msg))
     return tuple(out)
 

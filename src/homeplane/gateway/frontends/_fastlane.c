@@ -36,7 +36,7 @@
  * routing.router: exported to Python (ROUTE_FIELDS, MATCH_*) and compared by the tests. */
 enum {
     ROUTE_ID, ROUTE_CLUSTER, ROUTE_TIMEOUT, ROUTE_BACKEND_TIMEOUT, ROUTE_CONNECT_TIMEOUT, ROUTE_MAX_REQUESTS,
-    ROUTE_PASSIVE, ROUTE_CONF, ROUTE_COMPRESSION, ROUTE_RETRIES, ROUTE_BACKOFF, ROUTE_GATEWAY, ROUTE_FIELDS
+    ROUTE_PASSIVE, ROUTE_CONF, ROUTE_COMPRESSION, ROUTE_RETRIES, ROUTE_BACKOFF, ROUTE_GATEWAY, ROUTE_ALT_SVC, ROUTE_FIELDS
 };
 enum { MATCH_EXACT = 0, MATCH_PREFIX = 1, MATCH_OPAQUE = 2 };
 
@@ -531,6 +531,16 @@ static void conn_flush(Conn *c) {
     c->out.len = 0;
 }
 
+/* The listener's Alt-Svc (HTTP/3 advertised, ClientTrafficPolicy http3) when the backend's
+ * answer has none of its own; borrowed, or NULL. Mirrors exchange._with_alt_svc. */
+static PyObject *alt_svc_of(Conn *c, const Field *f, int nf) {
+    PyObject *alt = PyTuple_GET_ITEM(c->route, ROUTE_ALT_SVC);
+    if (!PyBytes_Check(alt)) return NULL;
+    for (int i = 0; i < nf; i++)
+        if (ieq(f[i].name, f[i].nlen, "alt-svc")) return NULL;
+    return alt;
+}
+
 /* The response head: returns bytes consumed, 0 for "need more", -1 invalid (msg set). */
 static Py_ssize_t up_head(Up *u, Conn *c, const char *p, Py_ssize_t n, const char **msg) {
     const char *e = find_crlfcrlf(p, n);
@@ -689,6 +699,12 @@ static Py_ssize_t up_head(Up *u, Conn *c, const char *p, Py_ssize_t n, const cha
         buf_str(o, "transfer-encoding: chunked\r\n");
         u->phase = PH_EOF;
         u->keep_alive = 0;
+    }
+    PyObject *alt = alt_svc_of(c, f, nf);
+    if (alt) {
+        buf_str(o, "alt-svc: ");
+        buf_add(o, PyBytes_AS_STRING(alt), PyBytes_GET_SIZE(alt));
+        buf_add(o, "\r\n", 2);
     }
     if (c->body_left > 0) c->close_after = 1;  /* answered before the request body ended */
     if (c->close_after) buf_str(o, "connection: close\r\n");

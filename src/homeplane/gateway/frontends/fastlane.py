@@ -100,6 +100,7 @@ class FastRoute(NamedTuple):
     retries: int  # after connect failures and resets
     backoff_base: float
     gateway: str  # the Gateway of the rule's listener (merged gateways share a port), for the log
+    alt_svc: bytes | None  # the listener's Alt-Svc (ClientTrafficPolicy http3), added to answers without one
 
 
 def fast_eligible(a: RouteAction | None) -> str | None:
@@ -143,7 +144,7 @@ def fast_route(action: RouteAction | None, clusters: dict[str, Cluster], conf: A
     return FastRoute(
         a.route_id, cluster, float(a.timeout or 0.0), float(a.backend_timeout or 0.0), float(a.connect_timeout),
         int(cluster.config.max_requests), cluster.config.passive is not None, conf, a.compression,
-        a.retry.num_retries, float(a.retry.backoff_base), gateway,
+        a.retry.num_retries, float(a.retry.backoff_base), gateway, conf.alt_svc if conf is not None else None,
     )
 
 

@@ -186,7 +186,7 @@ static int h2_response_head(Conn *c, int status, const Field *f, int nf, const F
     if (!st) return 0;  /* the client reset the stream meanwhile */
     Buf names = {0};    /* lower-case names (HTTP/2 requires them), then the status and length digits */
     Py_ssize_t count = compressed ? PyList_GET_SIZE(compressed) : nf;
-    nghttp2_nv *nv = PyMem_Malloc(sizeof(nghttp2_nv) * (count + 2));
+    nghttp2_nv *nv = PyMem_Malloc(sizeof(nghttp2_nv) * (count + 3));
     Py_ssize_t *at = PyMem_Malloc(sizeof(Py_ssize_t) * (count + 3));
     if (!nv || !at) { PyMem_Free(nv); PyMem_Free(at); return -1; }
     size_t n = 0;
@@ -221,6 +221,8 @@ static int h2_response_head(Conn *c, int status, const Field *f, int nf, const F
         }
     }
     if (with_length) nv[n++] = NV("content-length", 14, names.data + cl_at, cl_len);
+    PyObject *alt = alt_svc_of(c, f, nf);
+    if (alt) nv[n++] = NV("alt-svc", 7, PyBytes_AS_STRING(alt), PyBytes_GET_SIZE(alt));
     int r = h2_submit(c->h2, st, nv, n, !no_body);
     buf_free(&names);
     PyMem_Free(nv);

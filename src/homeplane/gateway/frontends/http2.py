@@ -24,6 +24,7 @@ from homeplane.gateway.base import (
     DEFAULT_STREAM_WINDOW,
     ConnInfo,
     ExchangeState,
+    NoUpgrade,
     PortHooks,
 )
 from homeplane.gateway.exchange import Exchange
@@ -33,7 +34,7 @@ _HIGH_WATER = 256 * 1024
 _FORBIDDEN = {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
 
 
-class ClientStream:
+class ClientStream(NoUpgrade):
     """Sink for one stream's exchange."""
 
     __slots__ = (
@@ -160,16 +161,6 @@ class ClientStream:
             except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
                 return
             self.conn.flush()
-
-    def start_tunnel(self, exchange: Exchange) -> None:
-        self.respond_abort()  # Upgrade does not exist in HTTP/2
-
-    def tunnel_write(self, data: bytes) -> None:
-        pass
-
-    def tunnel_close(self) -> None:
-        pass
-
 
 
 # Rapid reset (CVE-2023-44487), counted as Envoy counts it: a stream the client resets within

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from homeplane.gateway.base import ConnInfo, ExchangeState, PortHooks
+from homeplane.gateway.base import ConnInfo, ExchangeState, NoUpgrade, PortHooks
 from homeplane.gateway.exchange import Exchange
 
 if TYPE_CHECKING:
     from homeplane.gateway.routing.router import ListenerTable
 
 
-class NativeH2Stream:
+class NativeH2Stream(NoUpgrade):
     """Sink for one stream's exchange, on the C session's primitives."""
 
     __slots__ = ("session", "stream_id", "exchange", "paused", "body_paused", "unacked")
@@ -66,14 +66,6 @@ class NativeH2Stream:
             n, self.unacked = self.unacked, 0
             self.session.consume(self.stream_id, n)
 
-    def start_tunnel(self, exchange: Exchange) -> None:
-        self.respond_abort()  # Upgrade does not exist in HTTP/2
-
-    def tunnel_write(self, data: bytes) -> None:
-        pass
-
-    def tunnel_close(self) -> None:
-        pass
 
     # --- called by the session ---------------------------------------------------------
 

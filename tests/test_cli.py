@@ -238,3 +238,34 @@ def test_a_busy_port_is_one_line_and_exit_2(tmp_path: Path) -> None:
     assert r.returncode == 2, r.stderr
     assert r.stderr.strip().splitlines()[-1] == f"homeplane: cannot listen on 127.0.0.1:{port}: address already in use"
     assert "Traceback" not in r.stderr
+
+
+def test_check_says_where_http3_cannot_be_served(tmp_path: Path) -> None:
+    (tmp_path / "m.yaml").write_text(
+        """
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: envoy}
+spec: {controllerName: gateway.envoyproxy.io/gatewayclass-controller}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: plain, namespace: network}
+spec:
+  gatewayClassName: envoy
+  listeners: [{name: http, protocol: HTTP, port: 80}]
+---
+apiVersion: gateway.envoyproxy.io/v1alpha1
+kind: ClientTrafficPolicy
+metadata: {name: quic, namespace: network}
+spec:
+  targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: plain}]
+  http3: {}
+"""
+    )
+    out = hp("check", str(tmp_path)).stdout
+    assert "ClientTrafficPolicy network/quic -> Gateway/network/plain  accepted; HTTP/3 not served: listener network/plain/http is HTTP, not HTTPS" in out
+    doc = json.loads(hp("check", str(tmp_path), "-o", "json").stdout)
+    (p,) = doc["policies"]
+    prog = next(c for c in p["conditions"] if c["type"] == "Programmed")
+    assert (prog["status"], prog["reason"]) == ("False", "NoHTTPSListener")

@@ -12,7 +12,7 @@ import os
 import socket
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import httpx
 import pytest
@@ -273,6 +273,7 @@ def test_handshakes_per_source_are_bounded_and_retry_proves_the_address(gw: Gate
     ep = srv.quic
     assert ep is not None
     # many first flights from one address that never finish their handshakes
+    monkeypatch.setattr(quic, "HANDSHAKE_TIMEOUT", 1.5)
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         for _ in range(quic.HALF_OPEN_PER_SOURCE + 10):
@@ -287,8 +288,13 @@ def test_handshakes_per_source_are_bounded_and_retry_proves_the_address(gw: Gate
         assert ep.stats["refused"] >= 10
     finally:
         sock.close()
-    # those connections expire with their handshake timeout; meanwhile, with many handshakes
-    # open everywhere, new clients must echo a Retry token first - and a real client does
+    # those connections expire with their handshake timeout, not the idle one
+    deadline = time.time() + 5
+    while (ep.half_open or ep.sessions) and time.time() < deadline:
+        time.sleep(0.05)
+    assert not ep.half_open and not ep.sessions and not ep.by_cid
+    # with many handshakes open everywhere, new clients must echo a Retry token first - and a
+    # real client does
     monkeypatch.setattr(quic, "RETRY_ABOVE", 0)
     monkeypatch.setattr(quic, "HALF_OPEN_PER_SOURCE", 10_000)
     before = ep.stats["retries"]
@@ -376,14 +382,217 @@ spec:
     try:
         port = g.port(443)
 
-        async def run() -> tuple[int, int, int]:
+        from homeplane.gateway.frontends.http3 import H3Session
+
+        most = [0]
+        sampling = [True]
+
+        def sample() -> None:
+            while sampling[0]:
+                for c in list(g.dp.connections):
+                    if isinstance(c, H3Session):
+                        most[0] = max(most[0], len(c.streams))
+                time.sleep(0.005)
+
+        async def run() -> tuple[int, int, int, list[int]]:
             async with await h3client.session(port, "b.test") as c:
                 ok = (await c.request("GET", "b.test", "/echo")).status
                 big = (await c.request("GET", "b.test", "/echo", headers={f"x-big-{i}": "v" * 1000 for i in range(3)})).status
-                return c._quic._remote_max_streams_bidi, ok, big
+                limit = c._quic._remote_max_streams_bidi
+                slow = await asyncio.gather(*(c.request("GET", "b.test", "/stream?n=1&ms=300") for _ in range(12)))
+                return limit, ok, big, [a.status for a in slow]
 
-        limit, ok, big = asyncio.run(run())
-        assert limit == 7  # the listener's stream limit, as on HTTP/2
+        import threading
+
+        t = threading.Thread(target=sample)
+        t.start()
+        try:
+            limit, ok, big, slow = asyncio.run(run())
+        finally:
+            sampling[0] = False
+            t.join()
+        assert 7 <= limit <= 7 + 2  # the listener's limit of open streams, as on HTTP/2, plus those ended
         assert ok == 200 and big == 431
+        # 12 slow requests at once: all answered, never more than 7 open (the client waits for credit)
+        assert slow == [200] * 12 and most[0] == 7
+    finally:
+        g.close()
+
+
+def _session(g: Gateway) -> Any:
+    from homeplane.gateway.frontends.http3 import H3Session
+
+    return next(c for c in list(g.dp.connections) if isinstance(c, H3Session))
+
+
+def test_an_upload_follows_the_upstreams_pace(backend: Backend) -> None:
+    """A backend that reads nothing: the client may not push the body faster than it goes (the
+    stream's and the connection's credit are held back), as HTTP/2's windows are."""
+    sink = socket.socket()
+    sink.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    sink.bind(("127.0.0.1", 0))
+    sink.listen(8)
+    extra = service("stuck", sink.getsockname()[1]) + route("rs", '["stuck.a.test"]', "\n    - backendRefs: [{name: stuck, port: 80}]", section="a")
+    g = Gateway(manifests(backend, extra=extra))
+    try:
+        port = g.port(443)
+
+        async def run() -> tuple[int, int]:
+            async with await h3client.session(port, "stuck.a.test") as c:
+                task = asyncio.ensure_future(c.request("POST", "stuck.a.test", "/upload", body=b"u" * (40 << 20), chunk=1 << 20))
+                first, later = -1, 0
+                deadline = time.monotonic() + 20
+                while first != later and time.monotonic() < deadline:  # until it stops moving
+                    first = later
+                    await asyncio.sleep(1.5)
+                    later = g.call(_received(g))
+                task.cancel()
+                return first, later
+
+        first, later = asyncio.run(run())
+        # of 40 MiB offered: what the kernel's socket buffers and the first windows took, then nothing
+        assert later == first and later < 24 << 20, (first, later)
+    finally:
+        g.close()
+        sink.close()
+
+
+async def _received(g: Gateway) -> int:
+    s = _session(g)
+    return max((st.receiver.highest_offset for sid, st in s.quic._streams.items() if sid % 4 == 0), default=0)
+
+
+def test_a_header_frame_that_never_ends_is_refused(gw: Gateway) -> None:
+    from aioquic.buffer import Buffer
+
+    port = gw.port(443)
+
+    async def run() -> tuple[int | None, int]:
+        async with await h3client.session(port, "b.test") as c:
+            q = c._quic
+            sid = q.get_next_available_stream_id()
+            c.answers[sid] = h3client.H3Answer()
+            c.done[sid] = asyncio.get_running_loop().create_future()
+            head = Buffer(capacity=16)
+            head.push_uint_var(1)  # HEADERS
+            head.push_uint_var(1 << 30)  # of a gigabyte
+            q.send_stream_data(sid, head.data)
+            for _ in range(40):
+                st = q._streams.get(sid)
+                if st is None or st.sender._reset_error_code is not None:
+                    break  # the server's STOP_SENDING: the client's stack stopped the stream
+                q.send_stream_data(sid, b"\x00" * 8192)
+                c.transmit()
+                await asyncio.sleep(0.005)
+            answer = await asyncio.wait_for(c.done[sid], 10)
+            after = await c.request("GET", "b.test", "/echo")  # the connection serves on
+            return answer.reset, after.status
+
+    reset, status = asyncio.run(run())
+    assert reset == 0x107  # H3_EXCESSIVE_LOAD
+    assert status == 200
+
+
+def test_an_unreadable_server_name_does_not_leak_the_connection(gw: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
+    import aioquic.tls as tls
+
+    port = gw.port(443)
+    ep = next(s for s in gw.dp.servers.values() if s.quic is not None).quic
+    assert ep is not None
+
+    def latin1_name(buf: Any, name: str) -> None:
+        with tls.push_block(buf, 2):
+            buf.push_uint8(0)
+            tls.push_opaque(buf, 2, "b\u00e9.test".encode("latin-1"))
+
+    monkeypatch.setattr(tls, "push_server_name", latin1_name)
+    with pytest.raises(Exception):
+        h3client.get(port, "b.test")
+    monkeypatch.undo()
+    deadline = time.time() + 5
+    while (ep.sessions or ep.half_open) and time.time() < deadline:
+        time.sleep(0.05)
+    assert not ep.sessions and not ep.half_open and not ep.by_cid
+    assert h3client.get(port, "b.test").status == 200
+
+
+def test_removing_http3_lets_answers_in_flight_finish(backend: Backend) -> None:
+    g = Gateway(manifests(backend))
+    try:
+        port = g.port(443)
+
+        async def run() -> tuple[int, bytes]:
+            async with await h3client.session(port, "b.test") as c:
+                task = asyncio.ensure_future(c.request("GET", "b.test", "/stream?n=8&ms=100"))
+                await asyncio.sleep(0.3)
+                await asyncio.get_running_loop().run_in_executor(None, lambda: g.apply(manifests(backend, policy="")))
+                a = await task
+                return a.status, a.body
+
+        status, body = asyncio.run(run())
+        assert status == 200 and body.count(b"data: event") == 8  # all of it, to its end
+        deadline = time.time() + 5
+        while not udp_free(port) and time.time() < deadline:
+            time.sleep(0.05)
+        assert udp_free(port)  # and then the socket is given back
+        # asked for again: served again
+        g.apply(manifests(backend))
+        assert h3client.get(port, "b.test").status == 200
+    finally:
+        g.close()
+
+
+def test_an_open_connection_follows_new_configurations(backend: Backend) -> None:
+    g = Gateway(manifests(backend))
+    try:
+        port = g.port(443)
+        added = route("rc", '["c.a.test"]', "\n    - backendRefs: [{name: a, port: 80}]", section="a")
+
+        async def run() -> list[int]:
+            loop = asyncio.get_running_loop()
+            async with await h3client.session(port, "x.a.test") as c:
+                first = (await c.request("GET", "x.a.test", "/echo")).status
+                await loop.run_in_executor(None, lambda: g.apply(manifests(backend, extra=added)))
+                again = (await c.request("GET", "x.a.test", "/echo")).status  # not 421: the listener is found anew
+                new = (await c.request("GET", "c.a.test", "/echo")).status
+                await loop.run_in_executor(None, lambda: g.apply(manifests(backend).replace('["x.a.test"]', '["y.a.test"]')))
+                gone = (await c.request("GET", "x.a.test", "/echo")).status  # its route is gone on this connection too
+                return [first, again, new, gone]
+
+        assert asyncio.run(run()) == [200, 200, 200, 404]
+    finally:
+        g.close()
+
+
+def test_rapid_reset_closes_the_connection(gw: Gateway, caplog: pytest.LogCaptureFixture) -> None:
+    port = gw.port(443)
+
+    async def run() -> None:
+        async with await h3client.session(port, "b.test") as c:
+            q = c._quic
+            for _ in range(300):
+                while q.get_next_available_stream_id() // 4 >= q._remote_max_streams_bidi:  # the server's MAX_STREAMS
+                    await asyncio.sleep(0.005)
+                sid = q.get_next_available_stream_id()
+                c.h3.send_headers(sid, [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"b.test"), (b":path", b"/stream?n=1&ms=2000")])
+                q.reset_stream(sid, 0x10C)
+                c.transmit()
+                await asyncio.sleep(0.001)
+                if q._close_event is not None:
+                    return
+            await asyncio.sleep(1)
+
+    with caplog.at_level(logging.WARNING, logger="homeplane.gateway"):
+        asyncio.run(run())
+    assert any("reset" in r.getMessage() and "prematurely" in r.getMessage() for r in caplog.records)
+
+
+def test_a_listener_without_http3_is_not_served_over_quic(backend: Backend) -> None:
+    g = Gateway(manifests(backend, policy=ctp("b")))  # listener b asks, listener a does not
+    try:
+        port = g.port(443)
+        assert h3client.get(port, "b.test").status == 200
+        misdirected = h3client.get(port, "x.a.test", server_name="x.a.test")
+        assert misdirected.status == 421  # (over TCP it is served, without Alt-Svc)
     finally:
         g.close()

@@ -299,6 +299,10 @@ class Exchange:
             self.respond_simple(400, b"invalid Host header\n")
             return
         self.host = normalize_host(host_raw)
+        if self.listener is not None and not any(x is self.listener for x in self.table.listeners):
+            # the connection chose its listener (by SNI) in a table a new Snapshot has replaced:
+            # the same choice in the table of now
+            self.listener = self.table.listener_for(self.conn.sni.encode()) if self.conn.sni else None
         lt = self.listener or self.table.listener_for(self.host)
         if self.listener is not None and len(self.table.listeners) > 1:
             owner = self.table.listener_for(self.host)

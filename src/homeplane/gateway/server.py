@@ -93,6 +93,7 @@ class PortServer:
         self._native: list[tuple[str | None, list[tuple[ir.TLSCert, Any]]]] = []
         self._native_cache: dict[str, Any] = {}
         self.quic: QuicEndpoint | None = None  # HTTP/3 on this port's UDP twin (ClientTrafficPolicy http3)
+        self.quic_draining: QuicEndpoint | None = None  # the one before, while its connections finish
         self.http3_status: dict[str, Any] | None = None  # for /status: listening, or why not
         self.http3_policies: list[ir.Ref] = []  # the ClientTrafficPolicies asking for it here
 
@@ -140,7 +141,7 @@ class PortServer:
                 else:
                     configure(self.ssl_ctx, c0, first_conf, h2)
         self.table = table
-        self.fast = compile_table(table, self.dp.clusters) if self.hooks is not None and not self.dp.overload.refuse_requests else None
+        self._compile_fast()
 
     def _sni(self, sslobj: Any, server_name: str | None, ctx: ssl.SSLContext) -> None:
         name = (server_name or "").lower()
@@ -219,40 +220,60 @@ class PortServer:
 
     async def sync_quic(self) -> None:
         """Serve QUIC on this port's address and port (UDP) while a listener on it asks for
-        HTTP/3, with those listeners' certificates; stop when none does. A port that cannot be
-        had or a certificate aioquic cannot use is reported (``http3_status``), and TCP serves
-        on regardless."""
+        HTTP/3, with those listeners' certificates; stop (drain) when none does. A port that
+        cannot be had or a certificate aioquic cannot use is reported (``http3_status``), TCP
+        serves on, and its answers do not advertise what is not there."""
         h3 = [lt for lt in self.table.listeners if lt.conf is not None and lt.conf.http3 and lt.listener.tls_certs]
         self.http3_policies = [lt.listener.client_traffic.policy for lt in h3 if lt.listener.client_traffic is not None]
         if not (self.dp.settings.http3 and self.tls and h3):
             if self.quic is not None:
                 self.quic.drain()
-                self.quic = None
-                log.info("stopped HTTP/3 on udp %s:%d", self.host, self.port)
-            asked = any(lt.conf is not None and lt.conf.http3 for lt in self.table.listeners)
+                self.quic_draining, self.quic = self.quic, None
+                log.info("stopped HTTP/3 on udp %s:%d (open connections finish their requests)", self.host, self.port)
+            asked = [lt for lt in self.table.listeners if lt.conf is not None and lt.conf.http3]
             self.http3_status = {"listening": False, "reason": "NoCertificate", "message": "no listener asking for HTTP/3 has a usable certificate"} if (
                 asked and self.dp.settings.http3) else None
+            self._not_advertised(asked)
             return
         conf = h3[0].conf
         assert conf is not None
-        endpoint = self.quic or QuicEndpoint(new_session(self), self.dp.settings.max_connections)
+        endpoint = self.quic
+        if endpoint is None and self.quic_draining is not None and self.quic_draining.transport is not None:
+            endpoint = self.quic_draining  # asked for again while draining: the same socket takes new connections
+            endpoint.draining = False
+        endpoint = endpoint or QuicEndpoint(new_session(self), self.dp.settings.max_connections)
         try:
             endpoint.configure([(lt.listener.hostname, lt.listener.tls_certs) for lt in h3],
                                conf.idle_timeout or self.dp.settings.idle_timeout, conf.h2_max_streams)
         except (ValueError, TypeError) as e:
             self.http3_status = {"listening": self.quic is not None, "reason": "InvalidCertificate", "message": f"certificate not usable for QUIC: {e}"}
             log.error("HTTP/3 on udp %s:%d: certificate not usable for QUIC: %s", self.host, self.port, e)
+            if self.quic is None:
+                self._not_advertised(h3)
             return
-        if self.quic is None:
+        if endpoint.transport is None:
             try:
                 await endpoint.listen(self.host, self.port)
             except OSError as e:
                 self.http3_status = {"listening": False, "reason": "PortUnavailable", "message": f"cannot listen on udp {self.host}:{self.port}: {e.strerror or e}"}
                 log.error("Gateway %s: HTTP/3 cannot listen on udp %s:%d: %s (HTTPS on TCP serves on)", self.table.gateway, self.host, self.port, e.strerror or e)
+                self._not_advertised(h3)
                 return
-            self.quic = endpoint
             log.info("Gateway %s port %d: HTTP/3 (QUIC) listening on udp %s:%d", self.table.gateway, self.table.port, self.host, self.port)
+        self.quic, self.quic_draining = endpoint, None
         self.http3_status = {"listening": True, "address": f"udp {self.host}:{self.port}", "listeners": [lt.listener.name for lt in h3]}
+
+    def _not_advertised(self, listeners: list[Any]) -> None:
+        """No Alt-Svc on these listeners' answers (both lanes): HTTP/3 is not served here."""
+        if not any(lt.conf is not None and lt.conf.alt_svc for lt in listeners):
+            return
+        for lt in listeners:
+            if lt.conf is not None:
+                lt.conf.alt_svc = None
+        self._compile_fast()
+
+    def _compile_fast(self) -> None:
+        self.fast = compile_table(self.table, self.dp.clusters) if self.hooks is not None and not self.dp.overload.refuse_requests else None
 
     def _nodelay(self) -> None:
         """Small writes (an answer) go out at once: TCP_NODELAY on the listening sockets, which
@@ -270,7 +291,7 @@ class PortServer:
             self.server.close()
         if self.quic is not None:
             self.quic.drain()
-            self.quic = None
+            self.quic_draining, self.quic = self.quic, None
         # the listener is gone (or the data plane stops): as Envoy drains a listener, HTTP/2
         # clients get a GOAWAY (no new streams here; those open finish) and idle HTTP/1.1
         # connections are closed; requests in flight finish

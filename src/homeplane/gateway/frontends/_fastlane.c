@@ -534,6 +534,7 @@ static void conn_flush(Conn *c) {
 /* The listener's Alt-Svc (HTTP/3 advertised, ClientTrafficPolicy http3) when the backend's
  * answer has none of its own; borrowed, or NULL. Mirrors exchange._with_alt_svc. */
 static PyObject *alt_svc_of(Conn *c, const Field *f, int nf) {
+    if (!c->route || !PyTuple_Check(c->route)) return NULL;  /* answered before a route was chosen */
     PyObject *alt = PyTuple_GET_ITEM(c->route, ROUTE_ALT_SVC);
     if (!PyBytes_Check(alt)) return NULL;
     for (int i = 0; i < nf; i++)
@@ -1538,6 +1539,12 @@ static void conn_simple(Conn *c, int status, const char *body) {
     buf_str(o, "\r\ncontent-type: text/plain\r\ncontent-length: ");
     add_dec(o, blen);
     buf_str(o, "\r\n");
+    PyObject *alt = alt_svc_of(c, NULL, 0);
+    if (alt) {
+        buf_str(o, "alt-svc: ");
+        buf_add(o, PyBytes_AS_STRING(alt), PyBytes_GET_SIZE(alt));
+        buf_add(o, "\r\n", 2);
+    }
     if (c->close_after) buf_str(o, "connection: close\r\n");
     buf_str(o, "\r\n");
     if (!c->head_only) { buf_cstr(o, body); buf_add(o, "\n", 1); c->bytes_out = blen; }

@@ -289,12 +289,15 @@ static void h2_simple(Conn *c, int status, const char *body) {
         NV(":status", 7, digits, strlen(digits)),
         NV("content-type", 12, "text/plain", 10),
         NV("content-length", 14, length, strlen(length)),
+        NV("alt-svc", 7, "", 0),
     };
+    PyObject *alt = alt_svc_of(c, NULL, 0);
+    if (alt) nv[3] = NV("alt-svc", 7, PyBytes_AS_STRING(alt), PyBytes_GET_SIZE(alt));
     h2_queue(c->h2, st, body, blen);
     h2_queue(c->h2, st, "\n", 1);
     st->eof = 1;
     if (!st->head) c->bytes_out = blen + 1;
-    h2_submit(c->h2, st, nv, 3, 1);
+    h2_submit(c->h2, st, nv, alt ? 4 : 3, 1);
     h2_flush(c->h2);
 }
 

@@ -12,30 +12,36 @@ What differs from HTTP/2:
 - Requests that arrive in 0-RTT (before the handshake completes) are replayable by anyone who
   captured them: as Envoy's default early-data policy, only safe methods are served then and
   the others get ``425 Too Early`` (RFC 8470), which browsers retry after the handshake.
-- The request body is not flow-controlled by the upstream's pace: aioquic grants credit as
-  data arrives, so a body is bounded by what the exchange buffers (as for HTTP/1.1 bodies
-  read ahead).
+- Request bodies follow the upstream's pace: aioquic grants credit as data arrives, so
+  while an upstream cannot take more (``pause_request_body``) the stream and the connection get
+  no new credit (``quic.ServerConnection``), as HTTP/2's windows are held back.
 - Upgrades do not exist (RFC 9114 §4.4); Extended CONNECT (RFC 9220) is not offered, so
   WebSockets stay on HTTP/1.1 and HTTP/2.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from typing import Any
 
-from aioquic.h3.connection import H3Connection, ErrorCode
+from aioquic.buffer import encode_uint_var
+from aioquic.h3.connection import ErrorCode, FrameType, H3Connection, encode_frame
 from aioquic.h3.events import DataReceived, HeadersReceived
 from aioquic.h3.exceptions import H3Error
 from aioquic.quic import events as qe
 
 from homeplane.gateway.base import ConnInfo, ExchangeState, NoUpgrade, PortHooks
 from homeplane.gateway.exchange import Exchange
+from homeplane.gateway.frontends.http2 import PREMATURE_ABSOLUTE, PREMATURE_LIFETIME, PREMATURE_MIN_STREAMS
+from homeplane.gateway.routing.router import normalize_host
 from homeplane.gateway.frontends.quic import QuicDriver, QuicEndpoint, ServerConnection
 
 _HIGH_WATER = 256 * 1024
 _FORBIDDEN = {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
 _SAFE = {b"GET", b"HEAD", b"OPTIONS", b"TRACE"}  # RFC 9110 §9.2.1: what may be served from 0-RTT
 MAX_HEADER_BYTES = 60 * 1024  # as the HTTP/2 side's MAX_HEADER_LIST_SIZE
+CLOSE_GRACE = 2.0  # seconds a closing connection waits for its last answers to be acknowledged
 
 
 def _buffered(quic: ServerConnection, stream_id: int) -> int:
@@ -122,10 +128,13 @@ class H3Stream(NoUpgrade):
         self.session.schedule()
 
     def pause_request_body(self) -> None:
-        pass  # see the module's note: aioquic grants credit as data arrives
+        # no more credit for this stream's body (nor the connection's) until the upstream takes it
+        self.session.quic.held.add(self.stream_id)
 
     def resume_request_body(self) -> None:
-        pass
+        if self.stream_id in self.session.quic.held:
+            self.session.quic.held.discard(self.stream_id)
+            self.session.schedule()  # the MAX_STREAM_DATA that lets the client go on
 
 
     def drained(self) -> bool:
@@ -145,11 +154,19 @@ class H3Session:
         self.h3: H3Connection | None = None
         self.streams: dict[int, H3Stream] = {}
         self.paused: set[H3Stream] = set()
+        self.refused: set[int] = set()  # request streams reset for an oversized frame: their data is dropped
         self.handshake_done = False
         self.ended_ = False
+        self.closing = False  # GOAWAY sent: closing once the answers in flight are acknowledged
+        self.streams_ended = 0
+        self.premature_resets = 0
+        self.last_request = -4  # the highest request stream seen
+        # set by the endpoint: the handshake limit's source, connection IDs, handshake deadline
+        self.source = ""
+        self.cids: set[bytes] = set()
+        self.handshake_timer: Any = None
         local = endpoint.address
         self.info = ConnInfo(str(addr[0]), int(addr[1]), str(local[0]), int(local[1]), b"https", None, "HTTP/3")
-        self.listener: Any = None
         self.current = None  # the sweep reads exchanges()
         self.dp.connection_opened(self, fresh=False)  # counted; the limits were checked by new_session
 
@@ -160,9 +177,42 @@ class H3Session:
         return self  # the data plane closes connections through .transport.close()
 
     def close(self) -> None:
-        if not self.ended_:
-            self.quic.close(error_code=ErrorCode.H3_NO_ERROR)
-            self.schedule()  # after the last answer's packets
+        """Close gracefully: GOAWAY (no new requests), and CONNECTION_CLOSE once what was sent
+        is acknowledged - a close sent at once would discard answers still queued."""
+        if self.ended_ or self.closing:
+            return
+        self.closing = True
+        if self.h3 is not None and self.h3._local_control_stream_id is not None:
+            last = max(self.streams, default=-4) + 4  # requests from here on are not processed
+            frame = encode_frame(FrameType.GOAWAY, encode_uint_var(last))
+            self.quic.send_stream_data(self.h3._local_control_stream_id, frame)
+        self.schedule()
+        self._close_when_acknowledged(self.dp.loop.time() + CLOSE_GRACE)
+
+    def _close_when_acknowledged(self, deadline: float) -> None:
+        if self.ended_:
+            return
+        if self.streams or not _all_acknowledged(self.quic) and self.dp.loop.time() < deadline:
+            self.dp.loop.call_later(0.02, self._close_when_acknowledged, deadline)
+            return
+        self.quic.close(error_code=ErrorCode.H3_NO_ERROR)
+        self.schedule()
+
+    def abort(self) -> None:
+        """End now (a failed or expired connection): CONNECTION_CLOSE if it can be sent, and
+        everything released without waiting for the peer."""
+        if self.ended_:
+            return
+        try:
+            self.quic.close(error_code=ErrorCode.H3_INTERNAL_ERROR)
+            self.driver.transmit()
+        except Exception:  # the connection's state is what failed: nothing more to send
+            pass
+        self._ended()
+
+    def handshake_expired(self) -> None:
+        if not self.handshake_done:
+            self.abort()
 
     def idle(self) -> bool:
         return not self.streams
@@ -174,10 +224,8 @@ class H3Session:
         pass  # QUIC's own idle timeout (the listener's, at most quic.MAX_IDLE) closes idle connections
 
     def goaway(self) -> None:
-        """The listener is drained: an idle connection closes now; one with requests in flight
-        when they end (aioquic has no GOAWAY of its own to send first)."""
-        if self.idle():
-            self.close()
+        """The listener is drained: GOAWAY now, the close when the requests in flight end."""
+        self.close()
 
     # --- I/O ------------------------------------------------------------------------------
 
@@ -199,46 +247,119 @@ class H3Session:
     # --- QUIC and HTTP/3 events -----------------------------------------------------------
 
     def quic_event(self, event: qe.QuicEvent) -> None:
-        if isinstance(event, qe.ProtocolNegotiated):
+        if isinstance(event, qe.StreamDataReceived):
+            if event.stream_id in self.refused:
+                return
+        elif isinstance(event, qe.ProtocolNegotiated):
             if event.alpn_protocol == "h3" and self.h3 is None:
                 self.h3 = H3Connection(self.quic)
         elif isinstance(event, qe.HandshakeCompleted):
             self.handshake_done = True
-            self.endpoint.handshake_done(self.addr)
+            self.endpoint.handshake_done(self)
         elif isinstance(event, qe.ConnectionIdIssued):
             self.endpoint.cid_issued(event.connection_id, self)
         elif isinstance(event, qe.ConnectionIdRetired):
-            self.endpoint.cid_retired(event.connection_id)
+            self.endpoint.cid_retired(event.connection_id, self)
         elif isinstance(event, qe.ConnectionTerminated):
             self._ended()
             return
-        elif isinstance(event, qe.StreamReset):
-            s = self.streams.pop(event.stream_id, None)
-            if s is not None:
-                s.closed = True
-                if s.exchange is not None:
-                    s.exchange.client_gone()
+        elif isinstance(event, (qe.StreamReset, qe.StopSendingReceived)):
+            self._client_cancelled(event.stream_id)
             return
-        if self.h3 is not None:
-            for ev in self.h3.handle_event(event):
-                if isinstance(ev, HeadersReceived):
-                    s = self.streams.get(ev.stream_id)
-                    if s is None:
+        if self.h3 is None:
+            return
+        for ev in self.h3.handle_event(event):
+            if isinstance(ev, HeadersReceived):
+                s = self.streams.get(ev.stream_id)
+                if s is None:
+                    if not self.closing:  # after GOAWAY no request is taken (RFC 9114 §5.2)
                         self._request(ev)
-                    elif s.exchange is not None and ev.stream_ended:
-                        s.exchange.end_body()  # request trailers: the body ends here (they are not forwarded)
-                elif isinstance(ev, DataReceived):
-                    s = self.streams.get(ev.stream_id)
-                    if s is not None and s.exchange is not None and s.exchange.state != ExchangeState.DONE:
-                        if ev.data:
-                            s.exchange.feed_body(ev.data)
-                        if ev.stream_ended:
-                            s.exchange.end_body()
+                elif s.exchange is not None and ev.stream_ended:
+                    s.exchange.end_body()  # request trailers: the body ends here (they are not forwarded)
+            elif isinstance(ev, DataReceived):
+                s = self.streams.get(ev.stream_id)
+                if s is not None and s.exchange is not None and s.exchange.state != ExchangeState.DONE:
+                    if ev.data:
+                        s.exchange.feed_body(ev.data)
+                    if ev.stream_ended:
+                        s.exchange.end_body()
+        if isinstance(event, qe.StreamDataReceived):
+            self._bound_frame(event.stream_id)
+
+    def _bound_frame(self, stream_id: int) -> None:
+        """aioquic keeps a frame's bytes until the whole frame is in (a HEADERS frame, a control
+        frame): a frame that never ends would grow without bound. Past the header limit, a
+        request stream is refused; a control or QPACK stream ends the connection."""
+        assert self.h3 is not None
+        st = self.h3._stream.get(stream_id)
+        if st is None or len(st.buffer) <= MAX_HEADER_BYTES + 16384:
+            return
+        st.buffer = b""
+        if stream_id % 4 == 0:  # a request stream
+            self.refused.add(stream_id)
+            for call in (self.quic.reset_stream, self.quic.stop_stream):
+                try:
+                    call(stream_id, ErrorCode.H3_EXCESSIVE_LOAD)
+                except (AssertionError, ValueError):
+                    pass
+            s = self.streams.pop(stream_id, None)
+            if s is not None and s.exchange is not None:
+                s.closed = True
+                s.exchange.client_gone()
+        else:
+            self.quic.close(error_code=ErrorCode.H3_EXCESSIVE_LOAD, reason_phrase="frame too large")
+        self.schedule()
+
+    def _client_cancelled(self, stream_id: int) -> None:
+        """RESET_STREAM, or STOP_SENDING (the client wants no more of the answer)."""
+        s = self.streams.pop(stream_id, None)
+        self.quic.held.discard(stream_id)
+        if stream_id % 4 == 0 and (s is None or not s.closed):
+            # no answer is wanted any more: ours ends too, so that the stream is done both ways
+            # and makes room for another (MAX_STREAMS)
+            try:
+                self.quic.reset_stream(stream_id, ErrorCode.H3_REQUEST_CANCELLED)
+            except (AssertionError, ValueError):
+                pass
+            self.schedule()
+        if s is None:
+            if stream_id % 4 == 0 and stream_id > self.last_request:
+                # reset before its request was read: premature too (as rapid reset sends them)
+                self.last_request = stream_id
+                self.streams_ended += 1
+                self.premature_resets += 1
+                self._too_many_resets()
+            return
+        s.closed = True
+        self.paused.discard(s)
+        self.streams_ended += 1
+        if s.exchange is not None:
+            if not s.exchange.status and time.monotonic() - s.exchange.started <= PREMATURE_LIFETIME:
+                self.premature_resets += 1
+            s.exchange.client_gone()
+        self._too_many_resets()
+
+    def _too_many_resets(self) -> None:
+        """Rapid reset, counted as for HTTP/2 (frontends/http2.py): the connection is closed."""
+        n, bad = self.streams_ended, self.premature_resets
+        if bad < PREMATURE_ABSOLUTE and not (n >= PREMATURE_MIN_STREAMS and bad * 2 >= n):
+            return
+        self.dp.log.warning("HTTP/3 client %s reset %d of %d streams prematurely: connection closed", self.info.client_ip, bad, n)
+        self.quic.close(error_code=ErrorCode.H3_EXCESSIVE_LOAD, reason_phrase="too many premature resets")
+        for s in list(self.streams.values()):
+            if s.exchange is not None:
+                s.exchange.client_gone()
+        self.streams.clear()
+        self.schedule()
 
     def _request(self, ev: HeadersReceived) -> None:
+        path_addr = self.quic._network_paths[0].addr if self.quic._network_paths else self.addr
+        if (path_addr[0], path_addr[1]) != (self.info.client_ip, self.info.client_port):
+            # the client moved (connection migration): its requests from now on come from there
+            self.info = dataclasses.replace(self.info, client_ip=str(path_addr[0]), client_port=int(path_addr[1]))
         if self.info.sni is None and self.quic.sni:
             self.info.sni = self.quic.sni
-            self.listener = self.server.table.listener_for(self.quic.sni.encode())
+        table = self.server.table
         method = path = authority = b""
         headers: list[tuple[bytes, bytes]] = []
         size = 0
@@ -259,14 +380,21 @@ class H3Session:
             headers.insert(0, (b"host", authority))
         stream = H3Stream(self, ev.stream_id)
         self.streams[ev.stream_id] = stream
+        self.last_request = max(self.last_request, ev.stream_id)
         has_body = not ev.stream_ended
-        ex = Exchange(self.dp, stream, self.info, self.server.table, method, path or b"/", headers, b"3", has_body, self.listener)
+        # the listener by SNI in the table of now (a new Snapshot may have replaced it)
+        listener = table.listener_for(self.info.sni.encode()) if self.info.sni else None
+        ex = Exchange(self.dp, stream, self.info, table, method, path or b"/", headers, b"3", has_body, listener)
         stream.exchange = ex
+        owner = listener or table.listener_for(normalize_host(authority or _host_of(headers)))
         if size > MAX_HEADER_BYTES:
             ex.respond_simple(431, b"request header fields too large\n")
         elif not self.handshake_done and method not in _SAFE:
             ex.error = "early data: unsafe method"
             ex.respond_simple(425, b"too early\n")  # RFC 8470: the client sends it again after the handshake
+        elif owner is not None and not (owner.conf is not None and owner.conf.http3):
+            ex.error = "listener without HTTP/3"
+            ex.respond_simple(421, b"misdirected request\n")  # its ClientTrafficPolicy did not ask for HTTP/3
         else:
             ex.start()
             if not has_body and ex.state != ExchangeState.DONE:
@@ -278,7 +406,9 @@ class H3Session:
                 pass
 
     def stream_done(self, stream: H3Stream) -> None:
-        self.streams.pop(stream.stream_id, None)
+        if self.streams.pop(stream.stream_id, None) is not None:
+            self.streams_ended += 1
+        self.quic.held.discard(stream.stream_id)
         self.paused.discard(stream)
         self.schedule()
         if not self.streams:
@@ -289,12 +419,22 @@ class H3Session:
             return
         self.ended_ = True
         self.driver.stop()
-        self.endpoint.ended(self, self.handshake_done, self.addr)
+        self.endpoint.ended(self, self.handshake_done)
         self.dp.connection_closed(self)
         for s in list(self.streams.values()):
             if s.exchange is not None:
                 s.exchange.client_gone()
         self.streams.clear()
+
+
+def _all_acknowledged(quic: ServerConnection) -> bool:
+    """Whether every byte sent on the connection's streams reached the client (aioquic keeps
+    unacknowledged bytes in each stream's sender)."""
+    return all(not st.sender._buffer for st in quic._streams.values())
+
+
+def _host_of(headers: list[tuple[bytes, bytes]]) -> bytes:
+    return next((v for n, v in headers if n == b"host"), b"")
 
 
 def new_session(server: Any) -> Any:

@@ -19,6 +19,7 @@ address) - the shape of Envoy's and quiche's defences.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import socket
@@ -31,7 +32,7 @@ from aioquic.buffer import Buffer
 from aioquic.quic.configuration import SMALLEST_MAX_DATAGRAM_SIZE, QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.packet import QuicPacketType, encode_quic_retry, encode_quic_version_negotiation, pull_quic_header
-from aioquic.tls import SessionTicket, pull_client_hello
+from aioquic.tls import AlertDecodeError, SessionTicket, pull_client_hello
 from cryptography import x509
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -42,7 +43,8 @@ from homeplane.translate import snapshot as ir
 
 log = logging.getLogger("homeplane.gateway")
 
-HALF_OPEN_PER_SOURCE = 16  # unfinished handshakes one address may hold
+HALF_OPEN_PER_SOURCE = 16  # unfinished handshakes one address (IPv6: one /64) may hold
+HANDSHAKE_TIMEOUT = 10.0  # seconds a handshake may take before its connection is dropped
 RETRY_ABOVE = 256  # unfinished handshakes in all above which new connections must echo a Retry token
 RETRY_TOKEN_LIFETIME = 10.0  # seconds
 MAX_IDLE = 300.0  # seconds: Envoy's QUIC idle_network_timeout default; a listener's own is used when shorter
@@ -117,13 +119,53 @@ class _Tickets:
         return self._store.pop(label, None)  # single use: a replayed ticket finds nothing
 
 
-class ServerConnection(QuicConnection):
-    """aioquic's connection with the certificate chosen from the ClientHello's server name."""
+def source_key(addr: Any) -> str:
+    """Whom the per-source handshake limit counts: an IPv4 address, or an IPv6 /64 (one host
+    has a whole /64 to pick addresses from)."""
+    host = str(addr[0])
+    if ":" not in host:
+        return host
+    try:
+        return str(ipaddress.ip_network(f"{host.split('%')[0]}/64", strict=False))
+    except ValueError:
+        return host
 
-    def __init__(self, *, pick: Callable[[str], QuicCert | None], **kw: Any):
+
+class ServerConnection(QuicConnection):
+    """aioquic's connection with what a gateway adds: the certificate chosen from the
+    ClientHello's server name, and receive credit that follows the application. aioquic
+    grants a peer more credit as data arrives (doubling its limits); here a request stream
+    whose body the upstream cannot take yet (``hold``) gets no more, and neither does the
+    connection meanwhile - as HTTP/2's windows are held back - and the peer may open a new
+    request stream only as others end (``max_streams`` open at once)."""
+
+    def __init__(self, *, pick: Callable[[str], QuicCert | None], max_streams: int, **kw: Any):
         super().__init__(**kw)
         self.pick = pick
         self.sni: str | None = None
+        self.held: set[int] = set()  # request streams whose body is not read for now
+        self.max_streams = max_streams
+        self._local_max_streams_bidi.value = max_streams  # no setting for it in QuicConfiguration
+
+    def _write_connection_limits(self, builder: Any, space: Any) -> None:
+        data, streams = self._local_max_data, self._local_max_streams_bidi
+        if streams.used + self.max_streams > streams.value:
+            # the peer's streams so far, less those still open (aioquic forgets a stream once
+            # both its directions are done): MAX_STREAMS lets max_streams be open at once
+            open_now = sum(1 for sid in self._streams if sid % 4 == 0)
+            streams.value = max(streams.value, streams.used - open_now + self.max_streams)
+        used = (data.used, streams.used)
+        if self.held:
+            data.used = 0  # (aioquic raises a limit once half of it is used)
+        streams.used = 0
+        try:
+            super()._write_connection_limits(builder, space)
+        finally:
+            data.used, streams.used = used
+
+    def _write_stream_limits(self, builder: Any, space: Any, stream: Any) -> None:
+        if stream.stream_id not in self.held:
+            super()._write_stream_limits(builder, space, stream)
 
     def _initialize(self, peer_cid: bytes) -> None:
         super()._initialize(peer_cid)
@@ -133,7 +175,10 @@ class ServerConnection(QuicConnection):
         def with_sni(input_buf: Buffer, *out: Buffer) -> None:
             # read the ClientHello once to learn the name, then let aioquic read it for real
             start = input_buf.tell()
-            name = pull_client_hello(input_buf).server_name
+            try:
+                name = pull_client_hello(input_buf).server_name
+            except Exception as e:  # (a name that is not ASCII raises UnicodeDecodeError)
+                raise AlertDecodeError(f"unreadable ClientHello: {e}") from None
             input_buf.seek(start)
             self.sni = name.lower() if name else None
             chosen = self.pick(self.sni or "")
@@ -231,7 +276,7 @@ class QuicEndpoint(asyncio.DatagramProtocol):
             return  # not QUIC: dropped, as every QUIC server does (no answer to amplify)
         session = self.by_cid.get(header.destination_cid)
         if session is not None:
-            session.datagram(data, addr)
+            self._deliver(session, data, addr)
             return
         if header.version is not None and header.version not in QuicConfiguration().supported_versions:
             if len(data) >= SMALLEST_MAX_DATAGRAM_SIZE:  # only a padded Initial earns an answer
@@ -243,7 +288,7 @@ class QuicEndpoint(asyncio.DatagramProtocol):
             return
         if header.packet_type != QuicPacketType.INITIAL or len(data) < SMALLEST_MAX_DATAGRAM_SIZE or not self.certs or self.draining:
             return
-        source = addr[0]
+        source = source_key(addr)
         if len(self.sessions) >= self.max_connections or self.half_open.get(source, 0) >= HALF_OPEN_PER_SOURCE:
             self.stats["refused"] += 1
             return
@@ -263,19 +308,29 @@ class QuicEndpoint(asyncio.DatagramProtocol):
             ), addr)
             return
         conn = ServerConnection(
-            pick=self.pick, configuration=self.configuration(), original_destination_connection_id=odcid,
+            pick=self.pick, max_streams=self.max_streams, configuration=self.configuration(), original_destination_connection_id=odcid,
             retry_source_connection_id=retry_scid, session_ticket_fetcher=self.tickets.pop, session_ticket_handler=self.tickets.add,
         )
-        conn._local_max_streams_bidi.value = self.max_streams  # no setting for it in QuicConfiguration
         session = self.session_factory(self, conn, addr)
         if session is None:
             self.stats["refused"] += 1
             return
         self.sessions.add(session)
         self.half_open[source] = self.half_open.get(source, 0) + 1
-        self.by_cid[header.destination_cid] = session
-        self.by_cid[conn.host_cid] = session
-        session.datagram(data, addr)
+        session.source = source
+        session.cids = {header.destination_cid, conn.host_cid}
+        for cid in session.cids:
+            self.by_cid[cid] = session
+        session.handshake_timer = self.loop.call_later(HANDSHAKE_TIMEOUT, session.handshake_expired)
+        self._deliver(session, data, addr)
+
+    def _deliver(self, session: Any, data: bytes, addr: Any) -> None:
+        """A datagram to its connection; a connection that raises is dropped, not the endpoint."""
+        try:
+            session.datagram(data, addr)
+        except Exception:
+            log.exception("QUIC connection from %s failed; dropped", addr[0])
+            session.abort()
 
     def _send(self, data: bytes, addr: Any) -> None:
         if self.transport is not None:
@@ -286,21 +341,28 @@ class QuicEndpoint(asyncio.DatagramProtocol):
 
     # --- what sessions report -------------------------------------------------------------
 
-    def handshake_done(self, addr: Any) -> None:
-        self._unhalf(addr[0])
+    def handshake_done(self, session: Any) -> None:
+        session.handshake_timer.cancel()
+        self._unhalf(session.source)
 
     def cid_issued(self, cid: bytes, session: Any) -> None:
+        session.cids.add(cid)
         self.by_cid[cid] = session
 
-    def cid_retired(self, cid: bytes) -> None:
+    def cid_retired(self, cid: bytes, session: Any) -> None:
+        session.cids.discard(cid)
         self.by_cid.pop(cid, None)
 
-    def ended(self, session: Any, handshake_done: bool, addr: Any) -> None:
+    def ended(self, session: Any, handshake_done: bool) -> None:
+        if session not in self.sessions:
+            return
         self.sessions.discard(session)
-        for cid in [c for c, s in self.by_cid.items() if s is session]:
-            del self.by_cid[cid]
+        for cid in session.cids:
+            if self.by_cid.get(cid) is session:
+                del self.by_cid[cid]
         if not handshake_done:
-            self._unhalf(addr[0])
+            session.handshake_timer.cancel()
+            self._unhalf(session.source)
         self._close_if_drained()
 
     def _unhalf(self, source: str) -> None:

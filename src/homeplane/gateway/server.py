@@ -93,7 +93,6 @@ class PortServer:
         self._native: list[tuple[str | None, list[tuple[ir.TLSCert, Any]]]] = []
         self._native_cache: dict[str, Any] = {}
         self.quic: QuicEndpoint | None = None  # HTTP/3 on this port's UDP twin (ClientTrafficPolicy http3)
-        self.quic_draining: QuicEndpoint | None = None  # the one before, while its connections finish
         self.http3_status: dict[str, Any] | None = None  # for /status: listening, or why not
         self.http3_policies: list[ir.Ref] = []  # the ClientTrafficPolicies asking for it here
 
@@ -227,8 +226,7 @@ class PortServer:
         self.http3_policies = [lt.listener.client_traffic.policy for lt in h3 if lt.listener.client_traffic is not None]
         if not (self.dp.settings.http3 and self.tls and h3):
             if self.quic is not None:
-                self.quic.drain()
-                self.quic_draining, self.quic = self.quic, None
+                self._drain_quic()
                 log.info("stopped HTTP/3 on udp %s:%d (open connections finish their requests)", self.host, self.port)
             asked = [lt for lt in self.table.listeners if lt.conf is not None and lt.conf.http3]
             self.http3_status = {"listening": False, "reason": "NoCertificate", "message": "no listener asking for HTTP/3 has a usable certificate"} if (
@@ -238,13 +236,14 @@ class PortServer:
         conf = h3[0].conf
         assert conf is not None
         endpoint = self.quic
-        if endpoint is None and self.quic_draining is not None and self.quic_draining.transport is not None:
-            endpoint = self.quic_draining  # asked for again while draining: the same socket takes new connections
-            endpoint.draining = False
+        draining = self.dp.quic_draining.get((self.host, self.port))
+        if endpoint is None and draining is not None and draining.transport is not None:
+            endpoint = draining  # asked for again while draining: the same socket takes new connections
         endpoint = endpoint or QuicEndpoint(new_session(self), self.dp.settings.max_connections)
         try:
             endpoint.configure([(lt.listener.hostname, lt.listener.tls_certs) for lt in h3],
-                               conf.idle_timeout or self.dp.settings.idle_timeout, conf.h2_max_streams)
+                               conf.idle_timeout or self.dp.settings.idle_timeout, conf.h2_max_streams,
+                               conf.h2_stream_window, conf.h2_connection_window)
         except (ValueError, TypeError) as e:
             self.http3_status = {"listening": self.quic is not None, "reason": "InvalidCertificate", "message": f"certificate not usable for QUIC: {e}"}
             log.error("HTTP/3 on udp %s:%d: certificate not usable for QUIC: %s", self.host, self.port, e)
@@ -260,8 +259,22 @@ class PortServer:
                 self._not_advertised(h3)
                 return
             log.info("Gateway %s port %d: HTTP/3 (QUIC) listening on udp %s:%d", self.table.gateway, self.table.port, self.host, self.port)
-        self.quic, self.quic_draining = endpoint, None
+        if endpoint is draining:
+            del self.dp.quic_draining[(self.host, self.port)]
+            endpoint.session_factory = new_session(self)  # (this port server may be a new one)
+            endpoint.draining = False
+        self.quic = endpoint
         self.http3_status = {"listening": True, "address": f"udp {self.host}:{self.port}", "listeners": [lt.listener.name for lt in h3]}
+
+    def _drain_quic(self) -> None:
+        """Stop taking QUIC connections; the open ones finish their requests. The socket is
+        remembered by the data plane until then, so that HTTP/3 asked for again on this address
+        and port - by this port server or by a new one - takes it back."""
+        assert self.quic is not None
+        self.quic.drain()
+        if self.quic.transport is not None:
+            self.dp.quic_draining[(self.host, self.port)] = self.quic
+        self.quic = None
 
     def _not_advertised(self, listeners: list[Any]) -> None:
         """No Alt-Svc on these listeners' answers (both lanes): HTTP/3 is not served here."""
@@ -290,8 +303,7 @@ class PortServer:
         if self.server is not None:
             self.server.close()
         if self.quic is not None:
-            self.quic.drain()
-            self.quic_draining, self.quic = self.quic, None
+            self._drain_quic()
         # the listener is gone (or the data plane stops): as Envoy drains a listener, HTTP/2
         # clients get a GOAWAY (no new streams here; those open finish) and idle HTTP/1.1
         # connections are closed; requests in flight finish
@@ -482,6 +494,7 @@ class DataPlane:
         self.stats = {"requests": 0, "protocol_errors": 0, "streams": 0}
         self.access = AccessLogs(self.settings.access_log_format, self.settings.access_log_dir)
         self.l4 = GatewayL4(self)  # TCP and UDP listeners (TCPRoute, UDPRoute)
+        self.quic_draining: dict[tuple[str, int], QuicEndpoint] = {}  # QUIC sockets whose connections finish
         self.overload = Overload(self.settings.max_memory)
         self.rss: Callable[[], int] = _rss  # the overload check's memory reading
 

@@ -12,9 +12,9 @@ What differs from HTTP/2:
 - Requests that arrive in 0-RTT (before the handshake completes) are replayable by anyone who
   captured them: as Envoy's default early-data policy, only safe methods are served then and
   the others get ``425 Too Early`` (RFC 8470), which browsers retry after the handshake.
-- Request bodies follow the upstream's pace: aioquic grants credit as data arrives, so
-  while an upstream cannot take more (``pause_request_body``) the stream and the connection get
-  no new credit (``quic.ServerConnection``), as HTTP/2's windows are held back.
+- Request bodies follow the upstream's pace: what arrives while an upstream cannot take more
+  (``pause_request_body``) is not consumed, so no credit is given for it
+  (``quic.ServerConnection``), as HTTP/2's windows are held back; other streams go on.
 - Upgrades do not exist (RFC 9114 §4.4); Extended CONNECT (RFC 9220) is not offered, so
   WebSockets stay on HTTP/1.1 and HTTP/2.
 """
@@ -25,8 +25,8 @@ import dataclasses
 import time
 from typing import Any
 
-from aioquic.buffer import encode_uint_var
-from aioquic.h3.connection import ErrorCode, FrameType, H3Connection, encode_frame
+from aioquic.buffer import Buffer, BufferReadError, encode_uint_var
+from aioquic.h3.connection import ErrorCode, FrameType, H3Connection, StreamType, encode_frame
 from aioquic.h3.events import DataReceived, HeadersReceived
 from aioquic.h3.exceptions import H3Error
 from aioquic.quic import events as qe
@@ -128,13 +128,13 @@ class H3Stream(NoUpgrade):
         self.session.schedule()
 
     def pause_request_body(self) -> None:
-        # no more credit for this stream's body (nor the connection's) until the upstream takes it
-        self.session.quic.held.add(self.stream_id)
+        # what arrives from now on is not consumed: no credit for it until the upstream takes it
+        self.session.quic.hold(self.stream_id)
 
     def resume_request_body(self) -> None:
         if self.stream_id in self.session.quic.held:
-            self.session.quic.held.discard(self.stream_id)
-            self.session.schedule()  # the MAX_STREAM_DATA that lets the client go on
+            self.session.quic.release(self.stream_id)
+            self.session.schedule()  # the MAX_STREAM_DATA / MAX_DATA that let the client go on
 
 
     def drained(self) -> bool:
@@ -183,17 +183,19 @@ class H3Session:
             return
         self.closing = True
         if self.h3 is not None and self.h3._local_control_stream_id is not None:
-            last = max(self.streams, default=-4) + 4  # requests from here on are not processed
-            frame = encode_frame(FrameType.GOAWAY, encode_uint_var(last))
+            # the first request stream not processed: those from there on may be sent again
+            frame = encode_frame(FrameType.GOAWAY, encode_uint_var(self.last_request + 4))
             self.quic.send_stream_data(self.h3._local_control_stream_id, frame)
         self.schedule()
-        self._close_when_acknowledged(self.dp.loop.time() + CLOSE_GRACE)
+        if not self.streams:
+            self._close_when_acknowledged(self.dp.loop.time() + CLOSE_GRACE)
+        # else stream_done starts it after the last request
 
     def _close_when_acknowledged(self, deadline: float) -> None:
         if self.ended_:
             return
-        if self.streams or not _all_acknowledged(self.quic) and self.dp.loop.time() < deadline:
-            self.dp.loop.call_later(0.02, self._close_when_acknowledged, deadline)
+        if not _all_acknowledged(self.quic) and self.dp.loop.time() < deadline:
+            self.dp.loop.call_later(0.05, self._close_when_acknowledged, deadline)
             return
         self.quic.close(error_code=ErrorCode.H3_NO_ERROR)
         self.schedule()
@@ -270,9 +272,13 @@ class H3Session:
             return
         for ev in self.h3.handle_event(event):
             if isinstance(ev, HeadersReceived):
+                if ev.stream_id in self.refused:
+                    continue
                 s = self.streams.get(ev.stream_id)
                 if s is None:
-                    if not self.closing:  # after GOAWAY no request is taken (RFC 9114 §5.2)
+                    if self.closing and ev.stream_id > self.last_request:
+                        self._refuse(ev.stream_id, ErrorCode.H3_REQUEST_REJECTED)  # after GOAWAY (RFC 9114 §5.2)
+                    else:
                         self._request(ev)
                 elif s.exchange is not None and ev.stream_ended:
                     s.exchange.end_body()  # request trailers: the body ends here (they are not forwarded)
@@ -280,6 +286,7 @@ class H3Session:
                 s = self.streams.get(ev.stream_id)
                 if s is not None and s.exchange is not None and s.exchange.state != ExchangeState.DONE:
                     if ev.data:
+                        self.quic.received(ev.stream_id, len(ev.data))
                         s.exchange.feed_body(ev.data)
                     if ev.stream_ended:
                         s.exchange.end_body()
@@ -288,32 +295,41 @@ class H3Session:
 
     def _bound_frame(self, stream_id: int) -> None:
         """aioquic keeps a frame's bytes until the whole frame is in (a HEADERS frame, a control
-        frame): a frame that never ends would grow without bound. Past the header limit, a
-        request stream is refused; a control or QPACK stream ends the connection."""
+        frame): one that announces more than the header limit would grow without bound. Such
+        a request stream is refused; on a control or QPACK stream it ends the connection.
+        (DATA frames are passed on as they come, and bounded by flow control.)"""
         assert self.h3 is not None
         st = self.h3._stream.get(stream_id)
-        if st is None or len(st.buffer) <= MAX_HEADER_BYTES + 16384:
+        if st is None or len(st.buffer) < 2:
+            return
+        framed = stream_id % 4 == 0 or st.stream_type == StreamType.CONTROL
+        if (_held_frame_size(st) if framed else len(st.buffer)) <= MAX_HEADER_BYTES + 16384:
             return
         st.buffer = b""
         if stream_id % 4 == 0:  # a request stream
-            self.refused.add(stream_id)
-            for call in (self.quic.reset_stream, self.quic.stop_stream):
-                try:
-                    call(stream_id, ErrorCode.H3_EXCESSIVE_LOAD)
-                except (AssertionError, ValueError):
-                    pass
-            s = self.streams.pop(stream_id, None)
-            if s is not None and s.exchange is not None:
-                s.closed = True
-                s.exchange.client_gone()
+            self._refuse(stream_id, ErrorCode.H3_EXCESSIVE_LOAD)
         else:
             self.quic.close(error_code=ErrorCode.H3_EXCESSIVE_LOAD, reason_phrase="frame too large")
+        self.schedule()
+
+    def _refuse(self, stream_id: int, code: int) -> None:
+        """Reset a request stream both ways; its data and headers are dropped from here on."""
+        self.refused.add(stream_id)
+        for call in (self.quic.reset_stream, self.quic.stop_stream):
+            try:
+                call(stream_id, code)
+            except (AssertionError, ValueError):
+                pass
+        s = self.streams.pop(stream_id, None)
+        if s is not None and s.exchange is not None:
+            s.closed = True
+            s.exchange.client_gone()
         self.schedule()
 
     def _client_cancelled(self, stream_id: int) -> None:
         """RESET_STREAM, or STOP_SENDING (the client wants no more of the answer)."""
         s = self.streams.pop(stream_id, None)
-        self.quic.held.discard(stream_id)
+        self.quic.release(stream_id)
         if stream_id % 4 == 0 and (s is None or not s.closed):
             # no answer is wanted any more: ours ends too, so that the stream is done both ways
             # and makes room for another (MAX_STREAMS)
@@ -408,11 +424,14 @@ class H3Session:
     def stream_done(self, stream: H3Stream) -> None:
         if self.streams.pop(stream.stream_id, None) is not None:
             self.streams_ended += 1
-        self.quic.held.discard(stream.stream_id)
+        self.quic.release(stream.stream_id)
         self.paused.discard(stream)
         self.schedule()
         if not self.streams:
-            self.endpoint.session_idle(self)
+            if self.closing:
+                self._close_when_acknowledged(self.dp.loop.time() + CLOSE_GRACE)
+            else:
+                self.endpoint.session_idle(self)
 
     def _ended(self) -> None:
         if self.ended_:
@@ -431,6 +450,23 @@ def _all_acknowledged(quic: ServerConnection) -> bool:
     """Whether every byte sent on the connection's streams reached the client (aioquic keeps
     unacknowledged bytes in each stream's sender)."""
     return all(not st.sender._buffer for st in quic._streams.values())
+
+
+def _held_frame_size(st: Any) -> int:
+    """The declared length of the frame aioquic is collecting on a stream (0 for DATA, whose
+    bytes are passed on as they come, and while the stream waits for QPACK, when what follows
+    is bounded by flow control; -1 when the next frame header is not all in)."""
+    if st.blocked:
+        return 0
+    if st.frame_size is not None:  # (aioquic's frame in progress: its header already read)
+        return 0 if st.frame_type == FrameType.DATA else st.frame_size
+    b = Buffer(data=st.buffer)
+    try:
+        kind = b.pull_uint_var()
+        size = b.pull_uint_var()
+    except BufferReadError:
+        return -1
+    return 0 if kind == FrameType.DATA else size
 
 
 def _host_of(headers: list[tuple[bytes, bytes]]) -> bytes:

@@ -126,45 +126,76 @@ def source_key(addr: Any) -> str:
     if ":" not in host:
         return host
     try:
-        return str(ipaddress.ip_network(f"{host.split('%')[0]}/64", strict=False))
+        ip = ipaddress.IPv6Address(host.split("%")[0])
     except ValueError:
         return host
+    if ip.ipv4_mapped is not None:  # an IPv4 client of a dual-stack socket
+        return str(ip.ipv4_mapped)
+    return str(ipaddress.IPv6Network(f"{ip}/64", strict=False))
 
 
 class ServerConnection(QuicConnection):
     """aioquic's connection with what a gateway adds: the certificate chosen from the
-    ClientHello's server name, and receive credit that follows the application. aioquic
-    grants a peer more credit as data arrives (doubling its limits); here a request stream
-    whose body the upstream cannot take yet (``hold``) gets no more, and neither does the
-    connection meanwhile - as HTTP/2's windows are held back - and the peer may open a new
-    request stream only as others end (``max_streams`` open at once)."""
+    ClientHello's server name, and flow control that follows the application as HTTP/2's
+    does. aioquic would double a peer's credit as data arrives; here a stream may have
+    ``stream_window`` bytes beyond what was consumed, and the connection ``conn_window``
+    beyond all that was consumed - where a request body the upstream cannot take yet is not
+    consumed (``hold``/``release``) - so a slow upstream stalls its own stream and bounds the
+    memory, not the other streams. Open request streams are capped at ``max_streams``, and
+    the peer's unidirectional streams at what it was first allowed (HTTP/3 needs three)."""
 
-    def __init__(self, *, pick: Callable[[str], QuicCert | None], max_streams: int, **kw: Any):
+    def __init__(self, *, pick: Callable[[str], QuicCert | None], max_streams: int, stream_window: int, conn_window: int, **kw: Any):
         super().__init__(**kw)
         self.pick = pick
         self.sni: str | None = None
-        self.held: set[int] = set()  # request streams whose body is not read for now
+        self.held: set[int] = set()  # request streams whose body the upstream cannot take now
+        self.unconsumed: dict[int, int] = {}  # bytes received on held streams, not yet consumed
         self.max_streams = max_streams
+        self.stream_window = stream_window
+        self.conn_window = conn_window
         self._local_max_streams_bidi.value = max_streams  # no setting for it in QuicConfiguration
 
+    def hold(self, stream_id: int) -> None:
+        self.held.add(stream_id)
+
+    def received(self, stream_id: int, n: int) -> None:
+        """Body bytes handed to the application: unconsumed while the stream is held."""
+        if stream_id in self.held:
+            self.unconsumed[stream_id] = self.unconsumed.get(stream_id, 0) + n
+
+    def release(self, stream_id: int) -> None:
+        self.held.discard(stream_id)
+        self.unconsumed.pop(stream_id, None)
+
     def _write_connection_limits(self, builder: Any, space: Any) -> None:
-        data, streams = self._local_max_data, self._local_max_streams_bidi
+        data, streams, uni = self._local_max_data, self._local_max_streams_bidi, self._local_max_streams_uni
+        target = data.used - sum(self.unconsumed.values()) + self.conn_window
+        if target - data.value >= self.conn_window // 2:  # (not a MAX_DATA per packet)
+            data.value = target
         if streams.used + self.max_streams > streams.value:
             # the peer's streams so far, less those still open (aioquic forgets a stream once
             # both its directions are done): MAX_STREAMS lets max_streams be open at once
             open_now = sum(1 for sid in self._streams if sid % 4 == 0)
             streams.value = max(streams.value, streams.used - open_now + self.max_streams)
-        used = (data.used, streams.used)
-        if self.held:
-            data.used = 0  # (aioquic raises a limit once half of it is used)
-        streams.used = 0
+        used = (data.used, streams.used, uni.used)
+        data.used = streams.used = uni.used = 0  # aioquic's own rule (double at half used) stays out
         try:
             super()._write_connection_limits(builder, space)
         finally:
-            data.used, streams.used = used
+            data.used, streams.used, uni.used = used
 
     def _write_stream_limits(self, builder: Any, space: Any, stream: Any) -> None:
-        if stream.stream_id not in self.held:
+        if stream.max_stream_data_local:
+            received = stream.receiver.highest_offset
+            target = received - self.unconsumed.get(stream.stream_id, 0) + self.stream_window
+            if target - stream.max_stream_data_local >= self.stream_window // 2:
+                stream.max_stream_data_local = target
+            stream.receiver.highest_offset = 0  # aioquic's doubling rule stays out (read there only)
+            try:
+                super()._write_stream_limits(builder, space, stream)
+            finally:
+                stream.receiver.highest_offset = received
+        else:
             super()._write_stream_limits(builder, space, stream)
 
     def _initialize(self, peer_cid: bytes) -> None:
@@ -209,17 +240,23 @@ class QuicEndpoint(asyncio.DatagramProtocol):
         self.certs: list[tuple[str | None, list[tuple[ir.TLSCert, QuicCert]]]] = []
         self.idle_timeout = MAX_IDLE
         self.max_streams = 100
+        self.stream_window = 1 << 20
+        self.conn_window = 16 << 20
         self.stats = {"retries": 0, "refused": 0, "version_negotiations": 0}
         self.draining = False
 
     # --- configuration --------------------------------------------------------------------
 
-    def configure(self, listeners: Sequence[tuple[str | None, Sequence[ir.TLSCert]]], idle_timeout: float | None, max_streams: int) -> None:
+    def configure(self, listeners: Sequence[tuple[str | None, Sequence[ir.TLSCert]]], idle_timeout: float | None, max_streams: int,
+                  stream_window: int = 1 << 20, conn_window: int = 16 << 20) -> None:
         """The port's certificates (by listener hostname, as the TCP side chooses them) and
-        limits; connections made from now on use them."""
+        limits (the listener's HTTP/2 settings: streams and windows); connections made from
+        now on use them."""
         self.certs = [(hostname, [(c, load_cert(c)) for c in certs]) for hostname, certs in listeners if certs]
         self.idle_timeout = min(idle_timeout or MAX_IDLE, MAX_IDLE)
         self.max_streams = max_streams
+        self.stream_window = stream_window
+        self.conn_window = max(conn_window, stream_window)
 
     def pick(self, name: str) -> QuicCert | None:
         return choose(self.certs, name) or (self.certs[0][1][0][1] if self.certs else None)
@@ -229,6 +266,7 @@ class QuicEndpoint(asyncio.DatagramProtocol):
         assert first is not None
         return QuicConfiguration(
             is_client=False, alpn_protocols=["h3"], idle_timeout=self.idle_timeout,
+            max_data=self.conn_window, max_stream_data=self.stream_window,
             certificate=first[0], certificate_chain=first[1], private_key=first[2],
             max_datagram_frame_size=None,
         )
@@ -308,7 +346,8 @@ class QuicEndpoint(asyncio.DatagramProtocol):
             ), addr)
             return
         conn = ServerConnection(
-            pick=self.pick, max_streams=self.max_streams, configuration=self.configuration(), original_destination_connection_id=odcid,
+            pick=self.pick, max_streams=self.max_streams, stream_window=self.stream_window, conn_window=self.conn_window,
+            configuration=self.configuration(), original_destination_connection_id=odcid,
             retry_source_connection_id=retry_scid, session_ticket_fetcher=self.tickets.pop, session_ticket_handler=self.tickets.add,
         )
         session = self.session_factory(self, conn, addr)

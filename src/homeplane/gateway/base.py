@@ -93,6 +93,32 @@ class ExchangeState(IntEnum):
 
 
 
+def request_fields(fields: Any) -> tuple[bytes, bytes, bytes, list[tuple[bytes, bytes]]]:
+    """An HTTP/2 or HTTP/3 request's fields as an HTTP/1.1 exchange takes them: ``:method``,
+    ``:path``, ``:authority``, and the other fields - cookie crumbs joined into one field after
+    the others (RFC 9113 §8.2.3, RFC 9114 §4.2.1), Host from ``:authority`` where there is none."""
+    method = path = authority = b""
+    headers: list[tuple[bytes, bytes]] = []
+    cookies: list[bytes] = []
+    for n, v in fields:
+        if n.startswith(b":"):
+            if n == b":method":
+                method = v
+            elif n == b":path":
+                path = v
+            elif n == b":authority":
+                authority = v
+        elif n == b"cookie":
+            cookies.append(v)
+        else:
+            headers.append((n, v))
+    if cookies:
+        headers.append((b"cookie", b"; ".join(cookies)))
+    if authority and not any(h[0] == b"host" for h in headers):
+        headers.insert(0, (b"host", authority))
+    return method, path, authority, headers
+
+
 class NoUpgrade:
     """The tunnel side of a sink for protocols without Upgrade (HTTP/2, HTTP/3; RFC 9113 §8.6,
     RFC 9114 §4.4): a backend's 101 resets the stream."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from homeplane.gateway.base import ConnInfo, ExchangeState, NoUpgrade, PortHooks
+from homeplane.gateway.base import ConnInfo, ExchangeState, NoUpgrade, PortHooks, request_fields
 from homeplane.gateway.exchange import Exchange
 
 if TYPE_CHECKING:
@@ -103,27 +103,7 @@ class NativeH2Stream(NoUpgrade):
 
 def start_stream(server: PortHooks, session: Any, stream_id: int, fields: list[tuple[bytes, bytes]], ended: bool) -> NativeH2Stream:
     """A request the session did not serve itself: an Exchange, as frontends/http2.py makes it."""
-    method = path = authority = b""
-    headers: list[tuple[bytes, bytes]] = []
-    cookies: list[bytes] = []
-    for n, v in fields:
-        if n.startswith(b":"):
-            if n == b":method":
-                method = v
-            elif n == b":path":
-                path = v
-            elif n == b":authority":
-                authority = v
-        elif n == b"cookie":
-            cookies.append(v)
-        else:
-            headers.append((n, v))
-    if cookies:
-        # RFC 9113 8.2.3: joined into one field for HTTP/1.1, after the others (as the h2
-        # library hands them to frontends/http2.py)
-        headers.append((b"cookie", b"; ".join(cookies)))
-    if authority and not any(h[0] == b"host" for h in headers):
-        headers.insert(0, (b"host", authority))
+    method, path, _, headers = request_fields(fields)  # (cookies after the others, as the h2 library hands them)
     sink = NativeH2Stream(session, stream_id)
     info: ConnInfo = session.info
     listener: ListenerTable | None = session.listener

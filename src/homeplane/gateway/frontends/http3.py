@@ -31,7 +31,7 @@ from aioquic.h3.events import DataReceived, HeadersReceived
 from aioquic.h3.exceptions import H3Error
 from aioquic.quic import events as qe
 
-from homeplane.gateway.base import ConnInfo, ExchangeState, NoUpgrade, PortHooks
+from homeplane.gateway.base import ConnInfo, ExchangeState, NoUpgrade, PortHooks, request_fields
 from homeplane.gateway.exchange import Exchange
 from homeplane.gateway.frontends.http2 import PREMATURE_ABSOLUTE, PREMATURE_LIFETIME, PREMATURE_MIN_STREAMS
 from homeplane.gateway.routing.router import normalize_host
@@ -376,24 +376,8 @@ class H3Session:
         if self.info.sni is None and self.quic.sni:
             self.info.sni = self.quic.sni
         table = self.server.table
-        method = path = authority = b""
-        headers: list[tuple[bytes, bytes]] = []
-        size = 0
-        for n, v in ev.headers:
-            size += len(n) + len(v) + 32  # RFC 9114 §4.2.2 counts 32 bytes per field
-            if n.startswith(b":"):
-                if n == b":method":
-                    method = v
-                elif n == b":path":
-                    path = v
-                elif n == b":authority":
-                    authority = v
-            elif n == b"cookie" and any(h[0] == b"cookie" for h in headers):
-                headers = [(h[0], h[1] + b"; " + v) if h[0] == b"cookie" else h for h in headers]  # RFC 9114 §4.2.1
-            else:
-                headers.append((n, v))
-        if authority and not any(h[0] == b"host" for h in headers):
-            headers.insert(0, (b"host", authority))
+        method, path, authority, headers = request_fields(ev.headers)
+        size = sum(len(n) + len(v) + 32 for n, v in ev.headers)  # as RFC 9114 §4.2.2 counts a field section
         stream = H3Stream(self, ev.stream_id)
         self.streams[ev.stream_id] = stream
         self.last_request = max(self.last_request, ev.stream_id)

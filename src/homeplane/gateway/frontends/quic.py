@@ -42,6 +42,9 @@ from homeplane.gateway.tls import choose
 from homeplane.translate import snapshot as ir
 
 log = logging.getLogger("homeplane.gateway")
+# aioquic logs every connection's version and ALPN at INFO: a line per client is noise in a
+# gateway's log (the access log already has one per request); its warnings still show
+logging.getLogger("quic").setLevel(logging.WARNING)
 
 HALF_OPEN_PER_SOURCE = 16  # unfinished handshakes one address (IPv6: one /64) may hold
 HANDSHAKE_TIMEOUT = 10.0  # seconds a handshake may take before its connection is dropped

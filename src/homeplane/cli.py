@@ -522,6 +522,16 @@ def run(
         True, "--certificates/--no-certificates", help="Issue and renew the repo's cert-manager Certificates (and the "
         "Gateway shim's) into the state store; a Secret of the same name in the manifests wins."
     ),
+    tunnel_edge: list[str] = typer.Option([], "--tunnel-edge", help="Tunnel: dial out to this `homeplane edge` (HOST:PORT, "
+                                          "repeatable); public traffic comes in through it, no port is opened here."),
+    tunnel_token_file: Optional[Path] = typer.Option(None, "--tunnel-token-file", help="Tunnel: the token the edge knows "
+                                                     "(or $HOMEPLANE_TUNNEL_TOKEN)."),
+    tunnel_ca: Optional[Path] = typer.Option(None, "--tunnel-ca", help="Tunnel: the CA of the edge's tunnel certificate "
+                                             "(default: the system's)."),
+    tunnel_connections: int = typer.Option(4, "--tunnel-connections", min=1, max=64, help="Tunnel: connections kept, spread "
+                                           "over the edges (cloudflared keeps 4)."),
+    tunnel_config: Optional[Path] = typer.Option(None, "--tunnel-config", help="Tunnel: a cloudflared config.yaml whose "
+                                                 "ingress rules to follow (default: the one in the manifests)."),
 ) -> None:
     """Serve the manifests: load, translate, publish, and re-apply on every change."""
     from homeplane.gateway.server import BindPlan, DataPlane, Settings, default_port_map
@@ -652,6 +662,14 @@ def run(
             rt.on_stop.append(stop_workers)
         rt.status_extras["listeners"] = lambda: dp.bindings
         rt.status_patches.append(dp.patch_status)
+        if tunnel_edge:
+            from homeplane.tunnel.cli import TunnelOptionError, attach_connector
+
+            try:
+                attach_connector(rt, dp, tunnel_edge, tunnel_token_file, tunnel_ca, tunnel_connections, tunnel_config, node_name,
+                                 cluster_domain)
+            except (TunnelOptionError, ValueError) as e:
+                _fail(str(e))
         if l4 == "userspace":
             from homeplane.l4.proxy import UserspaceProxy
 
@@ -883,6 +901,30 @@ def reconcile(
     except OSError as e:
         _fail(f"no running homeplane at {admin} ({e})")
     typer.echo("► annotating GitRepository flux-system\n◎ waiting for the revision to be fetched and applied (see /status runtime.flux)")
+
+
+@app.command()
+def edge(
+    config: Path = typer.Option(..., "--config", "-c", help="The edge's edge.yaml: tunnel listener, tokens, public ports."),
+    log_level: str = typer.Option("info", "--log-level"),
+    log_format: str = typer.Option("text", "--log-format"),
+) -> None:
+    """Run a tunnel edge on a public host: connectors (`homeplane run --tunnel-edge`) dial in, and
+    public HTTPS, HTTP and TCP reach them with no port open at home."""
+    from homeplane.tunnel.cli import run_edge
+    from homeplane.tunnel.edge_config import EdgeConfigError
+
+    _logging(log_level, log_format)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    try:
+        run_edge(config)
+    except EdgeConfigError as e:
+        _fail(str(e))
 
 
 @app.command()

@@ -68,7 +68,8 @@ def test_translate_imports_no_data_plane() -> None:
     for path in (SRC / "translate").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith(
-                ("homeplane.gateway", "homeplane.l4", "homeplane.dns", "homeplane.store", "homeplane.runtime")
+                ("homeplane.gateway", "homeplane.l4", "homeplane.dns", "homeplane.store", "homeplane.runtime",
+                 "homeplane.tunnel.mux", "homeplane.tunnel.edge", "homeplane.tunnel.connector", "homeplane.tunnel.cli")
             ):
                 bad.append(f"{path.name}: {node.module}")
     assert bad == []

@@ -217,6 +217,15 @@ class PortServer:
         )
         self._nodelay()
 
+    async def adopt(self, sock: socket.socket, client: tuple[str, int]) -> None:
+        """Serve a connection that arrived another way (the tunnel's connector, on a socket
+        pair) as if accepted here from ``client``: TLS passthrough by SNI, TLS and HTTP as for
+        any other; the peer address everything sees is the public client's."""
+        pre = ProxyPreamble(self)
+        pre.proxy_done = True
+        pre.client = client
+        await self.dp.loop.connect_accepted_socket(lambda: pre, sock)
+
     async def sync_quic(self) -> None:
         """Serve QUIC on this port's address and port (UDP) while a listener on it asks for
         HTTP/3, with those listeners' certificates; stop (drain) when none does. A port that

@@ -29,6 +29,7 @@ from homeplane.translate.gateways import (
 from homeplane.translate.policies import attachments_summary, effective_l4, effective_rule, finish_policies, process_policies
 from homeplane.translate.routes import build_vhosts, process_l4_routes, process_routes
 from homeplane.translate.services import build_services
+from homeplane.tunnel.discover import find_cloudflared
 
 __all__ = ["TranslateOptions", "Translation", "translate", "digest_objects"]
 
@@ -106,6 +107,14 @@ def translate(objects: list[Obj], options: TranslateOptions | None = None, versi
     coredns = _coredns_values(objects)
     if coredns is not None:
         extras["coredns"] = coredns
+    tunnel = find_cloudflared(objects)
+    for f in tunnel:
+        if f.error:
+            diags.warning(f"cloudflared config in {f.origin}: {f.error}")
+        for w in f.ingress.warnings if f.ingress else ():
+            diags.warning(f"cloudflared config in {f.origin}: {w}")
+    if tunnel:
+        extras["cloudflared"] = tuple(tunnel)
     snapshot = ir.Snapshot(
         version=version,
         gateways=tuple(gw_irs),

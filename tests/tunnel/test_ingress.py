@@ -1,0 +1,160 @@
+"""cloudflared ingress rules, where a repo keeps them, the tunnel's handshake and the edge's config (pure)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from homeplane.tunnel import wire
+from homeplane.tunnel.edge_config import EdgeConfigError, load_edge_config
+from homeplane.tunnel.ingress import IngressError, parse_ingress
+from homeplane.tunnel.local import service_name
+
+
+def rules(text: str):  # noqa: ANN201
+    return parse_ingress(yaml.safe_load(text))
+
+
+def test_first_matching_rule_wins_and_wildcards_are_leftmost_label_only() -> None:
+    ing = rules("""
+originRequest: {connectTimeout: 10s, noTLSVerify: true}
+ingress:
+  - hostname: ssh.example.com
+    service: ssh://localhost:22
+  - hostname: "*.example.com"
+    service: https://envoy-external.network.svc.cluster.local
+    originRequest: {originServerName: external.example.com, http2Origin: true}
+  - hostname: example.com
+    service: http://10.0.0.5:8080
+  - service: http_status:404
+""")
+    assert ing.match("ssh.example.com").scheme == "tcp" and ing.match("ssh.example.com").port == 22
+    r = ing.match("App.Example.com.")
+    assert (r.index, r.host, r.port) == (1, "envoy-external.network.svc.cluster.local", 443)
+    assert r.origin.server_name == "external.example.com" and r.origin.http2_origin
+    # top-level originRequest is the default for every rule
+    assert r.origin.connect_timeout == 10.0 and r.origin.no_tls_verify
+    assert ing.match("a.b.example.com").index == 1  # "*." matches any depth, as cloudflared's suffix match
+    assert ing.match("example.com").index == 2  # the apex is not under "*.example.com"
+    assert ing.match("example.org").status == 404 and ing.match(None).status == 404
+    assert ing.hostnames() == ["ssh.example.com", "*.example.com", "example.com"]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("ingress: [{hostname: a.example.com, service: 'http://x:1'}]", "last rule must match all"),
+    ("ingress: [{service: 'http_status:999'}]", "100-599"),
+    ("ingress: [{hostname: 'a.*.example.com', service: 'http://x'}, {service: 'http_status:404'}]", "leftmost label"),
+    ("ingress: [{hostname: 'a.example.com:443', service: 'http://x'}, {service: 'http_status:404'}]", "must not have a port"),
+    ("ingress: [{service: 'ftp://x:21'}]", "expected http://"),
+    ("ingress: [{service: 'http://x/path'}]", "cannot have a path"),
+    ("ingress: [{service: 'tcp://x'}]", "needs a port"),
+    ("ingress: [{service: hello_world}]", "not supported"),
+    ("ingress: [{hostname: x}]", r"ingress\[0\]\.service: required"),
+    ("ingress: []", "non-empty list"),
+    ("ingress: [{service: 'http://x', originRequest: {connectTimeout: soon}}]", "connectTimeout"),
+])
+def test_what_cloudflared_refuses_is_refused_with_the_rule(text: str, message: str) -> None:
+    with pytest.raises(IngressError, match=message):
+        rules(text)
+
+
+def test_path_rules_and_unknown_options_are_reported_not_silently_used() -> None:
+    ing = rules("""
+ingress:
+  - hostname: a.example.com
+    path: ^/api
+    service: http://api:80
+  - hostname: a.example.com
+    service: http://web:80
+    originRequest: {unknownThing: 1}
+  - service: http_status:404
+""")
+    assert ing.match("a.example.com").host == "web"
+    assert any("ingress[0].path" in w and "skipped" in w for w in ing.warnings)
+    assert any("unknownThing" in w for w in ing.warnings)
+
+
+def test_rules_after_a_catch_all_are_flagged() -> None:
+    ing = rules("ingress: [{service: 'http://a:1'}, {hostname: x.com, service: 'http://b:1'}, {service: 'http_status:404'}]")
+    assert any("never used" in w for w in ing.warnings)
+
+
+def test_the_corpus_cloudflared_config_is_found_in_its_helmrelease(corpus: Path) -> None:
+    from homeplane.pipeline import Inputs, run_pipeline
+
+    res = run_pipeline(Inputs((corpus / "onedr0p-home-ops" / "kubernetes",), {}))
+    found = res.translation.snapshot.extras["cloudflared"]
+    assert len(found) == 1 and found[0].ingress is not None
+    assert found[0].origin.startswith("HelmRelease network/cloudflare-tunnel values.configMaps.config.data.config.yaml")
+    rule = found[0].ingress.match("grafana.turbo.ac")
+    # {{ .Release.Namespace }} rendered as the chart's tpl does
+    assert rule.service == "https://envoy-external.network.svc.cluster.local:443"
+    assert rule.origin.server_name == "external.turbo.ac" and rule.origin.http2_origin
+    assert found[0].ingress.match("turbo.ac").status == 404
+
+
+def test_a_configmap_with_a_broken_config_is_a_diagnostic() -> None:
+    from tests.conftest import translate_text
+
+    _, tr = translate_text("""
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: cloudflared, namespace: network}
+data:
+  config.yaml: |
+    ingress:
+      - hostname: a.example.com
+        service: http://web:80
+""")
+    assert tr.snapshot.extras["cloudflared"][0].ingress is None
+    assert any("last rule must match all" in str(d) and "ConfigMap network/cloudflared" in str(d) for d in tr.diagnostics)
+
+
+def test_service_names() -> None:
+    assert service_name("envoy-external.network.svc.cluster.local") == ("network", "envoy-external")
+    assert service_name("envoy-external.network.svc") == ("network", "envoy-external")
+    assert service_name("envoy-external.network") == ("network", "envoy-external")
+    assert service_name("web.example.com") is None
+    assert service_name("localhost") is None
+    assert service_name("a.b.svc.other.domain", "other.domain") == ("b", "a")
+
+
+def test_handshake_round_trip_and_refusals() -> None:
+    hello = wire.parse_hello(wire.connector_hello("edge.example.com", "t0ken-0123456789", "home-1", 3))
+    assert (hello.token, hello.connector, hello.index) == ("t0ken-0123456789", "home-1", 3)
+    assert wire.parse_accept(wire.edge_accept("vps-1")) == "vps-1"
+    with pytest.raises(wire.HandshakeError, match="401"):
+        wire.parse_accept(wire.edge_refuse(401, "Unauthorized", "unknown tunnel token"))
+    with pytest.raises(wire.HandshakeError, match="bearer"):
+        wire.parse_hello(b"GET /tunnel HTTP/1.1\r\nUpgrade: homeplane-tunnel/1\r\n\r\n")
+    with pytest.raises(wire.HandshakeError, match="not a tunnel handshake"):
+        wire.parse_hello(b"POST / HTTP/1.1\r\n\r\n")
+    opened = wire.parse_open(wire.Open("http", "App.Example.com", ("2001:db8::1", 443), "h2").headers())
+    assert opened == wire.Open("http", "app.example.com", ("2001:db8::1", 443), "h2")
+    with pytest.raises(ValueError, match="unknown kind"):
+        wire.parse_open([(":method", "CONNECT"), ("hp-kind", "udp"), ("hp-client", "1.2.3.4 5")])
+
+
+def test_edge_config_errors_name_the_field(tmp_path: Path) -> None:
+    def load(text: str):  # noqa: ANN202
+        p = tmp_path / "edge.yaml"
+        p.write_text(text)
+        return load_edge_config(p)
+
+    with pytest.raises(EdgeConfigError, match="tunnel: is required"):
+        load("name: x\n")
+    with pytest.raises(EdgeConfigError, match="unknown field.*tunel"):
+        load("tunel: {}\n")
+    with pytest.raises(EdgeConfigError, match="tunnel.certFile: .*does not exist"):
+        load("tunnel: {certFile: nope.crt, keyFile: nope.key, tokens: [{name: a, token: 0123456789abcdef}]}\n")
+    (tmp_path / "c.crt").write_text("x")
+    (tmp_path / "c.key").write_text("x")
+    with pytest.raises(EdgeConfigError, match=r"tunnel.tokens\[0\]: needs token"):
+        load("tunnel: {certFile: c.crt, keyFile: c.key, tokens: [{name: a, token: short}]}\n")
+    with pytest.raises(EdgeConfigError, match="https.hostnames\\[0\\].tls: passthrough or terminate"):
+        load("tunnel: {certFile: c.crt, keyFile: c.key, tokens: [{name: a, token: 0123456789abcdef}]}\n"
+             "https: {hostnames: [{hostname: a.com, tls: maybe}]}\n")
+    with pytest.raises(EdgeConfigError, match="tunnel: cannot use"):
+        load("tunnel: {certFile: c.crt, keyFile: c.key, tokens: [{name: a, token: 0123456789abcdef}]}\n")

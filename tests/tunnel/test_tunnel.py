@@ -1,0 +1,223 @@
+"""Edge and connector as real processes: public traffic reaches the home gateway only through the tunnel."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+import ssl
+import subprocess
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import pytest
+
+from tests.gateway.backends import Backend
+from tests.tunnel.harness import CA, Edge, Home, curl, wait_until, write_repo
+
+
+class TcpEcho:
+    def __init__(self) -> None:
+        import threading
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        import threading
+
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+
+            def serve(c: socket.socket = c) -> None:
+                with c:
+                    c.sendall(b"hello from home\n")
+                    while data := c.recv(65536):
+                        c.sendall(data)
+
+            threading.Thread(target=serve, daemon=True).start()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    tmp = tmp_path_factory.mktemp("tunnel")
+    backend = Backend("app")
+    echo = TcpEcho()
+    ca = CA(tmp)
+    repo = write_repo(tmp, ca, backend.port, echo.port)
+    edge = Edge(tmp, ca, terminate=["secure.home.test"])
+    home = Home(tmp, repo, ca, [edge], connections=2)
+    edge.wait_connectors(2)
+    yield {"tmp": tmp, "backend": backend, "ca": ca, "edge": edge, "home": home, "repo": repo}
+    home.stop()
+    edge.stop()
+    backend.close()
+
+
+def _via_edge(world: dict, host: str, path: str, *extra: str, scheme: str = "https") -> tuple[int, dict | str, str]:
+    edge: Edge = world["edge"]
+    port = edge.ports["https" if scheme == "https" else "http"]
+    out = curl("--resolve", f"{host}:{port}:127.0.0.1", "--cacert", str(world["ca"].path), "--interface", "127.0.0.5",
+               "-o", "-", "-w", "\n%{http_code} %{http_version}", *extra, f"{scheme}://{host}:{port}{path}")
+    body, _, tail = out.stdout.rpartition("\n")
+    code, version = tail.split()
+    try:
+        return int(code), json.loads(body), version
+    except ValueError:
+        return int(code), body, version
+
+
+@pytest.mark.parametrize("host", ["app.home.test", "secure.home.test"])
+@pytest.mark.parametrize("http", ["--http1.1", "--http2"])
+def test_https_through_the_tunnel_with_the_clients_address(world: dict, host: str, http: str) -> None:
+    # app: TLS passed through to the home gateway by SNI; secure: terminated at the edge
+    code, body, version = _via_edge(world, host, "/echo/x", http)
+    assert code == 200, body
+    assert version == ("2" if http == "--http2" else "1.1")
+    headers = {k.lower(): v for k, v in body["headers"]}
+    assert headers.get("host", headers.get(":authority", "")).split(":")[0] == host
+    assert headers["x-forwarded-for"].split(",")[-1].strip() == "127.0.0.5"  # the public client, not the connector
+
+
+def test_plain_http_port_and_catch_all_404(world: dict) -> None:
+    code, body, _ = _via_edge(world, "app.home.test", "/echo/plain", scheme="http")
+    # the rule's origin is the gateway's HTTPS listener: the connector speaks TLS to it
+    assert code == 200 and body["target"] == "/echo/plain"
+    code, body, _ = _via_edge(world, "other.example.org", "/", scheme="http")
+    assert code == 404 and "not served through the tunnel" in body
+
+
+def test_large_upload_and_download(world: dict, tmp_path: Path) -> None:
+    blob = tmp_path / "blob"
+    data = hashlib.sha256(b"seed").digest() * (50 * 1024 * 1024 // 32)
+    blob.write_bytes(data)
+    code, body, _ = _via_edge(world, "app.home.test", "/echo/upload", "--http2", "--data-binary", f"@{blob}")
+    assert code == 200
+    assert body["body_len"] == len(data) and body["body_sha256"] == hashlib.sha256(data).hexdigest()
+    out = curl("--resolve", f"secure.home.test:{world['edge'].ports['https']}:127.0.0.1", "--cacert", str(world["ca"].path),
+               "-o", str(tmp_path / "down"), "-w", "%{http_code}", f"https://secure.home.test:{world['edge'].ports['https']}/big?bytes=20000000")
+    assert out.stdout == "200" and (tmp_path / "down").stat().st_size == 20_000_000
+
+
+def test_server_sent_events_arrive_as_sent(world: dict) -> None:
+    code, body, _ = _via_edge(world, "app.home.test", "/stream?n=5&ms=50", "--http2", "-N")
+    assert code == 200 and body.count("data: event") == 5
+
+
+def test_websocket_upgrade(world: dict) -> None:
+    edge: Edge = world["edge"]
+    ctx = ssl.create_default_context(cafile=str(world["ca"].path))
+    for host in ("app.home.test", "secure.home.test"):
+        with socket.create_connection(("127.0.0.1", edge.ports["https"]), timeout=10) as raw, ctx.wrap_socket(raw, server_hostname=host) as s:
+            s.sendall(f"GET /ws HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                      "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += s.recv(4096)
+            assert head.startswith(b"HTTP/1.1 101"), head
+            s.sendall(b"ping through the tunnel")
+            got = b""
+            while len(got) < 23:
+                got += s.recv(4096)
+            assert got == b"ping through the tunnel"
+
+
+def test_tcp_port(world: dict) -> None:
+    with socket.create_connection(("127.0.0.1", world["edge"].ports["ssh"]), timeout=10) as s:
+        f = s.makefile("rb")
+        assert f.readline() == b"hello from home\n"
+        s.sendall(b"abc\n")
+        assert f.readline() == b"abc\n"
+
+
+def test_status_and_metrics(world: dict) -> None:
+    st = world["home"].status()["runtime"]["tunnel"]
+    assert st["ingress"].startswith("HelmRelease network/cloudflare-tunnel values.configMaps.config.data.config.yaml")
+    assert [c["state"] for c in st["connections"]] == ["connected", "connected"]
+    assert {"hostname": "*.home.test", "service": "https://envoy-external.network.svc.cluster.local:443"} in st["rules"]
+    m = world["home"].metrics()
+    assert "cloudflared_tunnel_ha_connections 2.0" in m
+    total = next(line for line in m.splitlines() if line.startswith("cloudflared_tunnel_total_requests "))
+    assert float(total.split()[1]) >= 1
+    assert 'cloudflared_tunnel_response_by_code{status_code="404"}' in m
+    est = world["edge"].status()
+    assert len(est["connections"]) == 2 and {c["connector"] for c in est["connections"]} == {est["connections"][0]["connector"]}
+
+
+
+def _curl_edge(edge: Edge, ca: CA, url_host: str, *args: str, scheme: str = "https") -> subprocess.CompletedProcess[str]:
+    port = edge.ports[scheme]
+    return curl("--resolve", f"{url_host}:{port}:127.0.0.1", "--cacert", str(ca.path), "-o", "-", "-w", "\n%{http_code}",
+                *args, f"{scheme}://{url_host}:{port}/echo", timeout=20)
+
+
+def test_no_connector_answers_503_in_the_clients_protocol_and_closes_passthrough(tmp_path: Path) -> None:
+    ca = CA(tmp_path)
+    edge = Edge(tmp_path, ca, terminate=["secure.home.test"], extra={"publicWait": "0s"})
+    try:
+        wait_until(lambda: edge.status()["publicOpen"], what="public ports open without a connector after publicWait")
+        for args in (("--http1.1",), ("--http2",)):
+            out = _curl_edge(edge, ca, "secure.home.test", *args)
+            assert out.stdout.endswith("\n503") and "No tunnel connector is connected" in out.stdout, out
+        out = _curl_edge(edge, ca, "app.home.test", scheme="http")
+        assert out.stdout.endswith("\n503")
+        # passed-through TLS has no page to show: the connection is closed during the handshake
+        out = _curl_edge(edge, ca, "app.home.test")
+        assert out.returncode != 0 and out.stdout.endswith("\n000")
+        metrics = httpx.get(edge.admin + "/metrics").text
+        assert 'homeplane_edge_streams_total{kind="http",result="no_connector"} 3.0' in metrics
+    finally:
+        edge.stop()
+
+
+def test_a_wrong_token_is_refused_and_said_so(tmp_path: Path) -> None:
+    ca = CA(tmp_path)
+    backend_port = 9  # (nothing is asked of it)
+    repo = write_repo(tmp_path, ca, backend_port, backend_port)
+    edge = Edge(tmp_path, ca)
+    home = Home(tmp_path, repo, ca, [edge], connections=1)
+    try:
+        home.token.write_text("not-the-token-0123456789\n")
+        home.stop()
+        home.start()
+        st = wait_until(lambda: (c := home.status()["runtime"]["tunnel"]["connections"][0])["lastError"] and c, what="an error")
+        assert st["state"] in ("backoff", "connecting") and "401 Unauthorized: unknown tunnel token" in st["lastError"]
+        assert edge.status()["connections"] == []
+        assert "refused: unknown token" in edge.log.read_text()
+    finally:
+        home.stop()
+        edge.stop()
+
+
+def test_an_unreachable_origin_is_a_502_page(tmp_path: Path) -> None:
+    ca = CA(tmp_path)
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    dead = closed.getsockname()[1]  # bound, never listening: connection refused
+    config = tmp_path / "cloudflared.yaml"
+    config.write_text(f"ingress:\n  - hostname: dead.home.test\n    service: http://127.0.0.1:{dead}\n  - service: http_status:418\n")
+    repo = write_repo(tmp_path, ca, 9, 9)
+    edge = Edge(tmp_path, ca, terminate=["dead.home.test"])
+    home = Home(tmp_path, repo, ca, [edge], connections=1, extra=["--tunnel-config", str(config)])
+    try:
+        edge.wait_connectors(1)
+        for args in (("--http1.1",), ("--http2",)):
+            out = _curl_edge(edge, ca, "dead.home.test", *args)
+            assert out.stdout.endswith("\n502") and "could not reach the service" in out.stdout, out
+        out = _curl_edge(edge, ca, "other.home.test", scheme="http")
+        assert out.stdout.endswith("\n418")
+        st = home.status()["runtime"]["tunnel"]
+        assert st["ingress"] == str(config)  # --tunnel-config wins over the repo's
+        assert "origin http://127.0.0.1:%d (ingress[0])" % dead in home.log.read_text()
+        assert 'cloudflared_tunnel_request_errors 2.0' in home.metrics()
+    finally:
+        home.stop()
+        edge.stop()
+        closed.close()

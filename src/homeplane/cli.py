@@ -532,6 +532,8 @@ def run(
                                            "over the edges (cloudflared keeps 4)."),
     tunnel_config: Optional[Path] = typer.Option(None, "--tunnel-config", help="Tunnel: a cloudflared config.yaml whose "
                                                  "ingress rules to follow (default: the one in the manifests)."),
+    tunnel_gateway: list[str] = typer.Option([], "--tunnel-gateway", help="Tunnel: serve the routes of this Gateway "
+                                             "(NAMESPACE/NAME, repeatable) through it, instead of a cloudflared config."),
 ) -> None:
     """Serve the manifests: load, translate, publish, and re-apply on every change."""
     from homeplane.gateway.server import BindPlan, DataPlane, Settings, default_port_map
@@ -667,7 +669,7 @@ def run(
 
             try:
                 attach_connector(rt, dp, tunnel_edge, tunnel_token_file, tunnel_ca, tunnel_connections, tunnel_config, node_name,
-                                 cluster_domain)
+                                 cluster_domain, tunnel_gateway)
             except (TunnelOptionError, ValueError) as e:
                 _fail(str(e))
         if l4 == "userspace":

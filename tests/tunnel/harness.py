@@ -65,13 +65,14 @@ class CA:
         return crt, k
 
 
-def write_repo(root: Path, ca: CA, backend_port: int, tcp_port: int, cloudflared: str | None = None) -> Path:
+def write_repo(root: Path, ca: CA, backend_port: int, tcp_port: int, cloudflared: str | None = None, with_cloudflared: bool = True,
+               name: str = "repo") -> Path:
     """Gateway network/envoy-external (HTTPS *.home.test, HTTP), an app route, and the
     cloudflared config as a home-ops repo keeps it (an app-template HelmRelease)."""
     import base64
 
     crt, key = ca.issue("home", "*.home.test", "home.test")
-    repo = root / "repo"
+    repo = root / name
     repo.mkdir()
     cfg = cloudflared if cloudflared is not None else f"""
             ingress:
@@ -131,7 +132,11 @@ spec:
   parentRefs: [{{name: envoy-external, namespace: network, sectionName: https}}]
   hostnames: [app.home.test, secure.home.test]
   rules: [{{backendRefs: [{{name: app, port: 80}}]}}]
----
+""")
+    if not with_cloudflared:
+        return repo
+    with (repo / "home.yaml").open("a") as f:
+        f.write(f"""---
 apiVersion: helm.toolkit.fluxcd.io/v2
 kind: HelmRelease
 metadata: {{name: cloudflare-tunnel, namespace: network}}

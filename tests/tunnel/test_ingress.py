@@ -158,3 +158,67 @@ def test_edge_config_errors_name_the_field(tmp_path: Path) -> None:
              "https: {hostnames: [{hostname: a.com, tls: maybe}]}\n")
     with pytest.raises(EdgeConfigError, match="tunnel: cannot use"):
         load("tunnel: {certFile: c.crt, keyFile: c.key, tokens: [{name: a, token: 0123456789abcdef}]}\n")
+
+
+def test_without_a_cloudflared_config_the_gateway_whose_dns_target_is_the_tunnel_is_served() -> None:
+    from tests.conftest import translate_text
+
+    _, tr = translate_text("""
+apiVersion: externaldns.k8s.io/v1alpha1
+kind: DNSEndpoint
+metadata: {name: cloudflare-tunnel, namespace: network}
+spec:
+  endpoints:
+    - {dnsName: external.example.com, recordType: CNAME, targets: [0a1b2c3d.cfargotunnel.com]}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: envoy}
+spec: {controllerName: gateway.envoyproxy.io/gatewayclass-controller}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata:
+  name: envoy-external
+  namespace: network
+  annotations: {external-dns.alpha.kubernetes.io/target: external.example.com}
+spec:
+  gatewayClassName: envoy
+  listeners:
+    - {name: https, protocol: HTTPS, port: 443, hostname: "*.example.com", allowedRoutes: {namespaces: {from: All}},
+       tls: {certificateRefs: [{name: missing}]}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata:
+  name: envoy-internal
+  namespace: network
+  annotations: {external-dns.alpha.kubernetes.io/target: internal.example.com}
+spec:
+  gatewayClassName: envoy
+  listeners:
+    - {name: http, protocol: HTTP, port: 80, allowedRoutes: {namespaces: {from: All}}}
+""")
+    ing, origin = tr.snapshot.extras["tunnelIngress"]
+    assert "Gateway network/envoy-external" in origin and "envoy-internal" not in origin
+    assert "external.example.com is the tunnel" in origin
+    # the listener is not ready (its certificate is missing): nothing is routed to it
+    assert [r.service for r in ing.rules] == ["http_status:404"]
+
+
+def test_default_ingress_names_route_hostnames_and_matches_sni_to_host() -> None:
+    from types import SimpleNamespace as NS
+
+    from homeplane.tunnel.discover import default_ingress
+
+    gw = NS(ref=NS(namespace="network", name="envoy-external"), annotations={}, infrastructure_annotations={},
+            listeners=[NS(protocol="HTTPS", ready=True, port=443, hostname="*.example.com",
+                          vhosts=[NS(hostname="app.example.com"), NS(hostname="b.example.com")]),
+                       NS(protocol="HTTP", ready=True, port=80, hostname=None, vhosts=[NS(hostname="app.example.com")])])
+    assert default_ingress((), [gw]) is None
+    ing, origin = default_ingress((), [gw], named=["network/envoy-external"])
+    assert origin.endswith("(--tunnel-gateway)")
+    assert [(r.hostname, r.service) for r in ing.rules[:2]] == [
+        ("app.example.com", "https://envoy-external.network.svc.cluster.local:443"),
+        ("b.example.com", "https://envoy-external.network.svc.cluster.local:443")]
+    assert ing.rules[0].origin.match_sni_to_host and ing.match("c.example.com").status == 404

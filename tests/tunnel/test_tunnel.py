@@ -221,3 +221,22 @@ def test_an_unreachable_origin_is_a_502_page(tmp_path: Path) -> None:
         home.stop()
         edge.stop()
         closed.close()
+
+
+def test_tunnel_gateway_serves_a_gateways_routes_without_a_cloudflared_config(tmp_path: Path) -> None:
+    ca = CA(tmp_path)
+    backend = Backend("app")
+    repo = write_repo(tmp_path, ca, backend.port, 9, with_cloudflared=False)
+    edge = Edge(tmp_path, ca, terminate=["secure.home.test"])
+    home = Home(tmp_path, repo, ca, [edge], connections=1, extra=["--tunnel-gateway", "network/envoy-external"])
+    try:
+        edge.wait_connectors(1)
+        for host in ("app.home.test", "secure.home.test"):
+            out = _curl_edge(edge, ca, host, "--http2")
+            assert out.stdout.endswith("\n200"), out
+        assert _curl_edge(edge, ca, "other.home.test", scheme="http").stdout.endswith("\n404")
+        assert home.status()["runtime"]["tunnel"]["ingress"] == "the routes of Gateway network/envoy-external (--tunnel-gateway)"
+    finally:
+        home.stop()
+        edge.stop()
+        backend.close()

@@ -29,7 +29,7 @@ from homeplane.translate.gateways import (
 from homeplane.translate.policies import attachments_summary, effective_l4, effective_rule, finish_policies, process_policies
 from homeplane.translate.routes import build_vhosts, process_l4_routes, process_routes
 from homeplane.translate.services import build_services
-from homeplane.tunnel.discover import find_cloudflared
+from homeplane.tunnel.discover import default_ingress, find_cloudflared
 
 __all__ = ["TranslateOptions", "Translation", "translate", "digest_objects"]
 
@@ -115,6 +115,10 @@ def translate(objects: list[Obj], options: TranslateOptions | None = None, versi
             diags.warning(f"cloudflared config in {f.origin}: {w}")
     if tunnel:
         extras["cloudflared"] = tuple(tunnel)
+    else:
+        fallback = default_ingress(objects, gw_irs)
+        if fallback is not None:
+            extras["tunnelIngress"] = fallback
     snapshot = ir.Snapshot(
         version=version,
         gateways=tuple(gw_irs),

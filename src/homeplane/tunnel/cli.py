@@ -57,10 +57,16 @@ def read_ingress(path: Path) -> Ingress:
 
 
 def attach_connector(rt: Any, dp: Any, edges: list[str], token_file: Path | None, ca: Path | None, connections: int,
-                     config: Path | None, name: str | None, cluster_domain: str | None) -> Connector:
-    """A connector inside ``homeplane run``: its ingress follows the repo's cloudflared config
-    (or ``--tunnel-config``), its Gateway origins this process's data plane."""
+                     config: Path | None, name: str | None, cluster_domain: str | None, gateways: list[str] = ()) -> Connector:
+    """A connector inside ``homeplane run``: its ingress follows ``--tunnel-config``, else the
+    repo's cloudflared config, else the routes of ``--tunnel-gateway``s or of the Gateways whose
+    DNS target is the tunnel; its Gateway origins are this process's data plane."""
+    from homeplane.tunnel.discover import default_ingress
     from homeplane.tunnel.local import GatewayOrigins
+
+    for g in gateways:
+        if g.count("/") != 1:
+            raise TunnelOptionError(f"--tunnel-gateway {g!r}: expected NAMESPACE/NAME")
 
     explicit = read_ingress(config) if config is not None else None
     conn = Connector(parse_edges(edges), read_token(token_file), name=name or socket.gethostname(), connections=connections,
@@ -68,22 +74,26 @@ def attach_connector(rt: Any, dp: Any, edges: list[str], token_file: Path | None
     if explicit is not None:
         conn.set_ingress(explicit, str(config))
 
-    def follow(snapshot: Any) -> None:
-        if explicit is not None:
-            return
-        found = [f for f in snapshot.extras.get("cloudflared", ()) if f.ingress is not None]
-        if len(found) > 1:
-            log.warning("several cloudflared configs in the manifests; the tunnel uses %s", found[0].origin)
-        if found:
-            conn.set_ingress(found[0].ingress, found[0].origin)
-        elif "tunnelIngress" in snapshot.extras:
-            ing, origin = snapshot.extras["tunnelIngress"]
-            conn.set_ingress(ing, origin)
-        else:
-            conn.set_ingress(None, "")
+    async def follow(snapshot: Any) -> None:
+        if explicit is None:
+            found = [f for f in snapshot.extras.get("cloudflared", ()) if f.ingress is not None]
+            if len(found) > 1:
+                log.warning("several cloudflared configs in the manifests; the tunnel uses %s", found[0].origin)
+            named = default_ingress((), snapshot.gateways, cluster_domain or "cluster.local", gateways) if gateways else None
+            if named is not None:
+                conn.set_ingress(*named)
+            elif found:
+                conn.set_ingress(found[0].ingress, found[0].origin)
+            elif "tunnelIngress" in snapshot.extras:
+                conn.set_ingress(*snapshot.extras["tunnelIngress"])
+            else:
+                conn.set_ingress(None, "")
+        if not conn.tasks:
+            # dial out only once the first configuration is served (the data plane subscribed
+            # first): a stream must never find the Gateways or the rules missing
+            await conn.start()
 
     rt.subscribe(follow)
-    rt.on_start.append(conn.start)
 
     async def drain() -> None:
         await conn.drain()

@@ -79,3 +79,58 @@ def find_cloudflared(objects: Iterable[Any]) -> list[Found]:
                     if f is not None:
                         out.append(f)
     return out
+
+
+TUNNEL_TARGET_SUFFIX = ".cfargotunnel.com"
+TARGET_ANNOTATION = "external-dns.alpha.kubernetes.io/target"
+
+
+def tunnel_names(objects: Iterable[Any]) -> set[str]:
+    """Names the DNS records point at the tunnel: DNSEndpoints with a CNAME to
+    ``<tunnel id>.cfargotunnel.com`` (the seed's ``external.<domain>``)."""
+    names: set[str] = set()
+    for o in objects:
+        if o.kind != "DNSEndpoint":
+            continue
+        for ep in (o.raw.get("spec") or {}).get("endpoints") or []:
+            if not isinstance(ep, dict) or str(ep.get("recordType", "")).upper() != "CNAME":
+                continue
+            if any(str(t).lower().rstrip(".").endswith(TUNNEL_TARGET_SUFFIX) for t in ep.get("targets") or []):
+                names.add(str(ep.get("dnsName", "")).lower().rstrip("."))
+    return names
+
+
+def default_ingress(objects: Iterable[Any], gateways: Iterable[Any], cluster_domain: str = "cluster.local",
+                    named: Iterable[str] = ()) -> tuple[Ingress, str] | None:
+    """Without a cloudflared config: the hostnames of the routes on the Gateways whose DNS
+    target is the tunnel (or the Gateways ``named`` NAMESPACE/NAME), each to its Gateway's
+    HTTPS port (SNI as the client sent it), then 404 — what the seed's cloudflared config
+    says by hand."""
+    names = tunnel_names(objects)
+    wanted = set(named)
+    if not names and not wanted:
+        return None
+    rules: list[dict[str, Any]] = []
+    chosen: list[str] = []
+    for g in gateways:
+        target = (g.annotations.get(TARGET_ANNOTATION) or g.infrastructure_annotations.get(TARGET_ANNOTATION) or "").lower().rstrip(".")
+        if target not in names and f"{g.ref.namespace}/{g.ref.name}" not in wanted:
+            continue
+        chosen.append(f"{g.ref.namespace}/{g.ref.name}")
+        for ls in g.listeners:
+            if ls.protocol != "HTTPS" or not ls.ready:
+                continue
+            hosts = sorted({vh.hostname for vh in ls.vhosts if vh.hostname and vh.hostname != "*"} or
+                           ({ls.hostname} if ls.hostname else set()))
+            for h in hosts:
+                rules.append({"hostname": h, "service": f"https://{g.ref.name}.{g.ref.namespace}.svc.{cluster_domain}:{ls.port}",
+                              "originRequest": {"matchSNItoHost": True}})
+    if not chosen:
+        return None
+    rules.append({"service": "http_status:404"})
+    try:
+        ing = parse_ingress({"ingress": rules})
+    except IngressError:
+        return None
+    why = f"its DNS target {', '.join(sorted(names))} is the tunnel" if names else "--tunnel-gateway"
+    return ing, f"the routes of Gateway {', '.join(chosen)} ({why})"

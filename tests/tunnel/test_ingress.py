@@ -222,3 +222,15 @@ def test_default_ingress_names_route_hostnames_and_matches_sni_to_host() -> None
         ("app.example.com", "https://envoy-external.network.svc.cluster.local:443"),
         ("b.example.com", "https://envoy-external.network.svc.cluster.local:443")]
     assert ing.rules[0].origin.match_sni_to_host and ing.match("c.example.com").status == 404
+
+
+def test_proxy_protocol_header_round_trips_through_the_gateways_parser() -> None:
+    from homeplane.gateway.frontends import proxyproto
+
+    for client, server in ((("198.51.100.7", 50123), ("10.0.0.1", 443)), (("2001:db8::7", 4431), ("::1", 8443)),
+                           (("2001:db8::7", 4431), ("10.0.0.1", 443))):
+        info = proxyproto.parse(proxyproto.encode_v2(client, server) + b"rest")
+        assert info is not None and (info.client_ip, info.client_port) == client
+    assert rules("ingress: [{service: 'tcp://x:1', originRequest: {proxyProtocol: v2}}]").rules[0].origin.proxy_protocol
+    with pytest.raises(IngressError, match="proxyProtocol: v2 or off"):
+        rules("ingress: [{service: 'tcp://x:1', originRequest: {proxyProtocol: v9}}]")

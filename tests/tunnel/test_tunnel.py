@@ -240,3 +240,40 @@ def test_tunnel_gateway_serves_a_gateways_routes_without_a_cloudflared_config(tm
         home.stop()
         edge.stop()
         backend.close()
+
+
+def test_proxy_protocol_carries_the_client_to_a_dialled_origin(tmp_path: Path) -> None:
+    from homeplane.gateway.frontends import proxyproto
+
+    got: list[bytes] = []
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+    srv.settimeout(20)
+    config = tmp_path / "cloudflared.yaml"
+    config.write_text(f"ingress:\n  - hostname: ssh.home.test\n    service: tcp://127.0.0.1:{srv.getsockname()[1]}\n"
+                      "    originRequest: {proxyProtocol: v2}\n  - service: http_status:404\n")
+    ca = CA(tmp_path)
+    repo = write_repo(tmp_path, ca, 9, 9, with_cloudflared=False)
+    edge = Edge(tmp_path, ca)
+    home = Home(tmp_path, repo, ca, [edge], connections=1, extra=["--tunnel-config", str(config)])
+    try:
+        edge.wait_connectors(1)
+        with socket.socket() as c:
+            c.bind(("127.0.0.5", 0))
+            c.connect(("127.0.0.1", edge.ports["ssh"]))
+            c.sendall(b"after the header\n")
+            source = c.getsockname()[1]
+            conn, _ = srv.accept()
+            with conn:
+                conn.settimeout(10)
+                while b"after the header\n" not in b"".join(got):
+                    got.append(conn.recv(4096))
+        data = b"".join(got)
+        info = proxyproto.parse(data)
+        assert info is not None and (info.client_ip, info.client_port) == ("127.0.0.5", source)
+        assert data[info.length:] == b"after the header\n"
+    finally:
+        home.stop()
+        edge.stop()
+        srv.close()

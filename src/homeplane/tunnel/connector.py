@@ -28,6 +28,7 @@ from typing import Any, Iterable, Protocol
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
+from homeplane.gateway.frontends import proxyproto
 from homeplane.tunnel import wire
 from homeplane.tunnel.ingress import Ingress, Rule
 from homeplane.tunnel.mux import Pipe, Session, Stream
@@ -317,6 +318,19 @@ class Connector:
                                            ssl_handshake_timeout=rule.origin.connect_timeout if ctx else None),
                     rule.origin.connect_timeout,
                 )
+            elif rule.origin.proxy_protocol:
+                # the PROXY header goes first, in the clear, then TLS (if any) over the same socket
+                sock = await asyncio.wait_for(_dial_raw(loop, rule.host, rule.port), rule.origin.connect_timeout)
+                try:
+                    sock.send(proxyproto.encode_v2(opened.client, sock.getpeername()[:2]))
+                    await asyncio.wait_for(
+                        loop.create_connection(lambda: pipe, sock=sock, ssl=ctx, server_hostname=sni,
+                                               ssl_handshake_timeout=rule.origin.connect_timeout if ctx else None),
+                        rule.origin.connect_timeout,
+                    )
+                except BaseException:
+                    sock.close()
+                    raise
             else:
                 await asyncio.wait_for(
                     loop.create_connection(lambda: pipe, rule.host, rule.port, ssl=ctx, server_hostname=sni,
@@ -343,6 +357,21 @@ class Connector:
             ],
             "activeStreams": len(self.pipes),
         }
+
+
+async def _dial_raw(loop: asyncio.AbstractEventLoop, host: str, port: int) -> socket.socket:
+    """A connected non-blocking TCP socket to host:port (the first address that answers)."""
+    last: Exception = OSError(f"{host}: no address")
+    for family, kind, proto, _, addr in await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM):
+        sock = socket.socket(family, kind, proto)
+        sock.setblocking(False)
+        try:
+            await loop.sock_connect(sock, addr)
+            return sock
+        except OSError as e:
+            sock.close()
+            last = e
+    raise last
 
 
 class _Metrics:

@@ -27,6 +27,7 @@ ORIGIN_OPTIONS = {
     "tcpKeepAlive", "keepAliveTimeout", "keepAliveConnections", "noHappyEyeballs",
     "disableChunkedEncoding", "httpHostHeader", "proxyType", "tlsTimeout", "bastionMode",
     "proxyAddress", "proxyPort", "access", "matchSNItoHost",
+    "proxyProtocol",  # homeplane's: a PROXY v2 header with the public client's address, to a dialled origin
 }
 
 
@@ -42,6 +43,7 @@ class OriginRequest:
     http2_origin: bool = False
     ca_pool: str | None = None
     match_sni_to_host: bool = False
+    proxy_protocol: bool = False
 
 
 @dataclass(frozen=True)
@@ -102,7 +104,18 @@ def _origin(raw: Any, where: str, warnings: list[str], base: OriginRequest | Non
         http2_origin=bool(raw.get("http2Origin", base.http2_origin)),
         ca_pool=str(raw["caPool"]) if raw.get("caPool") else base.ca_pool,
         match_sni_to_host=bool(raw.get("matchSNItoHost", base.match_sni_to_host)),
+        proxy_protocol=_proxy_protocol(raw.get("proxyProtocol"), where, base.proxy_protocol),
     )
+
+
+def _proxy_protocol(value: Any, where: str, default: bool) -> bool:
+    if value is None:
+        return default
+    if value in ("v2", 2, True):
+        return True
+    if value in ("off", False):
+        return False
+    raise IngressError(f"{where}.originRequest.proxyProtocol: v2 or off, not {value!r}")
 
 
 _HOSTNAME = re.compile(r"^(\*\.)?([a-z0-9_]([a-z0-9_-]*[a-z0-9_])?\.)*[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?$")

@@ -1,4 +1,5 @@
-"""PROXY protocol v1 and v2 (HAProxy's spec), sans-IO: bytes in, the client's address out.
+"""PROXY protocol v1 and v2 (HAProxy's spec), sans-IO: bytes in, the client's address out
+(and :func:`encode_v2` for a sender: the tunnel's connector towards a dialled origin).
 
 ClientTrafficPolicy ``proxyProtocol`` (and the older ``enableProxyProtocol``) makes a
 listener expect this header before anything else, TLS included; with
@@ -99,3 +100,18 @@ def take(buf: bytes, optional: bool) -> tuple[bool, ProxyInfo | None]:
         return True, None
     info = parse(buf)
     return info is not None, info
+
+
+def encode_v2(client: tuple[str, int], server: tuple[str, int]) -> bytes:
+    """A v2 PROXY header for a TCP connection from client to server (a server address of the
+    other family is sent as that family's any-address)."""
+    src = ipaddress.ip_address(client[0])
+    try:
+        dst = ipaddress.ip_address(server[0])
+    except ValueError:
+        dst = ipaddress.ip_address("::" if src.version == 6 else "0.0.0.0")
+    if dst.version != src.version:
+        dst = ipaddress.ip_address("::" if src.version == 6 else "0.0.0.0")
+    fam = 0x11 if src.version == 4 else 0x21
+    body = src.packed + dst.packed + struct.pack("!HH", client[1], server[1])
+    return V2_SIGNATURE + struct.pack("!BBH", 0x21, fam, len(body)) + body

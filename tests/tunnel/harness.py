@@ -66,7 +66,7 @@ class CA:
 
 
 def write_repo(root: Path, ca: CA, backend_port: int, tcp_port: int, cloudflared: str | None = None, with_cloudflared: bool = True,
-               name: str = "repo") -> Path:
+               name: str = "repo", extra_rules: str = "") -> Path:
     """Gateway network/envoy-external (HTTPS *.home.test, HTTP), an app route, and the
     cloudflared config as a home-ops repo keeps it (an app-template HelmRelease)."""
     import base64
@@ -77,7 +77,7 @@ def write_repo(root: Path, ca: CA, backend_port: int, tcp_port: int, cloudflared
     cfg = cloudflared if cloudflared is not None else f"""
             ingress:
               - hostname: ssh.home.test
-                service: tcp://127.0.0.1:{tcp_port}
+                service: tcp://127.0.0.1:{tcp_port}{extra_rules}
               - hostname: "*.home.test"
                 originRequest:
                   http2Origin: true

@@ -184,7 +184,25 @@ def test_upload_sse_and_plain_http(world: dict[str, Any]) -> None:
     assert code == 200 and body.count("data: event") == 4
     code, body = inet_curl(world, "app.home.test", "/echo/plain", scheme="http")
     assert code == 200 and json.loads(body)["target"] == "/echo/plain"
-    assert net  # (the namespaces are the fixture's)
+    # a WebSocket upgrade, from the internet namespace, on TLS passed through and on TLS the edge terminates
+    script = (
+        "import socket, ssl, sys\n"
+        "ctx = ssl.create_default_context(cafile=sys.argv[1])\n"
+        "for host in ('app.home.test', 'secure.home.test'):\n"
+        f"    s = ctx.wrap_socket(socket.create_connection(('{EDGE_PUBLIC}', 443), timeout=10), server_hostname=host)\n"
+        "    s.sendall(f'GET /ws HTTP/1.1\\r\\nHost: {host}\\r\\nUpgrade: websocket\\r\\nConnection: Upgrade\\r\\n'\n"
+        "              'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\\r\\nSec-WebSocket-Version: 13\\r\\n\\r\\n'.encode())\n"
+        "    head = b''\n"
+        "    while b'\\r\\n\\r\\n' not in head: head += s.recv(4096)\n"
+        "    assert head.startswith(b'HTTP/1.1 101'), head\n"
+        "    s.sendall(b'across namespaces')\n"
+        "    got = b''\n"
+        "    while len(got) < 17: got += s.recv(4096)\n"
+        "    assert got == b'across namespaces', got\n"
+        "print('ws ok')\n"
+    )
+    ws = net.run(net.inet, sys.executable, "-c", script, str(world["ca"].path))
+    assert ws.stdout.strip() == "ws ok", ws.stderr
 
 
 def test_rolling_restart_of_connectors_and_edge_fails_no_request(world: dict[str, Any]) -> None:

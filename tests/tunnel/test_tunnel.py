@@ -51,7 +51,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     backend = Backend("app")
     echo = TcpEcho()
     ca = CA(tmp)
-    repo = write_repo(tmp, ca, backend.port, echo.port)
+    repo = write_repo(tmp, ca, backend.port, echo.port, extra_rules="""
+              - hostname: internal.home.test
+                service: http_status:403""")
     edge = Edge(tmp, ca, terminate=["secure.home.test"])
     home = Home(tmp, repo, ca, [edge], connections=2)
     edge.wait_connectors(2)
@@ -277,3 +279,81 @@ def test_proxy_protocol_carries_the_client_to_a_dialled_origin(tmp_path: Path) -
         home.stop()
         edge.stop()
         srv.close()
+
+
+def _raw_http(port: int, request: bytes, rcvbuf: int | None = None) -> socket.socket:
+    s = socket.socket()
+    if rcvbuf:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    s.settimeout(10)
+    s.connect(("127.0.0.1", port))
+    s.sendall(request)
+    return s
+
+
+def test_stalled_downloads_stall_only_themselves(world: dict) -> None:
+    edge: Edge = world["edge"]
+    # 24 clients that never read 200 MB downloads: each stream holds its own window, no more
+    stuck = [_raw_http(edge.ports["http"], b"GET /big?bytes=200000000 HTTP/1.1\r\nHost: app.home.test\r\n\r\n", rcvbuf=4096)
+             for _ in range(24)]
+    try:
+        import time
+
+        time.sleep(1.0)
+        for _ in range(3):
+            code, body, _ = _via_edge(world, "app.home.test", "/echo/while-stalled", "--http2")
+            assert code == 200, body
+    finally:
+        for s in stuck:
+            s.close()
+    code, body, _ = _via_edge(world, "app.home.test", "/echo/after", scheme="http")
+    assert code == 200
+
+
+def test_hosts_that_are_not_host_names_are_answered_at_the_edge(world: dict) -> None:
+    edge: Edge = world["edge"]
+    before = len(edge.status()["connections"])
+    for host in (b"app.home.test\x00x", b"a\rb.home.test", b"x" * 300, b"a..b.home.test"):
+        s = _raw_http(edge.ports["http"], b"GET / HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
+        with s:
+            assert s.recv(100).startswith(b"HTTP/1.1 400"), host
+    # the tunnel connections are untouched, and serve on
+    assert len(edge.status()["connections"]) == before
+    assert _via_edge(world, "app.home.test", "/echo/ok", scheme="http")[0] == 200
+
+
+def test_a_kept_alive_connection_cannot_reach_another_rules_hostname(world: dict) -> None:
+    backend: Backend = world["backend"]
+    s = _raw_http(world["edge"].ports["http"], b"GET /echo/first HTTP/1.1\r\nHost: app.home.test\r\n\r\n")
+    with s:
+        f = s.makefile("rb")
+        assert f.readline().startswith(b"HTTP/1.1 200")
+        length = 0
+        while (line := f.readline()) != b"\r\n":
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":")[1])
+        f.read(length)
+        # internal.home.test's rule answers 403; on this connection it must not reach the gateway
+        s.sendall(b"GET /echo/smuggled HTTP/1.1\r\nHost: internal.home.test\r\n\r\n")
+        assert f.read() == b""  # closed, no answer
+    assert not any(r["target"] == "/echo/smuggled" for r in backend.requests)
+    assert _via_edge(world, "internal.home.test", "/echo/x", scheme="http")[0] == 403
+
+
+def test_tcp_services_are_not_reachable_by_naming_them_in_http(world: dict) -> None:
+    code, body, _ = _via_edge(world, "ssh.home.test", "/", scheme="http")
+    assert code == 404
+
+
+def test_half_closed_tcp_connections_leave_nothing_behind(world: dict) -> None:
+    edge: Edge = world["edge"]
+    for _ in range(60):
+        with socket.create_connection(("127.0.0.1", edge.ports["ssh"]), timeout=10) as c:
+            c.sendall(b"bye\n")
+            c.shutdown(socket.SHUT_WR)
+            data = b""
+            while chunk := c.recv(4096):
+                data += chunk
+            assert data == b"hello from home\nbye\n"
+    wait_until(lambda: world["home"].status()["runtime"]["tunnel"]["activeStreams"] == 0, what="no stream left at the connector")
+    wait_until(lambda: edge.status()["activeStreams"] == 0, what="no stream left at the edge")

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Protocol
 
+import httptools
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from homeplane.gateway.frontends import proxyproto
@@ -228,6 +229,9 @@ class Connector:
             await asyncio.sleep(0.02)
         while any(not s.closed and s.active_streams for s in sessions) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
+        left = sum(s.active_streams for s in sessions if not s.closed)
+        if left:
+            log.warning("tunnel drain: %d streams still open after %.0f s; closing them", left, timeout)
         await self.close()
 
     async def close(self) -> None:
@@ -270,8 +274,11 @@ class Connector:
             await self._connect(stream, opened, rule)
         except Refused as e:
             self._fail(stream, opened, rule, e.status, str(e))
-        except (OSError, ssl.SSLError, asyncio.TimeoutError) as e:
+        except (OSError, ssl.SSLError, asyncio.TimeoutError, ValueError) as e:  # (ValueError: a name IDNA refuses)
             self._fail(stream, opened, rule, 502, str(e) or type(e).__name__)
+        except Exception as e:  # a stream must always be answered, whatever went wrong
+            log.exception("tunnel: serving %s for %r failed", opened.kind, opened.hostname)
+            self._fail(stream, opened, rule, 502, f"{type(e).__name__}: {e}")
 
     def _fail(self, stream: Stream, opened: wire.Open, rule: Rule, status: int, why: str) -> None:
         self.counts["errors"] += 1
@@ -296,7 +303,11 @@ class Connector:
     async def _connect(self, stream: Stream, opened: wire.Open, rule: Rule) -> None:
         loop = asyncio.get_running_loop()
         if opened.kind == wire.KIND_TLS and rule.scheme == "http":
-            raise Refused(502, "TLS passed through by the edge needs an https:// (or tcp://) origin")
+            raise Refused(502, "TLS passed through by the edge needs an https:// origin")
+        if opened.kind != wire.KIND_TCP and rule.scheme == "tcp":
+            # a TCP service is reached through one of the edge's TCP ports, never by naming it
+            # in a public HTTP request or ClientHello (cloudflared: only through `access`)
+            raise Refused(404, f"{rule.service} is served only on the edge's TCP ports")
         server = self.local.find(rule.host, rule.port) if self.local is not None else None
         ctx: ssl.SSLContext | None = None
         sni: str | None = None
@@ -305,19 +316,31 @@ class Connector:
             sni = rule.origin.server_name or (opened.hostname if rule.origin.match_sni_to_host else None) or rule.host
             # a Gateway of this very process: the bytes never leave it, nothing to verify
             ctx = self.origin_context(rule, opened.alpn, trusted=server is not None)
-        pipe = Pipe(stream, on_done=self.pipes.discard)
+        if opened.kind == wire.KIND_HTTP and opened.alpn in ("", "http/1.1") and self.ingress is not None:
+            pipe: Pipe = HostGuard(stream, self.pipes.discard, self.ingress, rule, opened.hostname)
+        else:
+            pipe = Pipe(stream, on_done=self.pipes.discard)
         self.pipes.add(pipe)
         try:
             if server is not None:
                 ours, theirs = socket.socketpair()
                 ours.setblocking(False)
                 theirs.setblocking(False)
-                await server.adopt(theirs, opened.client)
-                await asyncio.wait_for(
-                    loop.create_connection(lambda: pipe, sock=ours, ssl=ctx, server_hostname=sni,
-                                           ssl_handshake_timeout=rule.origin.connect_timeout if ctx else None),
-                    rule.origin.connect_timeout,
-                )
+                try:
+                    await server.adopt(theirs, opened.client)
+                except BaseException:
+                    ours.close()
+                    theirs.close()
+                    raise
+                try:
+                    await asyncio.wait_for(
+                        loop.create_connection(lambda: pipe, sock=ours, ssl=ctx, server_hostname=sni,
+                                               ssl_handshake_timeout=rule.origin.connect_timeout if ctx else None),
+                        rule.origin.connect_timeout,
+                    )
+                except BaseException:
+                    ours.close()
+                    raise
             elif rule.origin.proxy_protocol:
                 # the PROXY header goes first, in the clear, then TLS (if any) over the same socket
                 sock = await asyncio.wait_for(_dial_raw(loop, rule.host, rule.port), rule.origin.connect_timeout)
@@ -357,6 +380,58 @@ class Connector:
             ],
             "activeStreams": len(self.pipes),
         }
+
+
+class HostGuard(Pipe):
+    """HTTP/1.1 the edge saw in clear: every request's Host must be one the stream's rule
+    answers for, so a kept-alive connection opened for one hostname cannot reach the origin
+    of another (or one a rule refuses). Such a request ends the connection; it never reaches
+    the origin. Parsing stops at an Upgrade (WebSocket bytes follow)."""
+
+    def __init__(self, stream: Stream, on_done: Any, ingress: Ingress, rule: Rule, hostname: str):
+        super().__init__(stream, on_done=on_done)
+        self.ingress, self.rule, self.first = ingress, rule, hostname
+        self.host = b""
+        self._name = b""
+        self.parser: Any = httptools.HttpRequestParser(self)
+
+    # httptools callbacks
+    def on_message_begin(self) -> None:
+        self.host = b""
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if name.lower() == b"host":
+            self.host = value
+
+    def on_headers_complete(self) -> None:
+        host = self.host.decode("latin-1").lower()
+        host = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+        if host != self.first and self.ingress.match(host) is not self.rule:
+            self.misdirected = host
+            raise _Misdirected(host)
+
+    misdirected = ""
+
+    def _tunnel_data(self, data: bytes) -> None:
+        if self.parser is not None:
+            try:
+                self.parser.feed_data(data)
+            except (_Misdirected, httptools.HttpParserCallbackError):
+                log.warning("tunnel: a request for %r on a connection opened for %r (ingress[%d]): connection closed",
+                            self.misdirected, self.first, self.rule.index)
+                self.parser = None
+                self.stream.abort()
+                self._tunnel_reset()
+                return
+            except httptools.HttpParserUpgrade:
+                self.parser = None  # the rest is the upgraded protocol's
+            except httptools.HttpParserError:
+                self.parser = None  # the origin answers what it cannot parse
+        super()._tunnel_data(data)
+
+
+class _Misdirected(Exception):
+    pass
 
 
 async def _dial_raw(loop: asyncio.AbstractEventLoop, host: str, port: int) -> socket.socket:

@@ -385,6 +385,10 @@ class HttpsPeek(_Peek):
             return
         self._done()
         name = str(sni or "")
+        if not wire.valid_hostname(name):
+            log.info("TLS connection from %s closed: server name %r is not a host name", self.client[0], name[:80])
+            t.close()
+            return
         h = self.edge.cfg.host_tls(name)
         if h is not None and h.terminate:
             start_tls_after(asyncio.get_event_loop(), t, Terminated(self.edge, name, self.client), self.edge.context_for(h), self.buf)
@@ -426,7 +430,15 @@ class HttpPeek(_Peek):
         if end < 0 and len(self.buf) < MAX_HEAD:
             return
         self._done()
-        self.edge.forward(t, wire.KIND_HTTP, host_of(self.buf[: max(end, 0)]), self.client, self.buf, "http/1.1")
+        host = host_of(self.buf[: max(end, 0)])
+        if end < 0 or not wire.valid_hostname(host):
+            # no complete request head in 64 KiB, or a Host that is not a host name: answered
+            # here, never carried to the home side
+            answer = StatusAnswer(431 if end < 0 else 400, "", "http/1.1", self.buf)
+            t.set_protocol(answer)
+            answer.connection_made(t)
+            return
+        self.edge.forward(t, wire.KIND_HTTP, host, self.client, self.buf, "http/1.1")
 
 
 class TcpAccept(asyncio.Protocol):

@@ -188,6 +188,10 @@ def load_edge_config(path: Path) -> EdgeConfig:
         if not isinstance(item, dict) or not isinstance(item.get("hostname"), str):
             raise EdgeConfigError(f"tcp[{i}]: needs listen: and hostname: (the name the connector's ingress rules match)")
         host, port = _addr(item.get("listen"), f"tcp[{i}].listen")
+        from homeplane.tunnel.wire import valid_hostname
+
+        if not valid_hostname(item["hostname"].lower()):
+            raise EdgeConfigError(f"tcp[{i}].hostname: {item['hostname']!r} is not a host name")
         cfg.tcp.append(TcpPort(host, port, item["hostname"].lower()))
     if raw.get("admin") is not None:
         cfg.admin_listen = _addr((raw["admin"] or {}).get("listen", "127.0.0.1:7845"), "admin.listen")

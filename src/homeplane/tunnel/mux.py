@@ -2,9 +2,11 @@
 
 :class:`Session` is the asyncio protocol of a tunnel connection after its handshake: the
 edge's side is the HTTP/2 client (it opens streams), the connector's the server. A
-:class:`Stream` carries bytes each way. Credit is what keeps memory bounded: data received
-is acknowledged (WINDOW_UPDATE) only once the local side took it, so a slow client or origin
-stalls its own stream, and no more than the connection window is ever in flight.
+:class:`Stream` carries bytes each way. Credit keeps memory bounded without letting one
+stream stall the others: a stream's window (WINDOW_UPDATE on the stream) comes back only
+once the local side took its bytes, so a slow client or origin holds at most STREAM_WINDOW
+here; the connection's window comes back as soon as bytes arrive, so however many streams
+are stalled, the rest of the connection flows.
 :class:`Pipe` joins a stream to a local asyncio transport (a client, an origin).
 """
 
@@ -26,8 +28,8 @@ from homeplane.tunnel import wire
 
 log = logging.getLogger("homeplane.tunnel")
 
-STREAM_WINDOW = 4 * 1024 * 1024
-CONNECTION_WINDOW = 32 * 1024 * 1024
+STREAM_WINDOW = 1024 * 1024  # what one stalled stream may hold at the receiver
+CONNECTION_WINDOW = 16 * 1024 * 1024  # bytes in flight on the link (returned on arrival)
 FRAME_SIZE = 64 * 1024
 HIGH_WATER = 512 * 1024  # bytes waiting for credit before the local reader pauses
 PING_EVERY = 5.0  # a dead peer is noticed within PING_EVERY + PING_TIMEOUT
@@ -44,7 +46,8 @@ class Stream:
         self.remote_ended = False
         self.reset = False
         self.holding = False  # the local sink is full: received bytes are not credited yet
-        self.uncredited = 0
+        self.uncredited = 0  # taken by the local side, window not yet given back (sent in quarters)
+        self.owed = 0
         self.response: dict[str, str] | None = None
         # set by whoever consumes the stream; until then what arrives waits, uncredited
         self.on_data: Callable[[bytes], None] | None = None
@@ -54,6 +57,7 @@ class Stream:
         self.on_response: Callable[[dict[str, str]], None] = lambda h: None
         self.on_pause: Callable[[], None] = lambda: None
         self.on_resume: Callable[[], None] = lambda: None
+        self.on_local_end: Callable[[], None] = lambda: None  # our END_STREAM went out
         self.paused_reader = False
         self.headers_sent = True  # False on the accepting side until it responds: DATA waits
 
@@ -129,6 +133,7 @@ class Session(asyncio.Protocol):
         self.loop = asyncio.get_event_loop()
         self.opened = 0  # streams ever opened (excluding control)
         self._write_scheduled = False
+        self._conn_owed = 0
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -242,14 +247,24 @@ class Session(asyncio.Protocol):
             self.flush_stream(s)
 
     def credit(self, s: Stream, n: int) -> None:
-        if self.closed:
+        """The local side took n bytes of s: its window opens again (a quarter at a time)."""
+        if self.closed or s.reset:
             return
-        try:
-            self.h2.acknowledge_received_data(n, s.id)
-        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
-            # the stream is gone; the connection's window still needs the bytes back
-            self.h2.increment_flow_control_window(n)
-        self._write()
+        s.owed += n
+        if s.owed >= STREAM_WINDOW // 4:
+            try:
+                self.h2.increment_flow_control_window(s.owed, stream_id=s.id)
+            except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+                pass  # (the stream ended meanwhile: nothing is owed any more)
+            s.owed = 0
+            self._write()
+
+    def _arrived(self, n: int) -> None:
+        """The connection's window: given back as bytes arrive (each stream's bounds its share)."""
+        self._conn_owed += n
+        if self._conn_owed >= CONNECTION_WINDOW // 4:
+            self.h2.increment_flow_control_window(self._conn_owed)
+            self._conn_owed = 0
 
     def reset_stream(self, s: Stream) -> None:
         if self.closed:
@@ -272,7 +287,8 @@ class Session(asyncio.Protocol):
                     break
                 h.send_data(s.id, bytes(s.out[:room]))
                 del s.out[:room]
-            if s.end_pending and not s.out and not s.local_ended:
+            ended = s.end_pending and not s.out and not s.local_ended
+            if ended:
                 h.end_stream(s.id)
                 s.local_ended = True
         except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
@@ -289,6 +305,8 @@ class Session(asyncio.Protocol):
             s.paused_reader = False
             s.on_resume()
         self._maybe_forget(s)
+        if ended:
+            s.on_local_end()
 
     def _maybe_forget(self, s: Stream) -> None:
         if s.local_ended and s.remote_ended:
@@ -323,27 +341,25 @@ class Session(asyncio.Protocol):
 
     def _event(self, ev: Any) -> None:
         if isinstance(ev, h2.events.DataReceived):
+            n = ev.flow_controlled_length
+            if n:
+                self._arrived(n)
             s = self.streams.get(ev.stream_id)
             if s is None or s.reset:
-                self.h2.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
                 return
             if s is self.control:
                 self._control_data(ev.data)
-                self.h2.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
-                return
-            if s.on_data is None:
+                self.credit(s, n)
+            elif s.on_data is None:
                 s.backlog.append(ev.data)
-                s.uncredited += ev.flow_controlled_length
+                s.uncredited += n
                 s.holding = True
-            elif s.holding:
-                s.uncredited += ev.flow_controlled_length
-                s.on_data(ev.data)
             else:
                 s.on_data(ev.data)
-                if s.holding:  # the sink filled on these bytes
-                    s.uncredited += ev.flow_controlled_length
-                elif ev.flow_controlled_length:
-                    self.h2.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                if s.holding:  # (or the sink filled on these bytes)
+                    s.uncredited += n
+                elif n:
+                    self.credit(s, n)
         elif isinstance(ev, h2.events.RequestReceived):
             headers = list(ev.headers)
             hd = dict(headers)
@@ -429,6 +445,7 @@ class Pipe(asyncio.Protocol):
         stream.on_reset = self._tunnel_reset
         stream.on_pause = self._pause
         stream.on_resume = self._resume
+        stream.on_local_end = self._check_done
 
     # local side
     def connection_made(self, transport: asyncio.BaseTransport) -> None:

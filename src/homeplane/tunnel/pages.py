@@ -18,6 +18,8 @@ MESSAGES = {
     502: "The tunnel is up, but the home side could not reach the service for this hostname.",
     503: "No tunnel connector is connected to this edge, so the home network cannot be reached right now.",
     404: "This hostname is not served through the tunnel.",
+    400: "The request's Host is not a host name.",
+    431: "The request's header is too large.",
 }
 
 

@@ -10,7 +10,9 @@ knows of the public connection. Pure functions only.
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import re
 from dataclasses import dataclass
 
 UPGRADE = "homeplane-tunnel/1"
@@ -27,6 +29,19 @@ KINDS = (KIND_TLS, KIND_HTTP, KIND_TCP)
 
 class HandshakeError(ValueError):
     pass
+
+
+# what a stream may name: a DNS name, as a public client's SNI or Host says it (or none);
+# anything else is refused at the edge and again at the connector
+_LABEL = re.compile(r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?")
+
+
+def valid_hostname(name: str) -> bool:
+    if name == "":
+        return True
+    if len(name) > 253:
+        return False
+    return all(_LABEL.fullmatch(label) for label in name.removesuffix(".").split("."))
 
 
 def connector_hello(edge_host: str, token: str, connector: str, index: int) -> bytes:
@@ -125,11 +140,19 @@ def parse_open(headers: list[tuple[bytes, bytes]] | list[tuple[str, str]]) -> Op
         raise ValueError(f"tunnel stream: unknown kind {kind!r}")
     ip, _, port = h.get("hp-client", "").partition(" ")
     try:
-        client = (ip, int(port))
+        client = (str(ipaddress.ip_address(ip)), int(port))
     except ValueError:
-        raise ValueError("tunnel stream: bad hp-client") from None
+        raise ValueError(f"tunnel stream: bad hp-client {h.get('hp-client', '')[:60]!r}") from None
+    if not 0 <= client[1] <= 65535:
+        raise ValueError(f"tunnel stream: bad hp-client port {client[1]}")
     name = h.get(":authority", "")
-    return Open(kind, "" if name == "_" else name.lower(), client, h.get("hp-alpn", ""))
+    name = "" if name == "_" else name.lower()
+    if not valid_hostname(name):
+        raise ValueError(f"tunnel stream: bad hostname {name[:80]!r}")
+    alpn = h.get("hp-alpn", "")
+    if alpn not in ("", "h2", "http/1.1"):
+        raise ValueError(f"tunnel stream: bad hp-alpn {alpn[:40]!r}")
+    return Open(kind, name, client, alpn)
 
 
 def control_message(kind: str, **fields: object) -> bytes:

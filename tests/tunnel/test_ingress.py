@@ -60,20 +60,28 @@ def test_what_cloudflared_refuses_is_refused_with_the_rule(text: str, message: s
         rules(text)
 
 
-def test_path_rules_and_unknown_options_are_reported_not_silently_used() -> None:
+def test_path_rules_match_a_regular_expression_in_the_path_only_where_a_path_is_known() -> None:
     ing = rules("""
 ingress:
   - hostname: a.example.com
-    path: ^/api
+    path: ^/api/
     service: http://api:80
   - hostname: a.example.com
     service: http://web:80
     originRequest: {unknownThing: 1}
+  - path: \\.(jpg|png)$
+    service: http://images:80
   - service: http_status:404
 """)
-    assert ing.match("a.example.com").host == "web"
-    assert any("ingress[0].path" in w and "skipped" in w for w in ing.warnings)
+    assert ing.match("a.example.com", "/api/v1").host == "api"
+    assert ing.match("a.example.com", "/apix").host == "web"  # searched, not prefix-matched: ^/api/ needs the slash
+    assert ing.match("a.example.com", None).host == "web"  # no path known (TLS passed through): path rules do not match
+    assert ing.match("b.example.com", "/x/cat.png").host == "images" and ing.match("b.example.com", "/x").status == 404
+    assert ing.has_paths("a.example.com") and ing.has_paths("zzz.org")  # (the hostname-less path rule)
+    assert any("path rules are applied to HTTP/1.1" in w for w in ing.warnings)
     assert any("unknownThing" in w for w in ing.warnings)
+    with pytest.raises(IngressError, match=r"ingress\[0\]\.path: .* is not a regular expression"):
+        rules("ingress: [{path: '(unclosed', service: 'http://x'}, {service: 'http_status:404'}]")
 
 
 def test_rules_after_a_catch_all_are_flagged() -> None:

@@ -53,7 +53,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     ca = CA(tmp)
     repo = write_repo(tmp, ca, backend.port, echo.port, extra_rules="""
               - hostname: internal.home.test
-                service: http_status:403""")
+                service: http_status:403
+              - hostname: app.home.test
+                path: ^/status/4
+                service: http_status:418""")
     edge = Edge(tmp, ca, terminate=["secure.home.test"])
     home = Home(tmp, repo, ca, [edge], connections=2)
     edge.wait_connectors(2)
@@ -357,3 +360,50 @@ def test_half_closed_tcp_connections_leave_nothing_behind(world: dict) -> None:
             assert data == b"hello from home\nbye\n"
     wait_until(lambda: world["home"].status()["runtime"]["tunnel"]["activeStreams"] == 0, what="no stream left at the connector")
     wait_until(lambda: edge.status()["activeStreams"] == 0, what="no stream left at the edge")
+
+
+def test_connections_spread_over_two_edges_and_survive_one_dying(tmp_path: Path) -> None:
+    ca = CA(tmp_path)
+    backend = Backend("app")
+    repo = write_repo(tmp_path, ca, backend.port, 9)
+    edges = [Edge(tmp_path, ca, name="edge-a"), Edge(tmp_path, ca, name="edge-b")]
+    home = Home(tmp_path, repo, ca, edges, connections=4)
+    try:
+        for e in edges:
+            e.wait_connectors(2)  # cloudflared's shape: 4 connections, 2 per edge
+        for e in edges:
+            assert _curl_edge(e, ca, "app.home.test", "--http2").stdout.endswith("\n200")
+        edges[0].proc.kill()
+        edges[0].proc.wait()
+        assert _curl_edge(edges[1], ca, "app.home.test", "--http2").stdout.endswith("\n200")
+        st = wait_until(lambda: (c := home.status()["runtime"]["tunnel"]["connections"]) and
+                        sum(x["state"] == "connected" for x in c) == 2 and c, what="two connections left")
+        assert {x["edge"] for x in st if x["state"] == "connected"} == {f"127.0.0.1:{edges[1].ports['tunnel']}"}
+        assert "cloudflared_tunnel_ha_connections 2.0" in home.metrics()
+    finally:
+        home.stop()
+        for e in edges:
+            e.stop()
+        backend.close()
+
+
+def test_path_rules_apply_per_request_on_http1(world: dict) -> None:
+    backend: Backend = world["backend"]
+    # the edge's HTTP port and TLS it terminates carry readable HTTP/1.1: the path rule applies
+    assert _via_edge(world, "app.home.test", "/status/404", scheme="http")[0] == 418
+    assert _via_edge(world, "app.home.test", "/status/201", scheme="http")[0] == 201
+    # inside passed-through TLS no path is known: the Gateway answers
+    assert _via_edge(world, "app.home.test", "/status/404", "--http1.1")[0] == 404
+    # a kept-alive connection opened for one rule cannot carry a request of another
+    s = _raw_http(world["edge"].ports["http"], b"GET /status/200 HTTP/1.1\r\nHost: app.home.test\r\n\r\n")
+    with s:
+        f = s.makefile("rb")
+        assert f.readline().startswith(b"HTTP/1.1 200")
+        length = 0
+        while (line := f.readline()) != b"\r\n":
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":")[1])
+        f.read(length)
+        s.sendall(b"GET /status/400?via=keepalive HTTP/1.1\r\nHost: app.home.test\r\n\r\n")
+        assert f.read() == b""
+    assert not any(r["target"] == "/status/400?via=keepalive" for r in backend.requests)

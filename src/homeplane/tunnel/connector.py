@@ -265,7 +265,10 @@ class Connector:
             self._count(503)
             stream.respond(503, end=True)
             return
-        rule = ingress.match(opened.hostname)
+        path = None
+        if opened.kind == wire.KIND_HTTP and opened.alpn in ("", "http/1.1") and ingress.has_paths(opened.hostname):
+            path = await first_request_path(stream)
+        rule = ingress.match(opened.hostname, path)
         if rule.scheme == "http_status":
             self._count(rule.status)
             stream.respond(rule.status, end=True)
@@ -391,13 +394,17 @@ class HostGuard(Pipe):
     def __init__(self, stream: Stream, on_done: Any, ingress: Ingress, rule: Rule, hostname: str):
         super().__init__(stream, on_done=on_done)
         self.ingress, self.rule, self.first = ingress, rule, hostname
+        self.paths = ingress.has_paths(hostname)  # then every request's path is matched too
         self.host = b""
-        self._name = b""
+        self.url = b""
         self.parser: Any = httptools.HttpRequestParser(self)
 
     # httptools callbacks
     def on_message_begin(self) -> None:
-        self.host = b""
+        self.host = self.url = b""
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if name.lower() == b"host":
@@ -406,8 +413,11 @@ class HostGuard(Pipe):
     def on_headers_complete(self) -> None:
         host = self.host.decode("latin-1").lower()
         host = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-        if host != self.first and self.ingress.match(host) is not self.rule:
-            self.misdirected = host
+        if host == self.first and not self.paths:
+            return
+        path = request_path(self.url)
+        if self.ingress.match(host, path) is not self.rule:
+            self.misdirected = f"{host}{path}"
             raise _Misdirected(host)
 
     misdirected = ""
@@ -432,6 +442,58 @@ class HostGuard(Pipe):
 
 class _Misdirected(Exception):
     pass
+
+
+def request_path(url: bytes) -> str:
+    """The path of a request target (origin-form or absolute-form), as cloudflared matches it."""
+    from urllib.parse import urlsplit
+
+    return urlsplit(url.decode("latin-1")).path or "/"
+
+
+class _FirstRequest:
+    def __init__(self) -> None:
+        self.url = b""
+        self.done = False
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_headers_complete(self) -> None:
+        self.done = True
+
+
+async def first_request_path(stream: Stream, limit: int = 64 * 1024, timeout: float = 10.0) -> str | None:
+    """The path of the first HTTP/1.1 request on a stream, read from what waits in its backlog
+    (left there for the origin); None if it does not come (in time, within limit) or is not HTTP."""
+    head = _FirstRequest()
+    parser = httptools.HttpRequestParser(head)
+    arrived = asyncio.Event()
+    stream.on_arrival = arrived.set
+    fed = size = 0
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            for chunk in stream.backlog[fed:]:
+                fed += 1
+                size += len(chunk)
+                try:
+                    parser.feed_data(chunk)
+                except httptools.HttpParserUpgrade:
+                    pass  # (the head is complete)
+                except httptools.HttpParserError:
+                    return None
+                if head.done:
+                    return request_path(head.url)
+            if size > limit or stream.reset or stream.remote_ended or time.monotonic() > deadline:
+                return None
+            arrived.clear()
+            try:
+                await asyncio.wait_for(arrived.wait(), max(0.0, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                return None
+    finally:
+        stream.on_arrival = lambda: None
 
 
 async def _dial_raw(loop: asyncio.AbstractEventLoop, host: str, port: int) -> socket.socket:

@@ -41,7 +41,7 @@ from typing import Any
 
 import yaml
 
-from homeplane.tunnel.ingress import Rule
+from homeplane.tunnel.ingress import host_matches
 
 
 class EdgeConfigError(ValueError):
@@ -56,8 +56,7 @@ class HostTLS:
     key_file: Path | None = None
 
     def matches(self, name: str) -> bool:
-        # the same wildcard meaning as cloudflared's ingress rules
-        return Rule(0, self.hostname, "", "").matches(name)
+        return host_matches(self.hostname, name)  # the same wildcard meaning as cloudflared's rules
 
 
 @dataclass(frozen=True)

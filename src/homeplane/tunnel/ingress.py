@@ -6,8 +6,10 @@ must catch everything, a wildcard only as the leftmost label, a known service) a
 :meth:`Ingress.match` picks the first rule whose hostname matches.
 
 Services: ``http://``/``https://`` origins, ``tcp://``/``ssh://``/``rdp://`` (bytes passed
-through), and ``http_status:NNN`` (answered by the tunnel itself). ``path`` rules need each
-request's path, which a byte-stream tunnel does not see: they are reported and skipped.
+through), and ``http_status:NNN`` (answered by the tunnel itself). ``path`` is a regular
+expression searched in the request's path, as cloudflared's; it can only be applied where the
+connector reads the requests: HTTP/1.1 the edge saw in clear. Elsewhere (TLS passed through,
+HTTP/2) no path is known and rules with one do not match.
 """
 
 from __future__ import annotations
@@ -56,14 +58,24 @@ class Rule:
     port: int = 0
     status: int = 0  # for http_status
     origin: OriginRequest = field(default_factory=OriginRequest)
+    path: re.Pattern[str] | None = None
 
-    def matches(self, hostname: str) -> bool:
-        h = self.hostname
-        if h is None or h == "*":
-            return True
-        if h.startswith("*."):
-            return hostname.endswith(h[1:]) and len(hostname) > len(h) - 1
-        return hostname == h
+    def matches(self, hostname: str, path: str | None = None) -> bool:
+        if self.path is not None and (path is None or not self.path.search(path)):
+            return False
+        return self.matches_host(hostname)
+
+    def matches_host(self, hostname: str) -> bool:
+        return host_matches(self.hostname, hostname)
+
+
+def host_matches(pattern: str | None, hostname: str) -> bool:
+    """cloudflared's hostname match: exact, or "*.suffix" for any name under it, or everything."""
+    if pattern is None or pattern == "*":
+        return True
+    if pattern.startswith("*."):
+        return hostname.endswith(pattern[1:]) and len(hostname) > len(pattern) - 1
+    return hostname == pattern
 
 
 @dataclass(frozen=True)
@@ -71,12 +83,17 @@ class Ingress:
     rules: tuple[Rule, ...]
     warnings: tuple[str, ...] = ()
 
-    def match(self, hostname: str | None) -> Rule:
+    def match(self, hostname: str | None, path: str | None = None) -> Rule:
         name = (hostname or "").lower().rstrip(".")
         for r in self.rules:
-            if r.matches(name):
+            if r.matches(name, path):
                 return r
         return self.rules[-1]  # (parse_ingress guarantees a catch-all last)
+
+    def has_paths(self, hostname: str | None) -> bool:
+        """Whether a rule for this hostname looks at the path (then the request must be read)."""
+        name = (hostname or "").lower().rstrip(".")
+        return any(r.path is not None and r.matches_host(name) for r in self.rules)
 
     def hostnames(self) -> list[str]:
         return [r.hostname for r in self.rules if r.hostname and r.hostname != "*"]
@@ -136,14 +153,17 @@ def _rule(i: int, raw: Any, top: OriginRequest, warnings: list[str]) -> Rule | N
         if hostname != "*" and not _HOSTNAME.match(hostname):
             raise IngressError(f"{where}.hostname: {hostname!r}: a wildcard may only be the leftmost label ('*.example.com')")
     origin = _origin(raw.get("originRequest"), where, warnings, top)
+    path = None
     if raw.get("path"):
-        warnings.append(f"{where}.path: path rules need each request's path, which the tunnel does not read; rule skipped")
-        return None
+        try:
+            path = re.compile(str(raw["path"]))
+        except re.error as e:
+            raise IngressError(f"{where}.path: {raw['path']!r} is not a regular expression: {e}") from None
     if service.startswith("http_status:"):
         code = service.split(":", 1)[1]
         if not code.isdigit() or not 100 <= int(code) <= 599:
             raise IngressError(f"{where}.service: {service!r}: http_status needs a status code 100-599")
-        return Rule(i, hostname, service, "http_status", status=int(code), origin=origin)
+        return Rule(i, hostname, service, "http_status", status=int(code), origin=origin, path=path)
     if service == "hello_world" or service.startswith(("unix:", "unix+tls:", "bastion")):
         raise IngressError(f"{where}.service: {service!r} is not supported by homeplane's connector")
     u = urlsplit(service)
@@ -160,7 +180,8 @@ def _rule(i: int, raw: Any, top: OriginRequest, warnings: list[str]) -> Rule | N
         raise IngressError(f"{where}.service: {service!r}: bad port") from None
     if not port:
         raise IngressError(f"{where}.service: {service!r}: {scheme}:// needs a port")
-    return Rule(i, hostname, service, "tcp" if scheme in STREAM_SCHEMES else scheme, u.hostname.lower(), port, origin=origin)
+    return Rule(i, hostname, service, "tcp" if scheme in STREAM_SCHEMES else scheme, u.hostname.lower(), port, origin=origin,
+                path=path)
 
 
 def parse_ingress(config: Any) -> Ingress:
@@ -181,8 +202,11 @@ def parse_ingress(config: Any) -> Ingress:
     last = raw[-1]
     if not isinstance(last, dict) or (last.get("hostname") not in (None, "*")) or last.get("path"):
         raise IngressError("ingress: the last rule must match all URLs (no hostname or path), e.g. service: http_status:404")
+    if any(r.path is not None for r in rules):
+        warnings.append("ingress: path rules are applied to HTTP/1.1 the edge sees in clear (its HTTP port, TLS it "
+                        "terminates); for passed-through TLS and HTTP/2 no path is known and they do not match")
     for r in rules[:-1]:
-        if r.hostname in (None, "*"):
+        if r.hostname in (None, "*") and r.path is None:
             warnings.append(f"ingress[{r.index}]: matches every hostname, so the rules after it are never used")
             break
     return Ingress(tuple(rules), tuple(warnings))

@@ -58,6 +58,7 @@ class Stream:
         self.on_pause: Callable[[], None] = lambda: None
         self.on_resume: Callable[[], None] = lambda: None
         self.on_local_end: Callable[[], None] = lambda: None  # our END_STREAM went out
+        self.on_arrival: Callable[[], None] = lambda: None  # data (or the end) waits in backlog
         self.paused_reader = False
         self.headers_sent = True  # False on the accepting side until it responds: DATA waits
 
@@ -354,6 +355,7 @@ class Session(asyncio.Protocol):
                 s.backlog.append(ev.data)
                 s.uncredited += n
                 s.holding = True
+                s.on_arrival()
             else:
                 s.on_data(ev.data)
                 if s.holding:  # (or the sink filled on these bytes)
@@ -386,6 +388,7 @@ class Session(asyncio.Protocol):
             if s is not None:
                 s.remote_ended = True
                 s.on_end()
+                s.on_arrival()
                 self._maybe_forget(s)
         elif isinstance(ev, h2.events.StreamReset):
             s = self.streams.pop(ev.stream_id, None)
@@ -393,6 +396,7 @@ class Session(asyncio.Protocol):
                 s.reset = True
                 s.out.clear()
                 s.on_reset()
+                s.on_arrival()
         elif isinstance(ev, h2.events.WindowUpdated):
             targets = list(self.streams.values()) if ev.stream_id == 0 else [self.streams.get(ev.stream_id)]
             for s in targets:

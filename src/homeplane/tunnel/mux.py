@@ -17,6 +17,7 @@ import json
 import logging
 from typing import Any, Callable
 
+import homeplane.h2speed  # noqa: F401 (h2's per-frame repr, made cheap)
 import h2.config
 import h2.connection
 import h2.errors
@@ -61,6 +62,7 @@ class Stream:
         self.on_arrival: Callable[[], None] = lambda: None  # data (or the end) waits in backlog
         self.paused_reader = False
         self.headers_sent = True  # False on the accepting side until it responds: DATA waits
+        self.queued = False  # waiting for the session's flush
 
     # --- what the local side does -------------------------------------------------------
 
@@ -68,13 +70,16 @@ class Stream:
         if self.local_ended or self.reset:
             return
         self.out += data
-        self.session.flush_stream(self)
+        if len(self.out) > HIGH_WATER and not self.paused_reader:
+            self.paused_reader = True
+            self.on_pause()
+        self.session.queue(self)
 
     def end(self) -> None:
         if self.local_ended or self.reset:
             return
         self.end_pending = True
-        self.session.flush_stream(self)
+        self.session.queue(self)
 
     def abort(self) -> None:
         if not self.reset and not (self.local_ended and self.remote_ended):
@@ -135,6 +140,7 @@ class Session(asyncio.Protocol):
         self.opened = 0  # streams ever opened (excluding control)
         self._write_scheduled = False
         self._conn_owed = 0
+        self._queued: list[Stream] = []
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -313,6 +319,14 @@ class Session(asyncio.Protocol):
         if s.local_ended and s.remote_ended:
             self.streams.pop(s.id, None)
 
+    def queue(self, s: Stream) -> None:
+        """s has bytes (or its end) to send: framed on this loop turn's flush, with whatever
+        else arrives for it meanwhile (reads of 16 KiB become frames of up to FRAME_SIZE)."""
+        if not s.queued:
+            s.queued = True
+            self._queued.append(s)
+            self._write()
+
     def _write(self) -> None:
         # one TLS write per loop turn for everything every stream had to send (a write per
         # frame would cost a TLS record and a system call each)
@@ -321,6 +335,12 @@ class Session(asyncio.Protocol):
             self.loop.call_soon(self._flush)
 
     def _flush(self) -> None:
+        if self._queued:
+            queued, self._queued = self._queued, []
+            self._write_scheduled = True  # (what flush_stream writes goes out just below)
+            for st in queued:
+                st.queued = False
+                self.flush_stream(st)
         self._write_scheduled = False
         data = self.h2.data_to_send()
         if data and self.transport is not None and not self.transport.is_closing():

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import homeplane.h2speed  # noqa: F401 (h2's per-frame repr, made cheap)
 import h2.config
 import h2.connection
 import h2.errors

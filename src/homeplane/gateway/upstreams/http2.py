@@ -21,6 +21,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Awaitable, Callable
 
+import homeplane.h2speed  # noqa: F401 (h2's per-frame repr, made cheap)
 import h2.config
 import h2.connection
 import h2.errors

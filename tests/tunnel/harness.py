@@ -129,9 +129,17 @@ apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
 metadata: {{name: app, namespace: apps}}
 spec:
-  parentRefs: [{{name: envoy-external, namespace: network, sectionName: https}}]
+  parentRefs: [{{name: envoy-external, namespace: network}}]
   hostnames: [app.home.test, secure.home.test]
   rules: [{{backendRefs: [{{name: app, port: 80}}]}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: https-redirect, namespace: network}}
+spec:
+  parentRefs: [{{name: envoy-external, sectionName: http}}]
+  hostnames: [redirect.home.test]
+  rules: [{{filters: [{{type: RequestRedirect, requestRedirect: {{scheme: https, statusCode: 301}}}}]}}]
 """)
     if not with_cloudflared:
         return repo
@@ -212,7 +220,7 @@ class Home:
     """`homeplane run` on the repo with a connector to the edges."""
 
     def __init__(self, tmp: Path, repo: Path, ca: CA, edges: list[Edge], connections: int = 2, extra: list[str] | None = None,
-                 name: str = "home"):
+                 name: str = "home", certificates: bool = False):
         self.admin_port = free_port()
         self.token = tmp / "token"
         self.token.write_text(TOKEN + "\n")
@@ -220,7 +228,8 @@ class Home:
         self.args = [
             sys.executable, "-m", "homeplane", "run", str(repo), "--admin", f"127.0.0.1:{self.admin_port}",
             "--state", str(tmp / f"{name}.db"), "--gateway-address", "network/envoy-external=127.0.0.1",
-            "--port-map", f"80={free_port()},443={free_port()}", "--no-external-dns", "--no-certificates",
+            "--port-map", f"80={free_port()},443={free_port()}", "--no-external-dns",
+            "--certificates" if certificates else "--no-certificates",
             "--tunnel-token-file", str(self.token), "--tunnel-ca", str(ca.path), "--tunnel-connections", str(connections),
             *[a for e in edges for a in ("--tunnel-edge", f"127.0.0.1:{e.ports['tunnel']}")], *(extra or []),
         ]

@@ -93,8 +93,13 @@ def test_https_through_the_tunnel_with_the_clients_address(world: dict, host: st
 
 def test_plain_http_port_and_catch_all_404(world: dict) -> None:
     code, body, _ = _via_edge(world, "app.home.test", "/echo/plain", scheme="http")
-    # the rule's origin is the gateway's HTTPS listener: the connector speaks TLS to it
     assert code == 200 and body["target"] == "/echo/plain"
+    # the rule names the Gateway's HTTPS port; plain HTTP from the edge's HTTP port goes to the
+    # same Gateway's HTTP listener, where its redirect (and ACME HTTP-01) routes are
+    out = curl("--resolve", f"redirect.home.test:{world['edge'].ports['http']}:127.0.0.1", "-o", "/dev/null", "-w",
+               "%{http_code} %{redirect_url}", f"http://redirect.home.test:{world['edge'].ports['http']}/x")
+    assert out.stdout.startswith("301 https://redirect.home.test"), out
+    assert _via_edge(world, "redirect.home.test", "/x", "--http1.1")[0] == 404  # not on the HTTPS listener
     code, body, _ = _via_edge(world, "other.example.org", "/", scheme="http")
     assert code == 404 and "not served through the tunnel" in body
 
@@ -407,3 +412,68 @@ def test_path_rules_apply_per_request_on_http1(world: dict) -> None:
         s.sendall(b"GET /status/400?via=keepalive HTTP/1.1\r\nHost: app.home.test\r\n\r\n")
         assert f.read() == b""
     assert not any(r["target"] == "/status/400?via=keepalive" for r in backend.requests)
+
+
+def test_a_certificate_issued_at_home_over_http01_through_the_tunnel_is_what_clients_see(tmp_path: Path) -> None:
+    """cert-manager's HTTP-01 (gatewayHTTPRoute solver) at home, validated by Pebble through the
+    edge's HTTP port; then TLS passed through by the edge presents that certificate."""
+    from tests.certs.pebble import Pebble
+    from tests.certs.test_acme_pebble import acme_issuer
+    from tests.externaldns import manifests as m
+    from tests.externaldns.knot import Knot
+    from tests.integration.test_run import free_port
+
+    knot = Knot(tmp_path / "knot", extra_records="www IN A 127.0.0.1\n")
+    knot.start()
+    pebble = Pebble(tmp_path / "pebble", f"127.0.0.1:{knot.port}")
+    ca = CA(tmp_path)
+    edge = Edge(tmp_path, ca, ports={"tunnel": free_port(), "https": free_port(), "http": pebble.http_port, "admin": free_port(),
+                                     "ssh": free_port()})
+    repo = tmp_path / "repo"
+    issuer = acme_issuer(pebble, "letsencrypt-http", """      - http01:
+          gatewayHTTPRoute:
+            parentRefs: [{name: envoy-external, namespace: network, sectionName: http, kind: Gateway}]
+""")
+    www = """
+apiVersion: cert-manager.io/v1
+kind: Certificate
+metadata: {name: www, namespace: network}
+spec:
+  secretName: www-tls
+  dnsNames: [www.home.example]
+  issuerRef: {name: letsencrypt-http, kind: ClusterIssuer}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: cloudflared, namespace: network}
+data:
+  config.yaml: |
+    ingress:
+      - hostname: "*.home.example"
+        service: https://envoy-external.network.svc.cluster.local:443
+      - service: http_status:404
+"""
+    gateways = m.GATEWAYS.replace("""    - {name: https, protocol: HTTPS, port: 443, allowedRoutes: {namespaces: {from: All}},
+       tls: {certificateRefs: [{name: tls}]}}""", """    - {name: https, protocol: HTTPS, port: 443, allowedRoutes: {namespaces: {from: All}},
+       tls: {certificateRefs: [{name: tls}]}}
+    - {name: www, protocol: HTTPS, port: 443, hostname: www.home.example, tls: {certificateRefs: [{name: www-tls}]}}""")
+    assert gateways != m.GATEWAYS
+    m.write(repo, {"gw.yaml": gateways, "issuer.yaml": issuer + "---" + www, "cluster-secrets.env": ""})
+    home = Home(tmp_path, repo, ca, [edge], connections=1, certificates=True)
+    try:
+        edge.wait_connectors(1)
+        wait_until(lambda: (home.status()["runtime"]["certificates"].get("network/www") or {}).get("revision"), timeout=90,
+                   what="the certificate issued over HTTP-01 through the tunnel")
+        roots = tmp_path / "pebble-roots.pem"
+        roots.write_bytes(pebble.roots())
+
+        def verified() -> bool:
+            out = curl("--resolve", f"www.home.example:{edge.ports['https']}:127.0.0.1", "--cacert", str(roots), "-o", "/dev/null",
+                       "-w", "%{http_code}", f"https://www.home.example:{edge.ports['https']}/", timeout=10)
+            return out.returncode == 0  # the chain verifies against Pebble's root: home's issued certificate
+        wait_until(verified, timeout=30, what="the issued certificate served through the edge")
+    finally:
+        home.stop()
+        edge.stop()
+        pebble.stop()
+        knot.stop()

@@ -46,6 +46,8 @@ class LocalOrigins(Protocol):
 
     def find(self, host: str, port: int) -> Any: ...
 
+    def plain_twin(self, srv: Any) -> Any: ...
+
 
 class Refused(Exception):
     def __init__(self, status: int, reason: str):
@@ -312,9 +314,14 @@ class Connector:
             # in a public HTTP request or ClientHello (cloudflared: only through `access`)
             raise Refused(404, f"{rule.service} is served only on the edge's TCP ports")
         server = self.local.find(rule.host, rule.port) if self.local is not None else None
+        plain = False
+        if server is not None and opened.plain and rule.scheme == "https" and server.table.protocol == "HTTPS":
+            twin = self.local.plain_twin(server)  # type: ignore[union-attr]
+            if twin is not None:
+                server, plain = twin, True
         ctx: ssl.SSLContext | None = None
         sni: str | None = None
-        if opened.kind == wire.KIND_HTTP and rule.scheme == "https":
+        if opened.kind == wire.KIND_HTTP and rule.scheme == "https" and not plain:
             # cloudflared's order: originServerName, the request's host (matchSNItoHost), the URL's host
             sni = rule.origin.server_name or (opened.hostname if rule.origin.match_sni_to_host else None) or rule.host
             # a Gateway of this very process: the bytes never leave it, nothing to verify

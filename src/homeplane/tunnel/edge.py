@@ -108,7 +108,8 @@ class Edge:
 
     # --- public connections -------------------------------------------------------------
 
-    def forward(self, t: asyncio.Transport, kind: str, hostname: str, client: tuple[str, int], first: bytes, alpn: str) -> None:
+    def forward(self, t: asyncio.Transport, kind: str, hostname: str, client: tuple[str, int], first: bytes, alpn: str,
+                plain: bool = False) -> None:
         session = self.pick()
         if session is None:
             self.m_streams.labels(kind, "no_connector").inc()
@@ -120,7 +121,7 @@ class Edge:
             else:
                 t.close()
             return
-        stream = session.open(wire.Open(kind, hostname, client, alpn).headers())
+        stream = session.open(wire.Open(kind, hostname, client, alpn, plain).headers())
         pipe = EdgePipe(self, stream, kind, hostname, alpn)
         self.pipes.add(pipe)
         self.m_active.set(len(self.pipes))
@@ -438,7 +439,7 @@ class HttpPeek(_Peek):
             t.set_protocol(answer)
             answer.connection_made(t)
             return
-        self.edge.forward(t, wire.KIND_HTTP, host, self.client, self.buf, "http/1.1")
+        self.edge.forward(t, wire.KIND_HTTP, host, self.client, self.buf, "http/1.1", plain=True)
 
 
 class TcpAccept(asyncio.Protocol):

@@ -5,6 +5,7 @@ A home-ops cloudflared config points at the Gateway's Service:
 name means the Gateway ``network/envoy-external`` (or Envoy Gateway's generated
 ``envoy-<namespace>-<name>-<hash>``), and the port its listener's port in the manifests
 (before any ``--port-map``). An address and port the Gateway is bound to also match.
+Plain HTTP that reached the edge's HTTP port goes to the same Gateway's HTTP listener.
 """
 
 from __future__ import annotations
@@ -49,3 +50,10 @@ class GatewayOrigins:
             if addr == host and port in (bound, srv.table.port):
                 return srv
         return None
+
+    def plain_twin(self, srv: Any) -> Any:
+        """The same Gateway's plain-HTTP listener port (80 first), for a request that reached the
+        edge without TLS: its redirects and ACME HTTP-01 routes live there, as on the LAN."""
+        g = srv.table.gateway
+        plain = [s for s in self.dp.servers.values() if s.table.gateway == g and s.table.protocol == "HTTP"]
+        return min(plain, key=lambda s: (s.table.port != 80, s.table.port)) if plain else None

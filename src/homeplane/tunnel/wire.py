@@ -122,12 +122,15 @@ class Open:
     hostname: str  # SNI, Host, or the TCP port's configured name
     client: tuple[str, int]
     alpn: str = ""  # for KIND_HTTP from a TLS the edge terminated: what the client chose
+    plain: bool = False  # KIND_HTTP from the edge's HTTP port: the client used no TLS
 
     def headers(self) -> list[tuple[str, str]]:
         h = [(":method", "CONNECT"), (":authority", self.hostname or "_"), ("hp-kind", self.kind),
              ("hp-client", f"{self.client[0]} {self.client[1]}")]
         if self.alpn:
             h.append(("hp-alpn", self.alpn))
+        if self.plain:
+            h.append(("hp-scheme", "http"))
         return h
 
 
@@ -152,7 +155,7 @@ def parse_open(headers: list[tuple[bytes, bytes]] | list[tuple[str, str]]) -> Op
     alpn = h.get("hp-alpn", "")
     if alpn not in ("", "h2", "http/1.1"):
         raise ValueError(f"tunnel stream: bad hp-alpn {alpn[:40]!r}")
-    return Open(kind, name, client, alpn)
+    return Open(kind, name, client, alpn, h.get("hp-scheme") == "http")
 
 
 def control_message(kind: str, **fields: object) -> bytes:

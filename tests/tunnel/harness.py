@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import json
+import os
 import subprocess
 import sys
 import time
@@ -220,11 +221,12 @@ class Home:
     """`homeplane run` on the repo with a connector to the edges."""
 
     def __init__(self, tmp: Path, repo: Path, ca: CA, edges: list[Edge], connections: int = 2, extra: list[str] | None = None,
-                 name: str = "home", certificates: bool = False):
+                 name: str = "home", certificates: bool = False, env: dict[str, str] | None = None):
         self.admin_port = free_port()
         self.token = tmp / "token"
         self.token.write_text(TOKEN + "\n")
         self.log = tmp / f"{name}.log"
+        self.env = {**os.environ, **(env or {})}
         self.args = [
             sys.executable, "-m", "homeplane", "run", str(repo), "--admin", f"127.0.0.1:{self.admin_port}",
             "--state", str(tmp / f"{name}.db"), "--gateway-address", "network/envoy-external=127.0.0.1",
@@ -236,7 +238,7 @@ class Home:
         self.start()
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(self.args, stdout=self.log.open("a"), stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(self.args, stdout=self.log.open("a"), stderr=subprocess.STDOUT, env=self.env)
         wait_for(lambda: self.proc.poll() is not None or httpx.get(f"http://127.0.0.1:{self.admin_port}/readyz").status_code == 200,
                  what="homeplane ready")
         assert self.proc.poll() is None, self.log.read_text()

@@ -477,3 +477,23 @@ data:
         edge.stop()
         pebble.stop()
         knot.stop()
+
+
+def test_the_pure_python_lane_serves_tunnel_streams_too(tmp_path: Path) -> None:
+    """Without the compiled fast lane a Gateway's adopted connections take Python's TLS and HTTP."""
+    ca = CA(tmp_path)
+    backend = Backend("app")
+    repo = write_repo(tmp_path, ca, backend.port, 9)
+    edge = Edge(tmp_path, ca, terminate=["secure.home.test"])
+    home = Home(tmp_path, repo, ca, [edge], connections=1, env={"HOMEPLANE_FASTLANE": "0"})
+    try:
+        edge.wait_connectors(1)
+        for host in ("app.home.test", "secure.home.test"):
+            out = _curl_edge(edge, ca, host, "--http2")
+            assert out.stdout.endswith("\n200"), out
+            assert json.loads(out.stdout.rpartition("\n")[0])["target"] == "/echo"
+        assert _curl_edge(edge, ca, "app.home.test", scheme="http").stdout.endswith("\n200")
+    finally:
+        home.stop()
+        edge.stop()
+        backend.close()

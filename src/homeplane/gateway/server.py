@@ -221,10 +221,18 @@ class PortServer:
         """Serve a connection that arrived another way (the tunnel's connector, on a socket
         pair) as if accepted here from ``client``: TLS passthrough by SNI, TLS and HTTP as for
         any other; the peer address everything sees is the public client's."""
-        pre = ProxyPreamble(self)
-        pre.proxy_done = True
-        pre.client = client
-        await self.dp.loop.connect_accepted_socket(lambda: pre, sock)
+        loop = self.dp.loop
+        hooks = self.hooks
+        if hooks is not None and self.passthrough is None and self.native_default is not None:
+            # the fast lane's TLS and HTTP, with nothing to read first
+            await loop.connect_accepted_socket(lambda: tls_connection(self.native_default, lambda: hooks.protocol(client), loop), sock)
+        elif hooks is not None and self.passthrough is None and self.ssl_ctx is None:
+            await loop.connect_accepted_socket(lambda: hooks.protocol(client), sock)
+        else:  # TLS passthrough by the ClientHello, or Python's TLS: as a connection with a known PROXY header
+            pre = ProxyPreamble(self)
+            pre.proxy_done = True
+            pre.client = client
+            await loop.connect_accepted_socket(lambda: pre, sock)
 
     async def sync_quic(self) -> None:
         """Serve QUIC on this port's address and port (UDP) while a listener on it asks for

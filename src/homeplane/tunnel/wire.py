@@ -15,6 +15,8 @@ import json
 import re
 from dataclasses import dataclass
 
+from hpack import NeverIndexedHeaderTuple
+
 UPGRADE = "homeplane-tunnel/1"
 MAX_HEAD = 8192
 CONTROL_PATH = "/control"
@@ -125,8 +127,10 @@ class Open:
     plain: bool = False  # KIND_HTTP from the edge's HTTP port: the client used no TLS
 
     def headers(self) -> list[tuple[str, str]]:
+        # the client's address differs on every stream: never indexed, so it does not churn
+        # HPACK's dynamic table (whose search is linear) for the names that do repeat
         h = [(":method", "CONNECT"), (":authority", self.hostname or "_"), ("hp-kind", self.kind),
-             ("hp-client", f"{self.client[0]} {self.client[1]}")]
+             NeverIndexedHeaderTuple("hp-client", f"{self.client[0]} {self.client[1]}")]
         if self.alpn:
             h.append(("hp-alpn", self.alpn))
         if self.plain:

@@ -400,3 +400,16 @@ def test_h2_path_bytes_are_checked_like_http1(backend: Backend, native: str, mon
         s.close()
     finally:
         gw.close()
+
+
+def test_a_half_closed_client_gets_its_answer_and_then_the_close(g: Gateway) -> None:
+    """A client that half-closes after its request (a tunnel passing a FIN on) is answered, and
+    the connection then ends instead of waiting idle for a request that cannot come."""
+    s = socket.create_connection(("127.0.0.1", g.port(80)), timeout=10)
+    with s:
+        s.sendall(b"GET /echo/half HTTP/1.1\r\nHost: public.test\r\n\r\n")
+        s.shutdown(socket.SHUT_WR)
+        raw = b""
+        while chunk := s.recv(65536):  # (ends: the gateway closes after the answer)
+            raw += chunk
+    assert status_of(raw) == 200 and b"/echo/half" in raw

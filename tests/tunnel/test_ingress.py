@@ -242,3 +242,36 @@ def test_proxy_protocol_header_round_trips_through_the_gateways_parser() -> None
     assert rules("ingress: [{service: 'tcp://x:1', originRequest: {proxyProtocol: v2}}]").rules[0].origin.proxy_protocol
     with pytest.raises(IngressError, match="proxyProtocol: v2 or off"):
         rules("ingress: [{service: 'tcp://x:1', originRequest: {proxyProtocol: v9}}]")
+
+
+def test_requests_are_read_from_http1_and_http2_byte_streams() -> None:
+    import h2.config
+    import h2.connection
+
+    from homeplane.tunnel import requests
+
+    r1 = requests.H1Requests()
+    assert r1.feed(b"GET /a?x=1 HTTP/1.1\r\nHost: App.Example.com:8080\r\n\r\nGET http://other.example.com/b HTTP/1.1\r\n"
+                   b"Host: app.example.com\r\n\r\n") == [("app.example.com", "/a"), ("other.example.com", "/b")]
+    r1 = requests.H1Requests()
+    with pytest.raises(requests.Upgraded) as up:
+        r1.feed(b"GET /ws HTTP/1.1\r\nHost: a.example.com\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n\x81\x05hello")
+    assert up.value.args[0] == [("a.example.com", "/ws")]
+    with pytest.raises(requests.NotReadable):
+        requests.H1Requests().feed(b"\x16\x03\x01 not http\r\n\r\n")
+
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    client.initiate_connection()
+    client.send_headers(1, [(":method", "POST"), (":scheme", "https"), (":authority", "a.example.com"), (":path", "/one")])
+    client.send_data(1, b"x" * 100)
+    client.send_headers(1, [("grpc-status", "0")], end_stream=True)  # trailers: not a request
+    client.send_headers(3, [(":method", "GET"), (":scheme", "https"), (":authority", "B.example.com:443"), (":path", "/two?q")],
+                        end_stream=True)
+    data = client.data_to_send()
+    r2 = requests.H2Requests()
+    seen = []
+    for i in range(0, len(data), 7):  # in small pieces, as a network would
+        seen += r2.feed(data[i : i + 7])
+    assert seen == [("a.example.com", "/one"), ("b.example.com", "/two")]
+    with pytest.raises(requests.NotReadable, match="preface"):
+        requests.H2Requests().feed(b"GET / HTTP/1.1\r\n")

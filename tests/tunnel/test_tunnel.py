@@ -497,3 +497,162 @@ def test_the_pure_python_lane_serves_tunnel_streams_too(tmp_path: Path) -> None:
         home.stop()
         edge.stop()
         backend.close()
+
+
+def test_other_hosts_by_absolute_target_or_http2_authority_do_not_pass(world: dict) -> None:
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    backend: Backend = world["backend"]
+    edge: Edge = world["edge"]
+    # an absolute-form target names the host the gateway serves, whatever Host says
+    for first in (True, False):
+        s = _raw_http(edge.ports["http"], (b"" if first else b"GET /echo/warm HTTP/1.1\r\nHost: app.home.test\r\n\r\n")
+                      + b"GET http://internal.home.test/echo/absolute HTTP/1.1\r\nHost: app.home.test\r\n\r\n")
+        with s:
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+        assert b"/echo/absolute" not in data
+        if first:
+            assert data.startswith(b"HTTP/1.1 403")  # the first request chose internal.home.test's rule
+    # HTTP/2 on TLS the edge terminates: a second stream for another rule's host closes the connection
+    ctx = ssl.create_default_context(cafile=str(world["ca"].path))
+    ctx.set_alpn_protocols(["h2"])
+    with socket.create_connection(("127.0.0.1", edge.ports["https"]), timeout=10) as raw, \
+            ctx.wrap_socket(raw, server_hostname="secure.home.test") as s:
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        conn.initiate_connection()
+        conn.send_headers(1, [(":method", "GET"), (":scheme", "https"), (":authority", "secure.home.test"), (":path", "/echo/h2-first")],
+                          end_stream=True)
+        s.sendall(conn.data_to_send())
+        statuses: dict[int, str] = {}
+        ended = False
+        while 1 not in statuses:
+            for ev in conn.receive_data(s.recv(65536)):
+                if isinstance(ev, h2.events.ResponseReceived):
+                    statuses[ev.stream_id] = dict(ev.headers)[b":status"].decode()
+        assert statuses[1] == "200"
+        conn.send_headers(3, [(":method", "GET"), (":scheme", "https"), (":authority", "internal.home.test"),
+                              (":path", "/echo/h2-smuggled")], end_stream=True)
+        s.sendall(conn.data_to_send())
+        try:
+            while not ended:
+                data = s.recv(65536)
+                if not data:
+                    ended = True
+                for ev in conn.receive_data(data) if data else []:
+                    if isinstance(ev, h2.events.ResponseReceived):
+                        statuses[ev.stream_id] = dict(ev.headers)[b":status"].decode()
+        except (ConnectionError, ssl.SSLError):
+            ended = True
+        assert 3 not in statuses
+    assert not any(r["target"] in ("/echo/absolute", "/echo/h2-smuggled") for r in backend.requests)
+
+
+def test_clients_that_vanish_mid_answer_cost_only_their_own_stream(world: dict) -> None:
+    import threading
+
+    edge: Edge = world["edge"]
+    before = {(c["connector"], c["index"], c["since"]) for c in edge.status()["connections"]}
+    long_result: list[tuple[int, object, str]] = []
+    t = threading.Thread(target=lambda: long_result.append(_via_edge(world, "app.home.test", "/stream?n=12&ms=100", "-N",
+                                                                      scheme="http")))
+    t.start()
+    for i in range(12):
+        # half-close right after the request, then go away while the answer streams;
+        # then one that shuts both ways while its download is stalled
+        s = _raw_http(edge.ports["http"], b"GET /stream?n=3&ms=200 HTTP/1.1\r\nHost: app.home.test\r\n\r\n", rcvbuf=4096)
+        s.shutdown(socket.SHUT_WR)
+        if i % 2:
+            s.recv(10)
+        s.close()
+        s = _raw_http(edge.ports["http"], b"GET /big?bytes=50000000 HTTP/1.1\r\nHost: app.home.test\r\n\r\n", rcvbuf=4096)
+        try:
+            s.recv(4096)
+        except TimeoutError:
+            raise AssertionError((i, world["home"].status()["runtime"]["tunnel"], edge.status()))
+        s.shutdown(socket.SHUT_RDWR)
+        s.close()
+    t.join(30)
+    code, body, _ = long_result[0]
+    assert code == 200 and body.count("data: event") == 12  # an unrelated stream was not cut
+    assert {(c["connector"], c["index"], c["since"]) for c in edge.status()["connections"]} == before  # no connection lost
+    assert "Fatal error" not in edge.log.read_text()
+    # nothing left behind on either side: stalled streams whose client left were reset
+    wait_until(lambda: world["home"].status()["runtime"]["tunnel"]["activeStreams"] == 0, what="no stream left at home")
+    wait_until(lambda: all(c["activeStreams"] == 0 for c in edge.status()["connections"]), what="no stream left at the edge")
+
+
+class FakeConnector:
+    """A connector holding a valid token that misbehaves (for the edge's defences)."""
+
+    def __init__(self, edge: Edge, ca: CA, settings: dict | None = None):
+        import h2.config
+        import h2.connection
+
+        from homeplane.tunnel import wire
+        from tests.tunnel.harness import TOKEN
+
+        ctx = ssl.create_default_context(cafile=str(ca.path))
+        self.sock = ctx.wrap_socket(socket.create_connection(("127.0.0.1", edge.ports["tunnel"]), timeout=10), server_hostname="127.0.0.1")
+        self.sock.sendall(wire.connector_hello("127.0.0.1", TOKEN, "fake", 9))
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += self.sock.recv(1)
+        assert head.startswith(b"HTTP/1.1 101")
+        self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+        self.h2.initiate_connection()
+        if settings:
+            self.h2.update_settings(settings)
+        self.sock.sendall(self.h2.data_to_send())
+
+    def closed_by_peer(self, timeout: float = 10.0) -> bool:
+        import time
+
+        self.sock.settimeout(0.2)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if self.sock.recv(65536) == b"":
+                    return True
+            except socket.timeout:
+                continue
+            except (ConnectionError, ssl.SSLError):
+                return True
+        return False
+
+
+def test_a_connector_flooding_pings_is_cut_off_and_others_serve_on(world: dict) -> None:
+    edge: Edge = world["edge"]
+    fake = FakeConnector(edge, world["ca"])
+    with fake.sock:
+        cut = False
+        try:
+            for _ in range(50):
+                for _ in range(20):
+                    fake.h2.ping(b"12345678")
+                fake.sock.sendall(fake.h2.data_to_send())
+        except (ConnectionError, ssl.SSLError):
+            cut = True  # (the edge closed it while it was still flooding)
+        assert cut or fake.closed_by_peer()
+    assert "more than 100 PING/SETTINGS frames in a second" in edge.log.read_text()
+    assert _via_edge(world, "app.home.test", "/echo/after-flood", "--http2")[0] == 200
+
+
+def test_a_connector_that_takes_no_streams_is_not_chosen(world: dict) -> None:
+    import h2.settings
+
+    edge: Edge = world["edge"]
+    fake = FakeConnector(edge, world["ca"], {h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 0})
+    with fake.sock:
+        fake.sock.settimeout(2)
+        fake.h2.receive_data(fake.sock.recv(65536))  # the edge's settings, and its ack of ours
+        fake.sock.sendall(fake.h2.data_to_send())
+        import time
+
+        time.sleep(0.3)
+        for _ in range(6):  # it has the fewest streams; without room it must never be picked
+            assert _via_edge(world, "app.home.test", "/echo/not-fake", scheme="http")[0] == 200
+    assert "TooManyStreams" not in edge.log.read_text() and "Fatal error" not in edge.log.read_text()

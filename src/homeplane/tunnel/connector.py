@@ -26,11 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Protocol
 
-import httptools
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from homeplane.gateway.frontends import proxyproto
-from homeplane.tunnel import wire
+from homeplane.tunnel import requests, wire
 from homeplane.tunnel.ingress import Ingress, Rule
 from homeplane.tunnel.mux import Pipe, Session, Stream
 
@@ -326,8 +325,8 @@ class Connector:
             sni = rule.origin.server_name or (opened.hostname if rule.origin.match_sni_to_host else None) or rule.host
             # a Gateway of this very process: the bytes never leave it, nothing to verify
             ctx = self.origin_context(rule, opened.alpn, trusted=server is not None)
-        if opened.kind == wire.KIND_HTTP and opened.alpn in ("", "http/1.1") and self.ingress is not None:
-            pipe: Pipe = HostGuard(stream, self.pipes.discard, self.ingress, rule, opened.hostname)
+        if opened.kind == wire.KIND_HTTP and self.ingress is not None:
+            pipe: Pipe = HostGuard(stream, self.pipes.discard, self.ingress, rule, opened.hostname, opened.alpn)
         else:
             pipe = Pipe(stream, on_done=self.pipes.discard)
         self.pipes.add(pipe)
@@ -336,34 +335,31 @@ class Connector:
                 ours, theirs = socket.socketpair()
                 ours.setblocking(False)
                 theirs.setblocking(False)
+                # (a socket handed to the loop is the loop's to close, even when the call fails:
+                # closing it here too could close a number the kernel has given out again)
                 try:
                     await server.adopt(theirs, opened.client)
                 except BaseException:
                     ours.close()
-                    theirs.close()
                     raise
-                try:
-                    await asyncio.wait_for(
-                        loop.create_connection(lambda: pipe, sock=ours, ssl=ctx, server_hostname=sni,
-                                               ssl_handshake_timeout=rule.origin.connect_timeout if ctx else None),
-                        rule.origin.connect_timeout,
-                    )
-                except BaseException:
-                    ours.close()
-                    raise
+                await asyncio.wait_for(
+                    loop.create_connection(lambda: pipe, sock=ours, ssl=ctx, server_hostname=sni,
+                                           ssl_handshake_timeout=rule.origin.connect_timeout if ctx else None),
+                    rule.origin.connect_timeout,
+                )
             elif rule.origin.proxy_protocol:
                 # the PROXY header goes first, in the clear, then TLS (if any) over the same socket
                 sock = await asyncio.wait_for(_dial_raw(loop, rule.host, rule.port), rule.origin.connect_timeout)
                 try:
                     sock.send(proxyproto.encode_v2(opened.client, sock.getpeername()[:2]))
-                    await asyncio.wait_for(
-                        loop.create_connection(lambda: pipe, sock=sock, ssl=ctx, server_hostname=sni,
-                                               ssl_handshake_timeout=rule.origin.connect_timeout if ctx else None),
-                        rule.origin.connect_timeout,
-                    )
-                except BaseException:
+                except OSError:
                     sock.close()
                     raise
+                await asyncio.wait_for(
+                    loop.create_connection(lambda: pipe, sock=sock, ssl=ctx, server_hostname=sni,
+                                           ssl_handshake_timeout=rule.origin.connect_timeout if ctx else None),
+                    rule.origin.connect_timeout,
+                )
             else:
                 await asyncio.wait_for(
                     loop.create_connection(lambda: pipe, rule.host, rule.port, ssl=ctx, server_hostname=sni,
@@ -393,88 +389,69 @@ class Connector:
 
 
 class HostGuard(Pipe):
-    """HTTP/1.1 the edge saw in clear: every request's Host must be one the stream's rule
-    answers for, so a kept-alive connection opened for one hostname cannot reach the origin
-    of another (or one a rule refuses). Such a request ends the connection; it never reaches
-    the origin. Parsing stops at an Upgrade (WebSocket bytes follow)."""
+    """HTTP the edge saw in clear (HTTP/1.1 or HTTP/2): every request's host and path must
+    belong to the rule that chose this stream's origin, so a connection opened for one
+    hostname cannot reach the origin of another (or one a rule refuses), whichever way the
+    request names it. Such a request ends the connection before the origin sees it (a coalesced
+    HTTP/2 connection of a browser is then opened anew). An HTTP/1.1 Upgrade ends the reading."""
 
-    def __init__(self, stream: Stream, on_done: Any, ingress: Ingress, rule: Rule, hostname: str):
+    def __init__(self, stream: Stream, on_done: Any, ingress: Ingress, rule: Rule, hostname: str, alpn: str):
         super().__init__(stream, on_done=on_done)
         self.ingress, self.rule, self.first = ingress, rule, hostname
         self.paths = ingress.has_paths(hostname)  # then every request's path is matched too
-        self.host = b""
-        self.url = b""
-        self.parser: Any = httptools.HttpRequestParser(self)
+        self.read: Any = requests.reader(alpn)
+        self.refused = False
+        for d in self.pending:  # what arrived before this pipe
+            if not self._check(d):
+                self.refused = True
+                break
 
-    # httptools callbacks
-    def on_message_begin(self) -> None:
-        self.host = self.url = b""
-
-    def on_url(self, url: bytes) -> None:
-        self.url += url
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if name.lower() == b"host":
-            self.host = value
-
-    def on_headers_complete(self) -> None:
-        host = self.host.decode("latin-1").lower()
-        host = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-        if host == self.first and not self.paths:
+    def connection_made(self, transport: Any) -> None:
+        if self.refused:
+            self.transport = transport
+            self.stream.abort()
+            asyncio.get_event_loop().call_soon(self._tunnel_reset)  # (see Pipe.connection_made)
             return
-        path = request_path(self.url)
-        if self.ingress.match(host, path) is not self.rule:
-            self.misdirected = f"{host}{path}"
-            raise _Misdirected(host)
+        super().connection_made(transport)
 
-    misdirected = ""
+    def _belongs(self, host: str, path: str) -> bool:
+        if host == self.first and not self.paths:
+            return True
+        return self.ingress.match(host, path) is self.rule
+
+    def _check(self, data: bytes) -> bool:
+        if self.read is None:
+            return True
+        try:
+            seen = self.read(data)
+        except requests.Upgraded as e:
+            seen, self.read = e.args[0], None
+        except requests.NotReadable as e:
+            seen = [("\x00", f" ({e})")]
+        for host, path in seen:
+            if not self._belongs(host, path):
+                log.warning("tunnel: a request for %r%s on a connection opened for %r (ingress[%d]): connection closed",
+                            host, path, self.first, self.rule.index)
+                self.read = None
+                return False
+        return True
 
     def _tunnel_data(self, data: bytes) -> None:
-        if self.parser is not None:
-            try:
-                self.parser.feed_data(data)
-            except (_Misdirected, httptools.HttpParserCallbackError):
-                log.warning("tunnel: a request for %r on a connection opened for %r (ingress[%d]): connection closed",
-                            self.misdirected, self.first, self.rule.index)
-                self.parser = None
-                self.stream.abort()
+        if self.refused:
+            return
+        if not self._check(data):
+            self.refused = True
+            self.stream.abort()
+            if self.transport is not None:
                 self._tunnel_reset()
-                return
-            except httptools.HttpParserUpgrade:
-                self.parser = None  # the rest is the upgraded protocol's
-            except httptools.HttpParserError:
-                self.parser = None  # the origin answers what it cannot parse
+            return
         super()._tunnel_data(data)
-
-
-class _Misdirected(Exception):
-    pass
-
-
-def request_path(url: bytes) -> str:
-    """The path of a request target (origin-form or absolute-form), as cloudflared matches it."""
-    from urllib.parse import urlsplit
-
-    return urlsplit(url.decode("latin-1")).path or "/"
-
-
-class _FirstRequest:
-    def __init__(self) -> None:
-        self.url = b""
-        self.done = False
-
-    def on_url(self, url: bytes) -> None:
-        self.url += url
-
-    def on_headers_complete(self) -> None:
-        self.done = True
 
 
 async def first_request_path(stream: Stream, limit: int = 64 * 1024, timeout: float = 10.0) -> str | None:
     """The path of the first HTTP/1.1 request on a stream, read from what waits in its backlog
     (left there for the origin); None if it does not come (in time, within limit) or is not HTTP."""
-    head = _FirstRequest()
-    parser = httptools.HttpRequestParser(head)
+    read = requests.H1Requests()
     arrived = asyncio.Event()
     stream.on_arrival = arrived.set
     fed = size = 0
@@ -485,13 +462,13 @@ async def first_request_path(stream: Stream, limit: int = 64 * 1024, timeout: fl
                 fed += 1
                 size += len(chunk)
                 try:
-                    parser.feed_data(chunk)
-                except httptools.HttpParserUpgrade:
-                    pass  # (the head is complete)
-                except httptools.HttpParserError:
+                    seen = read.feed(chunk)
+                except requests.Upgraded as e:
+                    seen = e.args[0]
+                except requests.NotReadable:
                     return None
-                if head.done:
-                    return request_path(head.url)
+                if seen:
+                    return seen[0][1]
             if size > limit or stream.reset or stream.remote_ended or time.monotonic() > deadline:
                 return None
             arrived.clear()

@@ -23,6 +23,7 @@ import ssl
 import time
 from typing import Any
 
+import h2.exceptions
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -37,6 +38,7 @@ from homeplane.tunnel.pages import MAX_HEAD, StatusAnswer
 log = logging.getLogger("homeplane.edge")
 
 HEAD_TIMEOUT = 10.0
+RESPONSE_TIMEOUT = 30.0  # cloudflared's default connectTimeout: the longest a connector may take to answer
 
 
 def _peer(t: asyncio.BaseTransport) -> tuple[str, int]:
@@ -68,7 +70,7 @@ class Edge:
     # --- connectors ---------------------------------------------------------------------
 
     def pick(self) -> Session | None:
-        live = [s for s in self.sessions if not s.closed and not s.draining]
+        live = [s for s in self.sessions if not s.closed and not s.draining and s.has_room]
         if not live:
             return None
         self._rr += 1
@@ -121,7 +123,13 @@ class Edge:
             else:
                 t.close()
             return
-        stream = session.open(wire.Open(kind, hostname, client, alpn, plain).headers())
+        try:
+            stream = session.open(wire.Open(kind, hostname, client, alpn, plain).headers())
+        except h2.exceptions.H2Error as e:  # (a connector that refuses streams: tell, and close this one)
+            log.warning("connector connection %s cannot take a stream (%s); closing it", session.name, e)
+            session.close()
+            self.forward(t, kind, hostname, client, first, alpn, plain)
+            return
         pipe = EdgePipe(self, stream, kind, hostname, alpn)
         self.pipes.add(pipe)
         self.m_active.set(len(self.pipes))
@@ -255,6 +263,21 @@ class EdgePipe(Pipe):
         self.alpn = alpn
         self.early: bytearray | None = bytearray()
         stream.on_response = self._response
+        # a connector that never answers: the client is told, not left waiting
+        self.timer: asyncio.TimerHandle | None = asyncio.get_event_loop().call_later(RESPONSE_TIMEOUT, self._no_answer)
+
+    def _done(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        super()._done()
+
+    def _no_answer(self) -> None:
+        self.timer = None
+        if self.early is not None:
+            log.warning("no answer from the connector for %s %r in %.0f s", self.kind, self.hostname, RESPONSE_TIMEOUT)
+            self.edge.m_streams.labels(self.kind, "timeout").inc()
+            self._answer(504)
 
     def data_received(self, data: bytes) -> None:
         if self.early is not None and len(self.early) < MAX_HEAD:
@@ -262,7 +285,13 @@ class EdgePipe(Pipe):
         super().data_received(data)
 
     def _response(self, headers: dict[str, str]) -> None:
-        status = int(headers.get(":status", "502"))
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        try:
+            status = int(headers.get(":status", "502"))
+        except ValueError:
+            status = 502
         if status == 200:
             self.early = None
             self.edge.m_streams.labels(self.kind, "forwarded").inc()
@@ -278,6 +307,9 @@ class EdgePipe(Pipe):
         super()._tunnel_reset()
 
     def _answer(self, status: int) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         s = self.stream
         s.on_data = s.on_end = s.on_reset = lambda *a: None  # type: ignore[assignment]
         s.abort()
@@ -412,6 +444,16 @@ class Terminated(asyncio.Protocol):
 
 
 def host_of(head: bytes) -> str:
+    """The request's host: an absolute-form target's authority wins over Host (RFC 9112 §3.2.2)."""
+    parts = head.split(b"\r\n", 1)[0].split(b" ")
+    target = parts[1] if len(parts) == 3 else b""
+    if target.lower().startswith((b"http://", b"https://")):
+        from urllib.parse import urlsplit
+
+        try:
+            return (urlsplit(target.decode("latin-1")).hostname or "").lower()
+        except ValueError:
+            return "\x00"  # (not a host name: answered 400)
     for line in head.split(b"\r\n")[1:]:
         name, sep, value = line.partition(b":")
         if sep and name.strip().lower() == b"host":

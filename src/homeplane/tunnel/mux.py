@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 from typing import Any, Callable
 
 import homeplane.h2speed  # noqa: F401 (h2's per-frame repr, made cheap)
@@ -29,12 +30,14 @@ from homeplane.tunnel import wire
 
 log = logging.getLogger("homeplane.tunnel")
 
-STREAM_WINDOW = 1024 * 1024  # what one stalled stream may hold at the receiver
+STREAM_WINDOW = 512 * 1024  # what one stalled stream may hold at the receiver
 CONNECTION_WINDOW = 16 * 1024 * 1024  # bytes in flight on the link (returned on arrival)
 FRAME_SIZE = 64 * 1024
 HIGH_WATER = 512 * 1024  # bytes waiting for credit before the local reader pauses
 PING_EVERY = 5.0  # a dead peer is noticed within PING_EVERY + PING_TIMEOUT
 PING_TIMEOUT = 5.0
+PING_FLOOD = 100  # PING/SETTINGS frames a second above which a peer is cut off (ENHANCE_YOUR_CALM)
+MAX_STREAMS = 512  # concurrent streams per connection: with STREAM_WINDOW, what stalled streams may hold
 
 
 class Stream:
@@ -141,6 +144,10 @@ class Session(asyncio.Protocol):
         self._write_scheduled = False
         self._conn_owed = 0
         self._queued: list[Stream] = []
+        self._ping_payload = b""
+        self._pings = 0  # PING and SETTINGS frames from the peer in the current second
+        self._ping_window = 0.0
+        self.write_paused = False
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -150,7 +157,12 @@ class Session(asyncio.Protocol):
         self.h2.update_settings({
             h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
             h2.settings.SettingCodes.MAX_FRAME_SIZE: FRAME_SIZE,
-            h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 10000,
+            h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_STREAMS,
+            h2.settings.SettingCodes.ENABLE_PUSH: 0,
+        } if self.client_side else {
+            h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
+            h2.settings.SettingCodes.MAX_FRAME_SIZE: FRAME_SIZE,
+            h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_STREAMS,
         })
         self.h2.increment_flow_control_window(CONNECTION_WINDOW - 65535)
         if self.client_side:
@@ -160,6 +172,19 @@ class Session(asyncio.Protocol):
             self.control = self._new_stream(sid)
         self._write()
         self._ping = self.loop.call_later(PING_EVERY, self._send_ping)
+
+    def pause_writing(self) -> None:
+        """The tunnel's socket is full: every stream stops reading its local side until it drains
+        (a peer that stops reading cannot make this side buffer without bound)."""
+        self.write_paused = True
+        for st in list(self.streams.values()):
+            st.on_pause()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        for st in list(self.streams.values()):
+            if not st.paused_reader:
+                st.on_resume()
 
     def feed(self, data: bytes) -> None:
         """Bytes read before this protocol took the transport over."""
@@ -197,8 +222,9 @@ class Session(asyncio.Protocol):
     def _send_ping(self) -> None:
         if self.closed:
             return
+        self._ping_payload = os.urandom(8)
         try:
-            self.h2.ping(b"hp-alive")
+            self.h2.ping(self._ping_payload)
         except h2.exceptions.ProtocolError:
             return
         self._write()
@@ -206,11 +232,22 @@ class Session(asyncio.Protocol):
             self._ping_deadline = self.loop.call_later(PING_TIMEOUT, self._dead)
         self._ping = self.loop.call_later(PING_EVERY, self._send_ping)
 
+    def _count_ping(self) -> None:
+        now = self.loop.time()
+        if now - self._ping_window > 1.0:
+            self._ping_window, self._pings = now, 0
+        self._pings += 1
+
     def _dead(self) -> None:
         log.warning("tunnel %s: no answer to PING in %.0f s; closing it", self.name, PING_TIMEOUT)
         if self.transport is not None:
             self.transport.abort()
         self._finish()
+
+    @property
+    def has_room(self) -> bool:
+        h = self.h2
+        return h.open_outbound_streams < h.remote_settings.max_concurrent_streams
 
     @property
     def active_streams(self) -> int:
@@ -357,7 +394,25 @@ class Session(asyncio.Protocol):
             self._finish()
             return
         for ev in events:
-            self._event(ev)
+            try:
+                self._event(ev)
+            except Exception:  # one stream's trouble (its local side gone) must not end the connection
+                sid = getattr(ev, "stream_id", 0)
+                log.exception("tunnel %s: handling %s on stream %s failed; resetting that stream", self.name, type(ev).__name__, sid)
+                s = self.streams.get(sid)
+                if s is not None and s is not self.control:
+                    s.abort()
+        if self._pings > PING_FLOOD:
+            log.warning("tunnel %s: more than %d PING/SETTINGS frames in a second; closing it", self.name, PING_FLOOD)
+            try:
+                self.h2.close_connection(error_code=h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
+            except h2.exceptions.ProtocolError:
+                pass
+            self._flush()
+            if self.transport is not None:
+                self.transport.abort()
+            self._finish()
+            return
         self._write()
 
     def _event(self, ev: Any) -> None:
@@ -423,13 +478,17 @@ class Session(asyncio.Protocol):
                 if s is not None and (s.out or s.end_pending):
                     self.flush_stream(s)
         elif isinstance(ev, h2.events.RemoteSettingsChanged):
+            self._count_ping()
             for s in list(self.streams.values()):
                 if s.out:
                     self.flush_stream(s)
         elif isinstance(ev, h2.events.PingAckReceived):
-            if self._ping_deadline is not None:
+            # (the payload is fresh each time: acknowledging means having read the connection)
+            if ev.ping_data == self._ping_payload and self._ping_deadline is not None:
                 self._ping_deadline.cancel()
                 self._ping_deadline = None
+        elif isinstance(ev, (h2.events.PingReceived, h2.events.SettingsAcknowledged)):
+            self._count_ping()
         elif isinstance(ev, h2.events.ConnectionTerminated):
             self._finish()
 
@@ -475,14 +534,17 @@ class Pipe(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         s = self.stream
+        loop = asyncio.get_event_loop()
         if s.reset:
-            self._tunnel_reset()
+            # (never closed from inside connection_made: uvloop's create_connection(sock=...) then
+            # closes the descriptor a second time, perhaps another connection's by then)
+            loop.call_soon(self._tunnel_reset)
             return
         for d in self.pending:
-            self._tunnel_data(d)
+            Pipe._tunnel_data(self, d)  # (already seen by any subclass's reading, when it arrived)
         self.pending = []
         if s.remote_ended:
-            self._tunnel_end()
+            loop.call_soon(self._tunnel_end)
         s.release()
 
     def data_received(self, data: bytes) -> None:
@@ -496,11 +558,16 @@ class Pipe(asyncio.Protocol):
         return self.transport is None or self.transport.get_extra_info("ssl_object") is None
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if not self.stream.local_ended:
-            if exc is None and not self.stream.reset:
-                self.stream.end()  # (a TLS transport reports close_notify as a clean close)
-            else:
-                self.stream.abort()
+        s = self.stream
+        if s.reset:
+            pass
+        elif s.local_ended or s.end_pending or (exc is None and s.remote_ended):
+            # a clean end (TLS reports close_notify as a close): what we had goes out; whatever
+            # still arrives has nowhere to go and is dropped, credited, so the peer never stalls
+            s.end()
+            s.release()
+        else:
+            s.abort()  # gone mid-way: the peer must stop sending, not wait for credit
         self._done()
 
     def pause_writing(self) -> None:
@@ -520,7 +587,7 @@ class Pipe(asyncio.Protocol):
 
     def _tunnel_end(self) -> None:
         t = self.transport
-        if t is None:
+        if t is None or t.is_closing():
             return
         if t.can_write_eof():
             t.write_eof()

@@ -13,6 +13,7 @@ import h2.events
 import h2.exceptions
 
 MAX_HEAD = 64 * 1024
+ANSWER_TIMEOUT = 10.0
 
 MESSAGES = {
     502: "The tunnel is up, but the home side could not reach the service for this hostname.",
@@ -20,6 +21,7 @@ MESSAGES = {
     404: "This hostname is not served through the tunnel.",
     400: "The request's Host is not a host name.",
     431: "The request's header is too large.",
+    504: "The home side did not answer in time.",
 }
 
 
@@ -50,6 +52,8 @@ class StatusAnswer(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        # a client that never sends its request does not keep the socket
+        asyncio.get_event_loop().call_later(ANSWER_TIMEOUT, transport.close)
         if self.h2:
             self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding="utf-8"))
             self.conn.initiate_connection()

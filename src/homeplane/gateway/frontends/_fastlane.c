@@ -333,6 +333,7 @@ struct Conn {
     Buf in;
     Buf out;
     int state, close_after, head_only, retried, write_paused, read_paused, started_response, access_log;
+    int peer_eof;                      /* the client half-closed: once its answers are done, close */
     int upstream_full;                 /* the backend connection's write buffer is full */
     long long body_total, body_left;   /* the request body (Content-Length), what has not arrived yet */
     Buf body_pending;                  /* body bytes received before the backend connection was up */
@@ -1508,7 +1509,7 @@ static void conn_finish(Conn *c, int reusable, const char *error, int abort) {
         call_quiet(c->transport, s_abort);
         return;
     }
-    if (c->close_after) {
+    if (c->close_after || (c->peer_eof && c->in.len == 0)) {
         c->state = ST_CLOSED;
         call_quiet(c->transport, s_close);
         return;
@@ -1584,8 +1585,8 @@ static PyObject *Conn_data_received(Conn *c, PyObject *data) {
 }
 
 static PyObject *Conn_eof_received(Conn *c, PyObject *unused) {
-    /* a half-closed client may still wait for its answer */
-    if (c->state == ST_CONNECTING || c->state == ST_WAITING || c->state == ST_STREAMING) Py_RETURN_TRUE;
+    /* a half-closed client may still wait for its answer (then the connection closes) */
+    if (c->state == ST_CONNECTING || c->state == ST_WAITING || c->state == ST_STREAMING) { c->peer_eof = 1; Py_RETURN_TRUE; }
     Py_RETURN_NONE;
 }
 

@@ -66,6 +66,7 @@ class Http1Connection(asyncio.Protocol):
         self.queue: deque[_Pending] = deque()
         self.current: Exchange | None = None
         self.cur_keep_alive = True
+        self.peer_eof = False
         self.cur_chunked = False
         self.cur_close = False
         self.header_bytes = 0
@@ -172,8 +173,11 @@ class Http1Connection(asyncio.Protocol):
             self.tunnel = None
 
     def eof_received(self) -> bool | None:
-        # A half-closed client may still wait for its answer.
-        return True if self.current is not None else None
+        # A half-closed client may still wait for its answer (then the connection closes).
+        if self.current is not None:
+            self.peer_eof = True
+            return True
+        return None
 
     def pause_writing(self) -> None:
         # a client that does not read its answers gets no more requests read either
@@ -340,8 +344,9 @@ class Http1Connection(asyncio.Protocol):
         self.flush()
         p = self.queue.popleft() if self.queue else None
         self.current = None
-        if self.cur_close or (p is not None and not p.complete and p.has_body):
-            # The request body was not read to its end: the connection cannot be reused.
+        if self.cur_close or (p is not None and not p.complete and p.has_body) or (self.peer_eof and not self.queue):
+            # The request body was not read to its end (the connection cannot be reused), or
+            # the client half-closed and has its answers.
             t.close()
             return
         self.deadline = time.monotonic() + self.dp.settings.idle_timeout

@@ -164,6 +164,9 @@ def test_edge_config_errors_name_the_field(tmp_path: Path) -> None:
     with pytest.raises(EdgeConfigError, match="https.hostnames\\[0\\].tls: passthrough or terminate"):
         load("tunnel: {certFile: c.crt, keyFile: c.key, tokens: [{name: a, token: 0123456789abcdef}]}\n"
              "https: {hostnames: [{hostname: a.com, tls: maybe}]}\n")
+    with pytest.raises(EdgeConfigError, match="maxConnectionsPerSource: a positive number"):
+        load("tunnel: {certFile: c.crt, keyFile: c.key, tokens: [{name: a, token: 0123456789abcdef}]}\n"
+             "maxConnectionsPerSource: 0\n")
     with pytest.raises(EdgeConfigError, match="tunnel: cannot use"):
         load("tunnel: {certFile: c.crt, keyFile: c.key, tokens: [{name: a, token: 0123456789abcdef}]}\n")
 

@@ -656,3 +656,33 @@ def test_a_connector_that_takes_no_streams_is_not_chosen(world: dict) -> None:
         for _ in range(6):  # it has the fewest streams; without room it must never be picked
             assert _via_edge(world, "app.home.test", "/echo/not-fake", scheme="http")[0] == 200
     assert "TooManyStreams" not in edge.log.read_text() and "Fatal error" not in edge.log.read_text()
+
+
+def test_public_connections_are_bounded_per_source(tmp_path: Path) -> None:
+    import time
+
+    ca = CA(tmp_path)
+    edge = Edge(tmp_path, ca, extra={"publicWait": "0s", "maxConnectionsPerSource": 3})
+    try:
+        wait_until(lambda: edge.status()["publicOpen"], what="public ports open")
+        held = [socket.create_connection(("127.0.0.1", edge.ports["http"]), timeout=5) for _ in range(3)]
+        over = socket.create_connection(("127.0.0.1", edge.ports["http"]), timeout=5)
+        with over:
+            assert over.recv(10) == b""  # closed at once, the three others still open
+        assert edge.status()["publicConnections"] == 3
+        # another source is not affected
+        with socket.socket() as other:
+            other.bind(("127.0.0.7", 0))
+            other.settimeout(5)
+            other.connect(("127.0.0.1", edge.ports["http"]))
+            other.sendall(b"GET / HTTP/1.1\r\nHost: app.home.test\r\n\r\n")
+            assert other.recv(100).startswith(b"HTTP/1.1 503")
+        for s in held:
+            s.close()
+        time.sleep(1.2)  # (closed connections are counted out twice a second)
+        with socket.create_connection(("127.0.0.1", edge.ports["http"]), timeout=5) as again:
+            again.sendall(b"GET / HTTP/1.1\r\nHost: app.home.test\r\n\r\n")
+            assert again.recv(100).startswith(b"HTTP/1.1 503")
+        assert 'homeplane_edge_streams_total{kind="any",result="over_limit"} 1.0' in httpx.get(edge.admin + "/metrics").text
+    finally:
+        edge.stop()

@@ -21,6 +21,7 @@ import json
 import logging
 import ssl
 import time
+import collections
 from typing import Any
 
 import h2.exceptions
@@ -28,6 +29,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from homeplane.gateway.frontends.late_tls import start_tls_after
+from homeplane.gateway.frontends.quic import source_key
 from homeplane.gateway.frontends.tlspeek import NEED_MORE, NotTLS, client_hello_sni
 from homeplane.observe.admin import AdminServer
 from homeplane.tunnel import wire
@@ -58,6 +60,9 @@ class Edge:
         self._rr = 0
         self.pipes: set[Pipe] = set()
         self.draining = False
+        self.clients: dict[asyncio.BaseTransport, str] = {}  # open public connections, by source
+        self.per_source: collections.Counter[str] = collections.Counter()
+        self._sweeper: asyncio.Task[None] | None = None
         self.public_open = False
         self._public_task: asyncio.Future[None] | None = None
         self.bound: dict[str, tuple[str, int]] = {}  # what each listener got (port 0 picks one)
@@ -138,6 +143,28 @@ class Edge:
         if first:
             pipe.data_received(first)
 
+    def admit_client(self, t: asyncio.BaseTransport, client: tuple[str, int]) -> bool:
+        """Whether a new public connection may stay open: bounded in all and per source (an
+        IPv4 address or IPv6 /64), so one client cannot take every descriptor."""
+        key = source_key(client)
+        if len(self.clients) >= self.cfg.max_connections or self.per_source[key] >= self.cfg.max_per_source:
+            self.m_streams.labels("any", "over_limit").inc()
+            t.close()
+            return False
+        self.clients[t] = key
+        self.per_source[key] += 1
+        return True
+
+    async def _sweep(self) -> None:
+        """Count closed public connections out (whichever protocol they ended in)."""
+        while True:
+            await asyncio.sleep(0.5)
+            for t, key in [(t, k) for t, k in self.clients.items() if t.is_closing()]:
+                del self.clients[t]
+                self.per_source[key] -= 1
+                if not self.per_source[key]:
+                    del self.per_source[key]
+
     def pipe_done(self, pipe: Pipe) -> None:
         self.pipes.discard(pipe)
         self.m_active.set(len(self.pipes))
@@ -171,6 +198,7 @@ class Edge:
         log.info("edge %s: tunnel on %s:%d; public ports open when a connector joins (or in %.0f s)", cfg.name,
                  *self.bound["tunnel"], cfg.public_wait)
         self._public_task = asyncio.ensure_future(self._open_public())
+        self._sweeper = asyncio.ensure_future(self._sweep())
 
     async def _open_public(self) -> None:
         deadline = time.monotonic() + self.cfg.public_wait
@@ -214,6 +242,7 @@ class Edge:
                 for s in self.sessions
             ],
             "activeStreams": len(self.pipes),
+            "publicConnections": len(self.clients),
         }
 
     async def drain(self) -> None:
@@ -241,6 +270,8 @@ class Edge:
             log.warning("edge drain: %d connections still open after %.0f s; closing them", len(self.pipes), cfg.drain_timeout)
 
     async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         for srv in self.servers:
             srv.close()
         if self.tunnel_server is not None:
@@ -393,7 +424,18 @@ class _Peek(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.client = _peer(transport)
+        if not self.edge.admit_client(transport, self.client):
+            self.buf = b""
+            self.transport = None
+            return
         self.timer = asyncio.get_event_loop().call_later(HEAD_TIMEOUT, transport.close)
+
+    def data_received(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.received(data)
+
+    def received(self, data: bytes) -> None:
+        raise NotImplementedError
 
     def _done(self) -> None:
         if self.timer is not None:
@@ -404,7 +446,7 @@ class _Peek(asyncio.Protocol):
 
 
 class HttpsPeek(_Peek):
-    def data_received(self, data: bytes) -> None:
+    def received(self, data: bytes) -> None:
         t = self.transport
         assert t is not None
         self.buf += data
@@ -465,7 +507,7 @@ def host_of(head: bytes) -> str:
 
 
 class HttpPeek(_Peek):
-    def data_received(self, data: bytes) -> None:
+    def received(self, data: bytes) -> None:
         t = self.transport
         assert t is not None
         self.buf += data
@@ -490,4 +532,6 @@ class TcpAccept(asyncio.Protocol):
         self.hostname = hostname
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.edge.forward(transport, wire.KIND_TCP, self.hostname, _peer(transport), b"", "")  # type: ignore[arg-type]
+        client = _peer(transport)
+        if self.edge.admit_client(transport, client):
+            self.edge.forward(transport, wire.KIND_TCP, self.hostname, client, b"", "")  # type: ignore[arg-type]

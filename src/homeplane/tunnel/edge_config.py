@@ -27,6 +27,7 @@
     drainTimeout: 30s      # SIGTERM: how long open connections may take to finish
     publicWait: 5s         # public ports open when a connector joins, or after this
     handoverTimeout: 5s    # SIGTERM: how long connectors get to dial a successor edge
+    maxConnections: 10000  # public connections at once; maxConnectionsPerSource: 256 (IPv4 or IPv6 /64)
 
 All listeners use SO_REUSEPORT, so a new edge can start on the same ports before the old one
 is stopped: the old one hands its connectors over, then its clients, then stops.
@@ -83,6 +84,8 @@ class EdgeConfig:
     # a draining one (the same ports, SO_REUSEPORT) takes no client it cannot serve yet
     public_wait: float = 5.0
     handover_timeout: float = 5.0  # how long a draining edge waits for connectors to dial its successor
+    max_connections: int = 10000  # public connections open at once
+    max_per_source: int = 256  # ... from one IPv4 address or IPv6 /64
 
     def host_tls(self, name: str) -> HostTLS | None:
         for h in self.hostnames:
@@ -141,7 +144,8 @@ def _tokens(base: Path, t: dict[str, Any]) -> dict[str, str]:
     return out
 
 
-KNOWN = {"name", "tunnel", "https", "http", "tcp", "admin", "drainTimeout", "publicWait", "handoverTimeout"}
+KNOWN = {"name", "tunnel", "https", "http", "tcp", "admin", "drainTimeout", "publicWait", "handoverTimeout", "maxConnections",
+         "maxConnectionsPerSource"}
 
 
 def load_edge_config(path: Path) -> EdgeConfig:
@@ -202,6 +206,11 @@ def load_edge_config(path: Path) -> EdgeConfig:
                 setattr(cfg, attr, parse_duration(str(raw[key])))
             except ValueError as e:
                 raise EdgeConfigError(f"{key}: {e}") from None
+    for key, attr in (("maxConnections", "max_connections"), ("maxConnectionsPerSource", "max_per_source")):
+        if key in raw:
+            if not isinstance(raw[key], int) or isinstance(raw[key], bool) or raw[key] < 1:
+                raise EdgeConfigError(f"{key}: a positive number, not {raw[key]!r}")
+            setattr(cfg, attr, raw[key])
     for hl in cfg.hostnames:
         if hl.terminate:
             try:

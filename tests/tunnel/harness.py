@@ -208,13 +208,7 @@ class Edge:
         wait_for(lambda: len([c for c in self.status()["connections"] if not c["draining"]]) >= n, what=f"{n} connector connections")
 
     def stop(self, sig: int = 15) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, sig)
 
 
 class Home:
@@ -250,13 +244,19 @@ class Home:
         return httpx.get(f"http://127.0.0.1:{self.admin_port}/metrics").text
 
     def stop(self, sig: int = 15) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, sig)
+
+
+def stop_process(proc: subprocess.Popen[Any], sig: int = 15, timeout: float = 30) -> int:
+    """Signal (SIGTERM: drain and stop), wait, kill if it hangs; its exit code."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
 
 
 def curl(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

@@ -21,7 +21,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from tests.tunnel.harness import CA, TOKEN, write_repo
+from tests.tunnel.harness import CA, TOKEN, stop_process, wait_until, write_repo
 
 REPO = Path(__file__).resolve().parents[2]
 EDGE_PUBLIC, EDGE_TUNNEL, HOME, INET = "10.77.1.1", "10.77.2.1", "10.77.2.2", "10.77.1.2"
@@ -79,18 +79,11 @@ class Net:
 
 
 def wait(pred: Any, timeout: float = 30, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+    return wait_until(pred, timeout, what)
 
 
 def stop(p: subprocess.Popen[Any], timeout: float = 40) -> int:
-    p.terminate()
-    return p.wait(timeout)
+    return stop_process(p, timeout=timeout)
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import socket
 import ssl
 import subprocess
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import httpx
 import pytest
@@ -330,17 +330,23 @@ def test_hosts_that_are_not_host_names_are_answered_at_the_edge(world: dict) -> 
     assert _via_edge(world, "app.home.test", "/echo/ok", scheme="http")[0] == 200
 
 
+def _read_answer(f: Any) -> bytes:
+    """One answer with a Content-Length body from a kept-alive connection's file."""
+    head = f.readline()
+    length = 0
+    while (line := f.readline()) != b"\r\n":
+        head += line
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":")[1])
+    return head + b"\r\n" + f.read(length)
+
+
 def test_a_kept_alive_connection_cannot_reach_another_rules_hostname(world: dict) -> None:
     backend: Backend = world["backend"]
     s = _raw_http(world["edge"].ports["http"], b"GET /echo/first HTTP/1.1\r\nHost: app.home.test\r\n\r\n")
     with s:
         f = s.makefile("rb")
-        assert f.readline().startswith(b"HTTP/1.1 200")
-        length = 0
-        while (line := f.readline()) != b"\r\n":
-            if line.lower().startswith(b"content-length:"):
-                length = int(line.split(b":")[1])
-        f.read(length)
+        assert _read_answer(f).startswith(b"HTTP/1.1 200")
         # internal.home.test's rule answers 403; on this connection it must not reach the gateway
         s.sendall(b"GET /echo/smuggled HTTP/1.1\r\nHost: internal.home.test\r\n\r\n")
         assert f.read() == b""  # closed, no answer
@@ -403,12 +409,7 @@ def test_path_rules_apply_per_request_on_http1(world: dict) -> None:
     s = _raw_http(world["edge"].ports["http"], b"GET /status/200 HTTP/1.1\r\nHost: app.home.test\r\n\r\n")
     with s:
         f = s.makefile("rb")
-        assert f.readline().startswith(b"HTTP/1.1 200")
-        length = 0
-        while (line := f.readline()) != b"\r\n":
-            if line.lower().startswith(b"content-length:"):
-                length = int(line.split(b":")[1])
-        f.read(length)
+        assert _read_answer(f).startswith(b"HTTP/1.1 200")
         s.sendall(b"GET /status/400?via=keepalive HTTP/1.1\r\nHost: app.home.test\r\n\r\n")
         assert f.read() == b""
     assert not any(r["target"] == "/status/400?via=keepalive" for r in backend.requests)

@@ -435,7 +435,7 @@ class _Peek(asyncio.Protocol):
             self.received(data)
 
     def received(self, data: bytes) -> None:
-        raise NotImplementedError
+        """What the subclass reads first (a ClientHello, a request head)."""
 
     def _done(self) -> None:
         if self.timer is not None:

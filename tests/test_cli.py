@@ -269,3 +269,19 @@ spec:
     (p,) = doc["policies"]
     prog = next(c for c in p["conditions"] if c["type"] == "Programmed")
     assert (prog["status"], prog["reason"]) == ("False", "NoHTTPSListener")
+
+
+def _commands() -> list[str]:
+    import typer.main
+
+    from homeplane.cli import app
+
+    return sorted(typer.main.get_command(app).commands)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("command", _commands())
+def test_every_commands_help_renders(command: str) -> None:
+    # (help text is rich markup: a "[/WORD]" in it once made `run --help` an internal error)
+    out = hp(command, "--help")
+    assert out.returncode == 0, out.stderr
+    assert "Usage: homeplane " + command in " ".join(out.stdout.split())

@@ -439,7 +439,7 @@ def run(
     admin: str = typer.Option("127.0.0.1:9901", "--admin", help="Admin endpoint address (host:port; port 0 picks one)."),
     state: Optional[str] = typer.Option(
         None, "--state", help="State store: a SQLite file (default $XDG_STATE_HOME/homeplane/state.db), or "
-        "etcd://HOST:PORT[,HOST:PORT…][/PREFIX] to share it with other nodes."
+        "etcd://HOST:PORT (more members comma-separated, a key prefix after a slash) to share it with other nodes."
     ),
     etcd_cacert: Optional[Path] = typer.Option(None, "--etcd-cacert", help="etcd over TLS: the CA that signed its certificates."),
     etcd_cert: Optional[Path] = typer.Option(None, "--etcd-cert", help="etcd over TLS: this node's client certificate."),

@@ -464,6 +464,9 @@ def run(
     log_format: str = typer.Option("text", "--log-format", help="Process logs on stderr: text or json, one line each."),
     access_log_dir: Optional[Path] = typer.Option(None, "--access-log-dir", help="Where an EnvoyProxy's accessLog File sinks "
                                                   "may write (paths relative to it, or inside it); without it they go to stdout."),
+    flows: int = typer.Option(4095, "--flows", min=0, max=1 << 20, help="Flows kept for `homeplane observe` (Hubble's ring; "
+                              "0: none)."),
+    request_stats: bool = typer.Option(True, "--request-stats/--no-request-stats", help="Envoy's per-request metrics."),
     workers: int = typer.Option(1, "--workers", min=1, max=64, help="Data-plane processes sharing the listeners (SO_REUSEPORT)."),
     dns: list[str] = typer.Option(
         [], "--dns", help="Serve DNS on HOST:PORT (repeatable; port 53 follows --port-map). Off when not given."
@@ -644,8 +647,25 @@ def run(
 
                 attach(rt, follower, receiver_address, inputs.variables)
         settings = Settings(access_log=access_log, access_log_format=access_log_format, reuse_port=workers > 1, max_memory=budget,
-                            access_log_dir=str(access_log_dir) if access_log_dir else None)
+                            access_log_dir=str(access_log_dir) if access_log_dir else None, flows=flows,
+                            request_stats=request_stats)
         dp = DataPlane(settings, BindPlan(pmap))
+        if request_stats:
+            rt.registry.register(dp.envoy_stats)
+        ring = dp.flow_ring
+        if ring is not None:
+            from homeplane.observe import flowapi
+
+            ring.node_name = node_name or ring.node_name
+            flowapi.attach(rt.admin, ring)
+            rt.status_extras["flows"] = lambda: {"capacity": ring.capacity, "stored": len(ring.entries), "seen": ring.last_seq}
+        from homeplane.observe import trace as tr
+        from homeplane.observe import web
+
+        dns_service: list[Any] = []  # set below when homeplane serves DNS
+        tr.attach(rt.admin, lambda: rt.current, lambda: dns_service[0].server.cfg if dns_service else None, dp.health_of)
+        web.attach(rt.admin, rt.status_doc, lambda: rt.current)
+        rt.status_extras["l4"] = lambda: {"mode": l4}
         rt.subscribe(dp.apply)
         rt.on_start.append(dp.start)
         rt.on_stop.append(dp.close)
@@ -676,6 +696,7 @@ def run(
             from homeplane.l4.proxy import UserspaceProxy
 
             proxy = UserspaceProxy(node_name=node_name, table_size=maglev_size)
+            proxy.flow_ring = ring
             rt.subscribe(proxy.apply)
             rt.on_start.append(proxy.start)
             rt.on_stop.append(proxy.close)
@@ -693,6 +714,8 @@ def run(
             except ValueError as e:
                 _fail(str(e))
             svc = DNSService(listen, dns_domain, dns_gateway, dns_upstream, cluster_domain, tuple(recursion), dns_rrl)
+            svc.server.flow_ring = ring
+            dns_service.append(svc)
             rt.subscribe(svc.apply)
             rt.on_start.append(svc.start)
             rt.on_stop.append(svc.close)
@@ -903,6 +926,178 @@ def reconcile(
     except OSError as e:
         _fail(f"no running homeplane at {admin} ({e})")
     typer.echo("► annotating GitRepository flux-system\n◎ waiting for the revision to be fetched and applied (see /status runtime.flux)")
+
+
+@app.command()
+def status(
+    admin: str = typer.Option("127.0.0.1:9901", "--admin", "--server", help="The running homeplane's admin endpoint (host:port)."),
+    output: str = typer.Option("text", "-o", "--output", help="text or json."),
+) -> None:
+    """One screen on a running homeplane, like ``cilium status``: every component with OK,
+    warning, error or disabled, and what is wrong. Exit 1 when a component is in error."""
+    import urllib.error
+    import urllib.request
+
+    from homeplane.observe.status import ERROR, overall, render, summarize
+
+    if output not in ("text", "json"):
+        _fail("-o must be text or json")
+    try:
+        with urllib.request.urlopen(f"http://{admin}/status", timeout=10) as r:
+            doc = json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        _fail(f"{admin}: HTTP {e.code}: {e.read().decode(errors='replace').strip()}", 1)
+        return
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        _fail(f"cannot reach homeplane's admin endpoint at {admin}: {getattr(e, 'reason', e)}", 1)
+        return
+    components = summarize(doc)
+    if output == "json":
+        typer.echo(json.dumps({"state": overall(components), "components": [c.to_json() for c in components]}, indent=2))
+    else:
+        for line in render(components, doc):
+            typer.echo(line)
+    if overall(components) == ERROR:
+        raise typer.Exit(1)
+
+
+connectivity_app = typer.Typer(help="End-to-end checks of a running homeplane (like `cilium connectivity test`).",
+                                no_args_is_help=True)
+app.add_typer(connectivity_app, name="connectivity")
+
+
+@connectivity_app.command("test")
+def connectivity_test(
+    admin: str = typer.Option("127.0.0.1:9901", "--admin", "--server", help="The running homeplane's admin endpoint (host:port)."),
+    only: list[str] = typer.Option([], "--only", help="route, dns or service (repeatable; default: all)."),
+    timeout: float = typer.Option(5.0, "--timeout", help="Seconds for each connection, request or query."),
+    output: str = typer.Option("text", "-o", "--output", help="text or json."),
+) -> None:
+    """Send real traffic to a running homeplane: a request per route and listener (the route's
+    host, path, method and headers), DNS queries for route and Service names, a connection to
+    every LoadBalancer IP. Failures are explained from the request's flow. Exit 1 on a failure."""
+    import urllib.error
+
+    from homeplane.observe import connectivity
+
+    kinds = {"route", "dns", "service"}
+    if output not in ("text", "json") or not set(only) <= kinds:
+        _fail("-o must be text or json; --only route, dns or service")
+    try:
+        report = connectivity.run(admin, timeout, (lambda k: k in only) if only else (lambda _k: True))
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        _fail(f"cannot reach homeplane's admin endpoint at {admin}: {getattr(e, 'reason', e)}", 1)
+        return
+    if output == "json":
+        typer.echo(json.dumps({"checks": [c.to_json() for c in report.checks], "failed": len(report.failed)}, indent=2))
+    else:
+        for line in report.render():
+            typer.echo(line)
+    if report.failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def trace(
+    url: str = typer.Argument(..., help="The request's URL (https://app.example.com/path)."),
+    path: list[Path] = typer.Option([], "-f", "--filename", help="Manifests to trace through (default: the current folder)."),
+    set_: list[str] = SetOpt,
+    vars_: list[Path] = VarsOpt,
+    source: str = typer.Option("lan", "--from", help="Where the request comes from: internet, lan, an address or a CIDR."),
+    method: str = typer.Option("GET", "-X", "--method"),
+    header: list[str] = typer.Option([], "-H", "--header", help="A request header, 'Name: value' (repeatable)."),
+    dns_domain: list[str] = typer.Option([], "--dns-domain", help="Gateway zone domain(s) homeplane's DNS serves."),
+    cluster_domain: Optional[str] = typer.Option(None, "--cluster-domain"),
+    admin: Optional[str] = typer.Option(None, "--admin", help="Ask a running homeplane (its Snapshot, DNS and live "
+                                        "endpoint health) instead of reading manifests."),
+    output: str = typer.Option("text", "-o", "--output", help="text or json."),
+    mode: str = ModeOpt,
+) -> None:
+    """The path of one request, step by step, with the object that made each decision: DNS,
+    tunnel, Gateway and listener, route and rule, policies, backend, endpoint. Exit 1 when the
+    request would not be served (no DNS answer, no route, no healthy endpoint, a broken policy)."""
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    from homeplane.observe import trace as tr
+
+    if output not in ("text", "json"):
+        _fail("-o must be text or json")
+    if admin:
+        params = [("url", url), ("from", source), ("method", method)] + [("header", h) for h in header]
+        try:
+            with urllib.request.urlopen(f"http://{admin}/api/v1/trace?" + urllib.parse.urlencode(params), timeout=30) as r:
+                result = tr.from_json(json.loads(r.read()))
+        except urllib.error.HTTPError as e:
+            body = e.read()
+            try:
+                msg = json.loads(body)["error"]
+            except (ValueError, KeyError, TypeError):
+                msg = f"HTTP {e.code}"
+            _fail(f"{admin}: {msg}", 1)
+            return
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            _fail(f"cannot reach homeplane's admin endpoint at {admin}: {getattr(e, 'reason', e)}", 1)
+            return
+    else:
+        try:
+            headers = [tr._header(h) for h in header]
+            res = run_pipeline(_inputs(path or [Path(".")], set_, vars_, "default", False, False, None, mode))
+            result = tr.trace(tr.context_from(res, dns_domains=dns_domain, cluster_domain=cluster_domain), url, method, headers, source)
+        except tr.TraceError as e:
+            _fail(str(e))
+            return
+    if output == "json":
+        typer.echo(json.dumps(result.to_json(), indent=2))
+    else:
+        for line in result.render():
+            typer.echo(line)
+    if result.outcome not in tr.GOOD_OUTCOMES:
+        raise typer.Exit(1)
+
+
+@app.command()
+def observe(
+    server: str = typer.Option("127.0.0.1:9901", "--server", "--admin", help="The running homeplane's admin endpoint (host:port)."),
+    last: Optional[int] = typer.Option(None, "--last", min=0, help="The newest N flows (default 20; with --follow, none)."),
+    follow: bool = typer.Option(False, "-f", "--follow", help="Keep printing flows as they happen."),
+    output: str = typer.Option("compact", "-o", "--output", help="compact, table, json (Hubble's flow fields) or jsonpb."),
+    namespace: list[str] = typer.Option([], "--namespace", help="Flows from or to this namespace."),
+    from_namespace: list[str] = typer.Option([], "--from-namespace"),
+    to_namespace: list[str] = typer.Option([], "--to-namespace"),
+    ip: list[str] = typer.Option([], "--ip", help="Flows from or to this address or CIDR."),
+    from_ip: list[str] = typer.Option([], "--from-ip"),
+    to_ip: list[str] = typer.Option([], "--to-ip"),
+    from_service: list[str] = typer.Option([], "--from-service"),
+    to_service: list[str] = typer.Option([], "--to-service", help="NAMESPACE/NAME (or NAME, in any namespace), by prefix."),
+    verdict: list[str] = typer.Option([], "--verdict", help="FORWARDED, DROPPED or ERROR."),
+    protocol: list[str] = typer.Option([], "--protocol", help="http, dns, tcp or udp."),
+    http_status: list[str] = typer.Option([], "--http-status", help="A code (404) or a class (5+)."),
+    http_method: list[str] = typer.Option([], "--http-method"),
+    http_path: list[str] = typer.Option([], "--http-path", help="A regular expression on the path."),
+    port: list[str] = typer.Option([], "--port"),
+    to_port: list[str] = typer.Option([], "--to-port"),
+    since: Optional[str] = typer.Option(None, "--since", help="A duration back from now (5m) or a time (RFC 3339)."),
+    until: Optional[str] = typer.Option(None, "--until"),
+) -> None:
+    """Show the flows a running homeplane saw, with ``hubble observe``'s filters: values of one flag
+    are alternatives, different flags must all match."""
+    from homeplane.observe.flowapi import ObserveError
+    from homeplane.observe.flowapi import observe as run_observe
+    from homeplane.observe.flows import FilterError
+
+    given = {"namespace": namespace, "from-namespace": from_namespace, "to-namespace": to_namespace, "ip": ip,
+             "from-ip": from_ip, "to-ip": to_ip, "from-service": from_service, "to-service": to_service, "verdict": verdict,
+             "protocol": protocol, "http-status": http_status, "http-method": http_method, "http-path": http_path,
+             "port": port, "to-port": to_port, "since": [since] if since else [], "until": [until] if until else []}
+    filters = [(k, v) for k, values in given.items() for v in values]
+    try:
+        run_observe(server, filters, last, follow, output, write=lambda line: typer.echo(line))
+    except (ObserveError, FilterError) as e:
+        _fail(str(e), 1)
+    except KeyboardInterrupt:
+        pass
 
 
 @app.command()

@@ -287,9 +287,11 @@ class Runtime:
             return 503, "text/plain", b"not ready: no configuration applied yet\n"
         return 200, "text/plain", b"ok\n"
 
-    def _status(self, _: str) -> tuple[int, str, bytes]:
+    def status_doc(self) -> dict[str, Any] | None:
+        """What ``/status`` serves: translation's report with the runtime's facts (None before
+        the first configuration)."""
         if self.current is None:
-            return 503, "application/json", b'{"error": "no configuration applied yet"}\n'
+            return None
         doc = dict(self.current.report)
         doc["runtime"] = {"servingVersion": self.version, "rejected": self.rejected}
         for name, fn in self.status_extras.items():
@@ -298,6 +300,12 @@ class Runtime:
             doc = json.loads(json.dumps(doc, default=str))  # a copy: the report itself stays translation's
             for patch in self.status_patches:
                 patch(doc)
+        return doc
+
+    def _status(self, _: str) -> tuple[int, str, bytes]:
+        doc = self.status_doc()
+        if doc is None:
+            return 503, "application/json", b'{"error": "no configuration applied yet"}\n'
         return 200, "application/json", json.dumps(doc, indent=2, default=str).encode() + b"\n"
 
     def _metrics(self, _: str) -> tuple[int, str, bytes]:
@@ -319,7 +327,7 @@ class Runtime:
         for fn in self.on_start:
             await fn()
         await self.reload("start")
-        log.info("admin endpoint on http://%s:%d (/healthz /readyz /status /metrics)", self.admin_host, self.admin.port)
+        log.info("admin endpoint on http://%s:%d (/healthz /readyz /status /metrics /ui)", self.admin_host, self.admin.port)
         notify(f"READY=1\nSTATUS=serving snapshot {self.version}")  # systemd Type=notify
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -66,6 +66,8 @@ class Gateway:
         self.call(self.dp.close())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(5)
+        if not self._thread.is_alive():
+            self.loop.close()  # its selector and wakeup descriptors: the suite runs in one process
 
 
 def closed_without_answer(port: int) -> bool:

@@ -242,3 +242,29 @@ def test_configured_maglev_table_size() -> None:
             assert who == names[tcp.pick(flow_key("127.0.0.1", lport, "TCP", False)).name]
     finally:
         p.close()
+
+
+def test_every_connection_is_a_flow() -> None:
+    from homeplane.observe.flows import FlowFilter, FlowRing
+
+    b = Backends(2)
+    p = Proxy()
+    p.p.flow_ring = ring = FlowRing(16, node_name="n1")
+    try:
+        p.apply(snapshot(manifests(b.ports)))
+        who, lport = tcp_ask("127.43.0.10", 7000, b"hello")
+        deadline = time.monotonic() + 5
+        while not ring.entries and time.monotonic() < deadline:
+            time.sleep(0.05)
+        (w,) = ring.read()
+        f = w["flow"]
+        assert f["verdict"] == "FORWARDED" and f["Type"] == "L3_L4" and w["node_name"] == "n1"
+        assert f["l4"]["TCP"]["source_port"] == lport and f["IP"]["source"] == "127.0.0.1"
+        names = {f"backend-{i}": port for i, port in enumerate(b.ports)}
+        assert f["l4"]["TCP"]["destination_port"] == names[who]  # the backend that answered
+        assert f["homeplane"]["bytes_in"] == 5 and f["homeplane"]["bytes_out"] > 0
+        assert f["destination_service"] == {"namespace": "apps", "name": "echo"} and f["destination"]["namespace"] == "apps"
+        assert ring.read(flt=FlowFilter.parse({"protocol": ["tcp"], "to-port": [str(names[who])]})) == [w]
+        assert ring.read(flt=FlowFilter.parse({"protocol": ["udp"]})) == []
+    finally:
+        p.close()

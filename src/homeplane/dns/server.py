@@ -21,6 +21,8 @@ from homeplane.dns.responder import FORWARD, MEMO_LIMIT, Responder
 from homeplane.dns.rrl import DROP as RRL_DROP
 from homeplane.dns.rrl import SLIP, RateLimiter
 from homeplane.dns.zones import ZoneData, compile_zones
+from homeplane.observe.flows import DNS as DNS_FLOW
+from homeplane.observe.flows import FlowRing
 from homeplane.translate.snapshot import Snapshot
 
 log = logging.getLogger("homeplane.dns")
@@ -39,6 +41,8 @@ class DNSServer:
         self._udp: list[MMsgBatch | SimpleBatch] = []
         self._servers: list[asyncio.base_events.Server] = []
         self.bound: list[tuple[str, int]] = []
+        self.flow_ring: FlowRing | None = None  # set by the runtime: a flow per query
+        self._local: dict[Any, tuple[str, int]] = {}  # UDP socket -> its address, for flows
 
     # --- configuration ------------------------------------------------------------------
 
@@ -88,6 +92,7 @@ class DNSServer:
             sock.setblocking(False)
             io = open_batch(sock)
             self._udp.append(io)
+            self._local[io] = (host, sock.getsockname()[1])
             self.loop.add_reader(sock.fileno(), self._udp_ready, io)
             actual = sock.getsockname()[1]
             srv = await asyncio.start_server(self._tcp, host, actual)
@@ -285,6 +290,10 @@ class DNSServer:
         hits = self.responder.stats.memo_hits
         clients = self.clients
         acl = self.acl.active
+        ring = self.flow_ring  # a flow per query: raw bytes into the ring, decoded only when read
+        record = ring.entries.append if ring is not None else None
+        seq = ring.seq if ring is not None else None
+        local = self._local.get(io)
         for _ in range(16):
             try:
                 datagrams = io.recv()
@@ -304,7 +313,10 @@ class DNSServer:
                     hit = memo.get(data[2:])
                     if hit is not None:
                         hits[hit[1]] = hits.get(hit[1], 0) + 1
-                        io.queue(i, data[:2] + hit[0])
+                        resp = data[:2] + hit[0]
+                        io.queue(i, resp)
+                        if record is not None:
+                            record((next(seq), DNS_FLOW, now, key, "udp", data, resp, local))  # type: ignore[arg-type]
                         continue
                 try:
                     resp = answer_now(data, "udp", client)
@@ -317,8 +329,13 @@ class DNSServer:
                         if limited:
                             resp = self.rate_limit(data, resp, key, now)
                             if resp is None:
+                                self.flow(key, "udp", data, None, local)
                                 continue
                         io.queue(i, resp)
+                        if record is not None:
+                            record((next(seq), DNS_FLOW, now, key, "udp", data, resp, local))  # type: ignore[arg-type]
+                    elif resp is None:
+                        self.flow(key, "udp", data, None, local)
                 except Exception:  # one query must never take the server down
                     log.exception("DNS query failed")
             io.flush()
@@ -333,11 +350,13 @@ class DNSServer:
             resp = wire.error_response(data, wire.SERVFAIL)
         if resp and limit_key is not None:
             resp = self.rate_limit(data, resp, limit_key, time.monotonic())
+        self.flow(addr[0], "udp", data, resp or None, self._local.get(io))
         if resp and io in self._udp:
             io.send_to(resp, addr)
 
     async def _tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername") or ("", 0)
+        local = writer.get_extra_info("sockname")
         try:
             client = self.client(packed(str(peer[0])), str(peer[0]))
         except OSError:
@@ -350,6 +369,7 @@ class DNSServer:
                 resp = self.answer_now(data, "tcp", client)
                 if resp is FORWARD:
                     resp = await self.forward(data, "tcp")
+                self.flow(str(peer[0]), "tcp", data, resp if isinstance(resp, bytes) and resp else None, local)
                 if isinstance(resp, bytes) and resp:
                     writer.write(struct.pack("!H", len(resp)) + resp)
                     await writer.drain()
@@ -359,6 +379,12 @@ class DNSServer:
             pass
         finally:
             writer.close()
+
+    def flow(self, client: bytes | str, proto: str, query: bytes, answer: bytes | None, local: Any) -> None:
+        """One flow record (answer None: the query was dropped)."""
+        ring = self.flow_ring
+        if ring is not None:
+            ring.entries.append((next(ring.seq), DNS_FLOW, time.monotonic(), client, proto, query, answer, local))
 
     # --- metrics (CoreDNS names) -----------------------------------------------------------
 

@@ -36,6 +36,11 @@ class Settings:
     access_log: bool = True
     access_log_format: str = "json"  # json (Envoy Gateway's fields) or text (Envoy's default line), when no EnvoyProxy says
     access_log_dir: str | None = None  # where an EnvoyProxy's File sinks may write (none: stdout only)
+    # per-request records beside the access log: Envoy's request metrics and the flow ring
+    # (observe/envoystats.py, observe/flows.py); off leaves the fast lane without a Python call
+    # per request when the access log is off too
+    request_stats: bool = True
+    flows: int = 4095  # flow ring capacity (Hubble's default); 0: no flows
     reuse_port: bool = False
     fast_lane: bool = True  # simple HTTP/1.1 requests served by _fastlane.c when it is built
     native_h2: bool = True  # HTTP/2 on nghttp2 (frontends/http2.c) with the fast lane, when it is built
@@ -146,10 +151,12 @@ class DataPlaneHooks(Protocol):
     auth: Any  # policies.auth.Auth
     log: logging.Logger
     overload: Any  # server.Overload
+    per_request: bool  # finished/access_line wanted for every request (access log, metrics, flows)
 
     def finished(self, ex: Any) -> None: ...
     def mirror(self, cluster: str, head: bytes) -> None: ...
     def access_line(self, **fields: Any) -> None: ...
+    def record(self, *fields: Any) -> None: ...
     def connection_opened(self, conn: Any, fresh: bool = True) -> None: ...
     def connection_closed(self, conn: Any) -> None: ...
     def count_protocol_error(self, status: int) -> None: ...

@@ -27,6 +27,9 @@ from homeplane.gateway.frontends.fastlane import Hooks, compile_table, make_nati
 from homeplane.gateway.frontends.fastlane import enabled as fastlane_enabled
 from homeplane.gateway.upstreams.health import run_checks
 from homeplane.observe.accesslog import AccessLogs, Record, first_values, request_headers
+from homeplane.observe.envoystats import EnvoyStats
+from homeplane.observe.flows import HTTP as FLOW_HTTP
+from homeplane.observe.flows import FlowRing
 from homeplane.gateway.frontends.http1 import Http1Connection
 from homeplane.gateway.frontends.http3 import new_session
 from homeplane.gateway.frontends.quic import QuicEndpoint
@@ -80,6 +83,7 @@ class PortServer:
         self.server: asyncio.base_events.Server | None = None
         self.ssl_ctx: ssl.SSLContext | None = None
         self.conns: set[Any] = set()  # open client connections on this port
+        self.cx_total = 0  # connections accepted (envoy_http_downstream_cx_total)
         self.started_with_preamble = False
         self.passthrough: PassthroughTable | None = None  # TLS passthrough (TLSRoutes) on this port
         self.splices: set[Splice] = set()  # passed-through connections
@@ -509,6 +513,10 @@ class DataPlane:
         self._sweeper: asyncio.Task[None] | None = None
         self._health: dict[str, asyncio.Task[None]] = {}
         self.stats = {"requests": 0, "protocol_errors": 0, "streams": 0}
+        st = self.settings
+        self.per_request = st.access_log or st.request_stats or st.flows > 0  # the lanes report each request
+        self.flow_ring: FlowRing | None = FlowRing(st.flows) if st.flows > 0 else None
+        self.envoy_stats = EnvoyStats(self)
         self.access = AccessLogs(self.settings.access_log_format, self.settings.access_log_dir)
         self.l4 = GatewayL4(self)  # TCP and UDP listeners (TCPRoute, UDPRoute)
         self.quic_draining: dict[tuple[str, int], QuicEndpoint] = {}  # QUIC sockets whose connections finish
@@ -675,6 +683,17 @@ class DataPlane:
 
     # --- hooks used by connections and exchanges --------------------------------------
 
+    def health_of(self, pool: str) -> dict[str, bool]:
+        """The endpoints of a backend pool as the data plane sees them now: "ip:port" -> may get
+        requests (health checks and outlier detection agree)."""
+        now = time.monotonic()
+        out: dict[str, bool] = {}
+        for c in list(self.clusters.values()):
+            if c.name == pool:
+                for e in c.endpoints:
+                    out[e.name] = out.get(e.name, True) and e.available(now)
+        return out
+
     def connection_opened(self, conn: Any, fresh: bool = True) -> None:
         """A client connection starts (``fresh``) or moves to another protocol object."""
         self.connections.add(conn)
@@ -682,6 +701,7 @@ class DataPlane:
         srv.conns.add(conn)
         if not fresh:
             return
+        srv.cx_total += 1
         if self.overload.refuse_connections or len(self.connections) > self.settings.max_connections or (
             srv.connection_limit is not None and len(srv.conns) > srv.connection_limit
         ):
@@ -716,9 +736,11 @@ class DataPlane:
 
     def finished(self, ex: Exchange) -> None:
         self.stats["requests"] += 1
+        if not self.per_request:
+            return
+        a = ex.action
+        gateway = str(ex.gateway)
         if self.settings.access_log:
-            a = ex.action
-            gateway = str(ex.gateway)
             ua = xff = None
             headers = None
             for n, v in ex.headers:  # the first of each, as Envoy's %REQ(...)% reads them
@@ -737,6 +759,23 @@ class DataPlane:
                 user_agent=ua, xff=xff, attempts=ex.attempts,
                 upstream_time=ex.upstream_time, cluster=ex.cluster.name if ex.cluster is not None else None, headers=headers,
             )
+        self.record(ex.table, gateway, ex.client_ip, ex.method, ex.host, ex.target, ex.conn.protocol, ex.status,
+                    time.monotonic() - ex.started, ex.endpoint.name if ex.endpoint else None,
+                    ex.cluster.name if ex.cluster is not None else None, ex.error or None, ex.attempts, ex.upstream_time,
+                    a.route_id if a else None, ex.conn.local_ip, ex.conn.scheme)
+
+    def record(self, table: PortTable | None, gateway: str, client: str, method: bytes, host: bytes, path: bytes, protocol: str,
+               status: int, duration: float, backend: str | None, cluster: str | None, error: str | None, attempts: int,
+               upstream_time: float | None, route: str | None, local_ip: str, scheme: bytes) -> None:
+        """Every request, whichever lane served it: Envoy's request metrics and a flow. Positional
+        and raw (bytes decoded only when a flow is read): this runs once per request."""
+        if self.settings.request_stats:
+            self.envoy_stats.request(table, gateway, protocol, status, duration, cluster, backend is not None, upstream_time,
+                                     error, route, attempts)
+        ring = self.flow_ring
+        if ring is not None:
+            ring.entries.append((next(ring.seq), FLOW_HTTP, time.time(), client, gateway, route, method, host, path, protocol,
+                                 status, duration, backend, cluster, error, table, local_ip, scheme, attempts))
 
     def access_line(
         self, *, gateway: str, client: str, method: str, host: str, path: str, protocol: str, status: int,
@@ -758,8 +797,12 @@ class DataPlane:
         """A TCP stream (TCPRoute, TLS terminated or passed through) or a UDP session ended: one
         access log line."""
         self.stats["streams"] += 1
+        duration = time.monotonic() - splice.started
+        if self.flow_ring is not None:
+            self.flow_ring.l4("UDP" if protocol.startswith("UDP") else "TCP", splice.peer, str(gateway), str(route) if route else None,
+                              endpoint.name if endpoint is not None else None, splice.bytes_in, splice.bytes_out, duration,
+                              sni=sni)
         if self.settings.access_log:
-            duration = time.monotonic() - splice.started
             self.access.write(Record(
                 start=time.time() - duration, duration=duration, gateway=str(gateway), route=str(route) if route else None,
                 protocol=protocol, client=splice.peer[0], sni=sni, bytes_in=splice.bytes_in, bytes_out=splice.bytes_out,

@@ -22,6 +22,7 @@ from typing import Any
 from homeplane.l4 import maglev
 from homeplane.l4.relay import Splice, UDPRelay
 from homeplane.l4.tables import Backend, ServiceTable, compile_tables, flow_key
+from homeplane.observe.flows import FlowRing
 from homeplane.translate.snapshot import Snapshot
 
 log = logging.getLogger("homeplane.l4")
@@ -64,6 +65,7 @@ class UserspaceProxy:
         self.health_interval = health_interval
         self._tasks: list[asyncio.Task[None]] = []
         self.tables: list[ServiceTable] = []
+        self.flow_ring: FlowRing | None = None  # set by the runtime: a flow per connection
 
     async def apply(self, snap: Snapshot) -> None:
         tables = compile_tables(snap, self.table_size, node_name=self.node_name)
@@ -98,13 +100,15 @@ class UserspaceProxy:
             lst.server.close()  # stop accepting; flows already running finish on their own
 
     def _accept(self, lst: _Listener) -> asyncio.Protocol:
-        flow = Splice(lambda f, peer: self._opened(f, lst, peer), self.flows.discard)
+        flow = Splice(lambda f, peer: self._opened(f, lst, peer), self._closed)
+        flow.context = (lst.table, None)
         self.flows.add(flow)
         return flow.client
 
     def _opened(self, flow: Splice, lst: _Listener, peer: tuple[str, int]) -> None:
         t = lst.table
         b = t.pick(flow_key(peer[0], peer[1], "TCP", t.session_affinity), self.unhealthy)
+        flow.context = (t, None)
         if b is None:
             flow.close()
             return
@@ -125,7 +129,15 @@ class UserspaceProxy:
                     return
                 tried.add(nxt.name)
                 b = nxt
+        flow.context = (t, b)
         flow.attach(pipe)
+
+    def _closed(self, flow: Splice) -> None:
+        self.flows.discard(flow)
+        if self.flow_ring is not None and flow.peer[0]:
+            t, b = flow.context
+            self.flow_ring.l4("TCP", flow.peer, str(t.service), None, b.name if b is not None else None, flow.bytes_in,
+                              flow.bytes_out, time.monotonic() - flow.started)
 
     async def start(self) -> None:
         self._tasks.append(asyncio.ensure_future(self._health()))

@@ -222,7 +222,7 @@ class Hooks:
         self.server = server
         self.dp: DataPlaneHooks = server.dp
         settings = self.dp.settings
-        self.access_log = settings.access_log
+        self.access_log = self.dp.per_request  # the C lane reports each request (access log, metrics, flows)
         self.headers_timeout = settings.request_headers_timeout
         self.idle_timeout = settings.idle_timeout
         # a new connection's protocol, called with no Python frame in between (per connection)
@@ -343,18 +343,25 @@ class Hooks:
             xff = conn.xff
             client = detect_client_ip(client, xff.decode("latin-1") if xff else None, conf.xff_hops, conf.xff_trusted)
         gateway = route.gateway or str(table.gateway)
-        headers = None
-        if gateway in self.dp.access.header_hungry and conn.req_head:
-            headers = request_headers(conn.req_head)  # as sent upstream: what %REQ(...)% reads in Envoy
-        self.dp.access_line(
-            gateway=gateway, client=client, method=conn.method.decode("latin-1"),
-            host=conn.host.decode("latin-1"), path=conn.target.decode("latin-1"), protocol=conn.protocol,
-            status=status, route=route.route_id, backend=ep.name if ep is not None else None,
-            duration=duration, bytes_in=bytes_in, bytes_out=bytes_out,
-            request_id=conn.request_id.decode("latin-1") if conn.request_id else None, error=error,
-            user_agent=conn.ua.decode("latin-1") if conn.ua else None, xff=conn.xff.decode("latin-1") if conn.xff else None,
-            attempts=conn.attempts, upstream_time=conn.up_time if conn.up_time >= 0 else None, cluster=route.cluster.name, headers=headers,
-        )
+        dp = self.dp
+        up_time = conn.up_time
+        if dp.settings.access_log:
+            headers = None
+            if gateway in dp.access.header_hungry and conn.req_head:
+                headers = request_headers(conn.req_head)  # as sent upstream: what %REQ(...)% reads in Envoy
+            dp.access_line(
+                gateway=gateway, client=client, method=conn.method.decode("latin-1"),
+                host=conn.host.decode("latin-1"), path=conn.target.decode("latin-1"), protocol=conn.protocol,
+                status=status, route=route.route_id, backend=ep.name if ep is not None else None,
+                duration=duration, bytes_in=bytes_in, bytes_out=bytes_out,
+                request_id=conn.request_id.decode("latin-1") if conn.request_id else None, error=error,
+                user_agent=conn.ua.decode("latin-1") if conn.ua else None, xff=conn.xff.decode("latin-1") if conn.xff else None,
+                attempts=conn.attempts, upstream_time=up_time if up_time >= 0 else None, cluster=route.cluster.name, headers=headers,
+            )
+        dp.record(table, gateway, client, conn.method, conn.host, conn.target, conn.protocol, status, duration,
+                  ep.name if ep is not None else None, route.cluster.name, error, conn.attempts,
+                  up_time if up_time >= 0 else None, route.route_id, self.server.host,
+                  b"https" if table.protocol == "HTTPS" else b"http")
 
 
 def served() -> int:

@@ -6,9 +6,11 @@ Every request the gateway serves is reported to Python once (also from the C fas
 otherwise finishes simple requests without a Python call when the access log is off): Envoy's
 counters and histograms, and a tuple in the flow ring. Every DNS query appends its query and
 answer bytes to the ring. The difference in CPU per request between "observing" and "quiet" is
-the cost of one record; nginx/unbound give the ratio users compare against.
+the cost of one record; nginx/unbound give the ratio users compare against. The three run in
+turn, several rounds, and the median of each is shown: one run against another on this
+machine varies more than the cost measured.
 
-    python bench/observe.py [--seconds 10] [--connections 50]
+    python bench/observe.py [--seconds 10] [--connections 50] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--connections", type=int, default=50)
+    ap.add_argument("--rounds", type=int, default=3, help="alternating runs per row; the median is shown")
     args = ap.parse_args()
     for tool in ("nginx", "wrk", "h2load", "openssl", "dnsperf", "unbound"):
         if shutil.which(tool) is None:
@@ -72,14 +75,17 @@ def main() -> None:
         procs.append(ng)
         wait_port("127.0.0.1", ng_tls)
         host = f"app{ROUTES - 1}.bench.test"
-        print(f"{ROUTES} HTTPRoutes, {args.connections} connections, {args.seconds} s per run")
+        print(f"{ROUTES} HTTPRoutes, {args.connections} connections, {args.seconds} s per run, median of {args.rounds} alternating rounds")
         print(f"{'traffic':<40} {'proxy':<10} {'req/s':>9} {'CPU µs/req':>10} {'vs nginx':>8} {'errors':>6}")
         for row in ("plain", "https", "h2"):
-            got = {}
-            for name, proc, plain, tls in (("observing", observing[0], observing[1], observing[2]),
-                                           ("quiet", quiet[0], quiet[1], quiet[2]), ("nginx", ng, ng_port, ng_tls)):
-                url = f"http://127.0.0.1:{plain}/api/items" if row == "plain" else f"https://127.0.0.1:{tls}/api/items"
-                got[name] = measure(lambda proc=proc: descendants(proc.pid), url, args.seconds, args.connections, host, run=runner(row))
+            runs: dict[str, list[dict[str, float]]] = {"observing": [], "quiet": [], "nginx": []}
+            for _ in range(args.rounds):  # alternated, the median kept: this machine drifts ±25 % between runs
+                for name, proc, plain, tls in (("observing", observing[0], observing[1], observing[2]),
+                                               ("quiet", quiet[0], quiet[1], quiet[2]), ("nginx", ng, ng_port, ng_tls)):
+                    url = f"http://127.0.0.1:{plain}/api/items" if row == "plain" else f"https://127.0.0.1:{tls}/api/items"
+                    runs[name].append(measure(lambda proc=proc: descendants(proc.pid), url, args.seconds, args.connections, host,
+                                              run=runner(row)))
+            got = {name: sorted(rs, key=lambda r: r["cpu_us_per_req"])[len(rs) // 2] for name, rs in runs.items()}
             n = got["nginx"]["cpu_us_per_req"]
             for name, r in got.items():
                 errs = int(r["non2xx"] + r["socket_errors"])

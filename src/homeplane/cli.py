@@ -464,6 +464,9 @@ def run(
     log_format: str = typer.Option("text", "--log-format", help="Process logs on stderr: text or json, one line each."),
     access_log_dir: Optional[Path] = typer.Option(None, "--access-log-dir", help="Where an EnvoyProxy's accessLog File sinks "
                                                   "may write (paths relative to it, or inside it); without it they go to stdout."),
+    unifi_stats: bool = typer.Option(False, "--unifi-stats/--no-unifi-stats", help="Poll the UniFi controller of the repo's "
+                                     "UniFi external-dns webhook and export unpoller's metrics (elected node)."),
+    unifi_stats_interval: float = typer.Option(30.0, "--unifi-stats-interval", min=1.0, help="Seconds between UniFi polls."),
     flows: int = typer.Option(4095, "--flows", min=0, max=1 << 20, help="Flows kept for `homeplane observe` (Hubble's ring; "
                               "0: none)."),
     request_stats: bool = typer.Option(True, "--request-stats/--no-request-stats", help="Envoy's per-request metrics."),
@@ -755,6 +758,14 @@ def run(
                 return 202, "application/json", json.dumps({"renewing": cid}).encode()
 
             rt.admin.api_route("/api/certificates/renew", renew_api)
+        if unifi_stats:
+            from homeplane.observe.unpoller import UnifiStats
+
+            stats = UnifiStats(lambda: rt.current, inputs.variables, unifi_stats_interval)
+            rt.subscribe(stats.apply)
+            rt.registry.register(stats)
+            controllers.append(stats)
+            rt.status_extras["unifiStats"] = stats.status
         from homeplane.store.leader import Elector
 
         async def lead() -> None:

@@ -20,7 +20,10 @@ def _samples(dp) -> dict[tuple[str, frozenset], float]:
     reg = CollectorRegistry()
     reg.register(dp.envoy_stats)
     out = {}
-    for fam in text_string_to_metric_families(generate_latest(reg).decode()):
+    families = list(text_string_to_metric_families(generate_latest(reg).decode()))
+    names = [f.name for f in families]
+    assert len(names) == len(set(names)), "each family once: its TYPE line names its own samples"
+    for fam in families:
         for s in fam.samples:
             out[(s.name, frozenset(s.labels.items()))] = s.value
     return out

@@ -149,6 +149,10 @@ def test_victoriametrics_scrapes_envoy_and_coredns_names(running: Running, tmp_p
         result = r.json()["data"]["result"]
         return float(result[0]["value"][1]) if result else None
 
+    from prometheus_client.parser import text_string_to_metric_families
+
+    families = [f.name for f in text_string_to_metric_families(httpx.get(f"http://{running.admin}/metrics").text)]
+    assert len(families) == len(set(families)), "one TYPE line per name, or Prometheus refuses the scrape"
     try:
         # at least what the fixture sent (the follow test may add to the HTTP ones)
         assert wait_for(lambda: (query("sum(envoy_http_downstream_rq_xx{envoy_response_code_class='4'})") or 0) >= HTTP_MISSING,

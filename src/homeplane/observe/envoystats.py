@@ -22,6 +22,7 @@ from typing import Any, Iterable
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from homeplane.observe.accesslog import response_flags
+from homeplane.observe.promnames import counter, sample
 
 # Envoy's default histogram buckets (ms)
 BUCKETS = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000, 600000, 1800000, 3600000)
@@ -115,55 +116,55 @@ class EnvoyStats:
 
     def collect(self) -> Iterable[Metric]:
         lbl = ["envoy_http_conn_manager_prefix", "gateway"]
-        total = _counter("envoy_http_downstream_rq_total", "Total requests")
-        by_class = _counter("envoy_http_downstream_rq_xx", "Responses by status class")
-        protos = {p: _counter(f"envoy_http_downstream_rq_{p}_total", f"Total {p.upper()} requests") for p in ("http1", "http2", "http3")}
+        total = counter("envoy_http_downstream_rq_total", "Total requests")
+        by_class = counter("envoy_http_downstream_rq_xx", "Responses by status class")
+        protos = {p: counter(f"envoy_http_downstream_rq_{p}_total", f"Total {p.upper()} requests") for p in ("http1", "http2", "http3")}
         hist = HistogramMetricFamily("envoy_http_downstream_rq_time", "Request time (ms)", labels=lbl)
         for key, row in sorted(self.listeners.items()):
             labels = self._labels(key)
-            total.add_sample(total.name, labels, sum(row.classes))
+            sample(total, labels, sum(row.classes))
             for cls in range(1, 6):
                 if row.classes[cls]:
-                    by_class.add_sample(by_class.name, {**labels, "envoy_response_code_class": str(cls)}, row.classes[cls])
+                    sample(by_class, {**labels, "envoy_response_code_class": str(cls)}, row.classes[cls])
             per_proto: dict[str, int] = {}
             for proto, n in row.protos.items():
                 p = _PROTO.get(proto, "http1")
                 per_proto[p] = per_proto.get(p, 0) + n
             for p, n in sorted(per_proto.items()):
-                protos[p].add_sample(protos[p].name, labels, n)
+                sample(protos[p], labels, n)
             hist.add_metric([labels[k] for k in lbl], row.time.buckets(), row.time.total)
         yield total
         yield by_class
         yield from protos.values()
         yield hist
         active = GaugeMetricFamily("envoy_http_downstream_cx_active", "Active connections", labels=lbl)
-        cx_total = _counter("envoy_http_downstream_cx_total", "Total connections")
+        cx_total = counter("envoy_http_downstream_cx_total", "Total connections")
         for srv in list(self.dp.servers.values()):
             labels = self._labels((srv.table.protocol, srv.table.port, str(srv.table.gateway)))
             active.add_metric([labels[k] for k in lbl], len(srv.conns))
-            cx_total.add_sample(cx_total.name, labels, srv.cx_total)
+            sample(cx_total, labels, srv.cx_total)
         yield active
         yield cx_total
         yield from self._clusters()
 
     def _clusters(self) -> Iterable[Metric]:
         name = "envoy_cluster_name"
-        rq_total = _counter("envoy_cluster_upstream_rq_total", "Total upstream requests")
-        rq = _counter("envoy_cluster_upstream_rq", "Upstream responses by status code")
-        rq_xx = _counter("envoy_cluster_upstream_rq_xx", "Upstream responses by status class")
-        fails = {stat: _counter(f"envoy_cluster_{stat}", stat.replace("_", " "))
+        rq_total = counter("envoy_cluster_upstream_rq_total", "Total upstream requests", typed=False)
+        rq = counter("envoy_cluster_upstream_rq", "Upstream responses by status code")
+        rq_xx = counter("envoy_cluster_upstream_rq_xx", "Upstream responses by status class")
+        fails = {stat: counter(f"envoy_cluster_{stat}", stat.replace("_", " "))
                  for stat in sorted(set(_FLAG_STATS.values()) | {"upstream_rq_retry"})}
         hist = HistogramMetricFamily("envoy_cluster_upstream_rq_time", "Upstream request time (ms)", labels=[name])
         for cluster, c in sorted(self.clusters.items()):
             classes: dict[int, int] = {}
             for code, n in sorted(c.codes.items()):
-                rq.add_sample(rq.name, {"envoy_response_code": str(code), name: cluster}, n)
+                sample(rq, {"envoy_response_code": str(code), name: cluster}, n)
                 classes[code // 100] = classes.get(code // 100, 0) + n
-            rq_total.add_sample(rq_total.name, {name: cluster}, sum(c.codes.values()))
+            sample(rq_total, {name: cluster}, sum(c.codes.values()))
             for cls, n in sorted(classes.items()):
-                rq_xx.add_sample(rq_xx.name, {"envoy_response_code_class": str(cls), name: cluster}, n)
+                sample(rq_xx, {"envoy_response_code_class": str(cls), name: cluster}, n)
             for stat, n in sorted(c.fails.items()):
-                fails[stat].add_sample(fails[stat].name, {name: cluster}, n)
+                sample(fails[stat], {name: cluster}, n)
             if c.codes:
                 hist.add_metric([cluster], c.time.buckets(), c.time.total)
         yield rq_total
@@ -192,7 +193,3 @@ def gateway_label(ref: str) -> str:
     return ref[8:] if ref.startswith("Gateway/") else ref
 
 
-def _counter(name: str, doc: str) -> Metric:
-    m = Metric(name, doc, "counter")
-    m.name = name  # keep Envoy's name as is (prometheus_client would strip a trailing _total)
-    return m

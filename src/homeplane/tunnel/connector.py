@@ -29,6 +29,7 @@ from typing import Any, Iterable, Protocol
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from homeplane.gateway.frontends import proxyproto
+from homeplane.observe.promnames import counter, sample
 from homeplane.tunnel import requests, wire
 from homeplane.tunnel.ingress import Ingress, Rule
 from homeplane.tunnel.mux import Pipe, Session, Stream
@@ -504,15 +505,15 @@ class _Metrics:
 
     def collect(self) -> Iterable[Metric]:
         c = self.c
-        total = Metric("cloudflared_tunnel_total_requests", "Amount of requests proxied through all the tunnels", "counter")
-        total.add_sample("cloudflared_tunnel_total_requests", {}, c.counts["requests"])
+        total = counter("cloudflared_tunnel_total_requests", "Amount of requests proxied through all the tunnels")
+        sample(total, {}, c.counts["requests"])
         yield total
-        errors = Metric("cloudflared_tunnel_request_errors", "Amount of errors due to proxying", "counter")
-        errors.add_sample("cloudflared_tunnel_request_errors", {}, c.counts["errors"])
+        errors = counter("cloudflared_tunnel_request_errors", "Amount of errors due to proxying")
+        sample(errors, {}, c.counts["errors"])
         yield errors
-        codes = Metric("cloudflared_tunnel_response_by_code", "Count of responses by HTTP status code", "counter")
+        codes = counter("cloudflared_tunnel_response_by_code", "Count of responses by HTTP status code")
         for code, n in sorted(c.by_code.items()):
-            codes.add_sample("cloudflared_tunnel_response_by_code", {"status_code": code}, n)
+            sample(codes, {"status_code": code}, n)
         yield codes
         yield GaugeMetricFamily("cloudflared_tunnel_ha_connections", "Number of active ha connections", value=c.connected)
         conc = GaugeMetricFamily("cloudflared_tunnel_concurrent_requests_per_tunnel",

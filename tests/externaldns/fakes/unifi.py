@@ -8,7 +8,11 @@ uses (its public source and Ubiquiti's API notes):
   (``/v2/api/site/…`` and ``/api/login`` on a controller not on a UniFi OS console);
 - records ``{_id, enabled, key, record_type, value, ttl, port, priority, weight}``; one value
   per record; a missing site or record is 404; an invalid record is 400 with
-  ``{"code": "api.err.…", "message": …}``.
+  ``{"code": "api.err.…", "message": …}``;
+- and the statistics unpoller reads (the classic API, also under ``/proxy/network``):
+  ``GET /api/stat/sites`` (each site with its ``health`` subsystems), ``GET /api/s/<site>/stat/sta``
+  (clients) and ``GET /api/s/<site>/stat/device``, answered ``{"meta": {"rc": "ok"}, "data": [...]}``;
+  an unknown site is 400 ``{"meta": {"rc": "error", "msg": "api.err.NoSiteContext"}, "data": []}``.
 """
 
 from __future__ import annotations
@@ -31,6 +35,10 @@ class FakeUnifi(JsonServer):
         self.sessions: dict[str, str] = {}  # cookie token -> csrf
         self.requests: list[tuple[str, str]] = []
         self.down = False
+        # statistics: the sites (with "name", "desc", "health"), and per site name the clients and devices
+        self.sites: list[dict[str, Any]] = [{"_id": "s1", "name": site, "desc": "Default", "health": []}]
+        self.clients: dict[str, list[dict[str, Any]]] = {site: []}
+        self.devices: dict[str, list[dict[str, Any]]] = {site: []}
 
     def add(self, key: str, rtype: str, value: str, ttl: int = 0) -> str:
         rid = uuid.uuid4().hex[:24]
@@ -62,6 +70,11 @@ class FakeUnifi(JsonServer):
             return 200, {"username": self.user}, {"Set-Cookie": f"TOKEN={token}; Path=/; HttpOnly", "X-Csrf-Token": csrf}
         if not self._authorized(method, headers):
             return err(401, "api.err.LoginRequired", "Unauthorized")
+        stats = ("" if self.external else "/proxy/network") + "/api/"
+        if path.startswith(stats) and method == "GET":
+            with self.lock:
+                self.requests.append((method, path))
+                return self._stats(path[len(stats):].split("/"))
         prefix = ("" if self.external else "/proxy/network") + "/v2/api/site/"
         if not path.startswith(prefix):
             return err(404, "api.err.NotFound", "not found")
@@ -95,6 +108,16 @@ class FakeUnifi(JsonServer):
             if len(parts) == 3:
                 return err(404, "api.err.StaticDnsNotFound", "record not found")
         return err(400, "api.err.InvalidPayload", f"unsupported {method}")
+
+    def _stats(self, parts: list[str]) -> tuple[int, Any, dict[str, str]]:
+        ok = lambda data: (200, {"meta": {"rc": "ok"}, "data": data}, {})  # noqa: E731
+        if parts == ["stat", "sites"]:
+            return ok(self.sites)
+        if len(parts) == 4 and parts[0] == "s" and parts[2] == "stat" and parts[3] in ("sta", "device"):
+            if parts[1] not in self.clients:
+                return 400, {"meta": {"rc": "error", "msg": "api.err.NoSiteContext"}, "data": []}, {}
+            return ok((self.clients if parts[3] == "sta" else self.devices)[parts[1]])
+        return 404, {"meta": {"rc": "error", "msg": "api.err.NotFound"}, "data": []}, {}
 
     @staticmethod
     def _valid(body: Any) -> dict[str, Any] | tuple[int, str, str]:

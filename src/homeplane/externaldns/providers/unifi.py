@@ -63,13 +63,14 @@ def unifi_config(inst: Instance, env: Mapping[str, str], timeout: float = 10.0) 
     )
 
 
-class UnifiProvider:
-    name = "unifi"
+class UnifiAPI:
+    """A session with a UniFi Network controller: an API key, or the legacy login with its
+    cookie and CSRF token (logged in again once when the session expires). Shared by the DNS
+    provider and the stats exporter (observe/unpoller.py)."""
 
     def __init__(self, cfg: UnifiConfig, transport: httpx.AsyncBaseTransport | None = None):
         self.cfg = cfg
         self.calls = 0
-        self.domain_filter = cfg.domain_filter
         headers = {"Accept": "application/json"}
         if cfg.api_key:
             headers["X-Api-Key"] = cfg.api_key
@@ -77,12 +78,11 @@ class UnifiProvider:
                                        verify=cfg.verify_tls, transport=transport)
         self._csrf = ""
         self._logged_in = False
-        self._ids: dict[tuple[str, str, str], list[str]] = {}  # (name, type, value) -> record ids
 
     @property
-    def _records_path(self) -> str:
-        base = "" if self.cfg.external_controller else "/proxy/network"
-        return f"{base}/v2/api/site/{self.cfg.site}/static-dns"
+    def prefix(self) -> str:
+        """Where the Network application's API is: under /proxy/network on a UniFi OS console."""
+        return "" if self.cfg.external_controller else "/proxy/network"
 
     async def close(self) -> None:
         await self._http.aclose()
@@ -124,6 +124,19 @@ class UnifiProvider:
             return r.json() if r.content else None
         except ValueError:
             raise ProviderError(f"unifi: {method} {path}: the answer is not JSON") from None
+
+
+class UnifiProvider(UnifiAPI):
+    name = "unifi"
+
+    def __init__(self, cfg: UnifiConfig, transport: httpx.AsyncBaseTransport | None = None):
+        super().__init__(cfg, transport)
+        self.domain_filter = cfg.domain_filter
+        self._ids: dict[tuple[str, str, str], list[str]] = {}  # (name, type, value) -> record ids
+
+    @property
+    def _records_path(self) -> str:
+        return f"{self.prefix}/v2/api/site/{self.cfg.site}/static-dns"
 
     async def records(self) -> list[Endpoint]:
         doc = await self._call("GET", self._records_path)

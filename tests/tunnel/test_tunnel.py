@@ -91,6 +91,28 @@ def test_https_through_the_tunnel_with_the_clients_address(world: dict, host: st
     assert headers["x-forwarded-for"].split(",")[-1].strip() == "127.0.0.5"  # the public client, not the connector
 
 
+def test_streams_are_flows_with_the_public_client(world: dict) -> None:
+    """Each tunnel stream is a flow (the public client, the rule, the origin), and the request
+    it carried a flow of the Gateway it reached; a rule's refusal is DROPPED."""
+    code, _, _ = _via_edge(world, "app.home.test", "/echo/flow-check", "--http1.1")
+    assert code == 200
+    assert _via_edge(world, "internal.home.test", "/", scheme="http")[0] == 403
+    admin = f"127.0.0.1:{world['home'].admin_port}"
+
+    def flows(**flt: str) -> list[dict]:
+        q = "&".join(f"{k}={v}" for k, v in flt.items())
+        return [w["flow"] for w in httpx.get(f"http://{admin}/api/v1/flows?last=200&{q}").json()["flows"]]
+
+    tunnel = wait_until(lambda: [f for f in flows(**{"from-ip": "127.0.0.5", "protocol": "tcp"})
+                               if (f["homeplane"].get("route") or "").startswith("tunnel ingress")], what="tunnel flows")
+    app = [f for f in tunnel if "sni app.home.test" in f["Summary"] and f["verdict"] == "FORWARDED"]
+    assert app and app[-1]["homeplane"]["bytes_in"] > 0 and app[-1]["homeplane"]["bytes_out"] > 0
+    refused = [f for f in tunnel if "sni internal.home.test" in f["Summary"]]
+    assert refused and refused[-1]["verdict"] == "DROPPED" and refused[-1]["drop_reason_desc"] == "POLICY_DENIED"
+    http = flows(**{"from-ip": "127.0.0.5", "protocol": "http", "http-path": "^/echo/flow-check$"})
+    assert http and http[-1]["verdict"] == "FORWARDED"  # the Gateway saw the public client
+
+
 def test_plain_http_port_and_catch_all_404(world: dict) -> None:
     code, body, _ = _via_edge(world, "app.home.test", "/echo/plain", scheme="http")
     assert code == 200 and body["target"] == "/echo/plain"

@@ -58,10 +58,12 @@ class FlowRing:
         self.node_name = node_name or socket.gethostname()
 
     def l4(self, proto: str, client: tuple[str, int], service: str, route: str | None, backend: str | None,
-           bytes_in: int, bytes_out: int, duration: float, error: str | None = None, sni: str | None = None) -> None:
-        """A TCP connection or UDP session that ended (``service``: the Service or Gateway it was for)."""
+           bytes_in: int, bytes_out: int, duration: float, error: str | None = None, sni: str | None = None,
+           reason: str | None = None) -> None:
+        """A TCP connection or UDP session that ended (``service``: the Service or Gateway it was
+        for; ``reason``: why it was refused, when it was)."""
         self.entries.append((next(self.seq), L4, time.time(), proto, client, service, route, backend, bytes_in, bytes_out,
-                             duration, error, sni))
+                             duration, error, sni, reason))
 
     @property
     def last_seq(self) -> int:
@@ -205,10 +207,10 @@ def _decode_http(e: tuple[Any, ...]) -> dict[str, Any]:
 
 
 def _decode_l4(e: tuple[Any, ...]) -> dict[str, Any]:
-    _, _, end, proto, client, service, route, backend, bytes_in, bytes_out, duration, error, sni = e
+    _, _, end, proto, client, service, route, backend, bytes_in, bytes_out, duration, error, sni, reason = e
     dst_ip, dst_port = _host_port(backend)
     svc = _split_ref(service) if service else None
-    verdict = "FORWARDED" if backend else "DROPPED"
+    verdict = "DROPPED" if reason or not backend else "FORWARDED"
     flow: dict[str, Any] = {
         "time": _rfc3339(end),
         "verdict": verdict,
@@ -226,8 +228,8 @@ def _decode_l4(e: tuple[Any, ...]) -> dict[str, Any]:
     }
     if svc:
         flow["destination_service"] = {"namespace": svc[0], "name": svc[1]}
-    if not backend:
-        flow["drop_reason_desc"] = "NO_SERVICE"
+    if verdict == "DROPPED":
+        flow["drop_reason_desc"] = reason or "NO_SERVICE"
     return flow
 
 

@@ -73,6 +73,7 @@ def attach_connector(rt: Any, dp: Any, edges: list[str], token_file: Path | None
                      ca_file=ca, local=GatewayOrigins(dp, cluster_domain or "cluster.local"))
     if explicit is not None:
         conn.set_ingress(explicit, str(config))
+    conn.flow_ring = getattr(dp, "flow_ring", None)
 
     async def follow(snapshot: Any) -> None:
         if explicit is None:

@@ -139,6 +139,7 @@ class Connector:
         self.slots = [Slot(i, edges[i % len(edges)]) for i in range(max(1, connections))]
         self.tasks: list[asyncio.Task[None]] = []
         self.pipes: set[Pipe] = set()
+        self.flow_ring: Any = None  # observe.flows.FlowRing: a flow per stream (set by `run`)
         self.stopping = False
         self.edge_ctx = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
         if insecure:
@@ -263,6 +264,7 @@ class Connector:
         ingress = self.ingress
         if ingress is None:
             log.info("tunnel: %s for %r refused: no ingress rules", opened.kind, opened.hostname)
+            self._flow(opened, None, None, time.monotonic(), "no ingress rules", "NO_SERVICE")
             self.counts["errors"] += 1
             self._count(503)
             stream.respond(503, end=True)
@@ -272,6 +274,7 @@ class Connector:
             path = await first_request_path(stream)
         rule = ingress.match(opened.hostname, path)
         if rule.scheme == "http_status":
+            self._flow(opened, rule, None, time.monotonic(), f"the rule answers {rule.status}", "POLICY_DENIED")
             self._count(rule.status)
             stream.respond(rule.status, end=True)
             return
@@ -285,7 +288,22 @@ class Connector:
             log.exception("tunnel: serving %s for %r failed", opened.kind, opened.hostname)
             self._fail(stream, opened, rule, 502, f"{type(e).__name__}: {e}")
 
+    def _flow(self, opened: wire.Open, rule: Rule | None, pipe: Pipe | None, started: float, why: str = "", reason: str = "") -> None:
+        """A flow for a stream that ended or was refused: the public client, the rule, the origin."""
+        ring = self.flow_ring
+        if ring is None:
+            return
+        route = f"tunnel ingress[{rule.index}] {rule.hostname or '*'}" if rule is not None else "tunnel (no ingress rules)"
+        origin = f"{rule.host}:{rule.port}" if rule is not None and rule.host else None
+        ring.l4("TCP", opened.client, "", route, origin, pipe.bytes_out if pipe else 0, pipe.bytes_in if pipe else 0,
+                time.monotonic() - started, why or None, opened.hostname or None, reason or None)
+
+    def _done(self, pipe: Pipe, opened: wire.Open, rule: Rule, started: float) -> None:
+        self.pipes.discard(pipe)
+        self._flow(opened, rule, pipe, started)
+
     def _fail(self, stream: Stream, opened: wire.Open, rule: Rule, status: int, why: str) -> None:
+        self._flow(opened, rule, None, time.monotonic(), why, "POLICY_DENIED" if status in (400, 403, 404) else "NO_SERVICE")
         self.counts["errors"] += 1
         self._count(status)
         log.warning("tunnel: %s from %s for %r: origin %s (ingress[%d]): %s", opened.kind, opened.client[0], opened.hostname,
@@ -326,10 +344,12 @@ class Connector:
             sni = rule.origin.server_name or (opened.hostname if rule.origin.match_sni_to_host else None) or rule.host
             # a Gateway of this very process: the bytes never leave it, nothing to verify
             ctx = self.origin_context(rule, opened.alpn, trusted=server is not None)
+        started = time.monotonic()
+        done = lambda p: self._done(p, opened, rule, started)  # noqa: E731
         if opened.kind == wire.KIND_HTTP and self.ingress is not None:
-            pipe: Pipe = HostGuard(stream, self.pipes.discard, self.ingress, rule, opened.hostname, opened.alpn)
+            pipe: Pipe = HostGuard(stream, done, self.ingress, rule, opened.hostname, opened.alpn)
         else:
-            pipe = Pipe(stream, on_done=self.pipes.discard)
+            pipe = Pipe(stream, on_done=done)
         self.pipes.add(pipe)
         try:
             if server is not None:

@@ -25,8 +25,55 @@ MAX_WAIT = 30.0
 MAX_LAST = 100_000
 
 
+MAX_WAITERS = 64  # long polls held at once; more are answered at once
+
+
+class _Arrivals:
+    """Long polls wait here. One task looks at the ring every 50 ms while anyone waits, so the
+    data planes never pay for waking readers, and a thousand followers cost one timer."""
+
+    def __init__(self, ring: FlowRing):
+        self.ring = ring
+        self.waiters = 0
+        self.event = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    async def _watch(self) -> None:
+        last = self.ring.last_seq
+        while self.waiters:
+            await asyncio.sleep(0.05)
+            if self.ring.last_seq != last:
+                last = self.ring.last_seq
+                event, self.event = self.event, asyncio.Event()
+                event.set()
+        self.task = None
+
+    async def wait_past(self, seq: int, seconds: float) -> None:
+        if seconds <= 0 or self.ring.last_seq > seq:
+            return
+        if self.waiters >= MAX_WAITERS:  # too many held: a short pause, so a follower does not spin
+            await asyncio.sleep(min(seconds, 1.0))
+            return
+        self.waiters += 1
+        if self.task is None:
+            self.task = asyncio.ensure_future(self._watch())
+        deadline = time.monotonic() + seconds
+        try:
+            while self.ring.last_seq <= seq:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                try:
+                    await asyncio.wait_for(self.event.wait(), left)
+                except asyncio.TimeoutError:
+                    return
+        finally:
+            self.waiters -= 1
+
+
 def attach(admin: Any, ring: FlowRing) -> None:
     """Serve ``ring`` at ``/api/v1/flows`` on the admin endpoint."""
+    arrivals = _Arrivals(ring)
 
     async def flows_api(method: str, target: str, _body: bytes, _headers: dict[str, str]) -> tuple[int, str, bytes]:
         if method not in ("GET", "HEAD"):
@@ -38,13 +85,13 @@ def attach(admin: Any, ring: FlowRing) -> None:
             last = _int(last_text, "last") if last_text else None
             if last is not None and last > MAX_LAST:
                 raise FilterError(f"last: at most {MAX_LAST}")
-            wait = min(float(query.pop("wait", ["0"])[-1] or 0), MAX_WAIT)
+            wait = float(query.pop("wait", ["0"])[-1] or 0)
+            if not 0 <= wait < float("inf"):  # (nan and negatives too)
+                raise FilterError("wait: seconds, 0 or more")
             flt = FlowFilter.parse(query)
         except (FilterError, ValueError) as e:
             return 400, "application/json", json.dumps({"error": str(e)}).encode() + b"\n"
-        deadline = time.monotonic() + max(wait, 0.0)
-        while ring.last_seq <= since and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        await arrivals.wait_past(since, min(wait, MAX_WAIT))
         head = ring.last_seq
         flows = ring.read(since, flt, last)
         doc = {"flows": flows, "next": head, "capacity": ring.capacity, "nodeName": ring.node_name,

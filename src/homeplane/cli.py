@@ -467,7 +467,7 @@ def run(
     unifi_stats: bool = typer.Option(False, "--unifi-stats/--no-unifi-stats", help="Poll the UniFi controller of the repo's "
                                      "UniFi external-dns webhook and export unpoller's metrics (elected node)."),
     unifi_stats_interval: float = typer.Option(30.0, "--unifi-stats-interval", min=1.0, help="Seconds between UniFi polls."),
-    flows: int = typer.Option(4095, "--flows", min=0, max=1 << 20, help="Flows kept for `homeplane observe` (Hubble's ring; "
+    flows: int = typer.Option(4095, "--flows", min=0, max=65535, help="Flows kept for `homeplane observe` (Hubble's ring; "
                               "0: none)."),
     request_stats: bool = typer.Option(True, "--request-stats/--no-request-stats", help="Envoy's per-request metrics."),
     workers: int = typer.Option(1, "--workers", min=1, max=64, help="Data-plane processes sharing the listeners (SO_REUSEPORT)."),

@@ -83,7 +83,7 @@ class Runtime:
                 self._transitions = json.loads(t.value)
             except ValueError:
                 self._transitions = {}
-        self.admin = AdminServer(self.admin_host, self.admin_port)
+        self.admin = AdminServer(self.admin_host, self.admin_port, check_host=True)
         self.admin.route("/healthz", lambda _: (200, "text/plain", b"ok\n"))
         self.admin.route("/readyz", self._readyz)
         self.admin.route("/status", self._status)

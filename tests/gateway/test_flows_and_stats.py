@@ -45,6 +45,11 @@ def test_flows_and_envoy_stats_say_what_happened(backend: Backend, fast_lane: bo
         for host, code in sent.items():
             assert httpx.get(g.url(80, "/echo"), headers={"host": host}, timeout=20).status_code == code
         httpx.get(g.url(80, "/echo?x=1"), headers={"host": "ok.test"}, timeout=20)
+        import socket
+
+        with socket.create_connection(("127.0.0.1", g.port(80)), timeout=10) as bad:  # refused as malformed: counted
+            bad.sendall(b"GET /a\x01b HTTP/1.1\r\nHost: ok.test\r\n\r\n")
+            assert bad.recv(100).startswith(b"HTTP/1.1 400")
         ring = g.dp.flow_ring
         assert ring is not None
         flows = ring.read()
@@ -88,6 +93,7 @@ def test_flows_and_envoy_stats_say_what_happened(backend: Backend, fast_lane: bo
         m = _samples(g.dp)
         prefix = {("envoy_http_conn_manager_prefix", "http-80"), ("gateway", "network/gw")}
         assert m[("envoy_http_downstream_rq_total", frozenset(prefix))] == 6
+        assert m[("envoy_http_downstream_cx_protocol_error", frozenset())] >= 1
         assert m[("envoy_http_downstream_rq_xx", frozenset(prefix | {("envoy_response_code_class", "5")}))] == 2
         assert m[("envoy_http_downstream_rq_xx", frozenset(prefix | {("envoy_response_code_class", "2")}))] == 2
         assert m[("envoy_http_downstream_rq_http1_total", frozenset(prefix))] == 6

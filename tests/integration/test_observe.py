@@ -100,6 +100,10 @@ def test_observe_filters_like_hubble(running: Running) -> None:
     assert gone.returncode == 1 and "cannot reach homeplane's admin endpoint" in gone.stderr
     refused = httpx.get(f"http://{running.admin}/api/v1/flows?color=blue")
     assert refused.status_code == 400 and "unknown filter 'color'" in refused.json()["error"]
+    # DNS rebinding: another site's name reaches nothing but the scrape and probe paths
+    assert httpx.get(f"http://{running.admin}/api/v1/flows", headers={"host": "rebind.example"}).status_code == 403
+    assert httpx.get(f"http://{running.admin}/ui", headers={"host": "rebind.example:80"}).status_code == 403
+    assert httpx.get(f"http://{running.admin}/metrics", headers={"host": "scraper-name"}).status_code == 200
 
 
 def test_observe_follows_new_flows(running: Running) -> None:
@@ -211,7 +215,11 @@ def test_connectivity_test_finds_the_broken_backend(tmp_path: Path) -> None:
     broken = (service("dead", dead) + route("broken", "[broken.home.test]", "\n    - backendRefs: [{name: dead, port: 80}]")
               + service("idle", backend.port, ready=False)
               + route("idle", "[idle.home.test]", "\n    - matches: [{path: {type: PathPrefix, value: /api}, method: POST}]"
-                      "\n      backendRefs: [{name: idle, port: 80}]"))
+                      "\n      backendRefs: [{name: idle, port: 80}]")
+              + route("rx", "[rx.home.test]", "\n    - matches: [{headers: [{type: RegularExpression, name: x-v, value: 'v[0-9]+'}]}]"
+                      "\n      backendRefs: [{name: a, port: 80}]")
+              + route("q", "[q.home.test]", "\n    - matches: [{queryParams: [{name: who, value: 'a b&c'}]}]"
+                      "\n      backendRefs: [{name: a, port: 80}]"))
     r = Running(tmp_path, backend.port, manifests=broken)
     try:
         out = subprocess.run([sys.executable, "-m", "homeplane", "connectivity", "test", "--admin", r.admin],
@@ -227,7 +235,10 @@ def test_connectivity_test_finds_the_broken_backend(tmp_path: Path) -> None:
                    for ln in fail), lines
         assert any(ln.startswith("[ok]   dns      route apps/r: app.home.test A") and ln.endswith("127.0.0.1") for ln in ok), lines
         assert any("dns      Service apps/a: a.apps.svc.cluster.local A" in ln for ln in ok), lines
-        assert lines[-1] == f"{len(ok)} passed, {len(fail)} failed, 0 skipped" and len(fail) == 2
+        skip = [ln for ln in lines if ln.startswith("[skip]")]
+        assert [ln.split()[2] for ln in skip] == ["apps/rx:"]  # only a regular expression could match it
+        assert any(ln.startswith("[ok]   route    apps/q: GET http://q.home.test:") and "/?who=a%20b%26c" in ln for ln in ok), lines
+        assert lines[-1] == f"{len(ok)} passed, {len(fail)} failed, 1 skipped" and len(fail) == 2
         as_json = json.loads(subprocess.run([sys.executable, "-m", "homeplane", "connectivity", "test", "--admin", r.admin,
                                              "-o", "json", "--only", "route"], capture_output=True, text=True, timeout=120).stdout)
         assert {c["kind"] for c in as_json["checks"]} == {"route"} and as_json["failed"] == 2

@@ -56,3 +56,37 @@ def test_parameters_are_checked() -> None:
     status, doc = get("last=5&protocol=dns")
     assert status == 200 and [w["flow"]["l7"]["dns"]["query"] for w in doc["flows"]] == ["?"] and doc["next"] == 1
     assert asyncio.run(admin.handler("POST", "/api/v1/flows", b"", {}))[0] == 405
+
+
+def test_filters_cannot_stall_and_output_cannot_steer_a_terminal() -> None:
+    from homeplane.observe.flows import FilterError, FlowFilter, compact, printable
+
+    flt = FlowFilter.parse({"http-path": ["(b+)+c"]})  # backtracking regexps take exponential time on this
+    flow = {"flow": {"l7": {"http": {"url": "http://x/" + "b" * 100_000, "code": 200, "method": "GET"}}}}
+    t0 = time.monotonic()
+    assert not flt.matches(flow) and time.monotonic() - t0 < 1
+    for bad in ("(a", "(a)\\1", "x" * 2000):  # RE2 has no backreferences, as Hubble's Go regexp
+        try:
+            FlowFilter.parse({"http-path": [bad]})
+            raise AssertionError(bad)
+        except FilterError as e:
+            assert "--http-path" in str(e)
+    assert printable("evil\x1b]0;PWNED\x07\x1b[2J\x9b") == "evil\\x1b]0;PWNED\\x07\\x1b[2J\\x9b"
+    ring = FlowRing(4)
+    ring.l4("TCP", ("127.0.0.1", 5), "", "r", None, 0, 0, 0.1, sni="a\x1b[2Jb")
+    line = compact(ring.read()[0])
+    assert "\x1b" not in line and "a\\x1b[2Jb" in line
+
+
+def test_the_admin_endpoint_refuses_other_sites_names() -> None:
+    import h11
+
+    from homeplane.observe.admin import AdminServer
+
+    admin = AdminServer("127.0.0.1", 0, check_host=True)
+
+    def allowed(host: str) -> bool:
+        return admin.host_allowed(h11.Request(method="GET", target="/status", headers=[("Host", host)]))
+
+    assert allowed("127.0.0.1:9901") and allowed("[::1]:9901") and allowed("localhost:9901") and allowed("192.168.1.5")
+    assert not allowed("attacker.example") and not allowed("attacker.example:9901")

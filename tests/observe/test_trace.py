@@ -240,3 +240,28 @@ spec:
     assert (t.outcome, t.status) == (ANSWERED, 418) and t.steps[-1].decision == "answers 418 by itself: directResponse (HTTPRouteFilter)"
     t = trace(ctx, "http://tea.example.org/", source="internet")
     assert t.outcome == UNREACHABLE and t.steps[-1].decision == "tea.example.org: no record in the public DNS"
+
+
+def test_odd_urls_are_refused_or_traced_not_crashed(example) -> None:
+    for url in ("https://a..b.home.example/", "https://" + "x" * 70 + ".home.example/", "https://[::1/", "https://bad host/"):
+        with pytest.raises(TraceError):
+            trace(example, url)
+    t = trace(example, "https://192.168.42.121:0/")
+    assert t.outcome == UNREACHABLE and "port 0" in t.steps[-1].decision
+    t = trace(example, "https://bücher.home.example/")
+    assert t.summary == "xn--bcher-kva.home.example does not resolve"
+    # the documentation ranges are the internet (Python's is_private counts them as private)
+    assert trace(example, "https://sonarr.home.example/", source="203.0.113.5").steps[0].decision == \
+        "sonarr.home.example: no record in the public DNS"
+
+
+def test_a_gateway_is_found_where_it_listens_on_this_machine(example) -> None:
+    """`homeplane run` binds a Gateway with LB-IPAM addresses on loopback, and its DNS answers
+    with that address: the live trace must know it."""
+    import dataclasses
+
+    gws = tuple(dataclasses.replace(g, bind_address="127.0.1.2") if g.ref.name == "envoy-internal" else g
+                for g in example.snapshot.gateways)
+    ctx = dataclasses.replace(example, snapshot=dataclasses.replace(example.snapshot, gateways=gws))
+    t = trace(ctx, "https://127.0.1.2/", headers=[("Host", "sonarr.home.example")])
+    assert t.steps[0].decision == "127.0.1.2:443 is Gateway network/envoy-internal" and t.outcome == FORWARDED

@@ -29,6 +29,7 @@ from homeplane.gateway.upstreams.health import run_checks
 from homeplane.observe.accesslog import AccessLogs, Record, first_values, request_headers
 from homeplane.observe.envoystats import EnvoyStats
 from homeplane.observe.flows import HTTP as FLOW_HTTP
+from homeplane.observe.flows import MAX_FIELD
 from homeplane.observe.flows import FlowRing
 from homeplane.gateway.frontends.http1 import Http1Connection
 from homeplane.gateway.frontends.http3 import new_session
@@ -774,7 +775,9 @@ class DataPlane:
                                      error, route, attempts)
         ring = self.flow_ring
         if ring is not None:
-            ring.entries.append((next(ring.seq), FLOW_HTTP, time.time(), client, gateway, route, method, host, path, protocol,
+            # (bytes slicing returns the object itself when it is short: no copy on the common path)
+            ring.entries.append((next(ring.seq), FLOW_HTTP, time.time(), client, gateway, route, method, host[:MAX_FIELD],
+                                 path[:MAX_FIELD], protocol,
                                  status, duration, backend, cluster, error, table, local_ip, scheme, attempts))
 
     def access_line(

@@ -8,7 +8,9 @@ parsing matters more than speed here). Handlers are plain functions from path to
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
+import socket
 from typing import Awaitable, Callable
 
 import h11
@@ -20,15 +22,18 @@ Handler = Callable[[str], tuple[int, str, bytes]]
 AsyncHandler = Callable[[str, str, bytes, dict[str, str]], Awaitable[tuple[int, str, bytes]]]
 
 _MAX_REQUEST = 16 * 1024
+OPEN_PATHS = frozenset(("/metrics", "/healthz", "/readyz"))  # for scrapers and probes, by any name
 
 
 class AdminServer:
-    def __init__(self, host: str, port: int, max_body: int = 0):
+    def __init__(self, host: str, port: int, max_body: int = 0, check_host: bool = False):
         self.host = host
+        self.check_host = check_host  # see host_allowed (not for webhooks other sites call by name)
         self.port = port
         self.max_body = max_body  # request bodies are read (up to this) only when > 0
         self.routes: dict[str, Handler] = {}
         self.api_routes: dict[str, AsyncHandler] = {}
+        self._names: set[str] | None = None
         self._server: asyncio.base_events.Server | None = None
 
     def route(self, path: str, handler: Handler) -> None:
@@ -98,9 +103,28 @@ class AdminServer:
         except h11.LocalProtocolError:
             pass
 
+    def host_allowed(self, req: h11.Request) -> bool:
+        """DNS rebinding: a web page the user opens could name its own domain and reach this
+        endpoint through the browser. The status page, flows and APIs answer only a Host that is
+        an address, localhost, this machine's name, or the name --admin gave."""
+        raw = next((v for k, v in req.headers if k == b"host"), b"").decode("latin-1").strip().lower()
+        host = raw[1:raw.find("]")] if raw.startswith("[") else raw.rsplit(":", 1)[0] if raw.count(":") == 1 else raw
+        if not host:
+            return True  # HTTP/1.0 without Host: not a browser
+        try:
+            ipaddress.ip_address(host)
+            return True
+        except ValueError:
+            pass
+        if self._names is None:
+            self._names = {"localhost", self.host.lower(), socket.gethostname().lower(), socket.getfqdn().lower()}
+        return host.rstrip(".") in self._names
+
     async def _dispatch_any(self, req: h11.Request, body: bytes) -> tuple[int, str, bytes]:
         target = req.target.decode("latin-1")
         path = target.split("?", 1)[0]
+        if self.check_host and path not in OPEN_PATHS and not self.host_allowed(req):
+            return 403, "text/plain", b"Host not allowed: use an address, localhost or this machine's name\n"
         api = self.api_routes.get(path)
         if api is None and "/" in path[1:]:
             api = self.api_routes.get(path[: path.index("/", 1) + 1])

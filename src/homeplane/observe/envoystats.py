@@ -145,6 +145,9 @@ class EnvoyStats:
             sample(cx_total, labels, srv.cx_total)
         yield active
         yield cx_total
+        perr = counter("envoy_http_downstream_cx_protocol_error", "Requests refused as malformed (400, 414, 431), all listeners")
+        sample(perr, {}, self.dp.stats.get("protocol_errors", 0))
+        yield perr
         yield from self._clusters()
 
     def _clusters(self) -> Iterable[Metric]:

@@ -131,6 +131,8 @@ def fetch(admin: str, params: list[tuple[str, str]], timeout: float = 40.0) -> d
         raise ObserveError(msg) from None
     except (urllib.error.URLError, OSError) as e:
         raise ObserveError(f"cannot reach homeplane's admin endpoint at {admin}: {getattr(e, 'reason', e)}") from None
+    except ValueError:
+        raise ObserveError(f"{admin} did not answer with flows: is it homeplane's admin endpoint?") from None
 
 
 def observe(admin: str, filters: list[tuple[str, str]], last: int | None, follow: bool, output: str,

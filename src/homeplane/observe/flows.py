@@ -32,7 +32,9 @@ from homeplane.observe.envoystats import gateway_label
 
 HTTP, L4, DNS = 1, 2, 3
 DEFAULT_CAPACITY = 4095  # Hubble's default ring (hubble-event-buffer-capacity)
-MAX_CAPACITY = 1 << 20
+MAX_CAPACITY = 65535  # Hubble's largest
+MAX_FIELD = 2048  # bytes of a path or host kept in a flow (clients choose them; the ring is bounded in bytes too)
+MAX_PATTERN = 1024
 
 # Cilium's reserved identities
 _HOST, _WORLD = 1, 2
@@ -418,12 +420,7 @@ class FlowFilter:
                lambda f, m: "http" in f.get("l7", {}) and m(f["l7"]["http"]["code"]))
         any_of([v.upper() for v in get["http-method"]],
                lambda f, v: f.get("l7", {}).get("http", {}).get("method", "").upper() == v)
-        import re
-
-        try:
-            paths = [re.compile(v) for v in get["http-path"]]
-        except re.error as e:
-            raise FilterError(f"--http-path: {e}") from None
+        paths = [_re2(v) for v in get["http-path"]]
         any_of(paths, lambda f, rx: "http" in f.get("l7", {}) and rx.search(_url_path(f["l7"]["http"]["url"])) is not None)
         for v in get["port"] + get["to-port"]:
             if not v.isdigit() or not 0 < int(v) < 65536:
@@ -437,6 +434,22 @@ class FlowFilter:
             until = parse_time(get["until"][-1], now)
             checks.append(lambda f: _flow_time(f) <= until)
         return cls(checks)
+
+
+def _re2(pattern: str) -> Any:
+    """``--http-path`` in RE2, as Hubble's Go regexp: linear time whatever the pattern, so a
+    filter cannot stall the process (Python's backtracking ``re`` can, on ``(b+)+c``)."""
+    import re2
+
+    if len(pattern) > MAX_PATTERN:
+        raise FilterError(f"--http-path: longer than {MAX_PATTERN} characters")
+    opts = re2.Options()
+    opts.log_errors = False
+    try:
+        return re2.compile(pattern, opts)
+    except re2.error as e:
+        msg = e.args[0].decode(errors="replace") if e.args and isinstance(e.args[0], bytes) else str(e)
+        raise FilterError(f"--http-path: {msg}") from None
 
 
 def _protocol_is(f: Mapping[str, Any], proto: str) -> bool:
@@ -460,6 +473,14 @@ def _url_path(url: str) -> str:
 
 
 # --- output (hubble observe -o compact | table | json) ----------------------------------------------
+
+
+_UNPRINTABLE = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F, *range(0x80, 0xA0)]}
+
+
+def printable(text: str) -> str:
+    """A client's bytes for a terminal: control characters (escape sequences) written as \\xNN."""
+    return text.translate(_UNPRINTABLE)
 
 
 def _endpoint_text(ep: Mapping[str, Any], ip: str, port: int | None) -> str:
@@ -491,7 +512,7 @@ def compact(wrapped: Mapping[str, Any]) -> str:
     src = _endpoint_text(f.get("source", {}), f["IP"]["source"], sport)
     dst = _endpoint_text(f.get("destination", {}), f["IP"]["destination"], dport)
     verdict = f["verdict"] + (f" {f['drop_reason_desc']}" if f.get("drop_reason_desc") else "")
-    return f"{_stamp(f)}: {src} -> {dst} {_kind(f)} {verdict} ({f['Summary']})"
+    return printable(f"{_stamp(f)}: {src} -> {dst} {_kind(f)} {verdict} ({f['Summary']})")
 
 
 TABLE_HEADER = ("TIMESTAMP", "SOURCE", "DESTINATION", "TYPE", "VERDICT", "SUMMARY")
@@ -500,5 +521,6 @@ TABLE_HEADER = ("TIMESTAMP", "SOURCE", "DESTINATION", "TYPE", "VERDICT", "SUMMAR
 def table_row(wrapped: Mapping[str, Any]) -> tuple[str, ...]:
     f = wrapped["flow"]
     sport, dport = _ports(f)
-    return (_stamp(f), _endpoint_text(f.get("source", {}), f["IP"]["source"], sport),
-            _endpoint_text(f.get("destination", {}), f["IP"]["destination"], dport), _kind(f), f["verdict"], f["Summary"])
+    return tuple(printable(x) for x in (
+        _stamp(f), _endpoint_text(f.get("source", {}), f["IP"]["source"], sport),
+        _endpoint_text(f.get("destination", {}), f["IP"]["destination"], dport), _kind(f), f["verdict"], f["Summary"]))

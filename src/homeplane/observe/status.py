@@ -95,8 +95,10 @@ def _routes(doc: dict[str, Any]) -> Component:
         ok = bool(parents) and all(p.get("accepted") and p.get("resolvedRefs", True) for p in parents)
         accepted += ok
         if not ok:
-            why = "; ".join(f"{p.get('gateway')}: {p.get('reason')} {p.get('message', '')}".strip() for p in parents
-                            if not (p.get("accepted") and p.get("resolvedRefs", True))) or "attached to no Gateway"
+            why = "; ".join(
+                f"{p.get('gateway')}: {p.get('reason')} {p.get('message', '')}".strip() if not p.get("accepted")
+                else f"{p.get('gateway')}: ResolvedRefs False (a backend is missing or not allowed: see `homeplane describe`)"
+                for p in parents if not (p.get("accepted") and p.get("resolvedRefs", True))) or "attached to no Gateway"
             problems.append(f"{r.get('namespace')}/{r.get('name')}: {why}")
     state = OK if accepted == len(routes) else WARNING if accepted else ERROR
     return Component("Routes", state, f"{accepted}/{len(routes)} accepted", problems)

@@ -124,12 +124,25 @@ def client_address(source: str) -> str:
 
 
 def trace(ctx: Context, url: str, method: str = "GET", headers: Iterable[tuple[str, str]] = (), source: str = "lan") -> Trace:
-    parts = urlsplit(url if "://" in url else f"https://{url}")
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise TraceError(f"{url!r}: an http:// or https:// URL with a host name")
-    host = parts.hostname.lower().rstrip(".")
     try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
+        parts = urlsplit(url if "://" in url else f"https://{url}")
+        hostname = parts.hostname
+    except ValueError as e:
+        raise TraceError(f"{url!r}: {e}") from None
+    if parts.scheme not in ("http", "https") or not hostname:
+        raise TraceError(f"{url!r}: an http:// or https:// URL with a host name")
+    host = hostname.lower().rstrip(".")
+    if _literal(host) is None:
+        from homeplane.tunnel.wire import valid_hostname
+
+        try:  # a name as it goes on the wire (IDNA), each label checked as DNS would
+            host = host.encode("idna").decode("ascii")
+        except UnicodeError as e:
+            raise TraceError(f"{url!r}: {hostname!r} is not a valid host name ({e})") from None
+        if not valid_hostname(host):
+            raise TraceError(f"{url!r}: {hostname!r} is not a valid host name")
+    try:
+        port = parts.port if parts.port is not None else (443 if parts.scheme == "https" else 80)
     except ValueError:
         raise TraceError(f"{url!r}: the port is not a number from 0 to 65535") from None
     t = Trace(method.upper(), url, source, client_address(source))
@@ -159,11 +172,19 @@ def _literal(host: str) -> str | None:
         return None
 
 
+_PRIVATE = tuple(ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "127.0.0.0/8",
+                                                  "169.254.0.0/16", "fc00::/7", "fe80::/10", "::1/128"))
+
+
 def _private(ip: str) -> bool:
+    """A home or link address (RFC 1918, CGNAT, ULA, loopback, link-local). The documentation
+    ranges (RFC 5737, where ``--from internet`` comes from) count as the internet here, though
+    Python's ``is_private`` says otherwise."""
     try:
-        return ipaddress.ip_address(ip).is_private
+        a = ipaddress.ip_address(ip)
     except ValueError:
         return False
+    return any(a.version == n.version and a in n for n in _PRIVATE)
 
 
 def _records_for(published: Iterable[Published], name: str) -> list[Published]:
@@ -211,11 +232,16 @@ def _resolve(ctx: Context, t: Trace, host: str, internet: bool) -> str | None:
 
 
 def _homeplane_dns(ctx: Context, t: Trace, host: str) -> str | None:
+    import dns.exception
     import dns.message
+    import dns.rcode
 
     from homeplane.dns.responder import FORWARD, Responder
 
-    query = dns.message.make_query(host, "A")
+    try:
+        query = dns.message.make_query(host, "A")
+    except dns.exception.DNSException as e:
+        raise TraceError(f"{host!r} is not a valid DNS name: {e}") from None
     resp = Responder(ctx.zones).respond(query.to_wire(), "tcp")
     if resp is FORWARD or not isinstance(resp, bytes):
         return None
@@ -264,7 +290,8 @@ def _through_tunnel(ctx: Context, t: Trace, host: str, parts: Any, target: str) 
 def _at_address(ctx: Context, t: Trace, address: str, port: int, scheme: str, host: str, parts: Any,
                 headers: Iterable[tuple[str, str]]) -> Trace:
     for gw in ctx.snapshot.gateways:
-        if address in gw.reachable_addresses or address in gw.addresses:
+        # its own addresses, or where it listens on this machine (homeplane's DNS answers that)
+        if address in gw.addresses or address == gw.bind_address:
             if _private(address) and t.internet:
                 t.add("Network", f"{address} is a private address: not reachable from the internet")
                 return t.end(UNREACHABLE, f"{address} is private; publish the route through the tunnel or a public address")

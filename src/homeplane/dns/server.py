@@ -381,10 +381,13 @@ class DNSServer:
             writer.close()
 
     def flow(self, client: bytes | str, proto: str, query: bytes, answer: bytes | None, local: Any) -> None:
-        """One flow record (answer None: the query was dropped)."""
+        """One flow record (answer None: the query was dropped). A TCP message may be 64 KiB: the
+        ring keeps at most 4 KiB of each, so it stays bounded in bytes (a cut answer is shown as
+        unreadable)."""
         ring = self.flow_ring
         if ring is not None:
-            ring.entries.append((next(ring.seq), DNS_FLOW, time.monotonic(), client, proto, query, answer, local))
+            ring.entries.append((next(ring.seq), DNS_FLOW, time.monotonic(), client, proto, query[:4096],
+                                 answer[:4096] if answer else answer, local))
 
     # --- metrics (CoreDNS names) -----------------------------------------------------------
 

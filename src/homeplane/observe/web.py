@@ -42,17 +42,27 @@ def attach(admin: Any, status_doc: Callable[[], dict[str, Any] | None], current:
     admin.route("/api/v1/ui-summary", ui_summary)
 
 
+_published: tuple[Any, list[dict[str, Any]]] = (None, [])  # (the result they were computed for, the records)
+
+
 def published(result: Any) -> list[dict[str, Any]]:
+    """The records external-dns instances publish, computed once per served configuration (the
+    page asks every few seconds)."""
+    global _published
     if result is None:
         return []
+    if _published[0] is result:
+        return _published[1]
     from homeplane.observe.trace import context_from
 
     try:
         ctx = context_from(result)
     except Exception:  # the page must not fail on a record source's bug
         return []
-    return [{"name": r.name, "type": r.type, "targets": list(r.targets), "instance": f"{r.instance} ({r.provider})",
-             "resource": r.resource} for r in sorted(ctx.published, key=lambda r: (r.name, r.type))]
+    records = [{"name": r.name, "type": r.type, "targets": list(r.targets), "instance": f"{r.instance} ({r.provider})",
+                "resource": r.resource} for r in sorted(ctx.published, key=lambda r: (r.name, r.type))]
+    _published = (result, records)
+    return records
 
 
 def certificates(doc: dict[str, Any]) -> list[dict[str, Any]]:

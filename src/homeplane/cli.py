@@ -919,6 +919,9 @@ app.add_typer(_dns_app, name="dns")
 from homeplane.certs.cli import app as _certs_app  # noqa: E402
 
 app.add_typer(_certs_app, name="certs")
+from homeplane.policy.cli import app as _policy_app  # noqa: E402
+
+app.add_typer(_policy_app, name="policy")
 
 
 @app.command()

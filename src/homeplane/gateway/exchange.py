@@ -33,6 +33,7 @@ from homeplane.gateway.routing.paths import Verdict, is_canonical, match_path, n
 from homeplane.gateway.routing.router import normalize_host, valid_host
 from homeplane.gateway.upstreams.connect import connect
 from homeplane.gateway.upstreams.pool import PooledConnection
+from homeplane.policy.verdict import ACCESS_DENIED
 from homeplane.translate import snapshot as ir
 
 if TYPE_CHECKING:
@@ -394,8 +395,14 @@ class Exchange:
         self.weighted = wc
         cluster = self.dp.clusters.get(wc.cluster)
         if cluster is None or not cluster.endpoints:
-            self.error = "no healthy upstream"
+            denied = cluster is not None and cluster.pool.policy_denied
+            self.error = "network policy denied every endpoint" if denied else "no healthy upstream"
             self.respond_simple(503, b"no healthy upstream\n")
+            return
+        if cluster.pool.policy_http is not None and not self._policy_allows(cluster.pool.policy_http):
+            # Cilium's L7 rules for traffic from this gateway: its proxy answers 403
+            self.error = "network policy denied the HTTP request"
+            self.respond_simple(403, ACCESS_DENIED, [(b"content-type", b"text/plain")])
             return
         self.cluster = cluster
         if cluster.active_requests() >= cluster.config.max_requests:
@@ -414,6 +421,12 @@ class Exchange:
                 if self.body_done:
                     self._mirror_with_body()
         self._attempt()
+
+    def _policy_allows(self, groups: tuple[tuple[Any, ...], ...]) -> bool:
+        hmap = self.info.headers if self.info is not None else {}
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in hmap.items()}
+        method, target, host = self.method.decode("latin-1"), self.target.decode("latin-1"), self.host.decode("latin-1")
+        return all(any(r.matches(method, target, host, headers) for r in group) for group in groups)
 
     def run_lua_request(self, action: RouteAction) -> bool:
         """envoy_on_request of each script (EG runs Lua after authentication); False when a

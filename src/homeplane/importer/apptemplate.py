@@ -55,8 +55,33 @@ def _primary_port(svc: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
+_WORKLOAD_KINDS = {"deployment": "Deployment", "statefulset": "StatefulSet", "daemonset": "DaemonSet"}
+
+
+def _workloads(release: str, namespace: str, name: str, fullname: str, controllers: dict[str, dict[str, Any]],
+               values: dict[str, Any], tpl: Callable[[Any], Any]) -> list[dict[str, Any]]:
+    """The controllers' pod templates (their labels only): who network policies select. Jobs and
+    CronJobs run no pods behind Services and are left out."""
+    out = []
+    default_labels = ((values.get("defaultPodOptions") or {}).get("labels")) or {}
+    for cid, ctrl in sorted(controllers.items()):
+        kind = _WORKLOAD_KINDS.get(str(ctrl.get("type") or "deployment").lower())
+        if kind is None:
+            continue
+        selector = {"app.kubernetes.io/name": name, "app.kubernetes.io/instance": release, "app.kubernetes.io/controller": cid}
+        labels = {k: str(tpl(v)) for k, v in {**default_labels, **((ctrl.get("pod") or {}).get("labels") or {})}.items()}
+        labels.update(selector)
+        out.append({
+            "apiVersion": "apps/v1", "kind": kind,
+            "metadata": {"name": resource_name(fullname, cid, ctrl, len(controllers), tpl), "namespace": namespace},
+            "spec": {"selector": {"matchLabels": selector}, "template": {"metadata": {"labels": labels}}},
+        })
+    return out
+
+
 def render(release: str, namespace: str, values: dict[str, Any], warn: Callable[[str], None]) -> list[dict[str, Any]]:
-    """Service and HTTPRoute objects for one app-template release."""
+    """Service and HTTPRoute objects for one app-template release, and its controllers' pod
+    templates (Deployments, StatefulSets, DaemonSets with their labels)."""
 
     def tpl(v: Any) -> Any:
         try:
@@ -116,6 +141,7 @@ def render(release: str, namespace: str, values: dict[str, Any], warn: Callable[
             meta["annotations"] = {k: str(tpl(v)) for k, v in svc["annotations"].items()}
         out.append({"apiVersion": "v1", "kind": "Service", "metadata": meta, "spec": spec})
 
+    out += _workloads(release, namespace, name, fullname, controllers, values, tpl)
     routes = _enabled(values.get("route"))
     for ident, route in sorted(routes.items()):
         rname = resource_name(fullname, ident, route, len(routes), tpl)

@@ -23,6 +23,7 @@ from homeplane.l4 import maglev
 from homeplane.l4.relay import Splice, UDPRelay
 from homeplane.l4.tables import Backend, ServiceTable, compile_tables, flow_key
 from homeplane.observe.flows import FlowRing
+from homeplane.policy.enforce import Verdicts
 from homeplane.translate.snapshot import Snapshot
 
 log = logging.getLogger("homeplane.l4")
@@ -51,7 +52,8 @@ class _Listener:
 
     def pick_udp(self, proxy: UserspaceProxy, addr: Any) -> tuple[str, int, Any] | None:
         t = self.table
-        b = t.pick(flow_key(addr[0], addr[1], "UDP", t.session_affinity), proxy.unhealthy)
+        exclude, _ = proxy.excluded(addr[0], t)
+        b = t.pick(flow_key(addr[0], addr[1], "UDP", t.session_affinity), exclude)
         return (b.address, b.port, None) if b is not None else None
 
 
@@ -66,10 +68,23 @@ class UserspaceProxy:
         self._tasks: list[asyncio.Task[None]] = []
         self.tables: list[ServiceTable] = []
         self.flow_ring: FlowRing | None = None  # set by the runtime: a flow per connection
+        self.verdicts: Verdicts | None = None  # network policy: which backends a client may reach
+
+    def excluded(self, client_ip: str, t: ServiceTable) -> tuple[frozenset[str], str | None]:
+        """Backends a new flow from this client must not get: unhealthy ones, and those network
+        policy refuses it (with the reason, when it refuses them all)."""
+        if self.verdicts is None:
+            return self.unhealthy, None
+        allowed, why = self.verdicts.allowed_backends(client_ip, t)
+        if len(allowed) == len(t.backends):
+            return self.unhealthy, None
+        refused = frozenset(b.name for b in t.backends if b.name not in allowed)
+        return self.unhealthy | refused, (why if not allowed else None)
 
     async def apply(self, snap: Snapshot) -> None:
         tables = compile_tables(snap, self.table_size, node_name=self.node_name)
         self.tables = tables
+        self.verdicts = Verdicts(snap.network_policy, snap) if snap.network_policy is not None else None
         wanted: dict[tuple[str, int, str], ServiceTable] = {}
         for t in tables:
             for vip in t.vips:
@@ -101,20 +116,23 @@ class UserspaceProxy:
 
     def _accept(self, lst: _Listener) -> asyncio.Protocol:
         flow = Splice(lambda f, peer: self._opened(f, lst, peer), self._closed)
-        flow.context = (lst.table, None)
+        flow.context = (lst.table, None, None)
         self.flows.add(flow)
         return flow.client
 
     def _opened(self, flow: Splice, lst: _Listener, peer: tuple[str, int]) -> None:
         t = lst.table
-        b = t.pick(flow_key(peer[0], peer[1], "TCP", t.session_affinity), self.unhealthy)
-        flow.context = (t, None)
+        exclude, denied = self.excluded(peer[0], t)
+        b = t.pick(flow_key(peer[0], peer[1], "TCP", t.session_affinity), exclude)
+        flow.context = (t, None, "POLICY_DENIED" if denied else None)
         if b is None:
+            if denied:
+                log.debug("L4 %s:%d -> %s refused by network policy: %s", peer[0], peer[1], t.service, denied)
             flow.close()
             return
-        asyncio.ensure_future(self._connect(flow, b, t))
+        asyncio.ensure_future(self._connect(flow, b, t, exclude))
 
-    async def _connect(self, flow: Splice, b: Backend, t: ServiceTable) -> None:
+    async def _connect(self, flow: Splice, b: Backend, t: ServiceTable, exclude: frozenset[str]) -> None:
         loop = asyncio.get_running_loop()
         tried = {b.name}
         while True:
@@ -123,21 +141,21 @@ class UserspaceProxy:
                 await asyncio.wait_for(loop.create_connection(lambda: pipe, b.address, b.port), 5)
                 break
             except (OSError, asyncio.TimeoutError):
-                nxt = t.pick(f"{b.name}-retry-{len(tried)}".encode(), frozenset(tried) | self.unhealthy)
+                nxt = t.pick(f"{b.name}-retry-{len(tried)}".encode(), frozenset(tried) | exclude | self.unhealthy)
                 if nxt is None or nxt.name in tried:
                     flow.close()
                     return
                 tried.add(nxt.name)
                 b = nxt
-        flow.context = (t, b)
+        flow.context = (t, b, None)
         flow.attach(pipe)
 
     def _closed(self, flow: Splice) -> None:
         self.flows.discard(flow)
         if self.flow_ring is not None and flow.peer[0]:
-            t, b = flow.context
+            t, b, reason = flow.context
             self.flow_ring.l4("TCP", flow.peer, str(t.service), None, b.name if b is not None else None, flow.bytes_in,
-                              flow.bytes_out, time.monotonic() - flow.started)
+                              flow.bytes_out, time.monotonic() - flow.started, reason=reason)
 
     async def start(self) -> None:
         self._tasks.append(asyncio.ensure_future(self._health()))

@@ -47,7 +47,10 @@ class ServiceTable:
             b = self.backends[self.table[(h + i) % m]]
             if b.name not in exclude:
                 return b
-        return None
+        # most backends excluded: the first one left after the flow's own entry
+        n = len(self.backends)
+        start = self.table[h]
+        return next((self.backends[(start + i) % n] for i in range(n) if self.backends[(start + i) % n].name not in exclude), None)
 
 
 def flow_key(client_ip: str, client_port: int, protocol: str, affinity: bool) -> bytes:

@@ -103,6 +103,12 @@ def translate(objects: list[Obj], options: TranslateOptions | None = None, versi
         )
     finish_policies(ctx, policies)
     pools = apply_backend_tls(ctx, pools, gw_irs)
+    from homeplane.policy.enforce import build_policy_set, restrict_gateways  # it reads translate's IR
+
+    netpol = build_policy_set(objects, services, pools, gw_irs)
+    if netpol is not None:
+        gw_irs, pools = restrict_gateways(netpol, gw_irs, pools)
+        _policy_status(ctx, netpol, diags)
     extras: dict[str, Any] = {}
     coredns = _coredns_values(objects)
     if coredns is not None:
@@ -127,8 +133,35 @@ def translate(objects: list[Obj], options: TranslateOptions | None = None, versi
         policies=attachments_summary(policies),
         digest=digest_objects(objects),
         extras=extras,
+        network_policy=netpol,
     )
     return Translation(snapshot, ctx.status, diags)
+
+
+def _policy_status(ctx: Context, netpol: Any, diags: Diagnostics) -> None:
+    """Each network policy's Valid condition (Cilium's), with what homeplane cannot enforce of it
+    as warnings that name the policy."""
+    kinds = ("NetworkPolicy", "CiliumNetworkPolicy", "CiliumClusterwideNetworkPolicy")
+    problems: dict[str, list[str]] = {}
+    for policy, text in netpol.problems:
+        problems.setdefault(policy.split("#", 1)[0], []).append(text)
+    for o in ctx.objects:
+        if o.kind not in kinds or o.model is None:
+            continue
+        mine = problems.get(o.ref(), [])
+        refused = any(t.startswith("not enforced:") for t in mine)
+        for text in mine:
+            # a policy that cannot be read is an error (a running homeplane keeps its last good
+            # configuration rather than open what the policy closed); a part that cannot be
+            # enforced where homeplane sits is a warning
+            report = diags.error if text.startswith("not enforced:") else diags.warning
+            report(f"network policy: {text}", kind=o.kind, namespace=o.namespace, name=o.name,
+                   file=o.source.file, line=o.source.line, code="InvalidNetworkPolicy" if refused else "PolicyNotEnforced")
+        ctx.set_status(o, {"conditions": [{
+            "type": "Valid", "status": "False" if refused else "True",
+            "reason": "InvalidRule" if refused else "Compiled",
+            "message": "; ".join(mine) if mine else "enforced where traffic passes through homeplane",
+        }]})
 
 
 def _coredns_values(objects: list[Obj]) -> dict[str, Any] | None:

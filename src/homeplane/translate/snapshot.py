@@ -71,6 +71,11 @@ class BackendPool:
     app_protocol: str | None = None  # "h2c", "kubernetes.io/h2c", "http", ...
     service_port: int | None = None
     tls: UpstreamTLS | None = None
+    # network policy (homeplane.policy): the endpoints it removed from this gateway's view of the
+    # pool, each with the reason; and, when Cilium L7 rules apply, the HTTP rules a request must
+    # pass (groups: a rule of each must match)
+    policy_denied: tuple[tuple[str, str], ...] = ()
+    policy_http: tuple[tuple[Any, ...], ...] | None = None
 
     @property
     def ready_endpoints(self) -> tuple[Endpoint, ...]:
@@ -405,6 +410,7 @@ class Snapshot:
     # A digest of the inputs, to tell whether a new translation changed anything.
     digest: str = ""
     extras: Mapping[str, Any] = field(default_factory=dict)
+    network_policy: Any = None  # homeplane.policy.verdict.PolicySet; None: no policies in the manifests
 
     def gateway(self, namespace: str, name: str) -> Gateway | None:
         for g in self.gateways:

@@ -11,9 +11,10 @@ LBIPAM_LEGACY_SATISFIED = "io.cilium/lb-ipam-request-satisfied"  # older release
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from homeplane.api.models.base import LabelSelector, Model, Resource
+from homeplane.api.models.networking import check_cidr
 from homeplane.api.units import LooseStr
 
 CILIUM_GROUP = "cilium.io"
@@ -67,6 +68,16 @@ class CIDRRule(Model):
     cidr_group_selector: LabelSelector | None = None
     except_: list[str] = Field(default_factory=list, alias="except")
 
+    @field_validator("cidr")
+    @classmethod
+    def _cidr(cls, v: str | None) -> str | None:
+        return check_cidr(v) if v is not None else None
+
+    @field_validator("except_")
+    @classmethod
+    def _excepts(cls, v: list[str]) -> list[str]:
+        return [check_cidr(x) for x in v]
+
 
 class PortProtocol(Model):
     port: LooseStr | None = None
@@ -99,6 +110,11 @@ class PeerRule(Model):
     to_cidr: list[str] = Field(default_factory=list, alias="toCIDR")
     from_cidr_set: list[CIDRRule] = Field(default_factory=list, alias="fromCIDRSet")
     to_cidr_set: list[CIDRRule] = Field(default_factory=list, alias="toCIDRSet")
+
+    @field_validator("from_cidr", "to_cidr")
+    @classmethod
+    def _cidrs(cls, v: list[str]) -> list[str]:
+        return [check_cidr(x) for x in v]
     to_fqd_ns: list[FQDNSelector] = Field(default_factory=list, alias="toFQDNs")
     to_services: list[dict] = Field(default_factory=list)
     from_groups: list[dict] = Field(default_factory=list)

@@ -2,17 +2,37 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from homeplane.api.models.base import LabelSelector, Model, Resource
 from homeplane.api.units import IntOrString
 
 
+def check_cidr(value: str) -> str:
+    """A CIDR as network policies take it (host bits allowed, as Kubernetes and Cilium do)."""
+    try:
+        ipaddress.ip_network(str(value), strict=False)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a CIDR (address/prefix length)") from None
+    return str(value)
+
+
 class IPBlock(Model):
     cidr: str
     except_: list[str] = Field(default_factory=list, alias="except")
+
+    @field_validator("cidr")
+    @classmethod
+    def _cidr(cls, v: str) -> str:
+        return check_cidr(v)
+
+    @field_validator("except_")
+    @classmethod
+    def _excepts(cls, v: list[str]) -> list[str]:
+        return [check_cidr(x) for x in v]
 
 
 class NetworkPolicyPeer(Model):

@@ -129,6 +129,8 @@ def fast_pool(pool: Any) -> bool:
     return (
         (pool.app_protocol or "") not in H2C_PROTOCOLS and pool.tls is None
         and not any(e.address.startswith("unix:") for e in pool.endpoints)
+        # network policy: L7 rules to check, or every endpoint refused (the Python path says why)
+        and pool.policy_http is None and not (pool.policy_denied and not pool.endpoints)
     )
 
 

@@ -1,0 +1,1 @@
+from tests.gateway.conftest import backend  # noqa: F401  (the gateway tests' HTTP backend)

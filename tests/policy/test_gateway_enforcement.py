@@ -1,0 +1,129 @@
+"""Network policy where the gateway sits: which backends a Gateway's routes may reach (the
+bjw-s pattern: "only envoy-internal may reach this app"), and Cilium's L7 HTTP rules checked per
+request — through real sockets, on both lanes of the gateway."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from homeplane.gateway.server import Settings
+from tests.gateway.backends import Backend
+from tests.gateway.harness import Gateway
+
+GATEWAYS = """
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: envoy}
+spec: {controllerName: gateway.envoyproxy.io/gatewayclass-controller}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: envoy-internal, namespace: network}
+spec:
+  gatewayClassName: envoy
+  listeners: [{name: http, protocol: HTTP, port: 80, allowedRoutes: {namespaces: {from: All}}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: envoy-external, namespace: network}
+spec:
+  gatewayClassName: envoy
+  listeners: [{name: http, protocol: HTTP, port: 8000, allowedRoutes: {namespaces: {from: All}}}]
+"""
+
+
+def app(name: str, port: int) -> str:
+    return f"""
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: selfhosted}}
+spec:
+  selector: {{app.kubernetes.io/name: {name}, app.kubernetes.io/instance: {name}}}
+  ports: [{{name: http, port: 80, targetPort: {port}}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: {name}-1, namespace: selfhosted, labels: {{kubernetes.io/service-name: {name}}}}}
+addressType: IPv4
+ports: [{{name: http, port: {port}}}]
+endpoints: [{{addresses: [127.0.0.1], conditions: {{ready: true}}}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: {name}, namespace: selfhosted}}
+spec:
+  parentRefs: [{{name: envoy-internal, namespace: network}}, {{name: envoy-external, namespace: network}}]
+  hostnames: [{name}.test]
+  rules: [{{backendRefs: [{{name: {name}, port: 80}}]}}]
+"""
+
+
+def only_internal(name: str, port: int, http: str = "") -> str:
+    rules = f"\n          rules:\n            http:{http}" if http else ""
+    return f"""
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {{name: {name}, namespace: selfhosted}}
+spec:
+  endpointSelector:
+    matchLabels: {{app.kubernetes.io/name: {name}, app.kubernetes.io/instance: {name}}}
+  ingress:
+    - fromEndpoints:
+        - matchLabels:
+            k8s:io.kubernetes.pod.namespace: network
+            gateway.networking.k8s.io/gateway-name: envoy-internal
+      toPorts:
+        - ports: [{{port: "{port}", protocol: TCP}}]{rules}
+"""
+
+
+@pytest.mark.parametrize("fast_lane", [True, False], ids=["fast", "python"])
+def test_only_the_internal_gateway_reaches_the_app(backend: Backend, fast_lane: bool) -> None:
+    api_rules = """
+              - {method: GET, path: "/public(/.*)?"}
+              - {method: POST, path: /public/form, headers: ["X-Form: yes"]}"""
+    manifests = (GATEWAYS + app("atuin", backend.port) + only_internal("atuin", backend.port)
+                 + app("open", backend.port) + app("api", backend.port) + only_internal("api", backend.port, api_rules))
+    g = Gateway(manifests, Settings(access_log=False, fast_lane=fast_lane, flows=64))
+    try:
+        internal, external = g.url(80, "/echo"), g.url(8000, "/echo")
+        assert httpx.get(internal, headers={"host": "atuin.test"}, timeout=20).status_code == 200
+        refused = httpx.get(external, headers={"host": "atuin.test"}, timeout=20)
+        assert refused.status_code == 503
+        # a Service no policy selects stays open to both
+        assert httpx.get(external, headers={"host": "open.test"}, timeout=20).status_code == 200
+        assert httpx.get(internal, headers={"host": "open.test"}, timeout=20).status_code == 200
+        # L7: only what the HTTP rules allow, from the internal gateway; nothing from the external one
+        api = g.url(80, "/public/x")
+        assert httpx.get(api, headers={"host": "api.test"}, timeout=20).status_code == 200
+        assert httpx.get(g.url(80, "/public"), headers={"host": "api.test"}, timeout=20).status_code == 200
+        denied = httpx.get(g.url(80, "/private"), headers={"host": "api.test"}, timeout=20)
+        assert denied.status_code == 403 and denied.text == "Access denied\r\n"
+        assert httpx.post(api, headers={"host": "api.test"}, timeout=20).status_code == 403
+        form = g.url(80, "/public/form")
+        assert httpx.post(form, headers={"host": "api.test", "x-form": "yes"}, content=b"a=1", timeout=20).status_code == 200
+        assert httpx.post(form, headers={"host": "api.test", "x-form": "no"}, content=b"a=1", timeout=20).status_code == 403
+        assert httpx.get(g.url(8000, "/public/x"), headers={"host": "api.test"}, timeout=20).status_code == 503
+        paths = [r["target"] for r in backend.requests]
+        assert "/private" not in paths and paths.count("/public/form") == 1
+        flows = {(f["flow"]["l7"]["http"]["url"], f["flow"]["l7"]["http"]["method"], f["flow"]["homeplane"]["gateway"]):
+                 (f["flow"]["verdict"], f["flow"].get("drop_reason_desc")) for f in g.dp.flow_ring.read()}
+        assert flows[("http://atuin.test/echo", "GET", "network/envoy-external")] == ("DROPPED", "POLICY_DENIED")
+        assert flows[("http://atuin.test/echo", "GET", "network/envoy-internal")] == ("FORWARDED", None)
+        assert flows[("http://api.test/private", "GET", "network/envoy-internal")] == ("DROPPED", "POLICY_DENIED")
+    finally:
+        g.close()
+
+
+def test_a_new_configuration_lifts_the_policy(backend: Backend) -> None:
+    base = GATEWAYS + app("atuin", backend.port)
+    g = Gateway(base + only_internal("atuin", backend.port), Settings(access_log=False))
+    try:
+        assert httpx.get(g.url(8000, "/echo"), headers={"host": "atuin.test"}, timeout=20).status_code == 503
+        g.apply(base)
+        assert httpx.get(g.url(8000, "/echo"), headers={"host": "atuin.test"}, timeout=20).status_code == 200
+    finally:
+        g.close()

@@ -204,11 +204,11 @@ def test_a_repo_plus_extra_files_stays_a_flux_repo(tmp_path: Path) -> None:
 
 def test_loaded_but_not_enforced_kinds_and_notes_in_text_output(tmp_path: Path) -> None:
     extra = tmp_path / "netpol.yaml"
-    extra.write_text("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: default}\n"
-                     "spec: {podSelector: {}}\n")
+    extra.write_text("apiVersion: cilium.io/v2alpha1\nkind: CiliumL2AnnouncementPolicy\nmetadata: {name: l2}\n"
+                     "spec: {loadBalancerIPs: true}\n")
     out = hp("check", str(EXAMPLE), str(extra), *VARS).stdout
     first = out.splitlines()[0]
-    assert "loaded, not enforced (NetworkPolicy 1)" in first
+    assert "loaded, not enforced (CiliumL2AnnouncementPolicy 1)" in first
     assert "read as plain manifests" in out  # an info diagnostic, shown in text too
 
 

@@ -205,6 +205,21 @@ def _certificates(objects: list[Obj]) -> list[dict[str, Any]]:
     return certificates_report(objects)
 
 
+def _network_policies(snap: Any) -> dict[str, Any]:
+    """Network policy in the report: each policy with whom it selects and what homeplane cannot
+    enforce of it, and where the gateways see fewer endpoints (or L7 rules) because of it."""
+    ps = snap.network_policy
+    if ps is None:
+        return {"policies": [], "gatewayViews": []}
+    from homeplane.policy.trace import check
+
+    policies = [{"policy": name, **r} for name, r in sorted(check(ps).items())]
+    views = [{"pool": name, "endpoints": len(p.endpoints), "refused": [{"endpoint": e, "reason": why} for e, why in p.policy_denied],
+              "httpRules": [[str(r) for r in g] for g in p.policy_http] if p.policy_http is not None else None}
+             for name, p in sorted(snap.pools.items()) if p.policy_denied or p.policy_http is not None]
+    return {"policies": policies, "gatewayViews": views}
+
+
 def build_report(objects: list[Obj], load_diags: Diagnostics, translation: Translation, files: int) -> dict[str, Any]:
     snap = translation.snapshot
     pools = dict(snap.pools)
@@ -411,6 +426,7 @@ def build_report(objects: list[Obj], load_diags: Diagnostics, translation: Trans
         "routes": routes,
         "services": services,
         "policies": policies,
+        "networkPolicies": _network_policies(snap),
         "certificates": _certificates(objects),
         "diagnostics": [d.to_json() for d in diags],
     }

@@ -256,13 +256,14 @@ class Runtime:
         return True
 
     def _new_load_errors(self, result: Result) -> list[Any]:
-        """Load errors the configuration being served did not have: only these refuse a reload
+        """Load errors (and network policies translation could not read) the configuration being
+        served did not have: only these refuse a reload
         (a problem that was already there when it was applied is part of that configuration;
         lines may move, so a problem is known by file, code and message)."""
-        errors = result.load.diagnostics.errors
+        errors = result.load.diagnostics.errors + _unreadable_policies(result)
         if self.current is None:
             return errors
-        known = {(d.file, d.code, d.message) for d in self.current.load.diagnostics.errors}
+        known = {(d.file, d.code, d.message) for d in self.current.load.diagnostics.errors + _unreadable_policies(self.current)}
         return [d for d in errors if (d.file, d.code, d.message) not in known]
 
     async def watch(self) -> None:
@@ -352,3 +353,7 @@ class Runtime:
             log.info("stopped")
 
 
+def _unreadable_policies(result: Result) -> list[Any]:
+    """Network policies translation could not read: like load errors, they refuse a reload (a
+    policy dropped would open what it closed), so the last good configuration keeps serving."""
+    return [d for d in result.translation.diagnostics.errors if d.code == "InvalidNetworkPolicy"]

@@ -32,7 +32,7 @@ def states(doc) -> dict[str, str]:
 
 def test_a_healthy_instance_is_ok_and_absent_parts_disabled() -> None:
     got = states(HEALTHY)
-    assert got == {"Configuration": OK, "Gateways": OK, "Routes": OK, "Policies": DISABLED, "Services": OK, "DNS": OK,
+    assert got == {"Configuration": OK, "Gateways": OK, "Routes": OK, "Policies": DISABLED, "Network policy": DISABLED, "Services": OK, "DNS": OK,
                    "DNS automation": DISABLED, "Certificates": OK, "Tunnel": DISABLED, "Flows": OK, "Controllers": OK}
     assert overall(summarize(HEALTHY)) == OK
     gw = [c for c in summarize(HEALTHY) if c.name == "Gateways"][0]

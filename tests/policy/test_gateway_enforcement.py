@@ -22,6 +22,7 @@ kind: Gateway
 metadata: {name: envoy-internal, namespace: network}
 spec:
   gatewayClassName: envoy
+  addresses: [{value: 10.0.0.1}]
   listeners: [{name: http, protocol: HTTP, port: 80, allowedRoutes: {namespaces: {from: All}}}]
 ---
 apiVersion: gateway.networking.k8s.io/v1
@@ -29,6 +30,7 @@ kind: Gateway
 metadata: {name: envoy-external, namespace: network}
 spec:
   gatewayClassName: envoy
+  addresses: [{value: 10.0.0.2}]
   listeners: [{name: http, protocol: HTTP, port: 8000, allowedRoutes: {namespaces: {from: All}}}]
 """
 
@@ -125,5 +127,56 @@ def test_a_new_configuration_lifts_the_policy(backend: Backend) -> None:
         assert httpx.get(g.url(8000, "/echo"), headers={"host": "atuin.test"}, timeout=20).status_code == 503
         g.apply(base)
         assert httpx.get(g.url(8000, "/echo"), headers={"host": "atuin.test"}, timeout=20).status_code == 200
+    finally:
+        g.close()
+
+
+def routed(name: str, host: str, backend_name: str, filters: str) -> str:
+    return f"""
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: {name}, namespace: selfhosted}}
+spec:
+  parentRefs: [{{name: envoy-internal, namespace: network}}]
+  hostnames: [{host}]
+  rules:
+    - backendRefs: [{{name: {backend_name}, port: 80}}]
+      filters:{filters}
+"""
+
+
+def test_l7_rules_see_the_request_as_it_reaches_the_pod(backend: Backend, backend_b: Backend) -> None:
+    """Rewrites, header filters and mirrors happen before the request reaches the pod, where
+    Cilium's proxy would check it: so does homeplane."""
+    import time
+
+    rules = """
+              - {method: GET, path: "/public(/.*)?"}
+              - {method: POST, path: /public/form, headers: ["X-Form: yes"]}"""
+    manifests = (GATEWAYS + app("api", backend.port) + only_internal("api", backend.port, rules) + app("open", backend_b.port)
+                 + routed("rewrite", "rewrite.test", "api", """
+        - type: URLRewrite
+          urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /private}}""")
+                 + routed("strip", "strip.test", "api", """
+        - type: RequestHeaderModifier
+          requestHeaderModifier: {remove: [x-form]}""")
+                 + routed("mirror", "mirror.test", "open", """
+        - type: RequestMirror
+          requestMirror: {backendRef: {name: api, port: 80}}"""))
+    g = Gateway(manifests, Settings(access_log=False))
+    try:
+        assert httpx.get(g.url(80, "/public/x"), headers={"host": "rewrite.test"}, timeout=20).status_code == 403
+        form = {"host": "strip.test", "x-form": "yes"}
+        assert httpx.post(g.url(80, "/public/form"), headers=form, content=b"a=1", timeout=20).status_code == 403
+        assert httpx.post(g.url(80, "/public/form"), headers={**form, "host": "api.test"}, content=b"a=1", timeout=20).status_code == 200
+        assert httpx.get(g.url(80, "/private"), headers={"host": "mirror.test"}, timeout=20).status_code == 200
+        assert httpx.get(g.url(80, "/public/seen"), headers={"host": "mirror.test"}, timeout=20).status_code == 200
+        deadline = time.monotonic() + 5
+        while "/public/seen" not in [r["target"] for r in backend.requests] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        targets = [r["target"] for r in backend.requests]
+        assert "/public/seen" in targets  # the mirror reaches the pod when the rules allow the request
+        assert "/private" not in targets and "/private/x" not in targets and targets.count("/public/form") == 1
     finally:
         g.close()

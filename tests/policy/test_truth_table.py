@@ -437,3 +437,24 @@ def test_trace_steps_name_the_rule() -> None:
     assert not d.allowed
     assert "NetworkPolicy/x/deny-x" in d.steps[-1].text and d.steps[-1].direction == "ingress"
     assert d.steps[0].allowed and "egress open" in d.steps[0].text
+
+
+def test_l7_rules_apply_without_default_deny() -> None:
+    """enableDefaultDeny false leaves unmatched traffic open, but L7 rules still apply (Cilium)."""
+    ps = policy_set("""
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: api, namespace: x}
+spec:
+  endpointSelector: {matchLabels: {pod: a}}
+  enableDefaultDeny: {ingress: false}
+  ingress:
+    - fromEndpoints: [{matchLabels: {"k8s:io.kubernetes.pod.namespace": y}}]
+      toPorts: [{ports: [{port: "80"}], rules: {http: [{method: GET}]}}]
+""")
+    ids = ps.identities
+    xa = ids.of_address(address("x/a"))
+    from_y = ps.decide(ids.of_address(address("y/b")), xa, 80)
+    assert from_y.allowed and from_y.allows_request("GET", "/", "h", {}) and not from_y.allows_request("DELETE", "/", "h", {})
+    z = ps.decide(ids.of_address(address("z/b")), xa, 80)
+    assert z.allowed and z.http is None  # no rule matches it: open, as default deny is off

@@ -123,6 +123,9 @@ class Client:
     rules: tuple[tuple[tuple[bytes, ...], tuple[tuple[int, frozenset[int] | None], ...]], ...]
     recursion: bool
     private: bool  # loopback or a private range (exempt from response rate limiting by default)
+    # network policy (homeplane.policy.enforce.DNSPolicy): None, "drop", or a Decision whose DNS
+    # rules say which names the client may ask
+    netpol: object = None
 
     def verdict(self, key: bytes, qtype: int) -> int:
         for zones, lines in self.rules:

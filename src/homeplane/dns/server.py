@@ -7,6 +7,7 @@ import logging
 import socket
 import struct
 import time
+from dataclasses import replace
 from typing import Any, Iterable
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -23,6 +24,8 @@ from homeplane.dns.rrl import SLIP, RateLimiter
 from homeplane.dns.zones import ZoneData, compile_zones
 from homeplane.observe.flows import DNS as DNS_FLOW
 from homeplane.observe.flows import FlowRing
+from homeplane.policy.enforce import DROP as NETPOL_DROP
+from homeplane.policy.enforce import DNSPolicy, dns_policy
 from homeplane.translate.snapshot import Snapshot
 
 log = logging.getLogger("homeplane.dns")
@@ -36,6 +39,7 @@ class DNSServer:
         self.cache = Cache(cfg.cache)
         self.cache_memo: dict[bytes, tuple[bytes, float, Any, Any, int, str]] = {}  # see from_cache
         self.forwarder = Forwarder(cfg.forward)
+        self.netpol: DNSPolicy | None = None  # network policy for kube-dns's clients
         self._policy(cfg)
         self.loop = asyncio.get_event_loop()
         self._udp: list[MMsgBatch | SimpleBatch] = []
@@ -53,6 +57,10 @@ class DNSServer:
         self.responder = Responder(data)
         self.responder.stats = stats
         self.cache_memo.clear()  # a forwarded name may be ours now
+        netpol = dns_policy(snap.network_policy)
+        if netpol is not None or self.netpol is not None:
+            self.netpol = netpol
+            self.clients = {}  # what each client may do is worked out again
 
     def reconfigure(self, cfg: DNSConfig) -> None:
         """New settings (from the manifests' CoreDNS values): a fresh cache and forwarder."""
@@ -73,7 +81,10 @@ class DNSServer:
         if c is None:
             if len(self.clients) >= 65536:
                 self.clients.clear()
-            c = self.clients[key] = self.acl.client(ip)
+            c = self.acl.client(ip)
+            if self.netpol is not None:
+                c = replace(c, netpol=self.netpol.for_client(ip, "UDP"))
+            self.clients[key] = c
         return c
 
     def limited(self, client: Client) -> bool:
@@ -113,7 +124,7 @@ class DNSServer:
     def answer_now(self, data: bytes, proto: str, client: Client | None = None) -> bytes | object | None:
         """An answer now, FORWARD (not ours, and this client may have it forwarded), or None
         (drop). ``client`` None: a local caller (``dig -f``), allowed everything."""
-        if client is not None and self.acl.active:
+        if client is not None and (self.acl.active or client.netpol is not None):
             refusal = self._acl(data, client)
             if refusal is not False:
                 return refusal
@@ -133,11 +144,17 @@ class DNSServer:
         return resp
 
     def _acl(self, data: bytes, client: Client) -> bytes | None | bool:
-        """False: the acl lets the query through; else the refusal (None: drop it)."""
+        """False: the acl and network policy let the query through; else the refusal (None: drop it)."""
+        netpol = client.netpol
+        if netpol == NETPOL_DROP:
+            return None  # network policy refuses this client port 53: Cilium drops the packets
         try:
             q = wire.parse_query(data)
         except wire.FormatError:
             return False  # the responder answers FORMERR
+        if netpol is not None and not netpol.allows_query(q.key.decode("ascii", "replace")):  # type: ignore[attr-defined]
+            self.responder.stats.rcode(b"", wire.REFUSED)  # Cilium's DNS proxy refuses names its rules do not allow
+            return wire.reply(data, q, wire.REFUSED, ra=False)
         verdict = client.verdict(q.key, q.qtype)
         if verdict == ALLOW:
             return False
@@ -309,7 +326,7 @@ class DNSServer:
                 if client is None:
                     client = self.client(key, io.address(i)[0])
                 limited = self.limited(client)
-                if not acl and not limited:
+                if not acl and not limited and client.netpol is None:
                     hit = memo.get(data[2:])
                     if hit is not None:
                         hits[hit[1]] = hits.get(hit[1], 0) + 1
@@ -361,6 +378,8 @@ class DNSServer:
             client = self.client(packed(str(peer[0])), str(peer[0]))
         except OSError:
             client = self.acl.client(str(peer[0]))
+        if self.netpol is not None:
+            client = replace(client, netpol=self.netpol.for_client(str(peer[0]), "TCP"))
         try:
             while True:
                 head = await asyncio.wait_for(reader.readexactly(2), timeout=10)

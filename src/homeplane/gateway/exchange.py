@@ -33,6 +33,7 @@ from homeplane.gateway.routing.paths import Verdict, is_canonical, match_path, n
 from homeplane.gateway.routing.router import normalize_host, valid_host
 from homeplane.gateway.upstreams.connect import connect
 from homeplane.gateway.upstreams.pool import PooledConnection
+from homeplane.policy.enforce import head_allowed
 from homeplane.policy.verdict import ACCESS_DENIED
 from homeplane.translate import snapshot as ir
 
@@ -399,11 +400,6 @@ class Exchange:
             self.error = "network policy denied every endpoint" if denied else "no healthy upstream"
             self.respond_simple(503, b"no healthy upstream\n")
             return
-        if cluster.pool.policy_http is not None and not self._policy_allows(cluster.pool.policy_http):
-            # Cilium's L7 rules for traffic from this gateway: its proxy answers 403
-            self.error = "network policy denied the HTTP request"
-            self.respond_simple(403, ACCESS_DENIED, [(b"content-type", b"text/plain")])
-            return
         self.cluster = cluster
         if cluster.active_requests() >= cluster.config.max_requests:
             self.error = "circuit breaker: too many requests in flight"
@@ -411,6 +407,13 @@ class Exchange:
             return
         self.resp_ops = wc.resp_ops or action.resp_ops
         self.req_head = self._build_request_head(action, wc)
+        if cluster.pool.policy_http is not None and not head_allowed(cluster.pool.policy_http, self.req_head):
+            # Cilium's L7 rules for traffic from this gateway, on the request as it would reach the
+            # pod (after rewrites, header filters and Lua): its proxy answers 403
+            self.cluster = None
+            self.error = "network policy denied the HTTP request"
+            self.respond_simple(403, ACCESS_DENIED, [(b"content-type", b"text/plain")])
+            return
         if action.mirrors:
             chosen = [name for name, percent in action.mirrors if percent >= 100 or random.random() * 100 < percent]
             if not self.has_body:
@@ -421,12 +424,6 @@ class Exchange:
                 if self.body_done:
                     self._mirror_with_body()
         self._attempt()
-
-    def _policy_allows(self, groups: tuple[tuple[Any, ...], ...]) -> bool:
-        hmap = self.info.headers if self.info is not None else {}
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in hmap.items()}
-        method, target, host = self.method.decode("latin-1"), self.target.decode("latin-1"), self.host.decode("latin-1")
-        return all(any(r.matches(method, target, host, headers) for r in group) for group in groups)
 
     def run_lua_request(self, action: RouteAction) -> bool:
         """envoy_on_request of each script (EG runs Lua after authentication); False when a

@@ -26,6 +26,7 @@ from homeplane.gateway.exchange import Exchange
 from homeplane.gateway.frontends.fastlane import Hooks, compile_table, make_native_context, native_tls_available, set_ticket_secret, tls_connection
 from homeplane.gateway.frontends.fastlane import enabled as fastlane_enabled
 from homeplane.gateway.upstreams.health import run_checks
+from homeplane.policy.enforce import head_allowed
 from homeplane.observe.accesslog import AccessLogs, Record, first_values, request_headers
 from homeplane.observe.envoystats import EnvoyStats
 from homeplane.observe.flows import HTTP as FLOW_HTTP
@@ -719,6 +720,8 @@ class DataPlane:
         c = self.clusters.get(cluster)
         if c is None:
             return
+        if c.pool.policy_http is not None and not head_allowed(c.pool.policy_http, head):
+            return  # network policy's L7 rules refuse this request to the mirror's pods
         ep = c.pick()
         if ep is None:
             return

@@ -10,17 +10,20 @@ established keep their backend through conntrack. Only ready endpoints are in
 the maps. A Service port without endpoints is refused (TCP reset / ICMP port
 unreachable) by a filter chain after DNAT, as kube-proxy does; the LB IPs of an
 ``externalTrafficPolicy: Local`` Service map to this node's endpoints only and
-drop when it has none. IPv4 only for now.
+drop when it has none. Network policy adds filter chains: an endpoint policy closes to
+someone accepts new connections only from an interval set of allowed sources. IPv4 only for now.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import subprocess
 from dataclasses import dataclass, field
 
 from homeplane.l4.tables import ServiceTable, compile_tables
+from homeplane.policy.enforce import KernelFilter, kernel_filters
 from homeplane.translate.snapshot import Snapshot
 
 log = logging.getLogger("homeplane.l4.nft")
@@ -31,7 +34,36 @@ class NftError(RuntimeError):
     pass
 
 
-def render(tables: list[ServiceTable], seed: int = 0, table: str = TABLE) -> str:
+def _ip(n: int) -> str:
+    return str(ipaddress.IPv4Address(n))
+
+
+def _policy_chains(filters: list[KernelFilter]) -> tuple[list[str], str]:
+    """Network policy in the kernel: for each endpoint policy closes to someone, an interval set
+    of the sources that may open connections, checked after DNAT (so on the endpoint's address)
+    on the input, forward and output hooks; established flows pass."""
+    sets, rules = [], []
+    named: dict[tuple[tuple[int, int], ...], str] = {}  # endpoints with the same sources share a set
+    for f in filters:
+        name = named.get(f.allowed)
+        if name is None:
+            name = named[f.allowed] = f"policy{len(named)}"
+            elems = ", ".join(_ip(lo) if lo == hi else f"{_ip(lo)}-{_ip(hi)}" for lo, hi in f.allowed)
+            sets.append(f"  set {name} {{\n    type ipv4_addr\n    flags interval\n" + (f"    elements = {{ {elems} }}\n" if elems else "") + "  }")
+        comment = f.comment.replace('"', "'")[:120]
+        rules.append(f"    ip daddr {f.address} meta l4proto {f.protocol.lower()} th dport {f.port} ip saddr != @{name} "
+                     f'counter drop comment "{comment}"')
+    if not rules:
+        return [], ""
+    body = "    ct state established,related accept\n" + "\n".join(rules)
+    chains = "".join(
+        f"  chain policy_{hook} {{\n    type filter hook {hook} priority filter; policy accept;\n{body}\n  }}\n"
+        for hook in ("input", "forward", "output")
+    )
+    return sets, chains
+
+
+def render(tables: list[ServiceTable], seed: int = 0, table: str = TABLE, filters: list[KernelFilter] | None = None) -> str:
     maps: list[str] = []
     rules: list[str] = []
     no_endpoints: dict[str, list[str]] = {"reject": [], "drop": []}
@@ -70,10 +102,12 @@ def render(tables: list[ServiceTable], seed: int = 0, table: str = TABLE) -> str
                 filter_rules += [f"    {match} meta l4proto tcp reject with tcp reset", f"    {match} reject"]
             else:
                 filter_rules.append(f"    {match} drop")
-    filters = ""
+    policy_sets, policy_chains = _policy_chains(filters or [])
+    sets += policy_sets
+    filters_text = ""
     if filter_rules:
         fr = "\n".join(filter_rules)
-        filters = (
+        filters_text = (
             f"  chain no_endpoints_pre {{\n    type filter hook prerouting priority dstnat + 10; policy accept;\n{fr}\n  }}\n"
             f"  chain no_endpoints_out {{\n    type filter hook output priority -90; policy accept;\n{fr}\n  }}\n"
         )
@@ -83,7 +117,7 @@ def render(tables: list[ServiceTable], seed: int = 0, table: str = TABLE) -> str
         f"table ip {table} {{\n{body}\n" + "".join(x + "\n" for x in sets) +
         f"  chain prerouting {{\n    type nat hook prerouting priority dstnat; policy accept;\n{chain_rules}\n  }}\n"
         f"  chain output {{\n    type nat hook output priority -100; policy accept;\n{chain_rules}\n  }}\n"
-        f"{filters}"
+        f"{filters_text}{policy_chains}"
         f"}}\n"
     )
 
@@ -98,8 +132,8 @@ class NftDataPlane:
     node_name: str | None = None  # this machine's node, for externalTrafficPolicy: Local
     last: str = ""
 
-    def apply_tables(self, tables: list[ServiceTable]) -> None:
-        text = render(tables, self.seed)
+    def apply_tables(self, tables: list[ServiceTable], filters: list[KernelFilter] | None = None) -> None:
+        text = render(tables, self.seed, filters=filters)
         if text == self.last:
             return
         proc = subprocess.run([*self.command, "-f", "-"], input=text, capture_output=True, text=True)
@@ -108,9 +142,14 @@ class NftDataPlane:
             raise NftError(f"nft rejected the ruleset: {proc.stderr.strip()}")
         self.last = text
 
+    def apply_snapshot(self, snap: Snapshot) -> None:
+        tables = compile_tables(snap, self.table_size, node_name=self.node_name)
+        self.apply_tables(tables, kernel_filters(snap.network_policy, snap, tables))
+
     async def apply(self, snap: Snapshot) -> None:
         try:
-            self.apply_tables(compile_tables(snap, self.table_size, node_name=self.node_name))
+            # off the event loop: compiling the tables and filters and running nft take their time
+            await asyncio.to_thread(self.apply_snapshot, snap)
         except NftError as e:
             log.error("%s; the previous rules stay in place", e)
 

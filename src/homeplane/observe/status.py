@@ -37,7 +37,7 @@ def _false(conditions: list[dict[str, Any]] | None, wanted: tuple[str, ...] = ("
 
 def summarize(doc: dict[str, Any]) -> list[Component]:
     rt = doc.get("runtime") or {}
-    out = [_configuration(doc, rt), _gateways(doc, rt), _routes(doc), _policies(doc), _services(doc), _dns(rt),
+    out = [_configuration(doc, rt), _gateways(doc, rt), _routes(doc), _policies(doc), _network_policy(doc), _services(doc), _dns(rt),
            _dns_automation(rt), _certificates(doc, rt), _tunnel(rt), _flows(rt), _leader(rt)]
     return out
 
@@ -111,6 +111,21 @@ def _policies(doc: dict[str, Any]) -> Component:
     bad = [p for p in pols if not p.get("accepted")]
     problems = [f"{p.get('kind')} {p.get('namespace')}/{p.get('name')}: {p.get('message') or 'not accepted'}" for p in bad]
     return Component("Policies", WARNING if bad else OK, f"{len(pols) - len(bad)}/{len(pols)} accepted", problems)
+
+
+def _network_policy(doc: dict[str, Any]) -> Component:
+    np = doc.get("networkPolicies") or {}
+    pols = np.get("policies") or []
+    if not pols:
+        return Component("Network policy", DISABLED, "no policies")
+    refused = [p for p in pols if any(x.startswith("not enforced:") for x in p.get("problems") or [])]
+    partial = [p for p in pols if p.get("problems") and p not in refused]
+    problems = [f"{p['policy']}: {'; '.join(p['problems'])}" for p in refused + partial]
+    views = np.get("gatewayViews") or []
+    closed = sum(1 for v in views if not v.get("endpoints"))
+    state = ERROR if refused else WARNING if partial else OK
+    return Component("Network policy", state, f"{len(pols) - len(refused)}/{len(pols)} enforced, {len(views)} gateway backend "
+                     f"views narrowed ({closed} closed)", problems)
 
 
 def _services(doc: dict[str, Any]) -> Component:

@@ -484,7 +484,9 @@ def _rule(ctx: Context, t: Trace, rule: ir.RouteRule, port: int, scheme: str, ho
     t.add("Backend", f"{chosen.ref.kind} {_ref(chosen.ref)} takes {share} of the requests", f"{rule.route.kind} {_ref(rule.route)}",
           details if len(rule.backends) > 1 else [])
     lb = bt.settings.lb_policy if bt is not None else "LeastRequest"
-    return _endpoints(ctx, t, chosen.pool or "", f"{lb} over the ready endpoints", chosen.ref)
+    target = path + (f"?{query}" if query else "")
+    request = (host, target, {k.decode("latin-1"): v.decode("latin-1") for k, v in headers})
+    return _endpoints(ctx, t, chosen.pool or "", f"{lb} over the ready endpoints", chosen.ref, request)
 
 
 def _security(t: Trace, sec: ir.SecurityIR, headers: list[tuple[bytes, bytes]]) -> Trace | None:
@@ -534,11 +536,26 @@ def _security(t: Trace, sec: ir.SecurityIR, headers: list[tuple[bytes, bytes]]) 
     return None
 
 
-def _endpoints(ctx: Context, t: Trace, pool_name: str, how: str, ref: ir.Ref | None = None) -> Trace:
+def _endpoints(ctx: Context, t: Trace, pool_name: str, how: str, ref: ir.Ref | None = None,
+               request: tuple[str, str, dict[str, str]] | None = None) -> Trace:
     pool = ctx.snapshot.pools.get(pool_name)
     if pool is None:
         t.add("Endpoint", f"no backend pool {pool_name}")
         return t.end(FAILED, "no healthy upstream (UH)", 503)
+    gateway = pool_name.split("@", 1)[1] if "@" in pool_name else None
+    if pool.policy_denied:
+        t.add("Network policy", f"{len(pool.policy_denied)} of {len(pool.policy_denied) + len(pool.endpoints)} endpoints "
+              f"refused to Gateway {gateway}", f"homeplane policy trace --from gateway:{gateway}",
+              [f"{ep}: {why}" for ep, why in pool.policy_denied])
+        if not pool.endpoints:
+            return t.end(DENIED, "503: network policy lets the gateway reach none of the endpoints", 503)
+    if pool.policy_http is not None and request is not None:
+        host, target, headers = request
+        ok = all(any(r.matches(t.method, target, host, headers) for r in group) for group in pool.policy_http)
+        rules = " | ".join(str(r) for group in pool.policy_http for r in group)
+        t.add("Network policy", f"L7 HTTP rules {'allow' if ok else 'refuse'} {t.method} {target}", f"Gateway {gateway}", [rules])
+        if not ok:
+            return t.end(DENIED, "403 Access denied: the network policy's HTTP rules refuse the request", 403)
     ready = list(pool.ready_endpoints)
     health = ctx.health(pool_name) if ctx.health is not None else None
     names = [f"{e.address}:{e.port}" for e in ready]
@@ -554,10 +571,10 @@ def _endpoints(ctx: Context, t: Trace, pool_name: str, how: str, ref: ir.Ref | N
         return t.end(FAILED, "no healthy upstream (UH)", 503)
     pick = live[0] if len(live) == 1 else f"one of {', '.join(live)}"
     t.add("Endpoint", f"{pick} ({how})", f"{pool.source.kind} {_ref(pool.source)}", details)
-    if ctx.network_policies:
-        t.add("Network policy", f"{ctx.network_policies} network policies in the manifests are not enforced by homeplane yet")
-    else:
+    if ctx.snapshot.network_policy is None:
         t.add("Network policy", "none in the manifests")
+    elif not pool.policy_denied and pool.policy_http is None:
+        t.add("Network policy", "the gateway may reach every endpoint", details=[f"{ctx.network_policies} policies in the manifests"])
     return t.end(FORWARDED, f"to {live[0] if len(live) == 1 else pool_name}", None)
 
 

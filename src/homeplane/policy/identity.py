@@ -34,7 +34,7 @@ WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Pod")
 
 @dataclass(frozen=True)
 class Identity:
-    kind: Literal["pod", "host", "world"]
+    kind: Literal["pod", "host", "world", "unknown"]
     name: str  # for people: "pod media/jellyfin 10.0.0.5", "gateway network/envoy-internal", "world 1.2.3.4"
     namespace: str | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
@@ -46,7 +46,7 @@ class Identity:
     def cilium_labels(self) -> dict[str, str]:
         """The labels Cilium's selectors see (``reserved:`` ones for the host and the world)."""
         if self.kind != "pod":
-            return {f"reserved:{self.kind}": ""}
+            return {f"reserved:{self.kind}": ""}  # (reserved:unknown is no label Cilium has: nothing selects it)
         out = dict(self.labels)
         out[NS_LABEL] = self.namespace or "default"
         out["io.cilium.k8s.policy.cluster"] = "default"
@@ -90,24 +90,35 @@ class Identities:
     by_address: dict[str, Identity] = field(default_factory=dict)
     gateways: dict[str, Identity] = field(default_factory=dict)  # "ns/name" -> its proxy pods
     dns: Identity | None = None  # homeplane's DNS server, as CoreDNS's pods (k8s-app=kube-dns in kube-system)
+    # addresses that are endpoints of pods that cannot be one pod (other namespaces, or labels that
+    # contradict): as a source such an address is nobody any selector or CIDR names (only "all")
+    ambiguous: dict[str, list[str]] = field(default_factory=dict)
     host_addresses: frozenset[str] = frozenset({"127.0.0.1", "::1"})
 
     def ns_labels(self, namespace: str) -> dict[str, str]:
         return self.namespaces.get(namespace) or {"kubernetes.io/metadata.name": namespace}
 
     def of_address(self, address: str) -> Identity:
-        """Who connects from this address: a pod (a Service endpoint), the host, or the world."""
+        """Who connects from this address: this machine's own addresses are the host (even where
+        an endpoint sits too: an endpoints file often puts apps on 127.0.0.1, and the gateway,
+        the L4 proxy and local tools connect from there); else a pod (a Service endpoint), other
+        loopback addresses the host, and the rest the world."""
+        try:
+            ip = ipaddress.ip_address(address.split("%", 1)[0])
+        except ValueError:
+            return world(address)
+        if ip.version == 6 and ip.ipv4_mapped is not None:
+            return self.of_address(str(ip.ipv4_mapped))
+        address = str(ip)
+        if address in self.host_addresses:
+            return host(address)
         ident = self.by_address.get(address)
         if ident is not None:
             return ident
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return world(address)
-        if ip.is_loopback or address in self.host_addresses:
+        if address in self.ambiguous:
+            return Identity("unknown", f"ambiguous {address} ({', '.join(self.ambiguous[address])})", address=address)
+        if ip.is_loopback:
             return host(address)
-        if ip.version == 6 and ip.ipv4_mapped is not None:
-            return self.of_address(str(ip.ipv4_mapped))
         return world(address)
 
     def all_pods(self) -> list[Identity]:
@@ -196,16 +207,23 @@ def build_identities(
         )
         ids.service_pods[(ns, svc.ref.name)] = ident
         for addr in addresses:
+            if addr in ids.ambiguous:
+                ids.ambiguous[addr].append(f"{ns}/{svc.ref.name}")
+                continue
             prev = ids.by_address.get(addr)
             if prev is None:
                 ids.by_address[addr] = Identity(
                     "pod", f"pod {ns}/{svc.ref.name} {addr}", ns, labels, ident.ns_labels, addr, named, ident.services
                 )
-            elif prev.namespace == ns:  # one pod behind several Services: it carries all their labels
+            elif prev.namespace == ns and all(prev.labels.get(k, v) == v for k, v in labels.items()):
+                # one pod behind several Services: it carries all their labels
                 ids.by_address[addr] = Identity(
                     "pod", prev.name, ns, {**prev.labels, **labels}, prev.ns_labels, addr, {**named, **prev.ports},
                     prev.services | ident.services,
                 )
+            else:  # not one pod: two namespaces, or labels that contradict
+                del ids.by_address[addr]
+                ids.ambiguous[addr] = [f"{a}/{b}" for a, b in sorted(prev.services)] + [f"{ns}/{svc.ref.name}"]
     if ("kube-system", "kube-dns") not in ids.service_pods:
         ids.dns = Identity("pod", "dns kube-system/kube-dns (homeplane's DNS server)", "kube-system", {"k8s-app": "kube-dns"},
                            ids.ns_labels("kube-system"))

@@ -89,6 +89,31 @@ class HTTPRule:
 
 
 @dataclass(frozen=True)
+class DNSRule:
+    """Cilium's DNS proxy rule: ``matchName`` (the name itself) or ``matchPattern`` (``*`` for any
+    run of name characters within a label; ``*`` alone for every name), case-insensitive."""
+
+    text: str
+    regex: str
+
+    @classmethod
+    def build(cls, match_name: str | None, match_pattern: str | None) -> "DNSRule":
+        if match_name:
+            name = match_name.lower().rstrip(".")
+            return cls(f"matchName {match_name}", re2.escape(name))
+        pattern = (match_pattern or "").lower().rstrip(".")
+        if pattern in ("*", ""):
+            return cls(f"matchPattern {match_pattern}", ".*")
+        return cls(f"matchPattern {match_pattern}", "[-a-z0-9_]*".join(re2.escape(p) for p in pattern.split("*")))
+
+    def matches(self, name: str) -> bool:
+        return re2.fullmatch(self.regex, name.lower().rstrip(".")) is not None
+
+    def __str__(self) -> str:
+        return self.text
+
+
+@dataclass(frozen=True)
 class Peer:
     """One peer of a rule. ``kind``: endpoints, entities, cidr, service, fqdn, none."""
 
@@ -114,6 +139,11 @@ class Entry:
     ports: tuple[PortSpec, ...]  # empty: every port
     http: tuple[HTTPRule, ...] | None = None  # None: no L7 restriction
     requires: tuple[LabelSelector, ...] = ()  # Cilium fromRequires/toRequires
+    dns: tuple[DNSRule, ...] | None = None  # Cilium's DNS proxy rules (egress to a DNS server)
+
+    @property
+    def l7(self) -> bool:
+        return self.http is not None or self.dns is not None
 
     @property
     def section(self) -> str:
@@ -123,7 +153,8 @@ class Entry:
         peers = "any peer" if self.any_peer else (", ".join(p.text for p in self.peers) or "no peer")
         ports = ", ".join(str(p) for p in self.ports) or "any port"
         http = f"; HTTP {' | '.join(str(h) for h in self.http)}" if self.http is not None else ""
-        return f"{'deny' if self.deny else 'allow'} {peers} on {ports}{http}"
+        dns = f"; DNS {' | '.join(str(d) for d in self.dns)}" if self.dns is not None else ""
+        return f"{'deny' if self.deny else 'allow'} {peers} on {ports}{http}{dns}"
 
 
 @dataclass(frozen=True)
@@ -234,7 +265,8 @@ def from_network_policy(np: NetworkPolicy) -> Subject:
 # --- Cilium --------------------------------------------------------------------------------------
 
 
-def _cilium_ports(rule: PortRule, problems: list[str], where: str) -> tuple[tuple[PortSpec, ...], tuple[HTTPRule, ...] | None]:
+def _cilium_ports(rule: PortRule, problems: list[str], where: str
+                  ) -> tuple[tuple[PortSpec, ...], tuple[HTTPRule, ...] | None, tuple[DNSRule, ...] | None]:
     ports = []
     for p in rule.ports:
         proto = p.protocol if p.protocol in ("TCP", "UDP", "SCTP", "ANY") else None
@@ -247,35 +279,32 @@ def _cilium_ports(rule: PortRule, problems: list[str], where: str) -> tuple[tupl
         else:
             ports.append(PortSpec(None, name=text, protocol=proto))
     http: tuple[HTTPRule, ...] | None = None
-    rules = rule.rules or {}
-    if rules.get("http") is not None:
+    rules = rule.rules
+    if rules is not None and rules.http is not None:
         out = []
-        for h in rules.get("http") or []:
+        for h in rules.http:
             headers: list[tuple[str, str | None]] = []
-            for line in h.get("headers") or []:
-                name, sep, value = str(line).partition(":")
+            for line in h.headers:
+                name, sep, value = line.partition(":")
                 headers.append((name.strip().lower(), value.strip() if sep else None))
-            for hm in h.get("headerMatches") or []:
-                if hm.get("secret") or hm.get("mismatch"):
+            for hm in h.header_matches:
+                if hm.secret is not None or hm.mismatch is not None:
                     problems.append(f"{where}: headerMatches with secret or mismatch actions are not supported; matched by value only")
-                headers.append((str(hm.get("name", "")).lower(), hm.get("value")))
-            for key in ("method", "path", "host"):
-                if h.get(key):
-                    try:
-                        re2.compile(str(h[key]))
-                    except re2.error as e:
-                        raise ValueError(f"{where}: http {key} {h[key]!r} is not a valid RE2 pattern: {e}") from None
-            out.append(HTTPRule(h.get("method") or None, h.get("path") or None, h.get("host") or None, tuple(headers)))
+                headers.append((hm.name.lower(), hm.value))
+            out.append(HTTPRule(h.method or None, h.path or None, h.host or None, tuple(headers)))
         http = tuple(out) or (HTTPRule(),)
     for other in ("kafka", "l7proto", "l7"):
-        if rules.get(other):
+        if rules is not None and getattr(rules, other):
             problems.append(f"{where}: {other} rules are not enforced by homeplane; the port is allowed without them")
-    if rules.get("dns") is not None:
-        problems.append(f"{where}: DNS proxy rules (rules.dns) are not enforced yet; DNS on that port is allowed")
+    dns: tuple[DNSRule, ...] | None = None
+    if rules is not None and rules.dns is not None:
+        dns = tuple(DNSRule.build(d.match_name, d.match_pattern) for d in rules.dns)
+        if any(d.regex == ".*" for d in dns):
+            dns = None  # matchPattern "*": every name, no restriction
     for key in ("terminating_tls", "originating_tls", "listener"):
         if getattr(rule, key):
             problems.append(f"{where}: {key} is not supported")
-    return tuple(ports), http
+    return tuple(ports), http, dns
 
 
 @dataclass(frozen=True)
@@ -313,15 +342,19 @@ def _cilium_peers(r: PeerRule, direction: Direction, ns: str | None, problems: l
             what = cs.cidr_group_ref or _selector_text(cs.cidr_group_selector)
             problems.append(f"{where}: CiliumCIDRGroup {what} is not in the manifests; the entry matches nothing")
         for g in found:
-            cidrs += [(_network(c), excepts) for c in g.cidrs]
+            for c in g.cidrs:
+                try:
+                    cidrs.append((_network(c), excepts))
+                except ValueError:
+                    problems.append(f"{where}: CiliumCIDRGroup {g.name}: {c!r} is not a CIDR; left out")
     for net, exc in cidrs:
         text = f"cidr {net}" + (f" except {','.join(map(str, exc))}" if exc else "")
         peers.append(Peer("cidr", text, cidrs=((net, exc),)))
     if direction == "egress":
         for svc in r.to_services:
-            k8s = svc.get("k8sService") or {}
-            if k8s.get("serviceName"):
-                target = (k8s.get("namespace") or ns or "default", k8s["serviceName"])
+            k8s = svc.k8s_service
+            if k8s is not None and k8s.service_name:
+                target = (k8s.namespace or ns or "default", k8s.service_name)
                 peers.append(Peer("service", f"service {target[0]}/{target[1]}", service=target))
             else:
                 problems.append(f"{where}: toServices by selector is not supported; the entry matches nothing")
@@ -355,15 +388,15 @@ def _cilium_section(ref: Ref, rules: list[PeerRule], direction: Direction, deny:
                 out.append(Entry(ref, i, direction, deny, peers, False, (), None, requires))
             continue
         for pr in port_rules:
-            ports, http = _cilium_ports(pr, problems, where)
-            if deny and http is not None:
+            ports, http, dns = _cilium_ports(pr, problems, where)
+            if deny and (http is not None or dns is not None):
                 problems.append(f"{where}: deny rules cannot carry L7 rules (Cilium refuses them); L7 part ignored")
-                http = None
+                http = dns = None
             if not ports and not pr.ports:
                 ports = ()
             elif not ports:
                 continue  # every port of it was unusable
-            out.append(Entry(ref, i, direction, deny, peers, not l3_given, ports, http, requires))
+            out.append(Entry(ref, i, direction, deny, peers, not l3_given, ports, http, requires, dns))
     return out
 
 
@@ -387,9 +420,9 @@ def from_cilium_policy(cnp: CiliumNetworkPolicy, clusterwide: bool, groups: list
             + _cilium_section(section_ref, rule.egress, "egress", False, ns, problems, prefix, groups)
             + _cilium_section(section_ref, rule.egress_deny, "egress", True, ns, problems, prefix, groups)
         )
-        dd = rule.enable_default_deny or {}
-        deny_in = bool(rule.ingress or rule.ingress_deny) and dd.get("ingress", True) is not False
-        deny_eg = bool(rule.egress or rule.egress_deny) and dd.get("egress", True) is not False
+        dd = rule.enable_default_deny
+        deny_in = bool(rule.ingress or rule.ingress_deny) and not (dd is not None and dd.ingress is False)
+        deny_eg = bool(rule.egress or rule.egress_deny) and not (dd is not None and dd.egress is False)
         selector = rule.endpoint_selector or rule.node_selector or LabelSelector()
         out.append(Subject(section_ref, "cilium", ns, selector, deny_in, deny_eg, tuple(entries), tuple(problems), host_policy))
     return out
@@ -417,6 +450,6 @@ def compile_policies(objects: list[Any]) -> Compiled:
                 out.subjects.append(from_network_policy(o.model))
             elif isinstance(o.model, CiliumNetworkPolicy):
                 out.subjects.extend(from_cilium_policy(o.model, o.kind == "CiliumClusterwideNetworkPolicy", groups))
-        except ValueError as e:
-            out.errors.append((Ref(o.kind, o.namespace, o.name), str(e)))
+        except Exception as e:  # noqa: BLE001 - whatever it is, the policy is reported, never a crash
+            out.errors.append((Ref(o.kind, o.namespace, o.name), f"{type(e).__name__}: {e}" if not isinstance(e, ValueError) else str(e)))
     return out

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from homeplane.policy.identity import Identities, Identity
-from homeplane.policy.rules import Entry, HTTPRule, Peer, Subject, cilium_selector_matches
+from homeplane.policy.rules import DNSRule, Entry, HTTPRule, Peer, Subject, cilium_selector_matches
 
 ACCESS_DENIED = b"Access denied\r\n"  # the body Cilium's proxy sends with its 403
 
@@ -41,12 +41,16 @@ class Decision:
     # L7: allowed only for requests that match a rule of every group (one group per side that has
     # L7 rules); None: every request
     http: tuple[tuple[HTTPRule, ...], ...] | None = None
+    dns: tuple[tuple[DNSRule, ...], ...] | None = None  # the same for DNS queries (Cilium's DNS proxy)
 
     @property
     def verdict(self) -> str:
         if not self.allowed:
             return "DROPPED"
-        return "REDIRECTED" if self.http is not None else "FORWARDED"
+        return "REDIRECTED" if self.http is not None or self.dns is not None else "FORWARDED"
+
+    def allows_query(self, name: str) -> bool:
+        return self.allowed and (self.dns is None or all(any(r.matches(name) for r in group) for group in self.dns))
 
     def allows_request(self, method: str, path: str, host: str, headers: dict[str, str]) -> bool:
         return self.allowed and (
@@ -54,7 +58,7 @@ class Decision:
         )
 
 
-def peer_matches(peer: Peer, who: Identity, ids: Identities) -> bool:
+def peer_matches(peer: Peer, who: Identity, ids: Identities | None = None) -> bool:
     if peer.kind == "endpoints":
         if who.kind != "pod":
             # a selector naming reserved: labels selects the host or the world
@@ -127,45 +131,53 @@ class PolicySet:
         return hit
 
     def side(self, direction: str, subject: Identity, peer: Identity, port: int, proto: str,
-             dst: Identity) -> tuple[Step, tuple[HTTPRule, ...] | None]:
+             dst: Identity) -> tuple[Step, tuple[HTTPRule, ...] | None, tuple[DNSRule, ...] | None]:
         """The verdict of ``subject``'s ``direction`` policies on traffic with ``peer``."""
         if subject.kind != "pod":
-            return Step(direction, True, f"{subject.name} has no {direction} policies"), None
+            return Step(direction, True, f"{subject.name} has no {direction} policies"), None, None
         if direction == "ingress" and peer.kind == "host":
-            return Step(direction, True, "the host may always reach its endpoints (Cilium's allow-localhost)"), None
+            return Step(direction, True, "the host may always reach its endpoints (Cilium's allow-localhost)"), None, None
         subjects = self.selecting(subject)
         named = dict(dst.ports)
         entries = [e for s in subjects for e in s.entries if e.direction == direction]
         for e in entries:
             if e.deny and _entry_matches(e, peer, port, proto, named, self.identities):
-                return Step(direction, False, f"denied by {e.policy} {e.section}: {e}", e), None
+                return Step(direction, False, f"denied by {e.policy} {e.section}: {e}", e), None, None
         isolating = tuple(str(s.policy) for s in subjects if (s.deny_ingress if direction == "ingress" else s.deny_egress))
-        if not isolating:
-            what = "no policy selects it" if not subjects else "its policies do not enable default deny"
-            return Step(direction, True, f"{subject.name}: {direction} open ({what})"), None
         allows = [e for e in entries if not e.deny and _entry_matches(e, peer, port, proto, named, self.identities)]
+        if not isolating and not (allows and all(e.l7 for e in allows)):
+            # (L7 rules restrict even where a policy turned default deny off, as in Cilium)
+            what = "no policy selects it" if not subjects else "its policies do not enable default deny"
+            return Step(direction, True, f"{subject.name}: {direction} open ({what})"), None, None
         if not allows:
             return Step(direction, False, f"default deny for {subject.name} ({', '.join(isolating)}); no rule allows "
-                        f"{peer.name} on {port}/{proto}", None, isolating), None
-        plain = next((e for e in allows if e.http is None), None)
+                        f"{peer.name} on {port}/{proto}", None, isolating), None, None
+        plain = next((e for e in allows if not e.l7), None)
         if plain is not None:
-            return Step(direction, True, f"allowed by {plain.policy} {plain.section}: {plain}", plain, isolating), None
-        http = tuple(h for e in allows for h in e.http or ())
+            return Step(direction, True, f"allowed by {plain.policy} {plain.section}: {plain}", plain, isolating), None, None
+        # every matching rule carries L7 rules: a request must pass one of them (an entry with
+        # DNS rules only leaves HTTP open, and the other way round)
+        http = None if any(e.http is None for e in allows) else tuple(h for e in allows for h in e.http or ())
+        dns = None if any(e.dns is None for e in allows) else tuple(d for e in allows for d in e.dns or ())
         first = allows[0]
-        return Step(direction, True, f"allowed for some HTTP requests by {first.policy} {first.section}: {first}",
-                    first, isolating), http
+        what = "HTTP requests" if http is not None else "DNS queries"
+        return Step(direction, True, f"allowed for some {what} by {first.policy} {first.section}: {first}",
+                    first, isolating), http, dns
 
     def decide(self, src: Identity, dst: Identity, port: int, proto: str = "TCP") -> Decision:
         steps = []
         groups: list[tuple[HTTPRule, ...]] = []
+        names: list[tuple[DNSRule, ...]] = []
         for direction, subject, peer in (("egress", src, dst), ("ingress", dst, src)):
-            step, rules = self.side(direction, subject, peer, port, proto, dst)
+            step, rules, dns = self.side(direction, subject, peer, port, proto, dst)
             steps.append(step)
             if not step.allowed:
                 return Decision(False, tuple(steps))
             if rules is not None:
                 groups.append(rules)
-        return Decision(True, tuple(steps), tuple(groups) if groups else None)
+            if dns is not None:
+                names.append(dns)
+        return Decision(True, tuple(steps), tuple(groups) if groups else None, tuple(names) if names else None)
 
     def unselected(self) -> list[tuple[str, str]]:
         """(policy, selector) pairs that select nothing this configuration knows (``policy check``)."""

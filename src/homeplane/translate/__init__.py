@@ -145,6 +145,11 @@ def _policy_status(ctx: Context, netpol: Any, diags: Diagnostics) -> None:
     problems: dict[str, list[str]] = {}
     for policy, text in netpol.problems:
         problems.setdefault(policy.split("#", 1)[0], []).append(text)
+    for addr, owners in sorted(netpol.identities.ambiguous.items()):
+        if addr in netpol.identities.host_addresses:
+            continue  # this machine's own address: the host, whoever else sits there
+        diags.warning(f"network policy: {addr} is an endpoint of {', '.join(owners)}, which cannot be one pod; "
+                      "connections from it match no selector or CIDR (only the entity all)", code="AmbiguousEndpoint")
     for o in ctx.objects:
         if o.kind not in kinds or o.model is None:
             continue

@@ -9,7 +9,7 @@ LBIPAM_SHARING_CROSS_NS = "lbipam.cilium.io/sharing-cross-namespace"
 LBIPAM_SATISFIED = "cilium.io/IPAMRequestSatisfied"  # the condition type in Cilium's source since 1.17
 LBIPAM_LEGACY_SATISFIED = "io.cilium/lb-ipam-request-satisfied"  # older releases, and Cilium's documentation
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -85,13 +85,79 @@ class PortProtocol(Model):
     protocol: Literal["TCP", "UDP", "SCTP", "ICMP", "ICMPv6", "ANY"] = "ANY"
 
 
+def _re2(value: str | None, what: str) -> str | None:
+    if value is None:
+        return None
+    import re2
+
+    try:
+        re2.compile(value)
+    except re2.error as e:
+        raise ValueError(f"{what} {value!r} is not a valid RE2 pattern: {e}") from None
+    return value
+
+
+class HeaderMatch(Model):
+    name: str
+    value: str | None = None
+    mismatch: Literal["LOG", "ADD", "DELETE", "REPLACE"] | None = None
+    secret: dict | None = None
+
+
+class PortRuleHTTP(Model):
+    """An L7 HTTP rule: method, path and host are RE2 patterns matched against the whole value."""
+
+    method: str | None = None
+    path: str | None = None
+    host: str | None = None
+    headers: list[str] = Field(default_factory=list)
+    header_matches: list[HeaderMatch] = Field(default_factory=list)
+
+    @field_validator("method", "path", "host")
+    @classmethod
+    def _pattern(cls, v: str | None, info: Any) -> str | None:
+        return _re2(v, info.field_name)
+
+
+class PortRuleDNS(Model):
+    match_name: str | None = None
+    match_pattern: str | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> "PortRuleDNS":
+        if self.match_name is None and self.match_pattern is None:
+            raise ValueError("a DNS rule needs matchName or matchPattern")
+        for v in (self.match_name, self.match_pattern):
+            if v is not None and not all(c.isalnum() or c in "-_.*" for c in v):
+                raise ValueError(f"{v!r}: a DNS name or pattern has letters, digits, '-', '_', '.' and '*' only")
+        return self
+
+
+class L7Rules(Model):
+    http: list[PortRuleHTTP] | None = None
+    dns: list[PortRuleDNS] | None = None
+    kafka: list[dict] | None = None
+    l7proto: str | None = None
+    l7: list[dict] | None = None
+
+
 class PortRule(Model):
     ports: list[PortProtocol] = Field(default_factory=list)
-    rules: dict | None = None
+    rules: L7Rules | None = None
     terminating_tls: dict | None = Field(default=None, alias="terminatingTLS")
     originating_tls: dict | None = Field(default=None, alias="originatingTLS")
     server_names: list[str] = Field(default_factory=list)
     listener: dict | None = None
+
+
+class K8sServiceRef(Model):
+    service_name: str | None = None
+    namespace: str | None = None
+
+
+class ServiceRef(Model):
+    k8s_service: K8sServiceRef | None = Field(default=None, alias="k8sService")
+    k8s_service_selector: dict | None = Field(default=None, alias="k8sServiceSelector")
 
 
 class FQDNSelector(Model):
@@ -116,7 +182,7 @@ class PeerRule(Model):
     def _cidrs(cls, v: list[str]) -> list[str]:
         return [check_cidr(x) for x in v]
     to_fqd_ns: list[FQDNSelector] = Field(default_factory=list, alias="toFQDNs")
-    to_services: list[dict] = Field(default_factory=list)
+    to_services: list[ServiceRef] = Field(default_factory=list)
     from_groups: list[dict] = Field(default_factory=list)
     to_groups: list[dict] = Field(default_factory=list)
     from_nodes: list[LabelSelector] = Field(default_factory=list)
@@ -128,6 +194,11 @@ class PeerRule(Model):
     authentication: dict | None = None
 
 
+class DefaultDeny(Model):
+    ingress: bool | None = None
+    egress: bool | None = None
+
+
 class CiliumPolicyRule(Model):
     endpoint_selector: LabelSelector | None = None
     node_selector: LabelSelector | None = None
@@ -137,7 +208,16 @@ class CiliumPolicyRule(Model):
     egress_deny: list[PeerRule] = Field(default_factory=list)
     labels: list[dict] = Field(default_factory=list)
     description: str | None = None
-    enable_default_deny: dict | None = None
+    enable_default_deny: DefaultDeny | None = None
+
+    @model_validator(mode="after")
+    def _selects(self) -> "CiliumPolicyRule":
+        # Cilium refuses a rule that says neither whom (endpointSelector) nor which nodes it is for
+        if self.endpoint_selector is None and self.node_selector is None:
+            raise ValueError("a rule needs endpointSelector (or nodeSelector for a host policy)")
+        if self.endpoint_selector is not None and self.node_selector is not None:
+            raise ValueError("a rule has endpointSelector or nodeSelector, not both")
+        return self
 
 
 class CiliumNetworkPolicy(Resource):

@@ -180,3 +180,115 @@ def test_l7_rules_see_the_request_as_it_reaches_the_pod(backend: Backend, backen
         assert "/private" not in targets and "/private/x" not in targets and targets.count("/public/form") == 1
     finally:
         g.close()
+
+
+def client_pod(name: str, ip: str, role: str) -> str:
+    return f"""
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: lan}}
+spec: {{selector: {{role: {role}}}, ports: [{{port: 80}}]}}
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {{name: {name}, namespace: lan}}
+subsets: [{{addresses: [{{ip: {ip}}}], ports: [{{port: 80}}]}}]
+"""
+
+
+GATEWAY_INGRESS = """
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: envoy-internal-clients, namespace: network}
+spec:
+  endpointSelector: {matchLabels: {gateway.networking.k8s.io/gateway-name: envoy-internal}}
+  ingress:
+    - fromEndpoints: [{matchLabels: {role: trusted, "k8s:io.kubernetes.pod.namespace": lan}}]
+    - fromCIDR: [192.168.0.0/16]
+      toPorts: [{ports: [{port: "10080", protocol: TCP}]}]
+"""
+
+
+@pytest.mark.parametrize("fast_lane", [True, False], ids=["fast", "python"])
+def test_who_may_connect_to_a_gateway(backend: Backend, fast_lane: bool) -> None:
+    """The ingress policies of a Gateway's proxy pods: client addresses it refuses are closed at once."""
+    from homeplane.policy.enforce import gateway_sources
+
+    manifests = (GATEWAYS + app("atuin", backend.port) + client_pod("trusted", "127.1.9.8", "trusted")
+                 + client_pod("other", "127.1.9.9", "other") + GATEWAY_INGRESS)
+    g = Gateway(manifests, Settings(access_log=False, fast_lane=fast_lane, flows=64))
+
+    def get(port: int, source: str) -> int | str:
+        with httpx.Client(transport=httpx.HTTPTransport(local_address=source), timeout=10) as c:
+            try:
+                return c.get(g.url(port, "/echo"), headers={"host": "atuin.test"}).status_code
+            except httpx.TransportError as e:
+                return type(e).__name__
+
+    try:
+        assert get(80, "127.1.9.8") == 200  # the trusted pod
+        assert get(80, "127.0.0.1") == 200  # the host (Cilium's allow-localhost)
+        assert get(80, "127.1.9.9") in ("RemoteProtocolError", "ReadError", "ConnectError")  # closed at once
+        assert get(8000, "127.1.9.9") == 200  # envoy-external has no such policy
+        dropped = [w["flow"] for w in g.dp.flow_ring.read() if w["flow"]["verdict"] == "DROPPED"]
+        assert dropped and dropped[-1]["IP"]["source"] == "127.1.9.9" and dropped[-1]["drop_reason_desc"] == "POLICY_DENIED"
+        # flows name the pods network policy knows, with Cilium's labels
+        assert dropped[-1]["source"]["namespace"] == "lan" and "k8s:role=other" in dropped[-1]["source"]["labels"]
+        assert dropped[-1]["source"]["workloads"] == [{"name": "other"}]
+        # the LAN by CIDR, on the Envoy pods' port for listener 80 (10080)
+        snap = g.translate(manifests).snapshot
+        check = gateway_sources(snap.network_policy, ["network/envoy-internal"], 80)
+        assert check is not None and check("192.168.1.5") is None and check("8.8.8.8") is not None
+        assert gateway_sources(snap.network_policy, ["network/envoy-external"], 8000) is None
+    finally:
+        g.close()
+
+
+def test_who_may_connect_to_a_gateway_tcp_listener(backend: Backend) -> None:
+    import socket
+
+    tcp = """
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: envoy-tcp, namespace: network}
+spec:
+  gatewayClassName: envoy
+  listeners: [{name: ssh, protocol: TCP, port: 2222, allowedRoutes: {namespaces: {from: All}, kinds: [{kind: TCPRoute}]}}]
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TCPRoute
+metadata: {name: ssh, namespace: selfhosted}
+spec:
+  parentRefs: [{name: envoy-tcp, namespace: network}]
+  rules: [{backendRefs: [{name: atuin, port: 80}]}]
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: envoy-tcp-clients, namespace: network}
+spec:
+  endpointSelector: {matchLabels: {gateway.networking.k8s.io/gateway-name: envoy-tcp}}
+  ingress: [{fromEndpoints: [{matchLabels: {role: trusted, "k8s:io.kubernetes.pod.namespace": lan}}]}]
+"""
+    g = Gateway(GATEWAYS.split("---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway")[0] + app("atuin", backend.port)
+                + client_pod("trusted", "127.1.9.8", "trusted") + client_pod("other", "127.1.9.9", "other") + tcp,
+                Settings(access_log=False))
+
+    def ask(source: str) -> bytes:
+        with socket.socket() as s:
+            s.settimeout(5)
+            s.bind((source, 0))
+            s.connect(("127.0.0.1", g.port(2222)))
+            s.sendall(b"GET /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            try:
+                return s.recv(12)
+            except ConnectionResetError:
+                return b""
+
+    try:
+        assert ask("127.1.9.8") == b"HTTP/1.1 200"
+        assert ask("127.1.9.9") == b""
+    finally:
+        g.close()

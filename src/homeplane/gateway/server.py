@@ -26,7 +26,7 @@ from homeplane.gateway.exchange import Exchange
 from homeplane.gateway.frontends.fastlane import Hooks, compile_table, make_native_context, native_tls_available, set_ticket_secret, tls_connection
 from homeplane.gateway.frontends.fastlane import enabled as fastlane_enabled
 from homeplane.gateway.upstreams.health import run_checks
-from homeplane.policy.enforce import head_allowed
+from homeplane.policy.enforce import gateway_sources, head_allowed
 from homeplane.observe.accesslog import AccessLogs, Record, first_values, request_headers
 from homeplane.observe.envoystats import EnvoyStats
 from homeplane.observe.flows import HTTP as FLOW_HTTP
@@ -90,6 +90,7 @@ class PortServer:
         self.passthrough: PassthroughTable | None = None  # TLS passthrough (TLSRoutes) on this port
         self.splices: set[Splice] = set()  # passed-through connections
         self.connection_limit: int | None = None
+        self.source_allowed: Any = None  # network policy: policy.enforce.SourceCheck, or None (everyone)
         self.fast: tuple[Any, ...] | None = None  # the fast lane's routing table (gateway/fastlane.py)
         self.hooks = Hooks(self) if dp.settings.fast_lane and fastlane_enabled() else None
         self._contexts: list[tuple[ListenerTable, list[tuple[ir.TLSCert, ssl.SSLContext]]]] = []
@@ -530,6 +531,8 @@ class DataPlane:
     async def apply(self, snapshot: ir.Snapshot) -> None:
         # 1. compile everything before touching anything that serves traffic
         plan = compile_snapshot(snapshot, self.bind, self.settings)
+        if self.flow_ring is not None:  # flows name the pods network policy knows (the ring is shared)
+            self.flow_ring.identities = snapshot.network_policy.identities if snapshot.network_policy is not None else None
         self.access.configure(snapshot.gateways)
         for problem in plan.problems:
             log.error("%s", problem)
@@ -556,6 +559,10 @@ class DataPlane:
                 task.cancel()
         # 3. swap tables into running servers, start new ones, stop removed ones
         for key, table in wanted.items():
+            sources = gateway_sources(
+                snapshot.network_policy, {f"{r.namespace}/{r.name}" for r in [table.gateway] + [lt.listener.gateway for lt in table.listeners]},
+                table.port,
+            )
             srv = self.servers.get(key)
             if srv is not None and srv.table.protocol != table.protocol:
                 srv.close()
@@ -566,6 +573,7 @@ class DataPlane:
             pt_proxy = (bool(proxies), bool(proxies) and all(p[1] for p in proxies))
             if srv is None:
                 srv = PortServer(self, key[0], key[1], table)
+                srv.source_allowed = sources
                 srv.passthrough = PassthroughTable(routes, pt_proxy) if routes else None
                 try:
                     srv.update(table)
@@ -581,6 +589,7 @@ class DataPlane:
                     ", ".join(lt.listener.name for lt in table.listeners), key[0], key[1],
                 )
             else:
+                srv.source_allowed = sources
                 try:
                     srv.update(table)
                     srv.passthrough = PassthroughTable(routes, pt_proxy) if routes else None
@@ -696,7 +705,7 @@ class DataPlane:
                     out[e.name] = out.get(e.name, True) and e.available(now)
         return out
 
-    def connection_opened(self, conn: Any, fresh: bool = True) -> None:
+    def connection_opened(self, conn: Any, fresh: bool = True, client: tuple[str, int] | None = None) -> None:
         """A client connection starts (``fresh``) or moves to another protocol object."""
         self.connections.add(conn)
         srv = conn.server
@@ -708,6 +717,15 @@ class DataPlane:
             srv.connection_limit is not None and len(srv.conns) > srv.connection_limit
         ):
             conn.transport.close()
+            return
+        if srv.source_allowed is not None and client is not None:
+            why = srv.source_allowed(client[0])
+            if why is not None:
+                # the Gateway's ingress policies refuse this client (Cilium drops its packets)
+                conn.transport.close()
+                if self.flow_ring is not None:
+                    self.flow_ring.l4("TCP", client, f"{srv.table.gateway.namespace}/{srv.table.gateway.name}", None, None,
+                                      0, 0, 0.0, error=why, reason="POLICY_DENIED")
 
     def connection_closed(self, conn: Any) -> None:
         self.connections.discard(conn)

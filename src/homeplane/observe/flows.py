@@ -58,6 +58,7 @@ class FlowRing:
         self.entries: deque[tuple[Any, ...]] = deque(maxlen=capacity)
         self.seq = itertools.count(1)
         self.node_name = node_name or socket.gethostname()
+        self.identities: Any = None  # policy.identity.Identities of the configuration served (pods by address)
 
     def l4(self, proto: str, client: tuple[str, int], service: str, route: str | None, backend: str | None,
            bytes_in: int, bytes_out: int, duration: float, error: str | None = None, sni: str | None = None,
@@ -80,7 +81,7 @@ class FlowRing:
         offset = time.time() - time.monotonic()
         out: list[dict[str, Any]] = []
         for e in reversed(raw) if last is not None else raw:
-            f = decode(e, offset, self.node_name)
+            f = decode(e, offset, self.node_name, self.identities)
             if flt is None or flt.matches(f):
                 out.append(f)
                 if last is not None and len(out) >= last:
@@ -142,7 +143,14 @@ def _endpoint(ip: str, ns_name: tuple[str, str] | None, kind: str = "app") -> di
     return {"namespace": ns, "labels": [f"k8s:io.kubernetes.pod.namespace={ns}", f"k8s:{kind}={name}"], "workloads": [{"name": name}]}
 
 
-def decode(e: tuple[Any, ...], offset: float, node: str) -> dict[str, Any]:
+def _pod(ident: Any) -> dict[str, Any]:
+    """A network-policy identity (policy.identity) as Hubble shows an endpoint."""
+    labels = sorted(f"k8s:{k}={v}" for k, v in ident.cilium_labels().items() if not k.startswith("io.cilium.k8s.namespace.labels."))
+    name = ident.name.split(" ")[1].rsplit("/", 1)[-1] if " " in ident.name else ident.name
+    return {"namespace": ident.namespace, "labels": labels, "workloads": [{"name": name}]}
+
+
+def decode(e: tuple[Any, ...], offset: float, node: str, identities: Any = None) -> dict[str, Any]:
     kind = e[1]
     if kind == HTTP:
         flow = _decode_http(e)
@@ -150,6 +158,10 @@ def decode(e: tuple[Any, ...], offset: float, node: str) -> dict[str, Any]:
         flow = _decode_l4(e)
     else:
         flow = _decode_dns(e, offset)
+    if identities is not None:  # network policy knows the pods: a client that is one is shown as it
+        who = identities.of_address(flow["IP"]["source"])
+        if who.kind == "pod":
+            flow["source"] = _pod(who)
     flow["node_name"] = node
     flow["homeplane"]["seq"] = e[0]
     return {"flow": flow, "node_name": node, "time": flow["time"]}

@@ -351,3 +351,53 @@ def head_allowed(groups: tuple[tuple[Any, ...], ...], head: bytes) -> bool:
     headers = request_headers(head)
     host = headers.get("host", "")
     return all(any(r.matches(method, target, host, headers) for r in group) for group in groups)
+
+
+# --- who may connect to a Gateway --------------------------------------------------------------
+
+
+def envoy_container_port(port: int) -> int:
+    """The port Envoy Gateway's proxy pods listen on for a listener port (privileged ports are
+    moved up by 10000: 80 -> 10080, 443 -> 10443): what a policy on those pods names."""
+    return port + 10000 if port < 1024 else port
+
+
+class SourceCheck:
+    """The ingress policies of a Gateway's proxy pods, asked per new client connection (client
+    CIDRs: "only the LAN may reach envoy-internal"). Merged gateways share a port: a client one
+    of them admits is admitted, as the listener is chosen only later."""
+
+    LIMIT = 8192
+
+    def __init__(self, ps: PolicySet, gateways: list[Identity], port: int, proto: str = "TCP"):
+        self.ps, self.gateways, self.port, self.proto = ps, gateways, envoy_container_port(port), proto
+        self._memo: dict[str, str | None] = {}
+
+    def __call__(self, client_ip: str) -> str | None:
+        """None: it may connect; else why not."""
+        hit = self._memo.get(client_ip, "?")
+        if hit != "?":
+            return hit
+        src = self.ps.identities.of_address(client_ip)
+        why: str | None = "no Gateway"
+        for gw in self.gateways:
+            d = self.ps.decide(src, gw, self.port, self.proto)
+            if d.allowed:
+                why = None
+                break
+            why = next(s.text for s in d.steps if not s.allowed)
+        if len(self._memo) >= self.LIMIT:
+            self._memo.clear()
+        self._memo[client_ip] = why
+        return why
+
+
+def gateway_sources(ps: PolicySet | None, gateway_keys: Iterable[str], port: int, proto: str = "TCP") -> SourceCheck | None:
+    """The check for a port of these Gateways; None when no policy limits who may reach them."""
+    if ps is None:
+        return None
+    idents = [ps.identities.gateways[k] for k in gateway_keys if k in ps.identities.gateways]
+    if not idents or not any(s.deny_ingress or any(e.direction == "ingress" for e in s.entries)
+                             for gw in idents for s in ps.selecting(gw)):
+        return None
+    return SourceCheck(ps, idents, port, proto)

@@ -240,7 +240,7 @@ class Hooks:
             return None
         peer = conn.override or transport.get_extra_info("peername") or ("", 0)
         sni = self.server.sni_of(tls) if tls is not None else None
-        self.dp.connection_opened(conn)
+        self.dp.connection_opened(conn, True, (str(peer[0]), int(peer[1])))
         return str(peer[0]).encode(), sni.encode() if sni else None, b"https" if tls is not None else b"http"
 
     def closed(self, conn: Any) -> None:
@@ -283,7 +283,7 @@ class Hooks:
         session.listener = table.listener_for(sni.encode()) if sni else None
         lt = session.listener or (table.listeners[0] if table.listeners else None)
         conf = lt.conf if lt is not None else None
-        self.dp.connection_opened(session, fresh)
+        self.dp.connection_opened(session, fresh, (str(peer[0]), int(peer[1])))
         return (
             str(peer[0]).encode(), sni.encode() if sni else None, scheme,
             conf.h2_max_streams if conf else DEFAULT_MAX_STREAMS,

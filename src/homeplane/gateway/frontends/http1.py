@@ -103,7 +103,7 @@ class Http1Connection(asyncio.Protocol):
         if tls is not None and tls.selected_alpn_protocol() == "h2":
             self._switch_to_h2(b"")
             return
-        self.dp.connection_opened(self, self.fresh)
+        self.dp.connection_opened(self, self.fresh, (self.info.client_ip, self.info.client_port))
         self.fresh = False
         self.deadline = time.monotonic() + self.dp.settings.request_headers_timeout
 

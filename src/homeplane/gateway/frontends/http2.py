@@ -221,7 +221,7 @@ class H2Connection(asyncio.Protocol):
         self.h2.initiate_connection()
         if conn_window > 65535:  # the protocol's initial connection window
             self.h2.increment_flow_control_window(conn_window - 65535)
-        self.dp.connection_opened(self, self.fresh)
+        self.dp.connection_opened(self, self.fresh, (self.info.client_ip, self.info.client_port))
         self.deadline = time.monotonic() + self.dp.settings.idle_timeout
         self.flush()
 

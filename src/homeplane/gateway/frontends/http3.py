@@ -468,6 +468,8 @@ def new_session(server: Any) -> Any:
             server.connection_limit is not None and len(server.conns) >= server.connection_limit
         ):
             return None
+        if server.source_allowed is not None and server.source_allowed(str(addr[0])) is not None:
+            return None  # the Gateway's ingress policies refuse this client
         return H3Session(server, endpoint, conn, addr)
     return make
 

@@ -27,6 +27,7 @@ from homeplane.gateway.upstreams.cluster import Cluster, ClusterConfig, Endpoint
 from homeplane.gateway.frontends.late_tls import start_tls_after
 from homeplane.gateway.tls import cert_matches, make_context
 from homeplane.l4.relay import Splice, UDPRelay, UDPSession
+from homeplane.policy.enforce import gateway_sources
 from homeplane.translate import snapshot as ir
 
 
@@ -47,6 +48,7 @@ class _Wanted:
     route: ir.L4Route
     certs: tuple[ir.TLSCert, ...] = ()  # a TLS listener that terminates here (TCPRoute behind it)
     proxy: tuple[bool, bool] = (False, False)  # PROXY protocol (expected, optional), TCP and TLS only
+    sources: Any = None  # network policy: who may connect (policy.enforce.SourceCheck), None: everyone
 
 
 def choose(dp: DataPlaneHooks, route: ir.L4Route, exclude: tuple[EndpointState, ...] = ()) -> tuple[Cluster, EndpointState] | None:
@@ -103,7 +105,8 @@ async def _connect(splice: Splice, cluster: Cluster, ep: EndpointState) -> None:
 
 
 def spliced(
-    dp: DataPlaneHooks, splices: set[Splice], route_for: Callable[[], ir.L4Route | None], gateway: ir.Ref, protocol: str, sni: str | None = None
+    dp: DataPlaneHooks, splices: set[Splice], route_for: Callable[[], ir.L4Route | None], gateway: ir.Ref, protocol: str,
+    sni: str | None = None, sources: Callable[[], Any] | None = None,
 ) -> Splice:
     """A Splice whose backend is chosen from ``route_for()`` when the client connects, counted
     in ``splices`` while open (and on its endpoint, for LeastRequest), with an access log line
@@ -112,8 +115,9 @@ def spliced(
 
     def opened(splice: Splice, peer: tuple[str, int]) -> None:
         route = route_for()
-        if route is None:
-            splice.close()
+        check = sources() if sources is not None else None
+        if route is None or (check is not None and check(peer[0]) is not None):
+            splice.close()  # no route, or the Gateway's ingress policies refuse this client
             return
         chosen.append(route)
         relay(dp, splice, route, peer)
@@ -145,7 +149,8 @@ class L4Listener:
 
     def new_splice(self) -> Splice:
         w = self.wanted
-        return spliced(self.dp, self.splices, lambda: self.wanted.route, w.gateway, "TLS" if w.certs else "TCP")
+        return spliced(self.dp, self.splices, lambda: self.wanted.route, w.gateway, "TLS" if w.certs else "TCP",
+                       sources=lambda: self.wanted.sources)
 
     def accept(self) -> asyncio.Protocol:
         return _ProxyHeader(self) if self.proxy else self.new_splice().client
@@ -154,6 +159,8 @@ class L4Listener:
 
     def pick_udp(self, addr: Any) -> tuple[str, int, Any] | None:
         route = self.wanted.route
+        if self.wanted.sources is not None and self.wanted.sources(str(addr[0])) is not None:
+            return None  # the Gateway's ingress policies refuse this client
         chosen = choose(self.dp, route)
         if chosen is None:
             return None
@@ -336,7 +343,8 @@ def wanted_listeners(snapshot: ir.Snapshot, address_for: Any, port_for: Any) -> 
                 log.error("Gateway %s listener %s: %s:%d/%s is already used by Gateway %s; not served", gw.ref, ls.name, *key, wanted[key].gateway)
                 continue
             proxy = proxyproto.wanted(ls.client_traffic.settings if ls.client_traffic else None)
-            wanted[key] = _Wanted(gw.ref, ls.name, ls.l4_routes[0], ls.tls_certs if terminated else (), proxy)
+            wanted[key] = _Wanted(gw.ref, ls.name, ls.l4_routes[0], ls.tls_certs if terminated else (), proxy,
+                                  gateway_sources(snapshot.network_policy, [gw.key], ls.port, "UDP" if ls.protocol == "UDP" else "TCP"))
             bindings.append(
                 {
                     "gateway": f"{gw.ref.namespace}/{gw.ref.name}", "port": ls.port, "protocol": ls.protocol,

@@ -140,3 +140,26 @@ def test_range_subtraction_against_sets() -> None:
         want = set().union(*(range(lo, hi + 1) for lo, hi in r)) - set().union(*(range(lo, hi + 1) for lo, hi in c))
         got = _subtract(r, c)
         assert set().union(*(range(lo, hi + 1) for lo, hi in got)) == want and list(got) == sorted(got)
+
+
+def test_the_forward_auth_service_is_reached_under_the_gateways_policies() -> None:
+    from tests.gateway.manifests import gateway, route, service
+    from tests.gateway.test_auth import GRANT, auth_service, ext_auth_policy
+
+    only_other = """
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: outpost, namespace: security}
+spec:
+  endpointSelector: {}
+  ingress: [{fromEndpoints: [{matchLabels: {"k8s:io.kubernetes.pod.namespace": network, gateway.networking.k8s.io/gateway-name: other}}]}]
+"""
+    base = gateway() + service("a", 8080) + route("r", "[auth.test]") + auth_service(9000) + GRANT + ext_auth_policy()
+    _, tr = translate_text(base + only_other)
+    rule = tr.snapshot.gateway("network", "gw").listeners[0].vhosts[0].rules[0]
+    pool = rule.security.settings.ext_auth.pool
+    assert pool.endswith("@network/gw/auth") and not tr.snapshot.pools[pool].endpoints  # refused: auth fails closed
+    _, tr = translate_text(base + only_other.replace("gateway-name: other", "gateway-name: gw"))
+    rule = tr.snapshot.gateway("network", "gw").listeners[0].vhosts[0].rules[0]
+    assert "@" not in rule.security.settings.ext_auth.pool

@@ -99,9 +99,10 @@ def restrict_gateways(ps: PolicySet, gateways: list[ir.Gateway], pools: dict[str
                 return pool_name
             key = (pool_name, proto)
             if key not in memo:
-                # a TCP/UDP route's view is a pool of its own: L7 rules cannot be checked there
+                # a TCP/UDP route's or the auth service's view is a pool of its own: L7 rules are
+                # checked only on the requests of HTTP routes
                 name = f"{pool_name}@{gw.key}" if proto == "HTTP" else f"{pool_name}@{gw.key}/{proto.lower()}"
-                restricted = _restricted(ps, gw_ident, pools[pool_name], "TCP" if proto == "HTTP" else proto, name,
+                restricted = _restricted(ps, gw_ident, pools[pool_name], "UDP" if proto == "UDP" else "TCP", name,
                                          proto == "HTTP")
                 if restricted is not None:
                     pools[name] = restricted
@@ -121,6 +122,13 @@ def restrict_gateways(ps: PolicySet, gateways: list[ir.Gateway], pools: dict[str
                     nr = replace(r, backends=backends(r.backends))
                     if mirrors != r.filters.mirrors:
                         nr = replace(nr, filters=replace(r.filters, mirrors=mirrors))
+                    ext = r.security.settings.ext_auth if r.security is not None else None
+                    if ext is not None and r.security is not None:
+                        # the gateway asks the forward-auth service too (L7 rules on it: refused)
+                        auth_pool = view(ext.pool, "AUTH")
+                        if auth_pool != ext.pool:
+                            settings = replace(r.security.settings, ext_auth=replace(ext, pool=auth_pool))
+                            nr = replace(nr, security=replace(r.security, settings=settings))
                     rules.append(nr)
                 vhosts.append(replace(vh, rules=tuple(rules)))
             l4 = tuple(replace(a, backends=backends(a.backends, "UDP" if a.route.kind == "UDPRoute" else "TCP"))

@@ -208,7 +208,8 @@ def test_loaded_but_not_enforced_kinds_and_notes_in_text_output(tmp_path: Path) 
                      "spec: {loadBalancerIPs: true}\n")
     out = hp("check", str(EXAMPLE), str(extra), *VARS).stdout
     first = out.splitlines()[0]
-    assert "loaded, not enforced (CiliumL2AnnouncementPolicy 1)" in first
+    # every served kind is acted on now (L2 announcements with run --l2-announcements)
+    assert "not enforced" not in first and "28 objects: 25 served" in first, first
     assert "read as plain manifests" in out  # an info diagnostic, shown in text too
 
 

@@ -188,6 +188,9 @@ def get(
     if kind.lower() in ("nodes", "node", "no"):
         _get_nodes(state, output)
         return
+    if kind.lower() in ("l2announcements", "l2announcement", "l2a"):
+        _get_l2(state, output)
+        return
     if kind.lower() in FLUX_KINDS:
         _get_flux(FLUX_KINDS[kind.lower()], name, ns, admin if not path else None, output,
                   lambda: run_pipeline(_inputs(path or [Path(".")], set_, vars_, namespace, no_substitute, False, endpoints, mode,
@@ -325,6 +328,47 @@ def _get_nodes(state: Optional[str], output: str) -> None:
         typer.echo("No nodes found.", err=True)
         return
     print_table(["NAME", "STATUS", "ROLES", "AGE", "VERSION", "ADDRESS"], rows)
+
+
+def _get_l2(state: Optional[str], output: str) -> None:
+    """Which node announces each Service's LB IPs (the L2 announcement leases in the state store)."""
+    import time as _time
+
+    from homeplane.l2.lease import PREFIX
+    from homeplane.store import StoreError
+
+    if not state:
+        _fail("L2 announcement leases live in the state store: --state etcd://HOST:PORT (or the SQLite file run uses)")
+        return
+    try:
+        store = open_store(state)
+        entries = store.list(PREFIX)
+        store.close()
+    except StoreError as e:
+        _fail(str(e))
+        return
+    now = _time.time()
+    items = []
+    for e in entries:
+        try:
+            rec = json.loads(e.value)
+        except ValueError:
+            continue
+        name = e.key[len(PREFIX):]
+        items.append({"lease": name, "service": rec.get("service"), "ips": rec.get("ips", []), "holder": rec.get("holder"),
+                      "interfaces": rec.get("interfaces", []), "renewed": rec.get("renewed"), "duration": rec.get("duration"),
+                      "valid": now < float(rec.get("renewed") or 0) + float(rec.get("duration") or 0)})
+    if output == "json":
+        typer.echo(json.dumps({"kind": "L2AnnouncementList", "items": items}, indent=2))
+        return
+    from homeplane.kubectl.output import print_table
+
+    if not items:
+        typer.echo("No L2 announcements found.", err=True)
+        return
+    print_table(["SERVICE", "IPS", "LEADER", "INTERFACES", "RENEWED", "VALID"],
+                [[i["service"] or i["lease"], ",".join(i["ips"]) or "<none>", i["holder"], ",".join(i["interfaces"]) or "<none>",
+                  f"{now - float(i['renewed'] or now):.1f}s ago", str(i["valid"]).lower()] for i in items])
 
 
 def _age(seconds: float) -> str:
@@ -498,6 +542,14 @@ def run(
         None, "--maglev-table-size", help="Maglev table size M, a prime Cilium allows (251 ... 131071, or 65537). "
         "Default 16381 (Cilium's) for --l4 userspace; 1021 for --l4 nftables, where every change reloads the maps."
     ),
+    l2_announcements: bool = typer.Option(False, "--l2-announcements/--no-l2-announcements", help="Answer ARP for LB IPs "
+                                          "as CiliumL2AnnouncementPolicies say, one node per Service (a lease in the state store)."),
+    node_label: list[str] = typer.Option([], "--node-label", help="KEY=VALUE: this node's labels, for nodeSelectors (repeatable)."),
+    l2_lease_duration: float = typer.Option(0.8, "--l2-lease-duration", help="L2: seconds before another node takes a Service "
+                                            "over (Cilium's l2-announcements-lease-duration; its default is 15)."),
+    l2_renew_deadline: float = typer.Option(0.5, "--l2-renew-deadline", help="L2: the holder stops announcing when it could not "
+                                            "renew for this long (Cilium: 5)."),
+    l2_retry_period: float = typer.Option(0.1, "--l2-retry-period", help="L2: seconds between lease renewals and attempts (Cilium: 2)."),
     node_name: Optional[str] = typer.Option(
         None, "--node-name", help="This machine's node name: externalTrafficPolicy: Local LB IPs use only endpoints on it "
         "(endpoints that name no node count as local)."
@@ -695,6 +747,25 @@ def run(
                                  cluster_domain, tunnel_gateway)
             except (TunnelOptionError, ValueError) as e:
                 _fail(str(e))
+        if l2_announcements:
+            from homeplane.l2.announcer import L2Announcer
+            from homeplane.l2.lease import Timing
+
+            try:
+                timing = Timing(l2_lease_duration, l2_renew_deadline, l2_retry_period)
+                labels = {}
+                for x in node_label:
+                    k, sep, v = x.partition("=")
+                    if not sep or not k:
+                        raise ValueError(f"--node-label {x!r}: expected KEY=VALUE")
+                    labels[k] = v
+            except ValueError as e:
+                _fail(str(e))
+            announcer = L2Announcer(store, node_name or socket.gethostname(), labels, timing)
+            rt.subscribe(announcer.apply)
+            rt.on_start.append(announcer.start)
+            rt.on_stop.append(announcer.close)
+            rt.status_extras["l2announcements"] = announcer.status
         if l4 == "userspace":
             from homeplane.l4.proxy import UserspaceProxy
 

@@ -45,7 +45,7 @@ SERVED_KINDS: tuple[KindInfo, ...] = (
     KindInfo(_EG, "Backend", ("v1alpha1",), envoy.Backend),
     KindInfo(_EG, "HTTPRouteFilter", ("v1alpha1",), envoy.EnvoyHTTPRouteFilter),
     KindInfo("cilium.io", "CiliumLoadBalancerIPPool", ("v2alpha1", "v2"), cilium.CiliumLoadBalancerIPPool, namespaced=False),
-    KindInfo("cilium.io", "CiliumL2AnnouncementPolicy", ("v2alpha1",), cilium.CiliumL2AnnouncementPolicy, namespaced=False, enforced=False),
+    KindInfo("cilium.io", "CiliumL2AnnouncementPolicy", ("v2alpha1",), cilium.CiliumL2AnnouncementPolicy, namespaced=False),
     KindInfo("cilium.io", "CiliumNetworkPolicy", ("v2",), cilium.CiliumNetworkPolicy),
     KindInfo("cilium.io", "CiliumClusterwideNetworkPolicy", ("v2",), cilium.CiliumClusterwideNetworkPolicy, namespaced=False),
     KindInfo("networking.k8s.io", "NetworkPolicy", ("v1",), networking.NetworkPolicy),

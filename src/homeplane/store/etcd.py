@@ -12,6 +12,7 @@ can hold other data. Endpoints are tried in order; a node that does not answer i
 from __future__ import annotations
 
 import base64
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,6 +73,15 @@ class EtcdStore:
         if options.username:
             self._authenticate()
         self.revision()  # fail now, with the endpoints named, when none answers
+
+    def with_timeout(self, seconds: float) -> "EtcdStore":
+        """The same store through a client whose calls give up after ``seconds`` (per endpoint):
+        for callers with deadlines, such as L2 announcement leases."""
+        return EtcdStore(dataclasses.replace(self.options, timeout=seconds))
+
+    def compact(self, revision: int) -> None:
+        """Drop the history before ``revision`` (etcd keeps every version until compacted)."""
+        self._call("/v3/kv/compaction", {"revision": str(revision)})
 
     # --- the wire --------------------------------------------------------------------------
 

@@ -110,6 +110,9 @@ def translate(objects: list[Obj], options: TranslateOptions | None = None, versi
         gw_irs, pools = restrict_gateways(netpol, gw_irs, pools)
         _policy_status(ctx, netpol, diags)
     extras: dict[str, Any] = {}
+    l2 = tuple(o for o in objects if o.kind == "CiliumL2AnnouncementPolicy" and o.model is not None)
+    if l2:
+        extras["l2policies"] = l2
     coredns = _coredns_values(objects)
     if coredns is not None:
         extras["coredns"] = coredns

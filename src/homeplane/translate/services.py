@@ -115,6 +115,7 @@ def build_services(ctx: Context, diags: Diagnostics) -> tuple[list[ir.Service], 
                 session_affinity=svc.spec.session_affinity,
                 headless=svc.spec.headless,
                 endpoint_source=source,
+                external_ips=tuple(svc.spec.external_ips),
             )
         )
 

@@ -390,6 +390,7 @@ class Service:
     session_affinity: str = "None"
     headless: bool = False
     endpoint_source: str = "none"  # "EndpointSlice", "Endpoints", "ExternalName", "none"
+    external_ips: tuple[str, ...] = ()  # spec.externalIPs
 
 
 @dataclass(frozen=True, slots=True)

@@ -54,6 +54,11 @@ class CiliumL2AnnouncementPolicySpec(Model):
     service_selector: LabelSelector | None = None
     node_selector: LabelSelector | None = None
     interfaces: list[str] = Field(default_factory=list)
+
+    @field_validator("interfaces")
+    @classmethod
+    def _patterns(cls, v: list[str]) -> list[str]:
+        return [_re2(p, "interface pattern") or p for p in v]
     external_i_ps: bool = Field(default=False, alias="externalIPs")
     load_balancer_i_ps: bool = Field(default=False, alias="loadBalancerIPs")
 

@@ -1,0 +1,219 @@
+"""L2 announcements for real: two `homeplane run` nodes, etcd and a client in network namespaces on
+a bridge the test makes (needs root, as CI has). Each node serves the LoadBalancer IP with the
+nftables path (DNAT to a pod address of its own, which answers with the node's name); only the
+node holding the Service's lease answers ARP for the IP. The client's traffic moves to the other
+node when the leader's link goes down (it loses etcd too: it stops announcing) and when the
+leader's homeplane is killed; the measured failover times are printed (timings are not asserted:
+`bench` is where they belong)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 or not all(shutil.which(t) for t in ("ip", "nft", "etcd")),
+    reason="network namespaces, nftables and etcd need root and the ip/nft/etcd tools (CI runs as root with them installed)",
+)
+
+VIP = "10.80.0.100"
+NODES = {"node-a": "10.80.0.11", "node-b": "10.80.0.12"}
+ETCD = "10.80.0.2"
+
+MANIFESTS = f"""
+apiVersion: cilium.io/v2
+kind: CiliumLoadBalancerIPPool
+metadata: {{name: lan}}
+spec: {{blocks: [{{cidr: {VIP}/32}}]}}
+---
+apiVersion: cilium.io/v2alpha1
+kind: CiliumL2AnnouncementPolicy
+metadata: {{name: lan}}
+spec:
+  interfaces: ["^eth[0-9]+"]
+  loadBalancerIPs: true
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web, namespace: apps, annotations: {{lbipam.cilium.io/ips: {VIP}}}}}
+spec: {{type: LoadBalancer, ports: [{{port: 80, targetPort: 8080}}]}}
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {{name: web, namespace: apps}}
+subsets: [{{addresses: [{{ip: 10.80.9.1}}], ports: [{{port: 8080}}]}}]
+"""
+
+# the "pod" of each node: 10.80.9.1:8080 on its loopback, answering with the node's name
+POD = textwrap.dedent(
+    """
+    import socket, sys
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("10.80.9.1", 8080)); s.listen(64)
+    print("ready", flush=True)
+    while True:
+        c, _ = s.accept()
+        try:
+            c.recv(10); c.sendall(sys.argv[1].encode())
+        except OSError:
+            pass
+        c.close()
+    """
+)
+
+# the client: asks the VIP every 50 ms and prints who answered (or "-"), with a timestamp
+CLIENT = textwrap.dedent(
+    """
+    import socket, sys, time
+    while True:
+        s = socket.socket(); s.settimeout(0.15)
+        try:
+            s.connect((sys.argv[1], 80)); s.sendall(b"who"); who = s.recv(20).decode() or "-"
+        except OSError:
+            who = "-"
+        s.close()
+        print(f"{time.time():.3f} {who}", flush=True)
+        time.sleep(0.05)
+    """
+)
+
+
+def sh(*cmd: str) -> str:
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    if p.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd[:8])} failed: {p.stderr.strip()[-1500:]}")
+    return p.stdout
+
+
+class Lan:
+    def __init__(self, tmp: Path):
+        tag = uuid.uuid4().hex[:5]
+        self.tmp = tmp
+        self.ns = {name: f"hl2{tag}-{name}" for name in ("lan", "etcd", "client", *NODES)}
+        self.procs: list[subprocess.Popen] = []
+        self.homeplane: dict[str, subprocess.Popen] = {}
+        for ns in self.ns.values():
+            sh("ip", "netns", "add", ns)
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+        lan = self.ns["lan"]
+        sh("ip", "-n", lan, "link", "add", "br0", "type", "bridge")
+        sh("ip", "-n", lan, "link", "set", "br0", "up")
+        for i, (name, addr) in enumerate([("etcd", ETCD), ("client", "10.80.0.50"), *NODES.items()]):
+            side, peer = f"p{tag}{i}", f"e{tag}{i}"
+            sh("ip", "link", "add", side, "type", "veth", "peer", "name", peer)
+            sh("ip", "link", "set", side, "netns", lan)
+            sh("ip", "-n", lan, "link", "set", side, "master", "br0", "up")
+            sh("ip", "link", "set", peer, "netns", self.ns[name])
+            sh("ip", "-n", self.ns[name], "link", "set", peer, "name", "eth0")
+            sh("ip", "-n", self.ns[name], "addr", "add", f"{addr}/24", "dev", "eth0")
+            sh("ip", "-n", self.ns[name], "link", "set", "eth0", "up")
+        self.bridge_port = {name: f"p{tag}{i + 2}" for i, name in enumerate(NODES)}
+        self.client_mac = None
+        etcd_dir = tmp / "etcd"
+        self.procs.append(subprocess.Popen(
+            ["ip", "netns", "exec", self.ns["etcd"], "etcd", "--name", "e", "--data-dir", str(etcd_dir),
+             "--listen-client-urls", f"http://{ETCD}:2379", "--advertise-client-urls", f"http://{ETCD}:2379",
+             "--listen-peer-urls", f"http://{ETCD}:2380", "--initial-advertise-peer-urls", f"http://{ETCD}:2380",
+             "--initial-cluster", f"e=http://{ETCD}:2380"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        (tmp / "m").mkdir()
+        (tmp / "m" / "all.yaml").write_text(MANIFESTS)
+        for name in NODES:
+            ns = self.ns[name]
+            sh("ip", "-n", ns, "addr", "add", "10.80.9.1/32", "dev", "lo")
+            pod = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", POD, name], stdout=subprocess.PIPE, text=True)
+            assert pod.stdout is not None and pod.stdout.readline().strip() == "ready"
+            self.procs.append(pod)
+            self.start(name)
+
+    def start(self, name: str) -> None:
+        ns = self.ns[name]
+        log = open(self.tmp / f"{name}.log", "a")
+        self.homeplane[name] = subprocess.Popen(
+            ["ip", "netns", "exec", ns, sys.executable, "-m", "homeplane", "run", str(self.tmp / "m"), "--admin", "127.0.0.1:9911",
+             "--state", f"etcd://{ETCD}:2379/l2", "--node-name", name, "--l4", "nftables", "--l2-announcements",
+             "--no-access-log"], cwd=REPO, stderr=log, stdout=log)
+
+    def close(self) -> None:
+        for p in [*self.homeplane.values(), *self.procs]:
+            p.kill()
+            p.wait(10)
+        for ns in self.ns.values():
+            subprocess.run(["ip", "netns", "del", ns])
+
+
+@pytest.fixture
+def lan(tmp_path: Path) -> Iterator[Lan]:
+    net = Lan(tmp_path)
+    yield net
+    net.close()
+
+
+class Client:
+    def __init__(self, lan: Lan):
+        self.proc = subprocess.Popen(["ip", "netns", "exec", lan.ns["client"], sys.executable, "-c", CLIENT, VIP],
+                                     stdout=subprocess.PIPE, text=True)
+
+    def next_answer(self, want: set[str], timeout: float) -> tuple[float, str]:
+        """The first answer in ``want`` (its time and who), reading the client's lines."""
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            t, who = line.split()
+            if who in want:
+                return float(t), who
+        raise AssertionError(f"no answer from {want} within {timeout} s")
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait(5)
+
+
+def leases(lan: Lan) -> dict:
+    out = sh("ip", "netns", "exec", lan.ns["node-a"], sys.executable, "-m", "homeplane", "get", "l2announcements",
+             "--state", f"etcd://{ETCD}:2379/l2", "-o", "json")
+    return {i["lease"]: i for i in json.loads(out)["items"]}
+
+
+def test_the_lb_ip_moves_to_another_node(lan: Lan) -> None:
+    client = Client(lan)
+    try:
+        _, leader = client.next_answer(set(NODES), 60)
+        lease = leases(lan)["cilium-l2announce-apps-web"]
+        assert lease["holder"] == leader and lease["valid"]
+        assert lease["service"] == "apps/web" and lease["ips"] == [VIP] and lease["interfaces"] == ["eth0"]
+        other = next(n for n in NODES if n != leader)
+        times = []
+        # 1. the leader's link goes down: it loses the client and etcd, the other node takes over
+        down = time.time()
+        sh("ip", "-n", lan.ns["lan"], "link", "set", lan.bridge_port[leader], "down")
+        t, who = client.next_answer({other}, 20)
+        times.append(t - down)
+        # back on the link it stays quiet: it lost the lease, so it does not answer ARP for the IP
+        sh("ip", "-n", lan.ns["lan"], "link", "set", lan.bridge_port[leader], "up")
+        time.sleep(1.5)
+        sh("ip", "-n", lan.ns["client"], "neigh", "flush", "dev", "eth0")
+        _, who = client.next_answer(set(NODES), 10)
+        assert who == other and leases(lan)["cilium-l2announce-apps-web"]["holder"] == other
+        # 2. the new leader's homeplane is killed: the first one takes the IP back
+        killed = time.time()
+        lan.homeplane[other].send_signal(signal.SIGKILL)
+        lan.homeplane[other].wait(10)
+        t, who = client.next_answer({leader}, 20)
+        times.append(t - killed)
+        print(f"\nL2 failover: link down {times[0]:.2f} s, SIGKILL {times[1]:.2f} s")
+    finally:
+        client.close()

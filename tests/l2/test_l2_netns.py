@@ -1,10 +1,11 @@
-"""L2 announcements for real: two `homeplane run` nodes, etcd and a client in network namespaces on
+"""L2 announcements for real: three `homeplane run` nodes, etcd and a client in network namespaces on
 a bridge the test makes (needs root, as CI has). Each node serves the LoadBalancer IP with the
 nftables path (DNAT to a pod address of its own, which answers with the node's name); only the
 node holding the Service's lease answers ARP for the IP. The client's traffic moves to the other
 node when the leader's link goes down (it loses etcd too: it stops announcing) and when the
 leader's homeplane is killed; the measured failover times are printed (timings are not asserted:
-`bench` is where they belong)."""
+`bench` is where they belong). A node cut off from etcd but not from the link goes quiet: only one
+node ever answers ARP for the address."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 VIP = "10.80.0.100"
-NODES = {"node-a": "10.80.0.11", "node-b": "10.80.0.12"}
+NODES = {"node-a": "10.80.0.11", "node-b": "10.80.0.12", "node-c": "10.80.0.13"}
 ETCD = "10.80.0.2"
 
 MANIFESTS = f"""
@@ -182,6 +183,39 @@ class Client:
         self.proc.wait(5)
 
 
+# who answers ARP for the address: a request from the client, and the replies within a second
+WHO_HAS = textwrap.dedent(
+    """
+    import socket, sys, time, json
+    sys.path.insert(0, sys.argv[2])
+    from homeplane.l2 import arp
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(arp.ETH_P_ARP))
+    s.bind(("eth0", arp.ETH_P_ARP)); s.settimeout(0.2)
+    mac = s.getsockname()[4]
+    req = arp.Arp(arp.REQUEST, mac, "10.80.0.50", bytes(6), sys.argv[1])
+    s.send(arp._frame(arp.BROADCAST, mac, arp.REQUEST, mac, "10.80.0.50", bytes(6), sys.argv[1]))
+    seen = set()
+    end = time.time() + 1.0
+    while time.time() < end:
+        try:
+            got = arp.parse(s.recv(2048))
+        except OSError:
+            continue
+        if got and got.oper == arp.REPLY and got.sender_ip == sys.argv[1]:
+            seen.add(arp.mac_text(got.sender_mac))
+    print(json.dumps(sorted(seen)))
+    """
+)
+
+
+def arp_answers(lan: Lan) -> list[str]:
+    return json.loads(sh("ip", "netns", "exec", lan.ns["client"], sys.executable, "-c", WHO_HAS, VIP, str(REPO / "src")))
+
+
+def node_mac(lan: Lan, name: str) -> str:
+    return sh("ip", "-n", lan.ns[name], "-j", "link", "show", "eth0").split('"address":"', 1)[1].split('"', 1)[0]
+
+
 def leases(lan: Lan) -> dict:
     out = sh("ip", "netns", "exec", lan.ns["node-a"], sys.executable, "-m", "homeplane", "get", "l2announcements",
              "--state", f"etcd://{ETCD}:2379/l2", "-o", "json")
@@ -195,25 +229,47 @@ def test_the_lb_ip_moves_to_another_node(lan: Lan) -> None:
         lease = leases(lan)["cilium-l2announce-apps-web"]
         assert lease["holder"] == leader and lease["valid"]
         assert lease["service"] == "apps/web" and lease["ips"] == [VIP] and lease["interfaces"] == ["eth0"]
-        other = next(n for n in NODES if n != leader)
         times = []
-        # 1. the leader's link goes down: it loses the client and etcd, the other node takes over
+        # 1. the leader's link goes down: it loses the client and etcd, another node takes over
         down = time.time()
-        sh("ip", "-n", lan.ns["lan"], "link", "set", lan.bridge_port[leader], "down")
-        t, who = client.next_answer({other}, 20)
+        sh("ip", "-n", lan.ns["lan"], "link", "set", "dev", lan.bridge_port[leader], "down")
+        t, other = client.next_answer(set(NODES) - {leader}, 20)
         times.append(t - down)
         # back on the link it stays quiet: it lost the lease, so it does not answer ARP for the IP
-        sh("ip", "-n", lan.ns["lan"], "link", "set", lan.bridge_port[leader], "up")
+        sh("ip", "-n", lan.ns["lan"], "link", "set", "dev", lan.bridge_port[leader], "up")
         time.sleep(1.5)
         sh("ip", "-n", lan.ns["client"], "neigh", "flush", "dev", "eth0")
         _, who = client.next_answer(set(NODES), 10)
         assert who == other and leases(lan)["cilium-l2announce-apps-web"]["holder"] == other
-        # 2. the new leader's homeplane is killed: the first one takes the IP back
+        # 2. the new leader's homeplane is killed: one of the others takes the IP
         killed = time.time()
         lan.homeplane[other].send_signal(signal.SIGKILL)
         lan.homeplane[other].wait(10)
-        t, who = client.next_answer({leader}, 20)
+        t, who = client.next_answer(set(NODES) - {other}, 20)
         times.append(t - killed)
+        assert leases(lan)["cilium-l2announce-apps-web"]["holder"] == who
         print(f"\nL2 failover: link down {times[0]:.2f} s, SIGKILL {times[1]:.2f} s")
+    finally:
+        client.close()
+
+
+def test_a_node_cut_off_from_etcd_goes_quiet(lan: Lan) -> None:
+    client = Client(lan)
+    try:
+        _, leader = client.next_answer(set(NODES), 60)
+        assert arp_answers(lan) == [node_mac(lan, leader)]
+        # etcd stops hearing the leader; the link still carries its ARP replies
+        etcd = lan.ns["etcd"]
+        sh("ip", "netns", "exec", etcd, "nft", "add", "table", "inet", "cut")
+        sh("ip", "netns", "exec", etcd, "nft", "add", "chain", "inet", "cut", "in", "{ type filter hook input priority 0 ; }")
+        sh("ip", "netns", "exec", etcd, "nft", "add", "rule", "inet", "cut", "in", "ip", "saddr", NODES[leader], "drop")
+        _, who = client.next_answer(set(NODES) - {leader}, 20)
+        for _ in range(3):  # one node answers, the new leader, however often the client asks
+            assert arp_answers(lan) == [node_mac(lan, who)]
+        # etcd hears it again: it sees the other node's lease and stays quiet
+        sh("ip", "netns", "exec", etcd, "nft", "delete", "table", "inet", "cut")
+        time.sleep(1.5)
+        assert arp_answers(lan) == [node_mac(lan, who)]
+        assert leases(lan)["cilium-l2announce-apps-web"]["holder"] == who
     finally:
         client.close()

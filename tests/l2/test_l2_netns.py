@@ -32,7 +32,8 @@ pytestmark = pytest.mark.skipif(
 
 VIP = "10.80.0.100"
 NODES = {"node-a": "10.80.0.11", "node-b": "10.80.0.12", "node-c": "10.80.0.13"}
-ETCD = "10.80.0.2"
+ETCDS = ["10.80.0.2", "10.80.0.3", "10.80.0.4"]  # a three-member etcd, in one namespace
+STATE = "etcd://" + ",".join(f"{ip}:2379" for ip in ETCDS) + "/l2"
 
 MANIFESTS = f"""
 apiVersion: cilium.io/v2
@@ -112,7 +113,7 @@ class Lan:
         lan = self.ns["lan"]
         sh("ip", "-n", lan, "link", "add", "br0", "type", "bridge")
         sh("ip", "-n", lan, "link", "set", "br0", "up")
-        for i, (name, addr) in enumerate([("etcd", ETCD), ("client", "10.80.0.50"), *NODES.items()]):
+        for i, (name, addr) in enumerate([("etcd", ETCDS[0]), ("client", "10.80.0.50"), *NODES.items()]):
             side, peer = f"p{tag}{i}", f"e{tag}{i}"
             sh("ip", "link", "add", side, "type", "veth", "peer", "name", peer)
             sh("ip", "link", "set", side, "netns", lan)
@@ -123,12 +124,18 @@ class Lan:
             sh("ip", "-n", self.ns[name], "link", "set", "eth0", "up")
         self.bridge_port = {name: f"p{tag}{i + 2}" for i, name in enumerate(NODES)}
         self.client_mac = None
-        etcd_dir = tmp / "etcd"
-        self.procs.append(subprocess.Popen(
-            ["ip", "netns", "exec", self.ns["etcd"], "etcd", "--name", "e", "--data-dir", str(etcd_dir),
-             "--listen-client-urls", f"http://{ETCD}:2379", "--advertise-client-urls", f"http://{ETCD}:2379",
-             "--listen-peer-urls", f"http://{ETCD}:2380", "--initial-advertise-peer-urls", f"http://{ETCD}:2380",
-             "--initial-cluster", f"e=http://{ETCD}:2380"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        cluster = ",".join(f"e{i}=http://{ip}:2380" for i, ip in enumerate(ETCDS))
+        self.etcd: list[subprocess.Popen] = []
+        for i, ip in enumerate(ETCDS):
+            if i:
+                sh("ip", "-n", self.ns["etcd"], "addr", "add", f"{ip}/24", "dev", "eth0")
+            self.etcd.append(subprocess.Popen(
+                ["ip", "netns", "exec", self.ns["etcd"], "etcd", "--name", f"e{i}", "--data-dir", str(tmp / f"etcd{i}"),
+                 "--listen-client-urls", f"http://{ip}:2379", "--advertise-client-urls", f"http://{ip}:2379",
+                 "--listen-peer-urls", f"http://{ip}:2380", "--initial-advertise-peer-urls", f"http://{ip}:2380",
+                 "--initial-cluster", cluster, "--initial-cluster-state", "new"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        self.procs += self.etcd
         (tmp / "m").mkdir()
         (tmp / "m" / "all.yaml").write_text(MANIFESTS)
         for name in NODES:
@@ -144,12 +151,13 @@ class Lan:
         log = open(self.tmp / f"{name}.log", "a")
         self.homeplane[name] = subprocess.Popen(
             ["ip", "netns", "exec", ns, sys.executable, "-m", "homeplane", "run", str(self.tmp / "m"), "--admin", "127.0.0.1:9911",
-             "--state", f"etcd://{ETCD}:2379/l2", "--node-name", name, "--l4", "nftables", "--l2-announcements",
+             "--state", STATE, "--node-name", name, "--l4", "nftables", "--l2-announcements",
              "--no-access-log"], cwd=REPO, stderr=log, stdout=log)
 
     def close(self) -> None:
         for p in [*self.homeplane.values(), *self.procs]:
-            p.kill()
+            if p.poll() is None:
+                p.kill()
             p.wait(10)
         for ns in self.ns.values():
             subprocess.run(["ip", "netns", "del", ns])
@@ -218,7 +226,7 @@ def node_mac(lan: Lan, name: str) -> str:
 
 def leases(lan: Lan) -> dict:
     out = sh("ip", "netns", "exec", lan.ns["node-a"], sys.executable, "-m", "homeplane", "get", "l2announcements",
-             "--state", f"etcd://{ETCD}:2379/l2", "-o", "json")
+             "--state", STATE, "-o", "json")
     return {i["lease"]: i for i in json.loads(out)["items"]}
 
 
@@ -271,5 +279,25 @@ def test_a_node_cut_off_from_etcd_goes_quiet(lan: Lan) -> None:
         time.sleep(1.5)
         assert arp_answers(lan) == [node_mac(lan, who)]
         assert leases(lan)["cilium-l2announce-apps-web"]["holder"] == who
+    finally:
+        client.close()
+
+
+def test_losing_an_etcd_member_is_tolerated(lan: Lan) -> None:
+    """The three-member etcd loses the member every node asks first: the leases live on, and the
+    address stays where it is (no failover, no flapping)."""
+    client = Client(lan)
+    try:
+        _, leader = client.next_answer(set(NODES), 60)
+        lan.etcd[0].send_signal(signal.SIGKILL)
+        lan.etcd[0].wait(10)
+        start = time.monotonic()
+        answers = []
+        while time.monotonic() - start < 5:
+            answers.append(client.next_answer(set(NODES) | {"-"}, 5)[1])
+        assert set(answers) - {"-"} == {leader}, answers
+        assert answers[-5:] == [leader] * 5
+        lease = leases(lan)["cilium-l2announce-apps-web"]
+        assert lease["holder"] == leader and lease["valid"]
     finally:
         client.close()

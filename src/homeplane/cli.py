@@ -545,11 +545,11 @@ def run(
     l2_announcements: bool = typer.Option(False, "--l2-announcements/--no-l2-announcements", help="Answer ARP for LB IPs "
                                           "as CiliumL2AnnouncementPolicies say, one node per Service (a lease in the state store)."),
     node_label: list[str] = typer.Option([], "--node-label", help="KEY=VALUE: this node's labels, for nodeSelectors (repeatable)."),
-    l2_lease_duration: float = typer.Option(0.8, "--l2-lease-duration", help="L2: seconds before another node takes a Service "
-                                            "over (Cilium's l2-announcements-lease-duration; its default is 15)."),
-    l2_renew_deadline: float = typer.Option(0.5, "--l2-renew-deadline", help="L2: the holder stops announcing when it could not "
+    l2_lease_duration: float = typer.Option(0.8, "--l2-announcements-lease-duration", help="L2: seconds before another node takes a Service "
+                                            "over (Cilium's flag and name; its default is 15)."),
+    l2_renew_deadline: float = typer.Option(0.5, "--l2-announcements-renew-deadline", help="L2: the holder stops announcing when it could not "
                                             "renew for this long (Cilium: 5)."),
-    l2_retry_period: float = typer.Option(0.1, "--l2-retry-period", help="L2: seconds between lease renewals and attempts (Cilium: 2)."),
+    l2_retry_period: float = typer.Option(0.1, "--l2-announcements-retry-period", help="L2: seconds between lease renewals and attempts (Cilium: 2)."),
     node_name: Optional[str] = typer.Option(
         None, "--node-name", help="This machine's node name: externalTrafficPolicy: Local LB IPs use only endpoints on it "
         "(endpoints that name no node count as local)."

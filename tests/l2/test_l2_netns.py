@@ -1,6 +1,6 @@
 """L2 announcements for real: three `homeplane run` nodes, etcd and a client in network namespaces on
 a bridge the test makes (needs root, as CI has). Each node serves the LoadBalancer IP with the
-nftables path (DNAT to a pod address of its own, which answers with the node's name); only the
+nftables path or the userspace proxy (to a pod address of its own, which answers with the node's name); only the
 node holding the Service's lease answers ARP for the IP. The client's traffic moves to the other
 node when the leader's link goes down (it loses etcd too: it stops announcing) and when the
 leader's homeplane is killed; the measured failover times are printed (timings are not asserted:
@@ -101,9 +101,9 @@ def sh(*cmd: str) -> str:
 
 
 class Lan:
-    def __init__(self, tmp: Path):
+    def __init__(self, tmp: Path, l4: str = "nftables"):
         tag = uuid.uuid4().hex[:5]
-        self.tmp = tmp
+        self.tmp, self.l4 = tmp, l4
         self.ns = {name: f"hl2{tag}-{name}" for name in ("lan", "etcd", "client", *NODES)}
         self.procs: list[subprocess.Popen] = []
         self.homeplane: dict[str, subprocess.Popen] = {}
@@ -151,7 +151,7 @@ class Lan:
         log = open(self.tmp / f"{name}.log", "a")
         self.homeplane[name] = subprocess.Popen(
             ["ip", "netns", "exec", ns, sys.executable, "-m", "homeplane", "run", str(self.tmp / "m"), "--admin", "127.0.0.1:9911",
-             "--state", STATE, "--node-name", name, "--l4", "nftables", "--l2-announcements",
+             "--state", STATE, "--node-name", name, "--l4", self.l4, "--l2-announcements",
              "--no-access-log"], cwd=REPO, stderr=log, stdout=log)
 
     def close(self) -> None:
@@ -164,8 +164,8 @@ class Lan:
 
 
 @pytest.fixture
-def lan(tmp_path: Path) -> Iterator[Lan]:
-    net = Lan(tmp_path)
+def lan(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Lan]:
+    net = Lan(tmp_path, getattr(request, "param", "nftables"))
     yield net
     net.close()
 
@@ -261,7 +261,10 @@ def test_the_lb_ip_moves_to_another_node(lan: Lan) -> None:
         client.close()
 
 
+@pytest.mark.parametrize("lan", ["userspace"], indirect=True)
 def test_a_node_cut_off_from_etcd_goes_quiet(lan: Lan) -> None:
+    """(With the userspace L4 proxy: the announcing node takes the address as its own, a local
+    route, so the proxy listening there gets the packets; the others do not.)"""
     client = Client(lan)
     try:
         _, leader = client.next_answer(set(NODES), 60)
@@ -279,6 +282,8 @@ def test_a_node_cut_off_from_etcd_goes_quiet(lan: Lan) -> None:
         time.sleep(1.5)
         assert arp_answers(lan) == [node_mac(lan, who)]
         assert leases(lan)["cilium-l2announce-apps-web"]["holder"] == who
+        routes = {n: sh("ip", "-n", lan.ns[n], "route", "show", "table", "local", VIP) for n in NODES}
+        assert [n for n, r in routes.items() if r.strip()] == [who]
     finally:
         client.close()
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import subprocess
 import time
 from typing import Any, Callable
 
@@ -49,6 +50,45 @@ def host_interfaces() -> list[str]:
     return out
 
 
+class LocalRoutes:
+    """While a node announces an address, the kernel takes it as its own (a ``local`` route, as an
+    address would be, but on no interface): the Gateway and the userspace L4 proxy listen there
+    with IP_FREEBIND, and packets for it are delivered to them. The nftables path DNATs before
+    routing and needs none. Needs CAP_NET_ADMIN, as answering ARP needs CAP_NET_RAW."""
+
+    def __init__(self, command: tuple[str, ...] = ("ip",)):
+        self.command = command
+        self.ips: set[str] = set()
+        self.error: str | None = None
+
+    def _ip(self, *args: str) -> bool:
+        try:
+            p = subprocess.run([*self.command, *args], capture_output=True, text=True, timeout=5)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            err = str(e)
+        else:
+            if p.returncode == 0:
+                return True
+            err = p.stderr.strip()
+        if err != self.error:
+            log.error("L2: ip %s: %s", " ".join(args), err)
+        self.error = err
+        return False
+
+    def add(self, ip: str) -> None:
+        if ip not in self.ips and self._ip("route", "replace", "local", f"{ip}/32", "dev", "lo", "table", "local", "proto", "static"):
+            self.ips.add(ip)
+
+    def remove(self, ip: str) -> None:
+        if ip in self.ips:
+            self._ip("route", "del", "local", f"{ip}/32", "dev", "lo", "table", "local")
+            self.ips.discard(ip)
+
+    def clear(self) -> None:
+        for ip in list(self.ips):
+            self.remove(ip)
+
+
 class L2Announcer:
     def __init__(self, store: Any, node: str, node_labels: dict[str, str] | None = None, timing: Timing | None = None,
                  interfaces: Callable[[], list[str]] = host_interfaces):
@@ -68,6 +108,7 @@ class L2Announcer:
         self._stopping = False
         self._refreshed = 0.0
         self._compact_at: tuple[float, int] | None = None
+        self.routes = LocalRoutes()
 
     async def apply(self, snap: Snapshot) -> None:
         self.snapshot = snap
@@ -100,6 +141,7 @@ class L2Announcer:
         for r in self.responders.values():
             r.close()
         self.responders.clear()
+        self.routes.clear()
         await asyncio.to_thread(lambda: [lease.release() for lease in self.leases.values()])
 
     async def _run(self) -> None:
@@ -167,6 +209,9 @@ class L2Announcer:
 
     def _start(self, key: Key, a: Announcement) -> None:
         before = self.announcing.get(key)
+        for ip in a.ips:
+            if before is None or all(ip != b for _, b in before):
+                self.routes.add(ip)
         for iface, ip in a.pairs:
             r = self._responder(iface)
             if r is not None and (before is None or ip not in r.ips):
@@ -193,6 +238,9 @@ class L2Announcer:
             r = self.responders.get(iface)
             if r is not None and (iface, ip) not in others:
                 r.withdraw(ip)
+        still = {ip for v in self.announcing.values() for _, ip in v}
+        for ip in {ip for _, ip in pairs} - still:
+            self.routes.remove(ip)
 
     async def _compact(self) -> None:
         """Every few minutes, compact the store's history up to the revision seen a period ago

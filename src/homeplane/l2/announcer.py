@@ -112,7 +112,10 @@ class L2Announcer:
 
     async def apply(self, snap: Snapshot) -> None:
         self.snapshot = snap
-        self._select()
+        try:
+            self._select()
+        except Exception:  # a new configuration must not stop what is announced now
+            log.exception("L2 announcements: selecting Services")
 
     def _select(self) -> None:
         snap = self.snapshot
@@ -156,7 +159,7 @@ class L2Announcer:
     async def _watch(self) -> None:
         """Withdraw what this node no longer holds in time, whatever the store calls are doing."""
         while not self._stopping:
-            for key in [k for k in self.announcing if not self.leases[k].held]:
+            for key in [k for k in self.announcing if k not in self.leases or not self.leases[k].held]:
                 self._stop(key)
             await asyncio.sleep(self.timing.retry_period / 2)
 

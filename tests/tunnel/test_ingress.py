@@ -278,3 +278,15 @@ def test_requests_are_read_from_http1_and_http2_byte_streams() -> None:
     assert seen == [("a.example.com", "/one"), ("b.example.com", "/two")]
     with pytest.raises(requests.NotReadable, match="preface"):
         requests.H2Requests().feed(b"GET / HTTP/1.1\r\n")
+
+
+def test_the_edge_asks_the_kernel_to_migrate_queued_connections(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """At a handover the old edge closes listeners the successor shares: net.ipv4.tcp_migrate_req
+    makes the kernel pass the connections waiting in their queues on instead of resetting them."""
+    from homeplane.tunnel.edge import migrate_queued_connections
+
+    knob = tmp_path / "tcp_migrate_req"
+    knob.write_text("0\n")
+    assert migrate_queued_connections(str(knob)) and knob.read_text().strip() == "1"
+    assert migrate_queued_connections(str(knob))  # already on
+    assert not migrate_queued_connections(str(tmp_path / "missing" / "knob"))

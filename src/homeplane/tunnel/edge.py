@@ -182,6 +182,7 @@ class Edge:
     # --- lifecycle ----------------------------------------------------------------------
 
     async def start(self) -> None:
+        migrate_queued_connections()
         loop = asyncio.get_running_loop()
         cfg = self.cfg
         self.tunnel_server = await loop.create_server(lambda: TunnelAccept(self), *cfg.tunnel_listen, ssl=cfg.tunnel_context(),
@@ -535,3 +536,25 @@ class TcpAccept(asyncio.Protocol):
         client = _peer(transport)
         if self.edge.admit_client(transport, client):
             self.edge.forward(transport, wire.KIND_TCP, self.hostname, client, b"", "")  # type: ignore[arg-type]
+
+
+MIGRATE_REQ = "/proc/sys/net/ipv4/tcp_migrate_req"
+
+
+def migrate_queued_connections(path: str = MIGRATE_REQ) -> bool:
+    """At a handover the old edge closes its public listeners while the successor's share the
+    ports (SO_REUSEPORT). Connections still waiting in a closed listener's queue are reset unless
+    the kernel migrates them to another listener of the group (``net.ipv4.tcp_migrate_req``,
+    Linux 5.14+, per network namespace): turn it on where allowed, say so where not."""
+    try:
+        with open(path) as f:
+            if f.read().strip() == "1":
+                return True
+        with open(path, "w") as f:
+            f.write("1\n")
+        log.info("net.ipv4.tcp_migrate_req=1: a listener closed at handover passes its waiting connections to the successor")
+        return True
+    except OSError as e:
+        log.warning("cannot enable net.ipv4.tcp_migrate_req (%s): a handover may reset connections still waiting to be accepted", e)
+        return False
+

@@ -250,7 +250,7 @@ class Edge:
         """Hand over, then stop: connectors are told first (no new connector joins here, they
         dial the successor started on the same ports), then, once they have or after
         handoverTimeout, the public ports close (the successor's take the clients), and the
-        connections open finish (up to drainTimeout)."""
+        connections open finish (up to drainTimeout), those still being read included."""
         self.draining = True
         cfg = self.cfg
         if self.tunnel_server is not None:
@@ -265,10 +265,16 @@ class Edge:
         for srv in self.servers:
             srv.close()
         deadline = time.monotonic() + cfg.drain_timeout
-        while self.pipes and time.monotonic() < deadline:
+        # every public connection, also those accepted a moment before the listeners closed and
+        # still being read (the ClientHello or request head not in yet: no pipe yet)
+        while (self.pipes or self._open_clients()) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        if self.pipes:
-            log.warning("edge drain: %d connections still open after %.0f s; closing them", len(self.pipes), cfg.drain_timeout)
+        if self.pipes or self._open_clients():
+            log.warning("edge drain: %d connections still open after %.0f s; closing them",
+                        max(len(self.pipes), self._open_clients()), cfg.drain_timeout)
+
+    def _open_clients(self) -> int:
+        return sum(1 for t in self.clients if not t.is_closing())
 
     async def close(self) -> None:
         if self._sweeper is not None:

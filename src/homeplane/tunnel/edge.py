@@ -203,8 +203,12 @@ class Edge:
 
     async def _open_public(self) -> None:
         deadline = time.monotonic() + self.cfg.public_wait
-        while not self.sessions and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
+        while not self.sessions and not self.draining:
+            # past publicWait, open without a connector - unless another edge (a predecessor
+            # handing over) still serves these ports: then its connectors are coming here
+            if time.monotonic() >= deadline and not await self._ports_served_elsewhere():
+                break
+            await asyncio.sleep(0.02 if time.monotonic() < deadline else 0.5)
         if self.draining:
             return
         loop = asyncio.get_running_loop()
@@ -226,6 +230,20 @@ class Edge:
             self.bound[name] = srv.sockets[0].getsockname()[:2]
         self.public_open = True
         log.info("edge %s: %s", cfg.name, ", ".join(f"{k} on {h}:{p}" for k, (h, p) in self.bound.items()))
+
+    async def _ports_served_elsewhere(self) -> bool:
+        """Does something already listen on this edge's public ports (before it opens its own)?"""
+        for listen in (self.cfg.https_listen, self.cfg.http_listen):
+            if not listen:
+                continue
+            host, port = listen
+            try:
+                _, w = await asyncio.wait_for(asyncio.open_connection(host if host not in ("", "0.0.0.0", "::") else "127.0.0.1", port), 0.3)
+            except (OSError, asyncio.TimeoutError):
+                continue
+            w.close()
+            return True
+        return False
 
     def _readyz(self, _: str) -> tuple[int, str, bytes]:
         if self.pick() is None:

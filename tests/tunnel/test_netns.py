@@ -209,7 +209,11 @@ def test_rolling_restart_of_connectors_and_edge_fails_no_request(world: dict[str
     for name, admin, offset in (("home-a", 9911, 0), ("home-b", 9912, 1)):
         assert stop(world["homes"][name]) == 0
         world["homes"][name] = world["start_home"](name, admin, offset)
-        time.sleep(1.0)
+        # a rolling restart goes on once the restarted home is back (its two connections on the
+        # edge again), as a rollout waits for readiness: a fixed pause was too short under load
+        wait(lambda: len([c for c in (net.get(net.edge, "http://127.0.0.1:7845/status") or {}).get("connections", [])
+                          if not c.get("draining")]) == 4, what=f"{name} connected again")
+        time.sleep(0.5)
     # the edge: a successor on the same ports first, then SIGTERM to the old one (it hands its
     # connectors over, closes its public ports, and lets its clients finish)
     new_edge = world["start_edge"]("edge-2", 7846)
